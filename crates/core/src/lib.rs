@@ -1,0 +1,188 @@
+//! Label sets, action units and the expression-AU prior knowledge of AUE-CRL.
+//!
+//! These are the facts of REFERENCE.md sections 1 and 2 that more than one crate needs: the data
+//! crate (label files), the synthetic face generator (which AUs an expression shows), the model
+//! (the initial `PriorKnowledgeTable` and its masks) and the report (class names). Keeping them in
+//! one dependency-free crate means there is exactly one copy of each table.
+
+/// The 7 basic expressions in label-index order (RAF-DB label `n` is index `n - 1`).
+pub const EXPRESSIONS_BASIC: [&str; 7] =
+    ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"];
+
+/// The 11 RAF-DB compound expressions in label-index order (label `n` is index `n - 1`).
+pub const EXPRESSIONS_COMPOUND: [&str; 11] = [
+    "Happily Surprised",
+    "Happily Disgusted",
+    "Sadly Fearful",
+    "Sadly Angry",
+    "Sadly Surprised",
+    "Sadly Disgusted",
+    "Fearfully Angry",
+    "Fearfully Surprised",
+    "Angrily Surprised",
+    "Angrily Disgusted",
+    "Disgustedly Surprised",
+];
+
+/// SFEW 2.0 folder names mapped to the basic label indices.
+pub const SFEW_FOLDERS: [(&str, usize); 7] = [
+    ("Surprise", 0),
+    ("Fear", 1),
+    ("Disgust", 2),
+    ("Happy", 3),
+    ("Sad", 4),
+    ("Angry", 5),
+    ("Neutral", 6),
+];
+
+/// Number of action units the method models.
+pub const NUM_AUS: usize = 17;
+
+/// Number of basic expressions (rows of the prior table).
+pub const NUM_BASIC: usize = 7;
+
+/// FACS numbers of the 17 action units, in the model's AU index order.
+pub const AU_NUMBERS: [u8; NUM_AUS] = [1, 2, 4, 5, 6, 7, 9, 10, 12, 15, 16, 17, 20, 23, 24, 25, 26];
+
+/// `AU01` ... `AU26`: the names OpenFace users know, in AU index order.
+pub const AU_NAMES: [&str; NUM_AUS] = [
+    "AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12", "AU15", "AU16", "AU17",
+    "AU20", "AU23", "AU24", "AU25", "AU26",
+];
+
+/// The AU index of FACS action unit `number`, if the method models it.
+pub fn au_index(number: u8) -> Option<usize> {
+    AU_NUMBERS.iter().position(|&n| n == number)
+}
+
+/// How strongly the prior ties an AU to an expression (REFERENCE.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PriorLevel {
+    /// Initial value 1.0: the AU is a defining cue of the expression (mask A).
+    Strong,
+    /// Initial value 0.5: the AU often accompanies the expression (mask B).
+    Weak,
+    /// Initial value 0.1: the AU is not expected (mask C).
+    Absent,
+}
+
+impl PriorLevel {
+    /// The initial table value of this level.
+    pub fn initial_value(self) -> f32 {
+        match self {
+            PriorLevel::Strong => 1.0,
+            PriorLevel::Weak => 0.5,
+            PriorLevel::Absent => 0.1,
+        }
+    }
+}
+
+/// The FACS numbers of the Strong (1.0) and Weak (0.5) AUs of each basic expression, row order.
+const PRIOR_ENTRIES: [(&[u8], &[u8]); NUM_BASIC] = [
+    (&[1, 2, 5, 25, 26], &[16]),       // Surprise
+    (&[1, 2, 4, 5, 7, 20], &[23, 25]), // Fear
+    (&[9, 10], &[17, 25]),             // Disgust
+    (&[6, 12], &[7, 25]),              // Happiness
+    (&[1, 7, 15], &[4, 6, 17]),        // Sadness
+    (&[4, 5, 23, 24], &[7, 17]),       // Anger
+    (&[], &[]),                        // Neutral: all 0.1
+];
+
+/// The prior level of AU index `au` for basic expression index `expression`.
+///
+/// # Panics
+/// If `expression >= 7` or `au >= 17` (programming errors: indices come from checked labels).
+pub fn prior_level(expression: usize, au: usize) -> PriorLevel {
+    let (strong, weak) = PRIOR_ENTRIES[expression];
+    let number = AU_NUMBERS[au];
+    if strong.contains(&number) {
+        PriorLevel::Strong
+    } else if weak.contains(&number) {
+        PriorLevel::Weak
+    } else {
+        PriorLevel::Absent
+    }
+}
+
+/// The initial 7 x 17 `PriorKnowledgeTable` (REFERENCE.md section 2), row-major.
+pub fn prior_table_init() -> [[f32; NUM_AUS]; NUM_BASIC] {
+    let mut table = [[0.0; NUM_AUS]; NUM_BASIC];
+    for (e, row) in table.iter_mut().enumerate() {
+        for (a, v) in row.iter_mut().enumerate() {
+            *v = prior_level(e, a).initial_value();
+        }
+    }
+    table
+}
+
+/// The 0/1 mask of one prior level (A = Strong, B = Weak, C = Absent), 7 x 17 row-major.
+pub fn prior_mask(level: PriorLevel) -> [[f32; NUM_AUS]; NUM_BASIC] {
+    let mut mask = [[0.0; NUM_AUS]; NUM_BASIC];
+    for (e, row) in mask.iter_mut().enumerate() {
+        for (a, v) in row.iter_mut().enumerate() {
+            *v = if prior_level(e, a) == level { 1.0 } else { 0.0 };
+        }
+    }
+    mask
+}
+
+/// AU pairs of the expression-independent relation loss (REFERENCE.md section 4), as AU indices.
+/// Positive pairs tend to occur together; negative pairs tend not to.
+pub fn eiau_pairs() -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+    const POSITIVE: [(u8, u8); 10] =
+        [(1, 2), (4, 7), (4, 9), (7, 9), (6, 12), (9, 17), (15, 17), (15, 24), (17, 24), (23, 24)];
+    const NEGATIVE: [(u8, u8); 4] = [(2, 6), (2, 7), (12, 15), (12, 17)];
+    let to_index = |pairs: &[(u8, u8)]| {
+        pairs.iter().filter_map(|&(a, b)| Some((au_index(a)?, au_index(b)?))).collect::<Vec<_>>()
+    };
+    (to_index(&POSITIVE), to_index(&NEGATIVE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_matches_reference_rows() {
+        let t = prior_table_init();
+        // Surprise: AU1, AU2, AU5, AU25, AU26 at 1.0, AU16 at 0.5, the rest 0.1.
+        let surprise: Vec<f32> = t[0].to_vec();
+        assert_eq!(
+            surprise,
+            vec![
+                1.0, 1.0, 0.1, 1.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.5, 0.1, 0.1, 0.1, 0.1, 1.0, 1.0
+            ]
+        );
+        // Neutral is all 0.1.
+        assert!(t[6].iter().all(|&v| v == 0.1));
+        // 23 strong and 13 weak entries in all.
+        let count = |level| prior_mask(level).iter().flatten().filter(|&&v| v == 1.0).count();
+        assert_eq!(count(PriorLevel::Strong), 23);
+        assert_eq!(count(PriorLevel::Weak), 13);
+        assert_eq!(count(PriorLevel::Absent), 7 * 17 - 36);
+    }
+
+    #[test]
+    fn masks_partition_the_table() {
+        let (a, b, c) = (
+            prior_mask(PriorLevel::Strong),
+            prior_mask(PriorLevel::Weak),
+            prior_mask(PriorLevel::Absent),
+        );
+        for e in 0..NUM_BASIC {
+            for u in 0..NUM_AUS {
+                assert_eq!(a[e][u] + b[e][u] + c[e][u], 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn eiau_pairs_are_all_modelled_aus() {
+        let (pos, neg) = eiau_pairs();
+        assert_eq!(pos.len(), 10);
+        assert_eq!(neg.len(), 4);
+        // (6, 12) is AU index (4, 8).
+        assert!(pos.contains(&(4, 8)));
+        assert!(neg.contains(&(8, 9)));
+    }
+}
