@@ -155,11 +155,11 @@ mod tests {
         );
         // Neutral is all 0.1.
         assert!(t[6].iter().all(|&v| v == 0.1));
-        // 23 strong and 13 weak entries in all.
+        // 22 strong and 12 weak entries in all.
         let count = |level| prior_mask(level).iter().flatten().filter(|&&v| v == 1.0).count();
-        assert_eq!(count(PriorLevel::Strong), 23);
-        assert_eq!(count(PriorLevel::Weak), 13);
-        assert_eq!(count(PriorLevel::Absent), 7 * 17 - 36);
+        assert_eq!(count(PriorLevel::Strong), 22);
+        assert_eq!(count(PriorLevel::Weak), 12);
+        assert_eq!(count(PriorLevel::Absent), 7 * 17 - 34);
     }
 
     #[test]
