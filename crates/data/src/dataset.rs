@@ -1,0 +1,686 @@
+//! Opening RAF-DB (basic, compound) and SFEW 2.0 in the layouts of REFERENCE.md section 5.
+//!
+//! All annotations are parsed when a dataset is opened (text, fast) and each image's header is
+//! read for its size, so that a bad file is reported before training starts; the pixels are
+//! decoded later, by the loader.
+//!
+//! Layouts under the root folder (REFERENCE.md section 5, CONTRACT "Data"):
+//! - RAF-DB basic: `basic/EmoLabel/list_patition_label.txt` ("train_00001.jpg 5"; the split is
+//!   the name prefix), images `basic/Image/original/<name>` (or `aligned/<name>`, also found as
+//!   `<stem>_aligned.<ext>`, the name RAF-DB ships them under), boxes
+//!   `basic/Annotation/boundingbox/<stem>.txt`, landmarks relative to the box's top-left
+//!   `basic/Annotation/Landmarks_68_FAN_bbox/<stem>.txt`, and when the folder
+//!   `basic/Annotation/AU_gt/` exists, ground-truth AUs `<stem>.txt`. Compound: the same under
+//!   `compound/`. With `aligned`, the box and landmarks must be in the aligned image's pixels.
+//! - SFEW 2.0: `Train|Val/imgs/<Class>/<id>.jpg|png`, landmarks in image pixels
+//!   `Train|Val/Annotations/Landmarks_68_FAN/<Class>/<id>.txt`, the box is the landmarks'
+//!   extent. The id lists (`<Class>/<id>` per line) are read from
+//!   `list_experiment/id_train_list.txt` and `list_experiment/id_val_list.txt`, where the
+//!   reference keeps them; when a list is absent, the ids are the image files found under
+//!   `Train|Val/imgs/<Class>/`, sorted. Test = Val.
+//!
+//! Images without a landmark file, or whose file has fewer than 2 rows, are skipped as the
+//! reference does (counted, and reported once with `tracing::warn`). Anything malformed is an
+//! error naming the file (and line); with `skip_bad` the sample is skipped and counted instead.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::annotations::{
+    self, FaceBox, LabelEntry, LandmarkFile, SfewEntry, read_au_gt, read_box, read_landmarks,
+};
+use crate::error::{DataError, Result};
+use crate::landmarks::Landmarks;
+use crate::preprocess::{
+    self, AuGrid, AuLoc, Augment, ENLARGE_RAF, ENLARGE_SFEW, Plan, normalise_into,
+};
+
+/// Which dataset a root folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DatasetKind {
+    /// RAF-DB basic expressions (7 classes). The synthetic set uses this layout too.
+    RafBasic,
+    /// RAF-DB compound expressions (11 classes).
+    RafCompound,
+    /// SFEW 2.0 (7 classes, folder names mapped to the basic order).
+    Sfew,
+}
+
+impl DatasetKind {
+    /// Class names in label-index order (REFERENCE.md section 1).
+    pub fn class_names(self) -> &'static [&'static str] {
+        match self {
+            DatasetKind::RafBasic | DatasetKind::Sfew => &aue_core::EXPRESSIONS_BASIC,
+            DatasetKind::RafCompound => &aue_core::EXPRESSIONS_COMPOUND,
+        }
+    }
+
+    /// Number of classes (7 or 11).
+    pub fn num_classes(self) -> usize {
+        self.class_names().len()
+    }
+
+    /// The box enlargement factor (0.15 for RAF-DB, 0.20 for SFEW).
+    pub fn enlarge_factor(self) -> f64 {
+        match self {
+            DatasetKind::RafBasic | DatasetKind::RafCompound => ENLARGE_RAF,
+            DatasetKind::Sfew => ENLARGE_SFEW,
+        }
+    }
+
+    /// The name used on command lines and in configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetKind::RafBasic => "raf-basic",
+            DatasetKind::RafCompound => "raf-compound",
+            DatasetKind::Sfew => "sfew",
+        }
+    }
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "raf-basic" | "raf" | "synthetic" => Ok(DatasetKind::RafBasic),
+            "raf-compound" => Ok(DatasetKind::RafCompound),
+            "sfew" => Ok(DatasetKind::Sfew),
+            other => Err(DataError::Options(format!(
+                "unknown dataset kind `{other}` (expected raf-basic, raf-compound or sfew)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which part of a dataset to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Split {
+    /// The training split.
+    Train,
+    /// The test split (SFEW: Val).
+    Test,
+}
+
+impl Split {
+    /// `"train"` or `"test"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How to open a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetOptions {
+    /// Input side S (a multiple of 32, at least 32); the AU grid is S / 4. Default 224.
+    pub image_size: u32,
+    /// RAF-DB: read `Image/aligned/` instead of `Image/original/`. Default false.
+    pub aligned: bool,
+    /// Skip (and count) malformed samples instead of failing. Default false.
+    pub skip_bad: bool,
+    /// When a training crop is mirrored, also swap left/right landmark indices (iBUG mirror),
+    /// so that AU centres keep their side. Default false: the reference does not (quirk).
+    pub swap_flip_landmarks: bool,
+}
+
+impl Default for DatasetOptions {
+    fn default() -> Self {
+        DatasetOptions {
+            image_size: 224,
+            aligned: false,
+            skip_bad: false,
+            swap_flip_landmarks: false,
+        }
+    }
+}
+
+impl DatasetOptions {
+    fn check(&self) -> Result<()> {
+        if self.image_size < 32 || self.image_size % 32 != 0 {
+            return Err(DataError::Options(format!(
+                "image_size {} must be a multiple of 32 (at least 32)",
+                self.image_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One sample's annotations, parsed at open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleInfo {
+    /// RAF-DB: the image file name (`train_00001.jpg`); SFEW: `<Class>/<id>`.
+    pub name: String,
+    /// The image file.
+    pub image: PathBuf,
+    /// 0-based class index.
+    pub label: usize,
+    /// The face box in image pixels (SFEW: the landmarks' extent).
+    pub face_box: FaceBox,
+    /// The 68 landmarks in image pixels.
+    pub landmarks: Landmarks,
+    /// Ground-truth AU intensities, when the dataset has them.
+    pub au_gt: Option<[f32; aue_core::NUM_AUS]>,
+    /// Image width from its header.
+    pub width: u32,
+    /// Image height from its header.
+    pub height: u32,
+}
+
+/// What opening a dataset skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Entries listed for the split.
+    pub listed: usize,
+    /// Images skipped for a missing landmark file or one with fewer than 2 rows (the
+    /// reference's rule), by name.
+    pub no_landmarks: Vec<String>,
+    /// Malformed samples skipped under `skip_bad`: the error of each.
+    pub bad: Vec<String>,
+}
+
+/// An opened dataset split. Cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    kind: DatasetKind,
+    split: Split,
+    root: PathBuf,
+    options: DatasetOptions,
+    grid: AuGrid,
+    samples: Vec<SampleInfo>,
+    has_au_gt: bool,
+    report: OpenReport,
+}
+
+/// One prepared sample: the normalised image and its targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// `[3, S, S]` row-major, ImageNet-normalised.
+    pub image: Vec<f32>,
+    /// AU locations on the G grid.
+    pub au_loc: AuLoc,
+    /// 0-based class index.
+    pub label: usize,
+    /// Ground-truth AU intensities, when the dataset has them.
+    pub au_gt: Option<[f32; aue_core::NUM_AUS]>,
+}
+
+/// The outcome of reading one listed entry.
+enum Entry {
+    Sample(Box<SampleInfo>),
+    NoLandmarks(String),
+}
+
+impl Dataset {
+    /// Opens the `split` of the dataset of `kind` under `root`.
+    pub fn open(
+        kind: DatasetKind,
+        root: impl AsRef<Path>,
+        split: Split,
+        options: &DatasetOptions,
+    ) -> Result<Dataset> {
+        options.check()?;
+        let root = root.as_ref().to_path_buf();
+        if !root.is_dir() {
+            return Err(DataError::missing(&root, "dataset root folder"));
+        }
+        let (results, listed, has_au_gt) = match kind {
+            DatasetKind::RafBasic | DatasetKind::RafCompound => {
+                open_raf(kind, &root, split, options)?
+            }
+            DatasetKind::Sfew => open_sfew(&root, split, options)?,
+        };
+        let mut report = OpenReport { listed, ..OpenReport::default() };
+        let mut samples = Vec::with_capacity(results.len());
+        for result in results {
+            match result {
+                Ok(Entry::Sample(s)) => samples.push(*s),
+                Ok(Entry::NoLandmarks(name)) => report.no_landmarks.push(name),
+                Err(e) if options.skip_bad => report.bad.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        if !report.no_landmarks.is_empty() {
+            let first: Vec<&str> = report.no_landmarks.iter().take(5).map(String::as_str).collect();
+            tracing::warn!(
+                dataset = %kind,
+                split = %split,
+                count = report.no_landmarks.len(),
+                first = ?first,
+                "skipped images without a landmark file or with fewer than 2 landmark rows \
+                 (as the reference does)"
+            );
+        }
+        if !report.bad.is_empty() {
+            let first: Vec<&str> = report.bad.iter().take(5).map(String::as_str).collect();
+            tracing::warn!(
+                dataset = %kind,
+                split = %split,
+                count = report.bad.len(),
+                first = ?first,
+                "skipped malformed samples (skip_bad)"
+            );
+        }
+        if samples.is_empty() {
+            return Err(DataError::Dataset {
+                root,
+                message: format!(
+                    "no usable {split} sample ({} listed, {} without landmarks, {} malformed)",
+                    report.listed,
+                    report.no_landmarks.len(),
+                    report.bad.len()
+                ),
+            });
+        }
+        tracing::info!(
+            dataset = %kind,
+            split = %split,
+            samples = samples.len(),
+            has_au_gt,
+            "opened dataset"
+        );
+        Ok(Dataset {
+            inner: Arc::new(Inner {
+                kind,
+                split,
+                root,
+                grid: AuGrid::new(options.image_size),
+                options: options.clone(),
+                samples,
+                has_au_gt,
+                report,
+            }),
+        })
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.inner.samples.len()
+    }
+
+    /// Whether there is no sample (never true for an opened dataset).
+    pub fn is_empty(&self) -> bool {
+        self.inner.samples.is_empty()
+    }
+
+    /// The dataset kind.
+    pub fn kind(&self) -> DatasetKind {
+        self.inner.kind
+    }
+
+    /// The split.
+    pub fn split(&self) -> Split {
+        self.inner.split
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &DatasetOptions {
+        &self.inner.options
+    }
+
+    /// Input side S.
+    pub fn image_size(&self) -> u32 {
+        self.inner.options.image_size
+    }
+
+    /// The AU grid of S.
+    pub fn grid(&self) -> AuGrid {
+        self.inner.grid
+    }
+
+    /// All samples, in list order.
+    pub fn samples(&self) -> &[SampleInfo] {
+        &self.inner.samples
+    }
+
+    /// Sample `index` (`None` past the end).
+    pub fn sample(&self, index: usize) -> Option<&SampleInfo> {
+        self.inner.samples.get(index)
+    }
+
+    /// Class names in label-index order.
+    pub fn class_names(&self) -> &'static [&'static str] {
+        self.inner.kind.class_names()
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.inner.kind.num_classes()
+    }
+
+    /// Number of samples of each class, in label-index order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.num_classes()];
+        for s in &self.inner.samples {
+            counts[s.label] += 1;
+        }
+        counts
+    }
+
+    /// Whether every sample carries ground-truth AUs (the `AU_gt` folder exists).
+    pub fn has_au_gt(&self) -> bool {
+        self.inner.has_au_gt
+    }
+
+    /// What opening skipped.
+    pub fn report(&self) -> &OpenReport {
+        &self.inner.report
+    }
+
+    fn get(&self, index: usize) -> Result<&SampleInfo> {
+        self.inner.samples.get(index).ok_or_else(|| DataError::Dataset {
+            root: self.inner.root.clone(),
+            message: format!("sample index {index} out of range (len {})", self.len()),
+        })
+    }
+
+    /// The half padding of sample `index`'s box (the range of its random offsets).
+    pub fn half_padding(&self, index: usize) -> Result<i64> {
+        let s = self.get(index)?;
+        Ok(preprocess::half_padding(&s.face_box, self.inner.kind.enlarge_factor()))
+    }
+
+    /// The crop plan of sample `index` under `augment`, without decoding the image (it uses the
+    /// image size read at open).
+    pub fn plan(&self, index: usize, augment: &Augment) -> Result<Plan> {
+        let s = self.get(index)?;
+        preprocess::plan(
+            &s.face_box,
+            &s.landmarks,
+            self.inner.kind.enlarge_factor(),
+            augment,
+            self.inner.options.swap_flip_landmarks,
+            (s.width, s.height),
+            &self.inner.grid,
+        )
+        .map_err(|m| DataError::invalid(&s.image, m))
+    }
+
+    /// Sample `index` cropped, augmented and resized: `S x S x 3` bytes (the values `ToTensor`
+    /// divides by 255) and the plan.
+    pub fn prepare_u8(&self, index: usize, augment: &Augment) -> Result<(Vec<u8>, Plan)> {
+        let s = self.get(index)?;
+        let (bytes, plan) = preprocess::prepare_u8(
+            &s.image,
+            &s.face_box,
+            &s.landmarks,
+            self.inner.kind.enlarge_factor(),
+            augment,
+            self.inner.options.swap_flip_landmarks,
+            &self.inner.grid,
+        )?;
+        if plan.rect.x1 > s.width || plan.rect.y1 > s.height {
+            // The file changed since open; the crop was cut from the decoded size, so it is
+            // valid, but the open-time checks no longer hold.
+            tracing::warn!(image = %s.image.display(), "image size differs from the one at open");
+        }
+        Ok((bytes, plan))
+    }
+
+    /// Writes sample `index`'s normalised `[3, S, S]` image into `out` and returns its AU
+    /// locations.
+    pub fn prepare_into(&self, index: usize, augment: &Augment, out: &mut [f32]) -> Result<AuLoc> {
+        let size = self.image_size() as usize;
+        if out.len() != 3 * size * size {
+            return Err(DataError::Options(format!(
+                "output buffer holds {} values, need 3 x {size} x {size}",
+                out.len()
+            )));
+        }
+        let (bytes, plan) = self.prepare_u8(index, augment)?;
+        normalise_into(&bytes, out);
+        Ok(plan.au_loc)
+    }
+
+    /// Sample `index` prepared under `augment` (allocates; the loader writes in place instead).
+    pub fn prepare(&self, index: usize, augment: &Augment) -> Result<Prepared> {
+        let size = self.image_size() as usize;
+        let mut image = vec![0.0; 3 * size * size];
+        let au_loc = self.prepare_into(index, augment, &mut image)?;
+        let s = self.get(index)?;
+        Ok(Prepared { image, au_loc, label: s.label, au_gt: s.au_gt })
+    }
+}
+
+/// Reads the image size and checks that the test-mode crop of `face_box` is not empty: a box
+/// outside its image is an error here, before training starts.
+fn check_image(
+    image: &Path,
+    face_box: &FaceBox,
+    landmarks: &Landmarks,
+    kind: DatasetKind,
+    grid: &AuGrid,
+) -> Result<(u32, u32)> {
+    let (w, h) = preprocess::image_dimensions(image)?;
+    let overlap_x = face_box.x2.min(f64::from(w)) - face_box.x1.max(0.0);
+    let overlap_y = face_box.y2.min(f64::from(h)) - face_box.y1.max(0.0);
+    if overlap_x < 1.0 || overlap_y < 1.0 {
+        return Err(DataError::invalid(
+            image,
+            format!(
+                "face box ({}, {}, {}, {}) lies outside the {w}x{h} image",
+                face_box.x1, face_box.y1, face_box.x2, face_box.y2
+            ),
+        ));
+    }
+    preprocess::plan(
+        face_box,
+        landmarks,
+        kind.enlarge_factor(),
+        &Augment::NONE,
+        false,
+        (w, h),
+        grid,
+    )
+    .map_err(|m| DataError::invalid(image, m))?;
+    Ok((w, h))
+}
+
+type Opened = (Vec<Result<Entry>>, usize, bool);
+
+fn open_raf(
+    kind: DatasetKind,
+    root: &Path,
+    split: Split,
+    options: &DatasetOptions,
+) -> Result<Opened> {
+    let sub = root.join(if kind == DatasetKind::RafBasic { "basic" } else { "compound" });
+    let list = sub.join("EmoLabel/list_patition_label.txt");
+    if !list.is_file() {
+        return Err(DataError::missing(&list, format!("{kind} label list")));
+    }
+    let entries = annotations::read_label_list(&list, split.as_str(), kind.num_classes())?;
+    let listed = entries.len();
+    let au_dir = sub.join("Annotation/AU_gt");
+    let has_au_gt = au_dir.is_dir();
+    let dirs = RafDirs {
+        images: sub.join("Image").join(if options.aligned { "aligned" } else { "original" }),
+        boxes: sub.join("Annotation/boundingbox"),
+        landmarks: sub.join("Annotation/Landmarks_68_FAN_bbox"),
+        au_gt: has_au_gt.then_some(au_dir),
+        aligned: options.aligned,
+    };
+    let grid = AuGrid::new(options.image_size);
+    let results = entries
+        .into_par_iter()
+        .map(|entry| entry.and_then(|e| read_raf_entry(kind, &dirs, &e, &grid)))
+        .collect();
+    Ok((results, listed, has_au_gt))
+}
+
+struct RafDirs {
+    images: PathBuf,
+    boxes: PathBuf,
+    landmarks: PathBuf,
+    au_gt: Option<PathBuf>,
+    aligned: bool,
+}
+
+fn read_raf_entry(
+    kind: DatasetKind,
+    dirs: &RafDirs,
+    entry: &LabelEntry,
+    grid: &AuGrid,
+) -> Result<Entry> {
+    let stem = annotations::stem(&entry.name);
+    let lm_path = dirs.landmarks.join(format!("{stem}.txt"));
+    if !lm_path.is_file() {
+        return Ok(Entry::NoLandmarks(entry.name.clone()));
+    }
+    let mut landmarks = match read_landmarks(&lm_path)? {
+        LandmarkFile::Points(p) => *p,
+        LandmarkFile::TooFew(_) => return Ok(Entry::NoLandmarks(entry.name.clone())),
+    };
+    let box_path = dirs.boxes.join(format!("{stem}.txt"));
+    if !box_path.is_file() {
+        return Err(DataError::missing(&box_path, format!("face box file for {}", entry.name)));
+    }
+    let face_box = read_box(&box_path)?;
+    // RAF-DB landmarks are relative to the box's top-left corner.
+    for p in landmarks.iter_mut() {
+        p[0] += face_box.x1;
+        p[1] += face_box.y1;
+    }
+    let au_gt = match &dirs.au_gt {
+        Some(dir) => {
+            let path = dir.join(format!("{stem}.txt"));
+            if !path.is_file() {
+                return Err(DataError::missing(&path, format!("AU file for {}", entry.name)));
+            }
+            Some(read_au_gt(&path)?)
+        }
+        None => None,
+    };
+    let mut image = dirs.images.join(&entry.name);
+    if dirs.aligned && !image.is_file() {
+        let ext = entry.name.rsplit_once('.').map(|(_, e)| e).unwrap_or("jpg");
+        let alt = dirs.images.join(format!("{stem}_aligned.{ext}"));
+        if alt.is_file() {
+            image = alt;
+        }
+    }
+    if !image.is_file() {
+        return Err(DataError::missing(&image, format!("image of {}", entry.name)));
+    }
+    let (width, height) = check_image(&image, &face_box, &landmarks, kind, grid)?;
+    Ok(Entry::Sample(Box::new(SampleInfo {
+        name: entry.name.clone(),
+        image,
+        label: entry.label,
+        face_box,
+        landmarks,
+        au_gt,
+        width,
+        height,
+    })))
+}
+
+fn open_sfew(root: &Path, split: Split, options: &DatasetOptions) -> Result<Opened> {
+    let (folder, list_name) = match split {
+        Split::Train => ("Train", "id_train_list.txt"),
+        Split::Test => ("Val", "id_val_list.txt"),
+    };
+    let base = root.join(folder);
+    let list = root.join("list_experiment").join(list_name);
+    let entries = if list.is_file() {
+        annotations::read_sfew_list(&list)?
+    } else {
+        list_sfew_images(&base.join("imgs"))?
+    };
+    let listed = entries.len();
+    let grid = AuGrid::new(options.image_size);
+    let results = entries
+        .into_par_iter()
+        .map(|entry| entry.and_then(|e| read_sfew_entry(&base, &e, &grid)))
+        .collect();
+    Ok((results, listed, false))
+}
+
+/// The `<Class>/<id>` names of the images under `imgs/<Class>/`, sorted, for an SFEW folder
+/// that comes without id lists.
+fn list_sfew_images(imgs: &Path) -> Result<Vec<Result<SfewEntry>>> {
+    if !imgs.is_dir() {
+        return Err(DataError::missing(imgs, "SFEW image folder (and no id list)"));
+    }
+    let mut names = Vec::new();
+    for (class, _) in aue_core::SFEW_FOLDERS {
+        let dir = imgs.join(class);
+        if !dir.is_dir() {
+            continue;
+        }
+        let read = std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir, "list folder", e))?;
+        for item in read {
+            let item = item.map_err(|e| DataError::io(&dir, "list folder", e))?;
+            let file_name = item.file_name();
+            let Some(file_name) = file_name.to_str() else { continue };
+            if let Some((id, ext)) = file_name.rsplit_once('.')
+                && matches!(ext, "jpg" | "png")
+            {
+                names.push(format!("{class}/{id}"));
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok(names.iter().map(|n| annotations::parse_sfew_name(imgs, 0, n)).collect())
+}
+
+fn read_sfew_entry(base: &Path, entry: &SfewEntry, grid: &AuGrid) -> Result<Entry> {
+    let lm_path =
+        base.join("Annotations/Landmarks_68_FAN").join(&entry.class).join(format!("{}.txt", entry.id));
+    if !lm_path.is_file() {
+        return Ok(Entry::NoLandmarks(entry.name.clone()));
+    }
+    let landmarks = match read_landmarks(&lm_path)? {
+        LandmarkFile::Points(p) => *p,
+        LandmarkFile::TooFew(_) => return Ok(Entry::NoLandmarks(entry.name.clone())),
+    };
+    let dir = base.join("imgs").join(&entry.class);
+    let jpg = dir.join(format!("{}.jpg", entry.id));
+    let image = if jpg.is_file() { jpg } else { dir.join(format!("{}.png", entry.id)) };
+    if !image.is_file() {
+        return Err(DataError::missing(&image, format!("image of {} (.jpg or .png)", entry.name)));
+    }
+    let face_box = FaceBox::extent(&landmarks);
+    if face_box.x2 <= face_box.x1 || face_box.y2 <= face_box.y1 {
+        return Err(DataError::invalid(&lm_path, "landmarks span an empty box"));
+    }
+    let (width, height) = check_image(&image, &face_box, &landmarks, DatasetKind::Sfew, grid)?;
+    Ok(Entry::Sample(Box::new(SampleInfo {
+        name: entry.name.clone(),
+        image,
+        label: entry.label,
+        face_box,
+        landmarks,
+        au_gt: None,
+        width,
+        height,
+    })))
+}
