@@ -1,0 +1,369 @@
+//! Checkpoint I/O (CONTRACT.md "Model state"): safetensors files holding the model's [`VarMap`]
+//! under the reference state-dict keys, plus a `__metadata__` string map.
+//!
+//! - [`save`]: atomic (temp file in the same folder, fsync, rename, fsync of the folder).
+//! - [`read_metadata`]: the `__metadata__` map, reading only the header.
+//! - [`load`]: strict: a missing key, an extra key, a wrong shape or dtype is an error naming the
+//!   key, and nothing is changed unless every check passes. Tensors are read one at a time, so
+//!   loading needs little memory beyond the model itself.
+//! - [`import_torchvision`]: a torchvision ResNet state dict (`.pth` pickle or `.safetensors`,
+//!   keys with or without a `backbone.` prefix) into the backbone; `fc.*` is ignored.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::error::{ModelError, Result};
+
+/// Metadata key holding the checkpoint format version written by [`save`].
+pub const FORMAT_KEY: &str = "aue_format";
+/// The current checkpoint format version.
+pub const FORMAT_VERSION: &str = "1";
+
+/// Largest safetensors header accepted (the safetensors crate's own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// One tensor's entry in a safetensors header.
+#[derive(Debug, Clone)]
+struct Entry {
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Byte range within the data section.
+    begin: u64,
+    end: u64,
+}
+
+/// A parsed safetensors header.
+#[derive(Debug, Clone)]
+struct Header {
+    metadata: BTreeMap<String, String>,
+    entries: BTreeMap<String, Entry>,
+    /// File offset of the data section.
+    data_start: u64,
+}
+
+fn dtype_from_str(s: &str) -> Option<DType> {
+    Some(match s {
+        "F32" => DType::F32,
+        "F64" => DType::F64,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
+        _ => return None,
+    })
+}
+
+fn dtype_name(d: DType) -> String {
+    match d {
+        DType::F32 => "F32".into(),
+        DType::F64 => "F64".into(),
+        DType::I64 => "I64".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Read and check a safetensors header (and that every tensor lies inside the file).
+fn read_header(path: &Path, file: &mut File) -> Result<Header> {
+    let bad = |reason: String| ModelError::bad_file(path, format!("not a valid safetensors file: {reason}"));
+    let io = |e| ModelError::io(path, e);
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| bad("shorter than 8 bytes".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER || 8 + n > file_len {
+        return Err(bad(format!("header length {n} does not fit the file ({file_len} bytes)")));
+    }
+    let mut text = vec![0u8; n as usize];
+    file.read_exact(&mut text).map_err(io)?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let obj = json.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let data_start = 8 + n;
+    let mut header = Header { metadata: BTreeMap::new(), entries: BTreeMap::new(), data_start };
+    for (key, value) in obj {
+        if key == "__metadata__" {
+            let map = value.as_object().ok_or_else(|| bad("`__metadata__` is not an object".into()))?;
+            for (k, v) in map {
+                let v = v.as_str().ok_or_else(|| bad(format!("metadata `{k}` is not a string")))?;
+                header.metadata.insert(k.clone(), v.to_string());
+            }
+            continue;
+        }
+        let field = |name: &str| value.get(name).ok_or_else(|| bad(format!("tensor `{key}` has no `{name}`")));
+        let dtype_str = field("dtype")?.as_str().unwrap_or("?");
+        let dtype = dtype_from_str(dtype_str)
+            .ok_or_else(|| bad(format!("tensor `{key}` has unsupported dtype {dtype_str}")))?;
+        let ints = |v: &serde_json::Value, what: &str| -> Result<Vec<u64>> {
+            v.as_array()
+                .and_then(|a| a.iter().map(|x| x.as_u64()).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| bad(format!("tensor `{key}`: `{what}` is not a list of integers")))
+        };
+        let shape: Vec<usize> = ints(field("shape")?, "shape")?.into_iter().map(|d| d as usize).collect();
+        let offsets = ints(field("data_offsets")?, "data_offsets")?;
+        let [begin, end] = offsets[..] else {
+            return Err(bad(format!("tensor `{key}`: data_offsets must hold 2 numbers")));
+        };
+        let bytes = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+        if end < begin || end - begin != bytes || data_start + end > file_len {
+            return Err(bad(format!("tensor `{key}`: data_offsets [{begin}, {end}] do not fit {dtype_str} {shape:?}")));
+        }
+        header.entries.insert(key.clone(), Entry { dtype, shape, begin, end });
+    }
+    Ok(header)
+}
+
+fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| ModelError::io(path, e))
+}
+
+/// Read one tensor's bytes from the file.
+fn read_entry(path: &Path, file: &mut File, header: &Header, entry: &Entry, device: &Device) -> Result<Tensor> {
+    let io = |e| ModelError::io(path, e);
+    file.seek(SeekFrom::Start(header.data_start + entry.begin)).map_err(io)?;
+    let mut bytes = vec![0u8; (entry.end - entry.begin) as usize];
+    file.read_exact(&mut bytes).map_err(io)?;
+    Ok(Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, device)?)
+}
+
+/// The `__metadata__` map of a safetensors file, without reading its tensors.
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<BTreeMap<String, String>> {
+    let path = path.as_ref();
+    Ok(read_header(path, &mut open(path)?)?.metadata)
+}
+
+/// Every tensor of a safetensors file, with its metadata (for small files: inputs, fixtures).
+pub fn read_safetensors(
+    path: impl AsRef<Path>,
+    device: &Device,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, Tensor>)> {
+    let path = path.as_ref();
+    let mut file = open(path)?;
+    let header = read_header(path, &mut file)?;
+    let mut tensors = BTreeMap::new();
+    for (key, entry) in &header.entries {
+        tensors.insert(key.clone(), read_entry(path, &mut file, &header, entry, device)?);
+    }
+    Ok((header.metadata, tensors))
+}
+
+/// A variable's tensor as the safetensors crate sees it; its bytes are produced while the file is
+/// written, one tensor at a time (a device-to-host copy for GPU tensors).
+struct View {
+    tensor: Tensor,
+    dtype: safetensors::Dtype,
+    failure: Rc<RefCell<Option<String>>>,
+}
+
+impl View {
+    fn bytes(&self) -> candle_core::Result<Vec<u8>> {
+        let flat = self.tensor.flatten_all()?.to_device(&Device::Cpu)?;
+        Ok(match self.tensor.dtype() {
+            DType::I64 => flat.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        })
+    }
+}
+
+impl safetensors::View for View {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        self.tensor.dims()
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self.bytes() {
+            Ok(bytes) => Cow::Owned(bytes),
+            Err(e) => {
+                // The trait cannot fail: remember the error; `save` reports it and drops the file.
+                self.failure.borrow_mut().get_or_insert(e.to_string());
+                Cow::Owned(Vec::new())
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.tensor.elem_count() * self.tensor.dtype().size_in_bytes()
+    }
+}
+
+fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Save every variable of `varmap` to `path` with `metadata` (plus [`FORMAT_KEY`]), atomically:
+/// a temp file in the same folder is written, fsynced and renamed over `path`.
+pub fn save(varmap: &VarMap, path: impl AsRef<Path>, metadata: &BTreeMap<String, String>) -> Result<()> {
+    let path = path.as_ref();
+    let failure = Rc::new(RefCell::new(None));
+    let mut views = Vec::new();
+    for (key, var) in sorted_vars(varmap) {
+        let dtype = match var.dtype() {
+            DType::F32 => safetensors::Dtype::F32,
+            DType::I64 => safetensors::Dtype::I64,
+            other => return Err(ModelError::Config(format!("cannot save `{key}`: dtype {other:?} (only F32 and I64)"))),
+        };
+        views.push((key, View { tensor: var.as_tensor().detach(), dtype, failure: failure.clone() }));
+    }
+    let mut meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    meta.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = folder.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        safetensors::tensor::serialize_to_file(views, Some(meta), &tmp)
+            .map_err(|e| ModelError::bad_file(&tmp, format!("writing safetensors: {e}")))?;
+        if let Some(e) = failure.borrow_mut().take() {
+            return Err(ModelError::bad_file(&tmp, format!("reading a tensor to save: {e}")));
+        }
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| ModelError::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))?;
+        // Make the rename itself durable.
+        File::open(&folder).and_then(|f| f.sync_all()).map_err(|e| ModelError::io(&folder, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The first key of a sorted set, and how many more there are.
+fn first_and_more(keys: &BTreeSet<&String>) -> Option<(String, usize)> {
+    keys.iter().next().map(|k| ((*k).clone(), keys.len() - 1))
+}
+
+/// Check that `entry` can fill `var` (shape and dtype).
+fn check_entry(path: &Path, key: &str, entry: &Entry, var: &Var) -> Result<()> {
+    if entry.shape != var.dims() {
+        return Err(ModelError::ShapeMismatch {
+            path: path.into(),
+            key: key.into(),
+            found: entry.shape.clone(),
+            expected: var.dims().to_vec(),
+        });
+    }
+    if entry.dtype != var.dtype() {
+        return Err(ModelError::DTypeMismatch {
+            path: path.into(),
+            key: key.into(),
+            found: dtype_name(entry.dtype),
+            expected: dtype_name(var.dtype()),
+        });
+    }
+    Ok(())
+}
+
+/// Load a checkpoint strictly into `varmap` and return its metadata. The file must hold exactly
+/// the variables of `varmap` with their shapes and dtypes; otherwise nothing is changed and the
+/// error names the first offending key.
+pub fn load(varmap: &VarMap, path: impl AsRef<Path>) -> Result<BTreeMap<String, String>> {
+    let path = path.as_ref();
+    let mut file = open(path)?;
+    let header = read_header(path, &mut file)?;
+    let vars: BTreeMap<String, Var> = sorted_vars(varmap).into_iter().collect();
+    let missing: BTreeSet<&String> = vars.keys().filter(|k| !header.entries.contains_key(*k)).collect();
+    if let Some((key, more)) = first_and_more(&missing) {
+        return Err(ModelError::MissingKey { path: path.into(), key, more });
+    }
+    let extra: BTreeSet<&String> = header.entries.keys().filter(|k| !vars.contains_key(*k)).collect();
+    if let Some((key, more)) = first_and_more(&extra) {
+        return Err(ModelError::ExtraKey { path: path.into(), key, more });
+    }
+    for (key, entry) in &header.entries {
+        check_entry(path, key, entry, &vars[key])?;
+    }
+    for (key, entry) in &header.entries {
+        let var = &vars[key];
+        var.set(&read_entry(path, &mut file, &header, entry, var.device())?)?;
+    }
+    tracing::debug!(path = %path.display(), tensors = header.entries.len(), "checkpoint loaded");
+    Ok(header.metadata)
+}
+
+/// What [`import_torchvision`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Backbone variables set from the file.
+    pub loaded: usize,
+    /// `fc.*` entries ignored.
+    pub ignored_fc: usize,
+    /// `num_batches_tracked` buffers absent from the file (older torchvision weights), set to 0.
+    pub zeroed_batch_counters: usize,
+}
+
+/// Import torchvision ResNet weights (ImageNet initialisation) into the `backbone.*` variables.
+///
+/// `path` is a PyTorch `state_dict` saved by `torch.save` (`.pth`, `.pt`, ...) or a
+/// `.safetensors` file. Keys may carry a `backbone.` prefix. `fc.*` is ignored (the reference
+/// replaces the classifier). Otherwise strict: every other backbone variable must be present with
+/// its shape and dtype, and no other key may appear, except that a missing `num_batches_tracked`
+/// (torchvision's published weights predate it) is set to 0, as PyTorch does.
+pub fn import_torchvision(varmap: &VarMap, path: impl AsRef<Path>) -> Result<ImportSummary> {
+    let path = path.as_ref();
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    let raw: Vec<(String, Tensor)> = if is_safetensors {
+        read_safetensors(path, &Device::Cpu)?.1.into_iter().collect()
+    } else {
+        candle_core::pickle::read_all(path)
+            .map_err(|e| ModelError::bad_file(path, format!("not a readable PyTorch state dict: {e}")))?
+    };
+    let vars: BTreeMap<String, Var> = sorted_vars(varmap)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("backbone.") && !k.starts_with("backbone.fc."))
+        .collect();
+    let mut found: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut ignored_fc = 0;
+    for (name, tensor) in raw {
+        let bare = name.strip_prefix("backbone.").unwrap_or(&name);
+        if bare.starts_with("fc.") {
+            ignored_fc += 1;
+            continue;
+        }
+        let key = format!("backbone.{bare}");
+        if !vars.contains_key(&key) {
+            return Err(ModelError::ExtraKey { path: path.into(), key: name, more: 0 });
+        }
+        found.insert(key, tensor);
+    }
+    let missing: BTreeSet<&String> = vars
+        .keys()
+        .filter(|k| !found.contains_key(*k) && !k.ends_with(".num_batches_tracked"))
+        .collect();
+    if let Some((key, more)) = first_and_more(&missing) {
+        let bare = key.trim_start_matches("backbone.").to_string();
+        return Err(ModelError::MissingKey { path: path.into(), key: bare, more });
+    }
+    for (key, t) in &found {
+        let entry = Entry { dtype: t.dtype(), shape: t.dims().to_vec(), begin: 0, end: 0 };
+        check_entry(path, key, &entry, &vars[key])?;
+    }
+    let mut zeroed = 0;
+    for (key, var) in &vars {
+        match found.get(key) {
+            Some(t) => var.set(&t.to_device(var.device())?)?,
+            None => {
+                var.set(&Tensor::zeros((), DType::I64, var.device())?)?;
+                zeroed += 1;
+            }
+        }
+    }
+    tracing::info!(path = %path.display(), loaded = found.len(), ignored_fc, zeroed, "torchvision weights imported");
+    Ok(ImportSummary { loaded: found.len(), ignored_fc, zeroed_batch_counters: zeroed })
+}

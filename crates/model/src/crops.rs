@@ -1,0 +1,312 @@
+//! The 34 AU crops and their crop nets, batched (REFERENCE.md section 3, AU branch steps 5-6).
+//!
+//! The reference runs 34 separate `Crop_Net_1.{k}` (Conv2d 3x3 + ReLU) and `Crop_Net_2.{k}`
+//! (Linear + ReLU + Dropout) modules on 34 crops of the AU map M. Here:
+//! - one `index_select` on the zero-padded, channels-last map gathers the im2col matrix of all 34
+//!   crops at once (crop gather and im2col fused: the taps of the 3x3 conv that fall outside a crop,
+//!   the conv's own zero padding, read a padding zero);
+//! - `Crop_Net_1` is one batched matmul with the 34 kernels stacked to [34, 9 C, C];
+//! - `Crop_Net_2` is one batched matmul with the 34 weights stacked to [34, F, C L^2].
+//!
+//! The variables stay per crop with the reference's names and shapes; the stacks are built inside
+//! the forward pass (`Tensor::stack` of the variables keeps the gradient flowing to each of them).
+
+use aue_core::NUM_AUS;
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::nn::{Params, PartMode, dropout};
+
+/// Number of crops: two centres per AU.
+pub const NUM_CROPS: usize = 2 * NUM_AUS;
+
+/// Checked AU centres of a batch: crop k = 2i + c is centred at (x, y) = (loc[i][2c], loc[i][2c+1]).
+#[derive(Debug, Clone)]
+pub struct CropCentres {
+    batch: usize,
+    /// (x, y) per (sample, crop), sample-major.
+    xy: Vec<(usize, usize)>,
+}
+
+impl CropCentres {
+    /// Read and check `au_loc` (i64 [B, 17, 4], x1 y1 x2 y2 on the G grid). Every coordinate must be
+    /// in [0, G]; a window that leaves the map reads zeros there (with the loader's clamping to
+    /// [L/2, G - L/2] none does).
+    pub fn new(au_loc: &Tensor, grid: usize) -> Result<Self> {
+        let dims = au_loc.dims();
+        if au_loc.dtype() != DType::I64 || dims.len() != 3 || dims[1] != NUM_AUS || dims[2] != 4 {
+            return Err(ModelError::input(
+                "au_loc",
+                format!("expected i64 [B, 17, 4], got {:?} {:?}", au_loc.dtype(), dims),
+            ));
+        }
+        let batch = dims[0];
+        let flat = au_loc.flatten_all()?.to_vec1::<i64>()?;
+        let mut xy = Vec::with_capacity(batch * NUM_CROPS);
+        for (n, sample) in flat.chunks_exact(4 * NUM_AUS).enumerate() {
+            for (i, c) in sample.chunks_exact(4).enumerate() {
+                for (x, y) in [(c[0], c[1]), (c[2], c[3])] {
+                    let ok = |v: i64| (0..=grid as i64).contains(&v);
+                    if !ok(x) || !ok(y) {
+                        return Err(ModelError::input(
+                            "au_loc",
+                            format!("sample {n}, AU index {i}: centre ({x}, {y}) is outside the grid [0, {grid}]"),
+                        ));
+                    }
+                    xy.push((x as usize, y as usize));
+                }
+            }
+        }
+        Ok(CropCentres { batch, xy })
+    }
+
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Row indices into the padded channels-last map [B * Gp * Gp, C] (Gp = G + L) that form the
+    /// im2col matrix of the 3x3 / padding 1 conv on every crop, ordered (crop, sample, position,
+    /// tap). A tap outside its crop points to row 0, a padding zero (L/2 >= 1).
+    ///
+    /// # Shapes
+    /// -> u32 [34 * B * L * L * 9]
+    fn im2col_rows(&self, grid: usize, side: usize, device: &Device) -> Result<Tensor> {
+        let gp = grid + side;
+        // Top-left corner of crop (k, n) in padded coordinates is its centre (cy, cx).
+        let mut base = Vec::with_capacity(NUM_CROPS * self.batch);
+        for k in 0..NUM_CROPS {
+            for n in 0..self.batch {
+                let (x, y) = self.xy[n * NUM_CROPS + k];
+                base.push((n * gp * gp + y * gp + x) as u32);
+            }
+        }
+        // Offset of each (position, tap) inside a crop window; `valid` is 0 where the tap falls
+        // outside the crop (the crop conv's zero padding).
+        let (mut offset, mut valid) = (Vec::new(), Vec::new());
+        for py in 0..side {
+            for px in 0..side {
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let (yy, xx) = ((py + ky) as isize - 1, (px + kx) as isize - 1);
+                        let inside = (0..side as isize).contains(&yy) && (0..side as isize).contains(&xx);
+                        offset.push(if inside { (yy as usize * gp + xx as usize) as u32 } else { 0 });
+                        valid.push(u32::from(inside));
+                    }
+                }
+            }
+        }
+        let taps = side * side * 9;
+        let base = Tensor::from_vec(base, (NUM_CROPS * self.batch, 1), device)?;
+        let offset = Tensor::from_vec(offset, (1, taps), device)?;
+        let valid = Tensor::from_vec(valid, (1, taps), device)?;
+        Ok(base.broadcast_add(&offset)?.broadcast_mul(&valid)?.flatten_all()?)
+    }
+}
+
+/// All 34 `Crop_Net_1.{k}` and `Crop_Net_2.{k}`.
+#[derive(Debug, Clone)]
+pub(crate) struct CropNets {
+    conv_w: Vec<Tensor>,
+    conv_b: Vec<Tensor>,
+    fc_w: Vec<Tensor>,
+    fc_b: Vec<Tensor>,
+    grid: usize,
+    side: usize,
+    dropout: f32,
+}
+
+impl CropNets {
+    pub(crate) fn new(root: &Params, cfg: &ModelConfig) -> Result<Self> {
+        let (c, f, d) = (cfg.crop_channels, cfg.au_feat, cfg.crop_flat());
+        let (mut conv_w, mut conv_b, mut fc_w, mut fc_b) = (vec![], vec![], vec![], vec![]);
+        for k in 0..NUM_CROPS {
+            let conv = root.pp("Crop_Net_1").pp(k).pp(0);
+            conv_w.push(conv.param("weight", &[c, c, 3, 3])?);
+            conv_b.push(conv.param("bias", &[c])?);
+            let fc = root.pp("Crop_Net_2").pp(k).pp(0);
+            fc_w.push(fc.param("weight", &[f, d])?);
+            fc_b.push(fc.param("bias", &[f])?);
+        }
+        Ok(CropNets {
+            conv_w,
+            conv_b,
+            fc_w,
+            fc_b,
+            grid: cfg.grid(),
+            side: cfg.crop_side(),
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// Crop M at the centres and run the 34 crop nets.
+    ///
+    /// # Shapes
+    /// m [B, C, G, G] -> au_feat [B, 34, F] (crop order k = 2i + c)
+    pub(crate) fn forward(&self, m: &Tensor, centres: &CropCentres, mode: PartMode) -> Result<Tensor> {
+        let (b, c, g, _) = m.dims4()?;
+        if b != centres.batch() || g != self.grid {
+            return Err(ModelError::input(
+                "au_loc",
+                format!("{} samples for a map of shape {:?} (grid {})", centres.batch(), m.dims(), self.grid),
+            ));
+        }
+        let (l, h) = (self.side, self.side / 2);
+        let gp = g + l;
+        let stack = |ts: &[Tensor]| -> Result<Tensor> {
+            let seen: Vec<Tensor> = ts.iter().map(|t| mode.see(t)).collect();
+            Ok(Tensor::stack(&seen, 0)?)
+        };
+        // [b, gp, gp, c] -> rows [b * gp * gp, c]
+        let padded = m.permute((0, 2, 3, 1))?.contiguous()?.pad_with_zeros(1, h, h)?.pad_with_zeros(2, h, h)?;
+        let rows = padded.reshape((b * gp * gp, c))?;
+        let ids = centres.im2col_rows(g, l, m.device())?;
+        let cols = rows.index_select(&ids, 0)?.reshape((NUM_CROPS, b * l * l, 9 * c))?;
+        // Crop_Net_1: kernels [34, c_out, c_in, 3, 3] -> [34, ky, kx, c_in, c_out] -> [34, 9 c, c]
+        let w1 = stack(&self.conv_w)?.permute((0, 3, 4, 2, 1))?.reshape((NUM_CROPS, 9 * c, c))?;
+        let b1 = stack(&self.conv_b)?.unsqueeze(1)?; // [34, 1, c]
+        let h1 = cols.matmul(&w1)?.broadcast_add(&b1)?.relu()?; // [34, b * l * l, c]
+        // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
+        let h1 = h1.reshape((NUM_CROPS, b, l * l, c))?.transpose(2, 3)?.reshape((NUM_CROPS, b, c * l * l))?;
+        // Crop_Net_2: [34, b, c l^2] x [34, c l^2, F]
+        let w2 = stack(&self.fc_w)?; // [34, F, c l^2]
+        let b2 = stack(&self.fc_b)?.unsqueeze(1)?; // [34, 1, F]
+        let h2 = h1.matmul(&w2.transpose(1, 2)?)?.broadcast_add(&b2)?.relu()?; // [34, b, F]
+        let h2 = dropout(&h2, self.dropout, mode)?;
+        Ok(h2.transpose(0, 1)?.contiguous()?) // [b, 34, F]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+    use candle_nn::VarMap;
+
+    fn loc_tensor(loc: &[i64], batch: usize) -> Tensor {
+        Tensor::from_vec(loc.to_vec(), (batch, NUM_AUS, 4), &Device::Cpu).unwrap()
+    }
+
+    /// The crop of M at (x, y), zero outside the map: M[:, y-L/2 : y+L/2, x-L/2 : x+L/2].
+    fn naive_crop(m: &[f32], c: usize, g: usize, l: usize, x: usize, y: usize) -> Vec<f32> {
+        let mut out = vec![0f32; c * l * l];
+        for ch in 0..c {
+            for py in 0..l {
+                for px in 0..l {
+                    let (yy, xx) = (y as isize - (l / 2) as isize + py as isize, x as isize - (l / 2) as isize + px as isize);
+                    if yy >= 0 && xx >= 0 && (yy as usize) < g && (xx as usize) < g {
+                        out[(ch * l + py) * l + px] = m[(ch * g + yy as usize) * g + xx as usize];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// 3x3 / padding 1 conv + bias + ReLU on one [c, l, l] crop (kernel [c_out, c_in, 3, 3]).
+    fn naive_conv_relu(x: &[f32], w: &[f32], bias: &[f32], c: usize, l: usize) -> Vec<f32> {
+        let mut out = vec![0f32; c * l * l];
+        for o in 0..c {
+            for py in 0..l {
+                for px in 0..l {
+                    let mut acc = bias[o] as f64;
+                    for i in 0..c {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (yy, xx) = (py as isize + ky as isize - 1, px as isize + kx as isize - 1);
+                                if yy >= 0 && xx >= 0 && (yy as usize) < l && (xx as usize) < l {
+                                    acc += w[((o * c + i) * 3 + ky) * 3 + kx] as f64
+                                        * x[(i * l + yy as usize) * l + xx as usize] as f64;
+                                }
+                            }
+                        }
+                    }
+                    out[(o * l + py) * l + px] = acc.max(0.0) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn tiny_cfg() -> ModelConfig {
+        ModelConfig::preset(crate::config::Preset::Tiny).with_dropout(0.0).unwrap()
+    }
+
+    fn random_nets(cfg: &ModelConfig) -> (VarMap, CropNets) {
+        let map = VarMap::new();
+        let nets = CropNets::new(&Params::new(&map, &Device::Cpu), cfg).unwrap();
+        for var in map.all_vars() {
+            var.set(&Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+        (map, nets)
+    }
+
+    #[test]
+    fn batched_crop_nets_match_a_per_crop_loop() {
+        let cfg = tiny_cfg();
+        let (c, g, l, f) = (cfg.crop_channels, cfg.grid(), cfg.crop_side(), cfg.au_feat);
+        let (_map, nets) = random_nets(&cfg);
+        let batch = 2;
+        // Centres in [0, G], some windows leaving the map (zero fill) and some at the corners.
+        let mut loc: Vec<i64> = (0..batch * NUM_AUS * 4).map(|i| ((i * 7 + 3) % (g + 1)) as i64).collect();
+        loc[0] = 0;
+        loc[1] = g as i64;
+        let m = Tensor::randn(0f32, 1., (batch, c, g, g), &Device::Cpu).unwrap();
+        let centres = CropCentres::new(&loc_tensor(&loc, batch), g).unwrap();
+        let got = nets.forward(&m, &centres, PartMode::EVAL).unwrap();
+        assert_eq!(got.dims(), [batch, NUM_CROPS, f]);
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ms = m.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for n in 0..batch {
+            let mn = &ms[n * c * g * g..(n + 1) * c * g * g];
+            for k in 0..NUM_CROPS {
+                let (i, cc) = (k / 2, k % 2);
+                let at = (n * NUM_AUS + i) * 4 + 2 * cc;
+                let crop = naive_crop(mn, c, g, l, loc[at] as usize, loc[at + 1] as usize);
+                let h1 = naive_conv_relu(&crop, &v(&nets.conv_w[k]), &v(&nets.conv_b[k]), c, l);
+                let (w2, b2) = (v(&nets.fc_w[k]), v(&nets.fc_b[k]));
+                for o in 0..f {
+                    let acc: f64 = b2[o] as f64
+                        + h1.iter().enumerate().map(|(j, h)| w2[o * h1.len() + j] as f64 * *h as f64).sum::<f64>();
+                    let expect = acc.max(0.0);
+                    let g_ = got[(n * NUM_CROPS + k) * f + o] as f64;
+                    assert!((g_ - expect).abs() < 1e-4 * (1.0 + expect.abs()), "n {n} k {k} o {o}: {g_} vs {expect}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn crop_gather_reads_zeros_outside_the_map_and_routes_gradients() {
+        // With identity-like crop nets the gradient w.r.t. M counts how often each pixel is read.
+        let cfg = tiny_cfg();
+        let (c, g) = (cfg.crop_channels, cfg.grid());
+        let (_map, nets) = random_nets(&cfg);
+        let loc = vec![0i64; NUM_AUS * 4]; // every crop at the corner: 3/4 of each window outside
+        let centres = CropCentres::new(&loc_tensor(&loc, 1), g).unwrap();
+        let m = Var::randn(0f32, 1., (1, c, g, g), &Device::Cpu).unwrap();
+        let out = nets.forward(&m, &centres, PartMode::TRAIN).unwrap();
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        let gm = grads.get(m.as_tensor()).unwrap();
+        // Only the top-left L/2 x L/2 block of M is inside the windows: the rest gets no gradient.
+        let h = cfg.crop_side() / 2;
+        let outside = gm.narrow(2, h, g - h).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(outside, 0.0);
+        // And every crop net variable receives a gradient.
+        for t in nets.conv_w.iter().chain(&nets.fc_w) {
+            assert!(grads.get(t).is_some());
+        }
+    }
+
+    #[test]
+    fn centres_outside_the_grid_are_an_error_naming_the_sample() {
+        let mut loc = vec![5i64; 2 * NUM_AUS * 4];
+        loc[NUM_AUS * 4 + 3 * 4 + 1] = 17;
+        let err = CropCentres::new(&loc_tensor(&loc, 2), 16).unwrap_err().to_string();
+        assert!(err.contains("au_loc") && err.contains("sample 1, AU index 3"), "{err}");
+        let bad = Tensor::zeros((2, 17, 2), DType::I64, &Device::Cpu).unwrap();
+        assert!(CropCentres::new(&bad, 16).unwrap_err().to_string().contains("[B, 17, 4]"));
+    }
+}

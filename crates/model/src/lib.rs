@@ -1,0 +1,26 @@
+//! The AUE-CRL model (Pu et al., arXiv 2012.14587) on Candle: torchvision-compatible ResNet
+//! backbones, the expression, AU and fusion branches, the prior knowledge table and the losses,
+//! initialisers, and checkpoint I/O with the reference's state-dict keys.
+//!
+//! REFERENCE.md sections 2-4 and 8 are what this crate implements; CONTRACT.md fixes its
+//! interfaces. Start with [`AueModel`], [`ForwardOptions`] and [`loss::stage_loss`].
+
+mod branches;
+pub mod checkpoint;
+pub mod config;
+pub mod crops;
+pub mod error;
+pub mod init;
+pub mod loss;
+pub mod model;
+pub mod nn;
+mod resnet;
+
+pub use config::{BlockKind, ModelConfig, Preset};
+pub use error::{ModelError, Result};
+pub use loss::{AuKnowledge, stage_loss};
+pub use model::{
+    AueModel, ForwardOptions, OutputSet, Outputs, Stage, is_bn_buffer, is_trainable, trainable_prefixes,
+    trainable_vars,
+};
+pub use nn::PartMode;

@@ -1,0 +1,679 @@
+//! Layers and ops the model is built from, written for training on Candle 0.11.
+//!
+//! Candle 0.11 has gaps that matter here; each has a replacement below and a unit test that fails
+//! if a Candle upgrade changes the behaviour (so the replacement can be reconsidered):
+//! - `max_pool2d`'s backward multiplies the gradient by (#maxima)/k^2 instead of dividing by the
+//!   number of maxima, so with kernel = stride the gradient is 1/k^2 too small:
+//!   [`max_pool_exact`] reshapes and takes the max instead (exact gradient).
+//! - pooling has no padding, and `max_pool2d` has no backward when kernel != stride, so the ResNet
+//!   stem's 3x3 / stride 2 / padding 1 max pool has no gradient: [`max_pool_3x3_s2_p1`] pads with
+//!   -inf and takes the max of the 9 taps gathered by one `index_select`.
+//! - `candle_nn::ops::softmax_last_dim` is a custom op without a backward: its gradient is silently
+//!   dropped. The model uses `candle_nn::ops::softmax`, which is made of differentiable ops.
+//! - `Tensor::clamp` is `maximum` then `minimum`, whose backward gives half the gradient where the
+//!   value sits exactly on a bound (PyTorch gives all of it): [`clamp_exact`].
+//! - no local response norm: [`lrn_quirk`] writes the reference's (REFERENCE.md section 3, step 2).
+//! - `candle_nn::SGD` has no momentum; the trainer implements SGD with momentum itself.
+//! - candle-transformers' ResNet is inference-only; `crate::resnet` is ours.
+//!
+//! Every convolution goes through [`conv2d_forward`] and every transposed convolution through
+//! [`conv_transpose2d_forward`], so that a faster implementation (a custom op with a better
+//! backward) can replace them in one place.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::error::{ModelError, Result};
+
+/// How one part of the model runs in a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartMode {
+    /// BatchNorm uses batch statistics and updates its running statistics (PyTorch train mode);
+    /// otherwise it uses the running statistics (eval mode).
+    pub train_bn: bool,
+    /// Dropout layers are active (they also need a non-zero `ModelConfig::dropout`).
+    pub dropout: bool,
+    /// The part builds a gradient graph. When false the part runs like PyTorch's `no_grad`: its
+    /// parameters and inputs are detached, so no gradient reaches them or flows through the part.
+    pub grad: bool,
+}
+
+impl PartMode {
+    /// PyTorch `eval()` under `no_grad`.
+    pub const EVAL: PartMode = PartMode { train_bn: false, dropout: false, grad: false };
+    /// PyTorch `train()` with gradients.
+    pub const TRAIN: PartMode = PartMode { train_bn: true, dropout: true, grad: true };
+    /// PyTorch `train()` under `no_grad` (a frozen part left in train mode).
+    pub const FROZEN_TRAIN: PartMode = PartMode { train_bn: true, dropout: true, grad: false };
+
+    /// `t` as this part sees it: detached when the part runs without gradient.
+    pub(crate) fn see(&self, t: &Tensor) -> Tensor {
+        if self.grad { t.clone() } else { t.detach() }
+    }
+}
+
+/// Creates or fetches the model's variables in a [`VarMap`] under a dotted prefix (like
+/// `candle_nn::VarBuilder::pp`), so that names are exactly the reference state-dict keys.
+///
+/// A missing variable is created filled with zeros (the initialisers in `crate::init` set values);
+/// an existing one must have the requested shape and dtype.
+#[derive(Clone)]
+pub(crate) struct Params {
+    map: VarMap,
+    prefix: String,
+    device: Device,
+}
+
+impl Params {
+    pub(crate) fn new(map: &VarMap, device: &Device) -> Self {
+        Params { map: map.clone(), prefix: String::new(), device: device.clone() }
+    }
+
+    /// The sub-builder for module `name` (`pp("layer1").pp(0)` -> `layer1.0.`).
+    pub(crate) fn pp(&self, name: impl std::fmt::Display) -> Self {
+        Params { prefix: format!("{}{name}.", self.prefix), ..self.clone() }
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The variable `name` under this prefix.
+    pub(crate) fn var(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Var> {
+        let key = format!("{}{name}", self.prefix);
+        let mut data = self.map.data().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(var) = data.get(&key) {
+            let state = || std::path::PathBuf::from("<model state>");
+            if var.dims() != shape {
+                return Err(ModelError::ShapeMismatch {
+                    path: state(),
+                    key,
+                    found: var.dims().to_vec(),
+                    expected: shape.to_vec(),
+                });
+            }
+            if var.dtype() != dtype {
+                return Err(ModelError::DTypeMismatch {
+                    path: state(),
+                    key,
+                    found: format!("{:?}", var.dtype()),
+                    expected: format!("{dtype:?}"),
+                });
+            }
+            return Ok(var.clone());
+        }
+        let var = Var::zeros(shape, dtype, &self.device)?;
+        data.insert(key, var.clone());
+        Ok(var)
+    }
+
+    /// An f32 parameter, as the tensor the forward pass uses (it shares the variable's storage).
+    pub(crate) fn param(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self.var(name, shape, DType::F32)?.as_tensor().clone())
+    }
+}
+
+/// Every 2-d convolution of the model.
+///
+/// # Shapes
+/// x [B, C_in, H, W], weight [C_out, C_in, k, k] -> [B, C_out, H', W']
+pub fn conv2d_forward(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    Ok(x.conv2d(weight, padding, stride, 1, 1)?)
+}
+
+/// Every 2-d transposed convolution of the model (PyTorch weight layout [C_in, C_out, k, k]).
+///
+/// # Shapes
+/// x [B, C_in, H, W], weight [C_in, C_out, k, k] -> [B, C_out, (H - 1) * stride - 2 * padding + k, ...]
+pub fn conv_transpose2d_forward(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    Ok(x.conv_transpose2d(weight, padding, 0, stride, 1)?)
+}
+
+/// The geometry of a square convolution.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A `kernel` x `kernel` convolution, stride 1, "same" padding, no bias.
+    pub(crate) fn same(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        ConvSpec { in_channels, out_channels, kernel, stride: 1, padding: kernel / 2, bias: false }
+    }
+
+    pub(crate) fn stride(self, stride: usize) -> Self {
+        ConvSpec { stride, ..self }
+    }
+
+    pub(crate) fn padding(self, padding: usize) -> Self {
+        ConvSpec { padding, ..self }
+    }
+}
+
+/// `nn.Conv2d` (weight [C_out, C_in, k, k], optional bias).
+#[derive(Debug, Clone)]
+pub(crate) struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    pub(crate) fn new(p: &Params, s: ConvSpec) -> Result<Self> {
+        let weight = p.param("weight", &[s.out_channels, s.in_channels, s.kernel, s.kernel])?;
+        let bias = if s.bias { Some(p.param("bias", &[s.out_channels])?) } else { None };
+        Ok(Conv2d { weight, bias, stride: s.stride, padding: s.padding })
+    }
+
+    /// # Shapes
+    /// x [B, C_in, H, W] -> [B, C_out, H', W']
+    pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
+        let y = conv2d_forward(x, &mode.see(&self.weight), self.stride, self.padding)?;
+        match &self.bias {
+            Some(b) => Ok(y.broadcast_add(&mode.see(b).reshape((1, (), 1, 1))?)?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// `nn.ConvTranspose2d(c_in, c_out, 4, stride 2, padding 1, bias=False)` of the AU decoder.
+#[derive(Debug, Clone)]
+pub(crate) struct ConvTranspose2d {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl ConvTranspose2d {
+    pub(crate) fn new(p: &Params, in_channels: usize, out_channels: usize) -> Result<Self> {
+        let weight = p.param("weight", &[in_channels, out_channels, 4, 4])?;
+        Ok(ConvTranspose2d { weight, stride: 2, padding: 1 })
+    }
+
+    /// # Shapes
+    /// x [B, C_in, H, W] -> [B, C_out, 2H, 2W]
+    pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
+        conv_transpose2d_forward(x, &mode.see(&self.weight), self.stride, self.padding)
+    }
+}
+
+/// `nn.Linear` (weight [out, in], bias [out]).
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub(crate) fn new(p: &Params, in_features: usize, out_features: usize) -> Result<Self> {
+        let weight = p.param("weight", &[out_features, in_features])?;
+        let bias = p.param("bias", &[out_features])?;
+        Ok(Linear { weight, bias })
+    }
+
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub(crate) fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// # Shapes
+    /// x [B, in] -> [B, out]
+    pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
+        let y = x.matmul(&mode.see(&self.weight).t()?)?;
+        Ok(y.broadcast_add(&mode.see(&self.bias))?)
+    }
+}
+
+/// PyTorch's BatchNorm defaults.
+pub(crate) const BN_EPS: f64 = 1e-5;
+pub(crate) const BN_MOMENTUM: f64 = 0.1;
+
+/// `nn.BatchNorm1d` / `nn.BatchNorm2d`: parameters `weight`, `bias`; buffers `running_mean`,
+/// `running_var` and the i64 scalar `num_batches_tracked`.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+}
+
+impl BatchNorm {
+    pub(crate) fn new(p: &Params, channels: usize) -> Result<Self> {
+        Ok(BatchNorm {
+            weight: p.param("weight", &[channels])?,
+            bias: p.param("bias", &[channels])?,
+            running_mean: p.var("running_mean", &[channels], DType::F32)?,
+            running_var: p.var("running_var", &[channels], DType::F32)?,
+            num_batches_tracked: p.var("num_batches_tracked", &[], DType::I64)?,
+        })
+    }
+
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub(crate) fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    pub(crate) fn running_mean(&self) -> &Var {
+        &self.running_mean
+    }
+
+    pub(crate) fn running_var(&self) -> &Var {
+        &self.running_var
+    }
+
+    pub(crate) fn num_batches_tracked(&self) -> &Var {
+        &self.num_batches_tracked
+    }
+
+    /// Normalise over every dim but 1 (the channel dim).
+    ///
+    /// Train mode (`mode.train_bn`): batch statistics (biased variance), then running_mean and
+    /// running_var (unbiased variance) move by momentum 0.1 and num_batches_tracked grows by 1,
+    /// in place, as in PyTorch. Eval mode: running statistics.
+    ///
+    /// # Shapes
+    /// x [B, C] or [B, C, H, W] -> same
+    pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
+        let rank = x.rank();
+        let mut stat_shape = vec![1; rank];
+        stat_shape[1] = x.dim(1)?;
+        let reduce: Vec<usize> = (0..rank).filter(|&d| d != 1).collect();
+        let (w, b) = (mode.see(&self.weight), mode.see(&self.bias));
+        let (w, b) = (w.reshape(stat_shape.as_slice())?, b.reshape(stat_shape.as_slice())?);
+        if mode.train_bn {
+            let (y, mean, var) = batch_norm_train(x, &w, &b, &reduce)?;
+            let c = x.dim(1)?;
+            update_running(
+                &self.running_mean,
+                &self.running_var,
+                &self.num_batches_tracked,
+                &mean.reshape(c)?,
+                &var.reshape(c)?,
+            )?;
+            Ok(y)
+        } else {
+            // Buffers, not parameters: never part of a gradient graph.
+            let rm = self.running_mean.as_tensor().detach().reshape(stat_shape.as_slice())?;
+            let rv = self.running_var.as_tensor().detach().reshape(stat_shape.as_slice())?;
+            batch_norm_eval(x, &w, &b, &rm, &rv)
+        }
+    }
+}
+
+/// Train-mode batch norm over `reduce` dims; `weight`/`bias` already have the keep-dim shape.
+/// Returns the output, the batch mean and the unbiased batch variance (both detached, keep-dim
+/// shape) for the running-statistics update.
+///
+/// # Shapes
+/// x [.., C, ..], weight/bias: x's shape with the `reduce` dims set to 1 -> y like x; stats like weight
+pub(crate) fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    reduce: &[usize],
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let n: usize = reduce.iter().map(|&d| x.dims()[d]).product();
+    if n < 2 {
+        return Err(ModelError::input(
+            "batch",
+            format!("BatchNorm in train mode needs more than 1 value per channel, got shape {:?}", x.dims()),
+        ));
+    }
+    let mean = x.mean_keepdim(reduce)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(reduce)?; // biased, as PyTorch normalises
+    let inv_std = (&var + BN_EPS)?.sqrt()?.recip()?; // the gradient flows through mean and var
+    let y = centred.broadcast_mul(&inv_std.broadcast_mul(weight)?)?.broadcast_add(bias)?;
+    let unbiased = (var.detach() * (n as f64 / (n - 1) as f64))?;
+    Ok((y, mean.detach(), unbiased))
+}
+
+/// Eval-mode batch norm with running statistics, folded into one scale and shift per channel;
+/// all four statistics tensors already have the keep-dim shape.
+pub(crate) fn batch_norm_eval(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+) -> Result<Tensor> {
+    let scale = weight.broadcast_div(&(running_var + BN_EPS)?.sqrt()?)?;
+    let shift = bias.broadcast_sub(&running_mean.broadcast_mul(&scale)?)?;
+    Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
+}
+
+/// PyTorch's running-statistics update: r <- (1 - m) r + m s, num_batches_tracked += 1.
+pub(crate) fn update_running(
+    running_mean: &Var,
+    running_var: &Var,
+    num_batches_tracked: &Var,
+    batch_mean: &Tensor,
+    batch_var_unbiased: &Tensor,
+) -> Result<()> {
+    let m = BN_MOMENTUM;
+    let rm = ((running_mean.as_tensor().detach() * (1.0 - m))? + (batch_mean * m)?)?;
+    let rv = ((running_var.as_tensor().detach() * (1.0 - m))? + (batch_var_unbiased * m)?)?;
+    running_mean.set(&rm)?;
+    running_var.set(&rv)?;
+    let one = Tensor::ones((), DType::I64, num_batches_tracked.device())?;
+    num_batches_tracked.set(&num_batches_tracked.as_tensor().detach().add(&one)?)?;
+    Ok(())
+}
+
+/// Dropout with drop probability `p` when the part's dropout is active; identity otherwise.
+pub(crate) fn dropout(x: &Tensor, p: f32, mode: PartMode) -> Result<Tensor> {
+    if mode.dropout && p > 0.0 { Ok(candle_nn::ops::dropout(x, p)?) } else { Ok(x.clone()) }
+}
+
+/// Max pool with kernel = stride = `k` by reshape + max: exact gradient, unlike Candle's
+/// `max_pool2d` (see the module doc).
+///
+/// # Shapes
+/// x [B, C, H, W] (H, W multiples of k) -> [B, C, H / k, W / k]
+pub fn max_pool_exact(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if k == 0 || h % k != 0 || w % k != 0 {
+        return Err(ModelError::input(
+            "max_pool",
+            format!("kernel {k} does not divide the map {h}x{w}"),
+        ));
+    }
+    // [b, c, h/k, k, w/k, k] -> max over the two kernel axes
+    Ok(x.reshape((b, c, h / k, k, w / k, k))?.max(5)?.max(3)?)
+}
+
+/// The ResNet stem's max pool: kernel 3, stride 2, padding 1 (padding never wins the max, as in
+/// PyTorch). The map is padded with -inf, the 9 taps of every window are gathered by one
+/// `index_select`, and their max is taken (Candle's pooling has no padding and no backward here).
+///
+/// # Shapes
+/// x [B, C, H, W] -> [B, C, (H - 1) / 2 + 1, (W - 1) / 2 + 1]
+pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    let (hp, wp) = (h + 2, w + 2);
+    let dev = x.device();
+    let rows = Tensor::full(f32::NEG_INFINITY, (b, c, 1, w), dev)?.to_dtype(x.dtype())?;
+    let x = Tensor::cat(&[&rows, x, &rows], 2)?; // [b, c, hp, w]
+    let cols = Tensor::full(f32::NEG_INFINITY, (b, c, hp, 1), dev)?.to_dtype(x.dtype())?;
+    let x = Tensor::cat(&[&cols, &x, &cols], 3)?; // [b, c, hp, wp]
+    let mut ids = Vec::with_capacity(ho * wo * 9);
+    for oy in 0..ho {
+        for ox in 0..wo {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    ids.push(((2 * oy + ky) * wp + 2 * ox + kx) as u32);
+                }
+            }
+        }
+    }
+    let ids = Tensor::from_vec(ids, ho * wo * 9, dev)?;
+    let taps = x.reshape((b, c, hp * wp))?.index_select(&ids, 2)?; // [b, c, ho * wo * 9]
+    Ok(taps.reshape((b, c, ho, wo, 9))?.max(4)?)
+}
+
+/// quirk: the reference's local response norm (REFERENCE.md section 3, step 2): size 2, alpha 1e-4,
+/// beta 0.75, k 1, with the window SUMMED (it multiplies the average by the size):
+/// y_c = x_c / (1 + 1e-4 (x_{c-1}^2 + x_c^2))^0.75 with x_{-1} = 0. Not PyTorch's nn.LocalResponseNorm.
+///
+/// # Shapes
+/// x [B, C, H, W] -> [B, C, H, W]
+pub fn lrn_quirk(x: &Tensor) -> Result<Tensor> {
+    const ALPHA: f64 = 1e-4;
+    const BETA: f64 = 0.75;
+    const K: f64 = 1.0;
+    let c = x.dim(1)?;
+    let sq = x.sqr()?;
+    let s = if c > 1 {
+        // channel c of `prev` holds x_{c-1}^2 (zero for c = 0)
+        let prev = sq.narrow(1, 0, c - 1)?.pad_with_zeros(1, 1, 0)?;
+        (&sq + prev)?
+    } else {
+        sq
+    };
+    Ok(x.div(&s.affine(ALPHA, K)?.powf(BETA)?)?)
+}
+
+/// Clamp to [lo, hi] with PyTorch's gradient: 1 inside the closed interval, 0 outside. Candle's
+/// `clamp` (maximum then minimum) halves the gradient where a value equals a bound, and the prior
+/// table starts exactly on its bounds (1.0 and 0.5).
+///
+/// # Shapes
+/// x any -> same
+pub fn clamp_exact(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+    let inside = x.ge(lo)?.mul(&x.le(hi)?)?;
+    let clamped = x.detach().clamp(lo, hi)?;
+    Ok(inside.where_cond(x, &clamped)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, Device};
+
+    fn grad_of(var: &Var, loss: &Tensor) -> Option<Tensor> {
+        loss.backward().unwrap().get(var.as_tensor()).cloned()
+    }
+
+    /// Fails when Candle fixes its max_pool2d backward (then `max_pool_exact` can go).
+    #[test]
+    fn candle_max_pool2d_backward_still_scales_by_one_over_k2() {
+        let x = Var::new(&[[[[1f32, 2.], [4., 3.]]]], &Device::Cpu).unwrap();
+        let g = grad_of(&x, &x.max_pool2d(2).unwrap().sum_all().unwrap()).unwrap();
+        assert_eq!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 0., 0.25, 0.]);
+        let g = grad_of(&x, &max_pool_exact(&x, 2).unwrap().sum_all().unwrap()).unwrap();
+        assert_eq!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 0., 1., 0.]);
+    }
+
+    #[test]
+    fn max_pool_exact_matches_a_loop() {
+        let x = Tensor::randn(0f32, 1., (2, 3, 8, 4), &Device::Cpu).unwrap();
+        let y = max_pool_exact(&x, 4).unwrap();
+        assert_eq!(y.dims(), [2, 3, 2, 1]);
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ys = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for bc in 0..6 {
+            for oy in 0..2 {
+                let mut m = f32::NEG_INFINITY;
+                for yy in 0..4 {
+                    for xx in 0..4 {
+                        m = m.max(xs[bc * 32 + (oy * 4 + yy) * 4 + xx]);
+                    }
+                }
+                assert_eq!(ys[bc * 2 + oy], m);
+            }
+        }
+    }
+
+    /// Fails when Candle's max_pool2d gets a backward for kernel != stride.
+    #[test]
+    fn candle_max_pool2d_has_no_backward_for_overlapping_windows() {
+        let x = Var::rand(0f32, 1., (1, 1, 6, 6), &Device::Cpu).unwrap();
+        let y = x.max_pool2d_with_stride(3, 2).unwrap().sum_all().unwrap();
+        assert!(y.backward().is_err());
+    }
+
+    #[test]
+    fn stem_max_pool_matches_a_loop_with_exact_gradient() {
+        let (h, w) = (6, 5);
+        let x = Var::randn(0f32, 1., (2, 2, h, w), &Device::Cpu).unwrap();
+        let y = max_pool_3x3_s2_p1(&x).unwrap();
+        let (ho, wo) = (3, 3);
+        assert_eq!(y.dims(), [2, 2, ho, wo]);
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ys = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut expect_grad = vec![0f32; xs.len()];
+        for bc in 0..4 {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let (mut m, mut at) = (f32::NEG_INFINITY, 0);
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (yy, xx) = ((2 * oy + ky) as isize - 1, (2 * ox + kx) as isize - 1);
+                            if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
+                                continue;
+                            }
+                            let i = bc * h * w + yy as usize * w + xx as usize;
+                            if xs[i] > m {
+                                (m, at) = (xs[i], i);
+                            }
+                        }
+                    }
+                    assert_eq!(ys[(bc * ho + oy) * wo + ox], m);
+                    expect_grad[at] += 1.0;
+                }
+            }
+        }
+        let g = grad_of(&x, &y.sum_all().unwrap()).unwrap();
+        assert_eq!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expect_grad);
+    }
+
+    /// Fails when Candle gives `softmax_last_dim` a backward (then it could replace `softmax`).
+    #[test]
+    fn candle_softmax_last_dim_still_drops_its_gradient() {
+        let x = Var::new(&[[0.1f32, 0.7, -0.3]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[[1f32, 2., 3.]], &Device::Cpu).unwrap();
+        let loss = candle_nn::ops::softmax_last_dim(&x).unwrap().mul(&w).unwrap().sum_all().unwrap();
+        assert!(grad_of(&x, &loss).is_none());
+        // The composite softmax has the analytic gradient s_i (w_i - sum_j s_j w_j).
+        let s = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
+        let g = grad_of(&x, &s.mul(&w).unwrap().sum_all().unwrap()).unwrap();
+        let sv = s.to_vec2::<f32>().unwrap()[0].clone();
+        let mean_w: f32 = sv.iter().zip([1f32, 2., 3.]).map(|(s, w)| s * w).sum();
+        let gv = g.to_vec2::<f32>().unwrap()[0].clone();
+        for i in 0..3 {
+            assert!((gv[i] - sv[i] * ((i + 1) as f32 - mean_w)).abs() < 1e-6);
+        }
+    }
+
+    /// Fails when Candle's clamp gets PyTorch's gradient at the bounds (then `clamp_exact` can go).
+    #[test]
+    fn candle_clamp_halves_the_gradient_on_a_bound() {
+        let x = Var::new(&[0.75f32, 1.0, 0.9, 1.2, 0.3], &Device::Cpu).unwrap();
+        let g = grad_of(&x, &x.clamp(0.75f32, 1.0f32).unwrap().sum_all().unwrap()).unwrap();
+        assert_eq!(g.to_vec1::<f32>().unwrap(), [0.5, 0.5, 1., 0., 0.]);
+        let y = clamp_exact(&x, 0.75, 1.0).unwrap();
+        assert_eq!(y.to_vec1::<f32>().unwrap(), [0.75, 1.0, 0.9, 1.0, 0.75]);
+        let g = grad_of(&x, &y.sum_all().unwrap()).unwrap();
+        assert_eq!(g.to_vec1::<f32>().unwrap(), [1., 1., 1., 0., 0.]);
+    }
+
+    #[test]
+    fn lrn_matches_the_summed_window_formula() {
+        let x = (Tensor::randn(0f32, 1., (2, 5, 3, 2), &Device::Cpu).unwrap() * 40.).unwrap();
+        let y = lrn_quirk(&x).unwrap();
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ys = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let hw = 6;
+        for b in 0..2 {
+            for c in 0..5 {
+                for p in 0..hw {
+                    let at = |c: usize| xs[(b * 5 + c) * hw + p] as f64;
+                    let prev = if c == 0 { 0.0 } else { at(c - 1).powi(2) };
+                    let expect = at(c) / (1.0 + 1e-4 * (prev + at(c).powi(2))).powf(0.75);
+                    let got = ys[(b * 5 + c) * hw + p] as f64;
+                    assert!((got - expect).abs() <= 1e-5 * expect.abs().max(1.0), "{got} {expect}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_norm_train_and_eval_match_pytorch_formulas() {
+        let map = VarMap::new();
+        let p = Params::new(&map, &Device::Cpu).pp("bn");
+        let bn = BatchNorm::new(&p, 3).unwrap();
+        let set = |k: &str, v: &[f32]| {
+            map.data().lock().unwrap()[k].set(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap()
+        };
+        set("bn.weight", &[1.5, 0.5, 2.0]);
+        set("bn.bias", &[0.1, -0.2, 0.3]);
+        set("bn.running_mean", &[0.5, -1.0, 0.0]);
+        set("bn.running_var", &[2.0, 0.5, 1.0]);
+        let x = Tensor::randn(0f32, 2., (4, 3, 2, 2), &Device::Cpu).unwrap();
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (w, b) = ([1.5f64, 0.5, 2.0], [0.1f64, -0.2, 0.3]);
+        let (rm0, rv0) = ([0.5f64, -1.0, 0.0], [2.0f64, 0.5, 1.0]);
+        let vals = |c: usize| -> Vec<f64> {
+            (0..4).flat_map(|n| (0..4).map(move |p| (n, p))).map(|(n, p)| xs[(n * 3 + c) * 4 + p] as f64).collect()
+        };
+
+        // Eval mode: running statistics, nothing updated.
+        let y = bn.forward(&x, PartMode::EVAL).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for c in 0..3 {
+            for (i, v) in vals(c).into_iter().enumerate() {
+                let (n, p) = (i / 4, i % 4);
+                let e = (v - rm0[c]) / (rv0[c] + 1e-5).sqrt() * w[c] + b[c];
+                assert!((y[(n * 3 + c) * 4 + p] as f64 - e).abs() < 1e-5);
+            }
+        }
+        assert_eq!(bn.num_batches_tracked.to_scalar::<i64>().unwrap(), 0);
+
+        // Train mode: batch statistics (biased), running update with the unbiased variance.
+        let y = bn.forward(&x, PartMode::TRAIN).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let rm = bn.running_mean.to_vec1::<f32>().unwrap();
+        let rv = bn.running_var.to_vec1::<f32>().unwrap();
+        for c in 0..3 {
+            let v = vals(c);
+            let mean = v.iter().sum::<f64>() / 16.0;
+            let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 16.0;
+            for (i, a) in v.iter().enumerate() {
+                let (n, p) = (i / 4, i % 4);
+                let e = (a - mean) / (var + 1e-5).sqrt() * w[c] + b[c];
+                assert!((y[(n * 3 + c) * 4 + p] as f64 - e).abs() < 1e-4);
+            }
+            assert!((rm[c] as f64 - (0.9 * rm0[c] + 0.1 * mean)).abs() < 1e-5);
+            assert!((rv[c] as f64 - (0.9 * rv0[c] + 0.1 * var * 16.0 / 15.0)).abs() < 1e-5);
+        }
+        assert_eq!(bn.num_batches_tracked.to_scalar::<i64>().unwrap(), 1);
+    }
+
+    #[test]
+    fn batch_norm_train_gradient_matches_finite_differences() {
+        let map = VarMap::new();
+        let p = Params::new(&map, &Device::Cpu).pp("bn");
+        let bn = BatchNorm::new(&p, 2).unwrap();
+        map.data().lock().unwrap()["bn.weight"].set(&Tensor::new(&[1.3f32, 0.7], &Device::Cpu).unwrap()).unwrap();
+        let x = Var::randn(0f32, 1., (3, 2, 2, 1), &Device::Cpu).unwrap();
+        let coef = Tensor::randn(0f32, 1., (3, 2, 2, 1), &Device::Cpu).unwrap();
+        let f = |x: &Tensor| bn.forward(x, PartMode::TRAIN).unwrap().mul(&coef).unwrap().sum_all().unwrap();
+        let g = grad_of(&x, &f(x.as_tensor())).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x64 = x.as_tensor().to_dtype(DType::F64).unwrap();
+        let coef64 = coef.to_dtype(DType::F64).unwrap();
+        let w64 = Tensor::new(&[1.3f64, 0.7], &Device::Cpu).unwrap().reshape((1, 2, 1, 1)).unwrap();
+        let b64 = Tensor::zeros((1, 2, 1, 1), DType::F64, &Device::Cpu).unwrap();
+        let f64_ = |x: &Tensor| {
+            let (y, _, _) = batch_norm_train(x, &w64, &b64, &[0, 2, 3]).unwrap();
+            y.mul(&coef64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        let xs = x64.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for i in 0..xs.len() {
+            let bump = |d: f64| {
+                let mut v = xs.clone();
+                v[i] += d;
+                Tensor::from_vec(v, (3, 2, 2, 1), &Device::Cpu).unwrap()
+            };
+            let fd = (f64_(&bump(1e-6)) - f64_(&bump(-1e-6))) / 2e-6;
+            assert!((g[i] as f64 - fd).abs() < 1e-3, "element {i}: {} vs {fd}", g[i]);
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! torchvision's ResNet (v1.5: the bottleneck's stride sits on its 3x3 conv) with torchvision's
+//! module names, returning the four stage maps f1..f4 (REFERENCE.md section 3, "Backbone").
+//!
+//! Candle's own ResNet (candle-transformers) is inference-only; this one trains: its BatchNorm has
+//! a train mode and its stem max pool has an exact backward (see `crate::nn`).
+
+use candle_core::Tensor;
+
+use crate::config::{BlockKind, ModelConfig};
+use crate::error::Result;
+use crate::nn::{BatchNorm, Conv2d, ConvSpec, Linear, Params, PartMode, max_pool_3x3_s2_p1};
+
+/// A conv followed by its BatchNorm (torchvision's `conv{i}`/`bn{i}` pairs and `downsample`).
+#[derive(Debug, Clone)]
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(conv: &Params, bn: &Params, spec: ConvSpec) -> Result<Self> {
+        Ok(ConvBn { conv: Conv2d::new(conv, spec)?, bn: BatchNorm::new(bn, spec.out_channels)? })
+    }
+
+    fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
+        self.bn.forward(&self.conv.forward(x, mode)?, mode)
+    }
+}
+
+/// One residual block: `convs` in order (ReLU between them), plus the optional `downsample`.
+#[derive(Debug, Clone)]
+struct Block {
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+}
+
+impl Block {
+    fn new(p: &Params, kind: BlockKind, in_ch: usize, planes: usize, stride: usize) -> Result<Self> {
+        let out_ch = planes * kind.expansion();
+        let pair = |i: usize, spec| ConvBn::new(&p.pp(format!("conv{i}")), &p.pp(format!("bn{i}")), spec);
+        let convs = match kind {
+            BlockKind::Basic => vec![
+                pair(1, ConvSpec::same(in_ch, planes, 3).stride(stride))?,
+                pair(2, ConvSpec::same(planes, planes, 3))?,
+            ],
+            BlockKind::Bottleneck => vec![
+                pair(1, ConvSpec::same(in_ch, planes, 1))?,
+                pair(2, ConvSpec::same(planes, planes, 3).stride(stride))?,
+                pair(3, ConvSpec::same(planes, out_ch, 1))?,
+            ],
+        };
+        let downsample = if stride != 1 || in_ch != out_ch {
+            let d = p.pp("downsample");
+            Some(ConvBn::new(&d.pp(0), &d.pp(1), ConvSpec::same(in_ch, out_ch, 1).stride(stride))?)
+        } else {
+            None
+        };
+        Ok(Block { convs, downsample })
+    }
+
+    /// # Shapes
+    /// x [B, C_in, H, W] -> [B, C_out, H / stride, W / stride]
+    fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
+        let identity = match &self.downsample {
+            Some(d) => d.forward(x, mode)?,
+            None => x.clone(),
+        };
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, cb) in self.convs.iter().enumerate() {
+            y = cb.forward(&y, mode)?;
+            if i < last {
+                y = y.relu()?;
+            }
+        }
+        Ok((y + identity)?.relu()?)
+    }
+}
+
+/// The backbone: `conv1`, `bn1`, stem max pool, `layer1`..`layer4`, and `fc`.
+#[derive(Debug, Clone)]
+pub(crate) struct ResNet {
+    stem: ConvBn,
+    layers: [Vec<Block>; 4],
+}
+
+impl ResNet {
+    pub(crate) fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
+        let stem = ConvBn::new(
+            &p.pp("conv1"),
+            &p.pp("bn1"),
+            ConvSpec::same(3, cfg.stem, 7).stride(2).padding(3),
+        )?;
+        let mut in_ch = cfg.stem;
+        let mut make_layer = |i: usize| -> Result<Vec<Block>> {
+            let lp = p.pp(format!("layer{}", i + 1));
+            let stride = if i == 0 { 1 } else { 2 };
+            let mut blocks = Vec::with_capacity(cfg.layers[i]);
+            for j in 0..cfg.layers[i] {
+                let s = if j == 0 { stride } else { 1 };
+                blocks.push(Block::new(&lp.pp(j), cfg.block, in_ch, cfg.planes[i], s)?);
+                in_ch = cfg.planes[i] * cfg.block.expansion();
+            }
+            Ok(blocks)
+        };
+        let layers = [make_layer(0)?, make_layer(1)?, make_layer(2)?, make_layer(3)?];
+        // The reference replaces torchvision's fc by Linear(C4, num_classes) that no branch uses:
+        // it lives in the state (checkpoints interchange) but not in the forward pass.
+        Linear::new(&p.pp("fc"), cfg.widths()[3], cfg.num_classes)?;
+        Ok(ResNet { stem, layers })
+    }
+
+    /// # Shapes
+    /// x [B, 3, S, S] -> f1 [B, C1, S/4, S/4], f2 [B, C2, S/8, S/8], f3 [B, C3, S/16, S/16],
+    /// f4 [B, C4, S/32, S/32]
+    pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<[Tensor; 4]> {
+        let x = self.stem.forward(&mode.see(x), mode)?.relu()?; // [B, stem, S/2, S/2]
+        let mut x = max_pool_3x3_s2_p1(&x)?; // [B, stem, S/4, S/4]
+        let mut maps = Vec::with_capacity(4);
+        for layer in &self.layers {
+            for block in layer {
+                x = block.forward(&x, mode)?;
+            }
+            maps.push(x.clone());
+        }
+        let [f1, f2, f3, f4]: [Tensor; 4] =
+            maps.try_into().map_err(|_| candle_core::Error::Msg("four stages".into()))?;
+        Ok([f1, f2, f3, f4])
+    }
+}
