@@ -1,0 +1,431 @@
+//! `aue-landmarks`: writes the 68-point landmark files the aue loader reads (REFERENCE.md
+//! section 5), measures landmark accuracy against known points, and draws overlays.
+//!
+//! ```text
+//! aue-landmarks --dataset rafdb|rafdb-compound|sfew --root DIR [--overwrite] [--box dataset|detect|matched]
+//! aue-landmarks --images DIR --out DIR
+//! aue-landmarks eval --root DIR [--split test] | --pts DIR   [--overlays DIR]
+//! aue-landmarks overlay --out DIR IMAGE...
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use aue_landmarks::dataset::{self, BoxSource, DatasetKind, RunOptions};
+use aue_landmarks::eval::{self, EvalOptions, Sample, Summary};
+use aue_landmarks::{
+    DetectorOptions, LandmarkNetKind, Landmarker, LandmarkerConfig, load_image, overlay,
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "aue-landmarks",
+    version,
+    about = "68-point facial landmarks for aue datasets (face-api nets on Candle)"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Measure landmark accuracy against known landmarks and print a table.
+    Eval(EvalArgs),
+    /// Detect faces and draw boxes and landmarks on images (PNG files in --out).
+    Overlay(OverlayArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct NetArgs {
+    /// Landmark net.
+    #[arg(long, value_enum, default_value_t = NetChoice::Full)]
+    net: NetChoice,
+    /// Detector input side (multiple of 32).
+    #[arg(long, default_value_t = 416)]
+    input_size: usize,
+    /// Minimum detector score of a face.
+    #[arg(long, default_value_t = 0.5)]
+    min_score: f32,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+}
+
+#[derive(Args, Debug)]
+struct WriteArgs {
+    /// Dataset layout under --root.
+    #[arg(long, value_enum, requires = "root", conflicts_with = "images")]
+    dataset: Option<DatasetChoice>,
+    /// Dataset root folder (holding basic/ or compound/ for RAF-DB, Train/ and Val/ for SFEW).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// A folder of .jpg/.png images: writes <stem>.txt (image pixels) into --out.
+    #[arg(long, requires = "out")]
+    images: Option<PathBuf>,
+    /// Output folder for --images.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Rewrite landmark files that already exist (default: keep them and resume).
+    #[arg(long)]
+    overwrite: bool,
+    /// Box the landmark net sees where the dataset has boxes (RAF-DB).
+    #[arg(long = "box", value_enum, default_value_t = BoxChoice::Dataset)]
+    box_source: BoxChoice,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// RAF-DB-layout dataset with known landmarks (e.g. the synthetic set).
+    #[arg(long, conflicts_with = "pts")]
+    root: Option<PathBuf>,
+    /// Folder of image + iBUG .pts pairs instead (boxes = the points' extent).
+    #[arg(long)]
+    pts: Option<PathBuf>,
+    /// Split of --root: train, test or all.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Folder under basic/Annotation/ holding the true landmarks.
+    #[arg(long, default_value = dataset::RAFDB_LANDMARK_DIR)]
+    truth_dir: String,
+    /// Evaluate at most this many images.
+    #[arg(long, default_value_t = usize::MAX)]
+    limit: usize,
+    /// Model input side S for the AU-centre error (grid G = S / 4).
+    #[arg(long, default_value_t = 224)]
+    input_side: u32,
+    /// Also draw the first few predictions (and truth) as PNG files into this folder.
+    #[arg(long)]
+    overlays: Option<PathBuf>,
+    /// How many overlays to draw.
+    #[arg(long, default_value_t = 8)]
+    overlay_count: usize,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args, Debug)]
+struct OverlayArgs {
+    /// Output folder for <stem>.png overlays.
+    #[arg(long)]
+    out: PathBuf,
+    /// Images to draw on.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum DatasetChoice {
+    Rafdb,
+    RafdbCompound,
+    Sfew,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum NetChoice {
+    Full,
+    Tiny,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum BoxChoice {
+    Dataset,
+    Detect,
+    Matched,
+}
+
+/// Where the landmark files of a write run go.
+#[derive(Debug)]
+enum Target {
+    Dataset { kind: DatasetKind, root: PathBuf },
+    Folder { images: PathBuf, out: PathBuf },
+}
+
+/// The checked configuration of a write run.
+#[derive(Debug)]
+struct WriteConfig {
+    target: Target,
+    landmarker: LandmarkerConfig,
+    run: RunOptions,
+}
+
+fn landmarker_config(a: &NetArgs) -> anyhow::Result<LandmarkerConfig> {
+    let cfg = LandmarkerConfig {
+        net: match a.net {
+            NetChoice::Full => LandmarkNetKind::Full,
+            NetChoice::Tiny => LandmarkNetKind::Tiny,
+        },
+        detector: DetectorOptions { input_size: a.input_size, score_threshold: a.min_score },
+    };
+    cfg.detector.check()?;
+    if a.batch == 0 {
+        bail!("--batch must be positive");
+    }
+    Ok(cfg)
+}
+
+fn write_config(a: &WriteArgs) -> anyhow::Result<WriteConfig> {
+    let target = match (&a.dataset, &a.images) {
+        (Some(d), None) => {
+            let root = a.root.clone().context("--dataset needs --root")?;
+            if !root.is_dir() {
+                bail!("--root {} is not a folder", root.display());
+            }
+            let kind = match d {
+                DatasetChoice::Rafdb => DatasetKind::RafdbBasic,
+                DatasetChoice::RafdbCompound => DatasetKind::RafdbCompound,
+                DatasetChoice::Sfew => DatasetKind::Sfew,
+            };
+            Target::Dataset { kind, root }
+        }
+        (None, Some(images)) => {
+            if !images.is_dir() {
+                bail!("--images {} is not a folder", images.display());
+            }
+            let out = a.out.clone().context("--images needs --out")?;
+            Target::Folder { images: images.clone(), out }
+        }
+        _ => bail!(
+            "give --dataset and --root, or --images and --out (or a subcommand: eval, overlay; see --help)"
+        ),
+    };
+    Ok(WriteConfig {
+        target,
+        landmarker: landmarker_config(&a.net)?,
+        run: RunOptions {
+            overwrite: a.overwrite,
+            batch: a.net.batch,
+            box_source: match a.box_source {
+                BoxChoice::Dataset => BoxSource::Dataset,
+                BoxChoice::Detect => BoxSource::Detect,
+                BoxChoice::Matched => BoxSource::Matched,
+            },
+        },
+    })
+}
+
+fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn run_write(cfg: &WriteConfig) -> anyhow::Result<()> {
+    let (jobs, report_dir) = match &cfg.target {
+        Target::Dataset { kind: DatasetKind::Sfew, root } => {
+            (dataset::sfew_jobs(root)?, root.clone())
+        }
+        Target::Dataset { kind, root } => {
+            let sub = if *kind == DatasetKind::RafdbBasic { "basic" } else { "compound" };
+            (dataset::rafdb_jobs(root, *kind)?, root.join(sub))
+        }
+        Target::Folder { images, out } => (dataset::folder_jobs(images, out)?, out.clone()),
+    };
+    let lm = Landmarker::new(&cfg.landmarker)?;
+    let bar = progress_bar(jobs.len(), "landmarks");
+    let start = Instant::now();
+    let summary = dataset::run_jobs(&lm, &jobs, &cfg.run, &|n| bar.inc(n))?;
+    bar.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let (nf, failed) = dataset::write_reports(&report_dir, &summary)?;
+    println!(
+        "{} images: {} written, {} kept (already there), {} faces not found, {} failed; {:.1} s ({:.1} images/s written)",
+        jobs.len(),
+        summary.written,
+        summary.kept,
+        summary.not_found.len(),
+        summary.failed.len(),
+        secs,
+        summary.written as f64 / secs.max(1e-9)
+    );
+    println!("not found: {}\nfailed:    {}", nf.display(), failed.display());
+    for (p, e) in summary.failed.iter().take(5) {
+        println!("  failed {}: {e}", p.display());
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Summary], title: &str) {
+    println!("{title}");
+    println!(
+        "| {:<13} | {:>6} | {:>6} | {:>8} | {:>10} | {:>9} | {:>18} | {:>9} | {:>10} |",
+        "box",
+        "images",
+        "missed",
+        "NME mean",
+        "NME median",
+        "NME>0.10",
+        "AU centre err (cells)",
+        "cell exact",
+        "cell <=1"
+    );
+    println!(
+        "|{}|",
+        [
+            "---------------",
+            "--------",
+            "--------",
+            "----------",
+            "------------",
+            "-----------",
+            "--------------------",
+            "-----------",
+            "------------"
+        ]
+        .join("|")
+    );
+    for r in rows {
+        println!(
+            "| {:<13} | {:>6} | {:>6} | {:>8.4} | {:>10.4} | {:>8.1}% | {:>18.3} | {:>8.1}% | {:>9.1}% |",
+            r.label,
+            r.images,
+            r.missed,
+            r.nme_mean,
+            r.nme_median,
+            100.0 * r.failure_rate,
+            r.centre_mean,
+            100.0 * r.cell_exact,
+            100.0 * r.cell_within1
+        );
+    }
+    println!("\nper-AU centre error (cells, mean of its two centres):");
+    print!("| {:<13} |", "box");
+    for n in aue_core::AU_NAMES {
+        print!(" {n:>4} |");
+    }
+    println!();
+    for r in rows {
+        print!("| {:<13} |", r.label);
+        for v in r.per_au {
+            print!(" {v:>4.2} |");
+        }
+        println!();
+    }
+}
+
+fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let cfg = landmarker_config(&a.net)?;
+    if a.input_side == 0 || !a.input_side.is_multiple_of(32) {
+        bail!("--input-side must be a positive multiple of 32, got {}", a.input_side);
+    }
+    let (samples, factor, source): (Vec<Sample>, f32, String) = match (&a.root, &a.pts) {
+        (Some(root), None) => {
+            if !["train", "test", "all"].contains(&a.split.as_str()) {
+                bail!("--split must be train, test or all, got {:?}", a.split);
+            }
+            (
+                eval::rafdb_samples(root, &a.truth_dir, &a.split, a.limit)?,
+                0.15,
+                format!("{} ({})", root.display(), a.split),
+            )
+        }
+        (None, Some(dir)) => (eval::pts_samples(dir, a.limit)?, 0.20, dir.display().to_string()),
+        _ => bail!("eval needs --root DIR or --pts DIR"),
+    };
+    let lm = Landmarker::new(&cfg)?;
+    let bar = progress_bar(samples.len(), "eval");
+    let start = Instant::now();
+    let preds = eval::predict(&lm, &samples, a.net.batch, &|n| bar.inc(n))?;
+    bar.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let opts = EvalOptions { factor, input_side: a.input_side, batch: a.net.batch };
+    let rows = eval::evaluate(&samples, &preds, &opts)?;
+    print_table(
+        &rows,
+        &format!(
+            "landmark accuracy on {source}: net {:?}, S = {} (grid {}), box factor {factor}",
+            cfg.net,
+            a.input_side,
+            a.input_side / 4
+        ),
+    );
+    println!(
+        "\n{} images in {secs:.1} s: {:.1} images/s (decode + detect + 2 landmark passes, batch {})",
+        samples.len(),
+        samples.len() as f64 / secs.max(1e-9),
+        a.net.batch
+    );
+    if let Some(dir) = &a.overlays {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (s, p) in samples.iter().zip(&preds).take(a.overlay_count) {
+            let img = load_image(&s.image)?;
+            let mut faces = vec![(s.face, p.with_box)];
+            faces.extend(p.detected.iter().copied());
+            let out = dir.join(format!("{}.png", stem(&s.image)));
+            overlay::draw(&img, &faces, Some(&s.truth))
+                .save(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        println!("overlays in {}", dir.display());
+    }
+    Ok(())
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into())
+}
+
+fn run_overlay(a: &OverlayArgs) -> anyhow::Result<()> {
+    let lm = Landmarker::new(&landmarker_config(&a.net)?)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for path in &a.images {
+        let img = load_image(path)?;
+        let start = Instant::now();
+        let boxes = lm.detect_faces(&img)?;
+        let pts = lm.landmarks_batch(&boxes.iter().map(|b| (&img, *b)).collect::<Vec<_>>())?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let faces: Vec<_> = boxes.into_iter().zip(pts).collect();
+        let out = a.out.join(format!("{}.png", stem(path)));
+        overlay::draw(&img, &faces, None)
+            .save(&out)
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!("{}: {} faces ({ms:.0} ms) -> {}", path.display(), faces.len(), out.display());
+        for (b, _) in &faces {
+            println!(
+                "  box ({:.1}, {:.1}, {:.1}, {:.1}) score {:.3}",
+                b.x1, b.y1, b.x2, b.y2, b.score
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Some(Command::Eval(a)) => run_eval(a),
+        Some(Command::Overlay(a)) => run_overlay(a),
+        None => run_write(&write_config(&cli.write)?),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Reading the shipped face-api weights (safetensors written by `tools/landmarks/convert_faceapi.py`).
+//!
+//! Each tensor is stored as face-api's uint8 codes, already in Candle's axis order; its `scale` and
+//! `min` are in the file's `__metadata__` as the manifest's decimal text. Dequantising computes
+//! `code * scale + min` in f64 and rounds to f32, exactly as TensorFlow.js does when it loads the
+//! manifest, so the float weights are bit-identical to the original implementation's.
+//!
+//! Loading is strict: a missing tensor, a wrong shape or a tensor the network does not use is an
+//! error naming the tensor.
+
+use std::collections::{BTreeSet, HashMap};
+
+use candle_core::{Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{CandleContext, LandmarkError, Result};
+
+/// The face-api 68-point landmark net (`face_landmark_68_model`), converted.
+pub const FACE_LANDMARK_68: &[u8] = include_bytes!("../weights/face_landmark_68.safetensors");
+/// The face-api tiny 68-point landmark net (`face_landmark_68_tiny_model`), converted.
+pub const FACE_LANDMARK_68_TINY: &[u8] =
+    include_bytes!("../weights/face_landmark_68_tiny.safetensors");
+/// The face-api tiny face detector (`tiny_face_detector_model`), converted.
+pub const TINY_FACE_DETECTOR: &[u8] = include_bytes!("../weights/tiny_face_detector.safetensors");
+
+/// Dequantised f32 tensors of one weights file, handed out once each by [`Weights::take`].
+pub struct Weights {
+    file: String,
+    tensors: HashMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+}
+
+impl Weights {
+    /// Parses a converted weights file held in memory; `file` names it in errors.
+    pub fn from_bytes(file: &str, bytes: &[u8], device: &Device) -> Result<Self> {
+        let err = |message: String| LandmarkError::Weights { file: file.to_string(), message };
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| err(format!("not safetensors: {e}")))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| err(format!("unreadable header: {e}")))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::U8 {
+                return Err(err(format!("{name}: expected u8 codes, found {:?}", view.dtype())));
+            }
+            let number = |key: &str| -> Result<f64> {
+                let text = metadata
+                    .get(&format!("{name}.{key}"))
+                    .ok_or_else(|| err(format!("{name}: no `{name}.{key}` in the metadata")))?;
+                text.parse::<f64>()
+                    .map_err(|e| err(format!("{name}: `{name}.{key}` = {text:?}: {e}")))
+            };
+            let (scale, min) = (number("scale")?, number("min")?);
+            let values: Vec<f32> =
+                view.data().iter().map(|&q| (f64::from(q) * scale + min) as f32).collect();
+            let tensor =
+                Tensor::from_vec(values, view.shape(), device).op("weights: build tensor")?;
+            tensors.insert(name, tensor);
+        }
+        Ok(Self { file: file.to_string(), tensors, metadata })
+    }
+
+    /// The file's metadata (source package, checksums, per-tensor quantisation).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// Removes and returns tensor `name`, checking its shape.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let tensor = self.tensors.remove(name).ok_or_else(|| LandmarkError::Weights {
+            file: self.file.clone(),
+            message: format!("missing tensor {name}"),
+        })?;
+        if tensor.dims() != shape {
+            return Err(LandmarkError::Weights {
+                file: self.file.clone(),
+                message: format!("{name}: expected shape {shape:?}, found {:?}", tensor.dims()),
+            });
+        }
+        Ok(tensor)
+    }
+
+    /// Fails if any tensor was not taken: a file for another network must not load silently.
+    pub fn finish(self) -> Result<()> {
+        if self.tensors.is_empty() {
+            return Ok(());
+        }
+        let extra: BTreeSet<_> = self.tensors.keys().cloned().collect();
+        Err(LandmarkError::Weights {
+            file: self.file,
+            message: format!("unexpected tensors {extra:?}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_files_dequantise_with_their_metadata() {
+        let mut w =
+            Weights::from_bytes("tiny_face_detector", TINY_FACE_DETECTOR, &Device::Cpu).unwrap();
+        assert_eq!(w.metadata()["source.package"], "@vladmandic/face-api@1.7.15");
+        // conv0.bias: min -0.9211046672334858, scale 0.005263455241334205 (manifest text);
+        // every value must be min + k * scale for an integer code k in 0..=255.
+        let bias = w.take("conv0.bias", &[16]).unwrap().to_vec1::<f32>().unwrap();
+        for v in bias {
+            let k = (f64::from(v) + 0.9211046672334858) / 0.005263455241334205;
+            assert!((k - k.round()).abs() < 1e-3 && (0.0..=255.0).contains(&k.round()), "{v}");
+        }
+    }
+
+    #[test]
+    fn wrong_shape_and_leftovers_are_errors_naming_the_tensor() {
+        let mut w =
+            Weights::from_bytes("tiny_face_detector", TINY_FACE_DETECTOR, &Device::Cpu).unwrap();
+        let e = w.take("conv0.bias", &[17]).unwrap_err().to_string();
+        assert!(e.contains("conv0.bias") && e.contains("[17]"), "{e}");
+        let e = w.take("conv0.bias", &[16]).unwrap_err().to_string();
+        assert!(e.contains("missing tensor conv0.bias"), "{e}");
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("conv8.filters"), "{e}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let e = Weights::from_bytes("junk", b"not a file", &Device::Cpu).err().unwrap();
+        assert!(e.to_string().contains("junk"));
+    }
+}

@@ -1,0 +1,104 @@
+//! Parity with the original face-api implementation.
+//!
+//! `tests/fixtures/astronaut_face.faceapi.json` was produced by
+//! `tools/landmarks/faceapi_reference.js` (face-api 1.7.15 on TensorFlow.js 4.22's CPU backend):
+//!
+//! ```text
+//! cd tools/landmarks && npm ci
+//! node faceapi_reference.js --out ../../crates/landmarks/tests/fixtures/astronaut_face.faceapi.json \
+//!   --box 40,20,80,90 --box -10,30,70,61 ../../crates/landmarks/tests/fixtures/astronaut_face.png
+//! ```
+//!
+//! The image is a 160 x 160 downscale of scikit-image's `astronaut.png` (NASA, public domain).
+//! face-api reports landmarks in the crop's frame (`unshiftedLandmarks`); we add the crop corner.
+//! Both sides compute in f32 with different summation orders, so points agree to a few thousandths
+//! of a pixel, not bit for bit.
+
+use std::path::Path;
+
+use aue_landmarks::{
+    DetectorOptions, FaceBox, LandmarkNetKind, Landmarker, LandmarkerConfig, load_image,
+};
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+/// Largest allowed point difference, pixels (crops 60-90 px wide; measured worst: 1.5e-5).
+const POINT_TOL: f32 = 1e-3;
+/// Largest allowed box-corner difference, pixels (measured worst: 1e-5).
+const BOX_TOL: f32 = 1e-3;
+
+fn reference() -> Value {
+    let text =
+        std::fs::read_to_string(Path::new(FIXTURES).join("astronaut_face.faceapi.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn f(v: &Value) -> f32 {
+    v.as_f64().unwrap() as f32
+}
+
+fn xywh_box(v: &Value) -> FaceBox {
+    let (x, y, w, h) = (f(&v[0]), f(&v[1]), f(&v[2]), f(&v[3]));
+    FaceBox::from_corners(x, y, x + w, y + h)
+}
+
+#[test]
+fn detector_matches_face_api() {
+    let doc = reference();
+    let res = &doc["results"][0];
+    let img = load_image(&Path::new(FIXTURES).join(res["image"].as_str().unwrap())).unwrap();
+    let lm = Landmarker::new(&LandmarkerConfig {
+        net: LandmarkNetKind::Full,
+        detector: DetectorOptions {
+            input_size: doc["detector"]["input_size"].as_u64().unwrap() as usize,
+            score_threshold: f(&doc["detector"]["score_threshold"]),
+        },
+    })
+    .unwrap();
+    let faces = lm.detect_faces(&img).unwrap();
+    let want = res["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), want.len(), "{faces:?}");
+    for (got, want) in faces.iter().zip(want) {
+        let wb = xywh_box(&want["box"]);
+        let d = [got.x1 - wb.x1, got.y1 - wb.y1, got.x2 - wb.x2, got.y2 - wb.y2];
+        assert!(d.iter().all(|v| v.abs() < BOX_TOL), "box {got:?} vs {wb:?}");
+        assert!(
+            (got.score - f(&want["score"])).abs() < 1e-4,
+            "score {} vs {}",
+            got.score,
+            want["score"]
+        );
+    }
+}
+
+#[test]
+fn landmark_nets_match_face_api() {
+    let doc = reference();
+    let res = &doc["results"][0];
+    let img = load_image(&Path::new(FIXTURES).join(res["image"].as_str().unwrap())).unwrap();
+    for (name, kind) in [
+        ("face_landmark_68", LandmarkNetKind::Full),
+        ("face_landmark_68_tiny", LandmarkNetKind::Tiny),
+    ] {
+        let lm = Landmarker::new(&LandmarkerConfig { net: kind, ..Default::default() }).unwrap();
+        let cases = res["landmarks"][name].as_array().unwrap();
+        assert!(cases.len() >= 3, "fixture should hold the detection and two fixed boxes");
+        // All crops in one batch: batching must not change a face's result.
+        let boxes: Vec<FaceBox> = cases.iter().map(|c| xywh_box(&c["box"])).collect();
+        let batch =
+            lm.landmarks_batch(&boxes.iter().map(|b| (&img, *b)).collect::<Vec<_>>()).unwrap();
+        let mut worst = 0f32;
+        for ((case, face), got) in cases.iter().zip(&boxes).zip(&batch) {
+            let (cx, cy) = (f(&case["crop"][0]), f(&case["crop"][1]));
+            let single = lm.landmarks(&img, face).unwrap();
+            for (i, p) in case["points"].as_array().unwrap().iter().enumerate() {
+                let want = [f(&p[0]) + cx, f(&p[1]) + cy];
+                for k in 0..2 {
+                    worst =
+                        worst.max((got[i][k] - want[k]).abs()).max((single[i][k] - want[k]).abs());
+                }
+            }
+        }
+        assert!(worst < POINT_TOL, "{name}: worst point difference {worst} px");
+    }
+}
