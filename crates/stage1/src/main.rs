@@ -1,0 +1,24 @@
+//! `aue-stage1`: AUE-CRL training stage 1 (EM, REFERENCE.md section 4): trains the backbone and the expression branch with cross-entropy.
+//! A thin shell: flags -> checked config -> `aue_train::run`; see `--help`.
+
+use std::process::ExitCode;
+
+use aue_train::{Stage, StageConfig};
+
+fn main() -> ExitCode {
+    let args = aue_train::cli::parse(Stage::Em);
+    aue_train::logging::init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: aue_train::StageArgs) -> anyhow::Result<()> {
+    let cfg = StageConfig::resolve(Stage::Em, args)?;
+    aue_train::run(&cfg)?;
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! `aue-stage3`: AUE-CRL training stage 3 (Fuse, REFERENCE.md section 4): trains the fusion branch and the EM head on everything else frozen,
+//! starting from stage 2's checkpoint.
+//! A thin shell: flags -> checked config -> `aue_train::run`; see `--help`.
+
+use std::process::ExitCode;
+
+use aue_train::{Stage, StageConfig};
+
+fn main() -> ExitCode {
+    let args = aue_train::cli::parse(Stage::Fuse);
+    aue_train::logging::init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: aue_train::StageArgs) -> anyhow::Result<()> {
+    let cfg = StageConfig::resolve(Stage::Fuse, args)?;
+    aue_train::run(&cfg)?;
+    Ok(())
+}

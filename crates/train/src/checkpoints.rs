@@ -1,0 +1,412 @@
+//! What the training engine writes into and reads from checkpoints: the `__metadata__` of model
+//! checkpoints (stage, preset, config, epoch, metrics, dataset, labels, parent hash), the checks a
+//! stage makes on the checkpoint it starts from before loading any tensor, and the optimizer
+//! state file used by `--resume`. The tensor I/O itself is aue-model's `checkpoint` module.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use aue_model::checkpoint;
+use aue_model::{Preset, Stage};
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use sha2::{Digest, Sha256};
+
+use crate::config::{StageConfig, previous_stage, stage_label};
+use crate::error::{CandleContext, Result, TrainError, io_err, model_err};
+
+/// Metadata keys of a model checkpoint written by the trainer.
+pub mod keys {
+    /// Stage number (`1`, `2`, `3`).
+    pub const STAGE: &str = "stage";
+    /// Preset name (`resnet101`, `tiny`, ...).
+    pub const PRESET: &str = "preset";
+    /// The resolved stage configuration as JSON.
+    pub const CONFIG: &str = "config";
+    /// Epochs completed when the checkpoint was written (1-based).
+    pub const EPOCH: &str = "epoch";
+    /// That epoch's test metrics as JSON.
+    pub const METRICS: &str = "metrics";
+    /// Dataset flag value (`rafdb`, ...).
+    pub const DATASET: &str = "dataset";
+    /// Class names as a JSON array, in label order.
+    pub const LABELS: &str = "labels";
+    /// sha256 (hex) of the checkpoint (or pretrained weights) the stage started from; empty
+    /// when it started from scratch.
+    pub const PARENT_SHA256: &str = "parent_sha256";
+    /// Why this checkpoint was kept (`best`: test-set selection; `last`).
+    pub const SELECTION: &str = "selection";
+    /// Best test mean class accuracy so far and its epoch (for `--resume`).
+    pub const BEST_MEAN_CLASS_ACC: &str = "best_mean_class_acc";
+    /// See [`BEST_MEAN_CLASS_ACC`].
+    pub const BEST_EPOCH: &str = "best_epoch";
+    /// `model` or `optimizer`.
+    pub const KIND: &str = "kind";
+    /// Optimizer file: optimizer steps taken so far.
+    pub const GLOBAL_STEP: &str = "global_step";
+    /// Optimizer file: learning rate of the last epoch run.
+    pub const LR: &str = "lr";
+    /// Optimizer file: momentum factor.
+    pub const MOMENTUM: &str = "momentum";
+    /// Optimizer file: how the random state is kept.
+    pub const RNG: &str = "rng";
+}
+
+/// The `selection` value of `best.safetensors`.
+pub const SELECTION_BEST: &str =
+    "best test mean class accuracy (test-set selection, as the reference)";
+/// The `selection` value of `last.safetensors`.
+pub const SELECTION_LAST: &str = "last epoch";
+
+/// The metadata of a model checkpoint written by the trainer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMeta {
+    /// Stage that wrote it.
+    pub stage: Stage,
+    /// Preset it was trained with.
+    pub preset: Preset,
+    /// Resolved configuration (JSON).
+    pub config_json: String,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// That epoch's test metrics (JSON).
+    pub metrics_json: String,
+    /// Dataset flag value.
+    pub dataset: String,
+    /// Class names in label order.
+    pub labels: Vec<String>,
+    /// sha256 of the starting checkpoint (empty: from scratch).
+    pub parent_sha256: String,
+    /// Why it was kept.
+    pub selection: String,
+    /// Best test mean class accuracy so far, and its epoch.
+    pub best: Option<(f64, usize)>,
+}
+
+impl ModelMeta {
+    /// The string map stored as `__metadata__` (aue-model adds its format version).
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            m.insert(k.to_string(), v);
+        };
+        put(keys::KIND, "model".into());
+        put(keys::STAGE, self.stage.number().to_string());
+        put(keys::PRESET, self.preset.name().into());
+        put(keys::CONFIG, self.config_json.clone());
+        put(keys::EPOCH, self.epoch.to_string());
+        put(keys::METRICS, self.metrics_json.clone());
+        put(keys::DATASET, self.dataset.clone());
+        put(keys::LABELS, serde_json::to_string(&self.labels).unwrap_or_default());
+        put(keys::PARENT_SHA256, self.parent_sha256.clone());
+        put(keys::SELECTION, self.selection.clone());
+        if let Some((acc, epoch)) = self.best {
+            put(keys::BEST_MEAN_CLASS_ACC, acc.to_string());
+            put(keys::BEST_EPOCH, epoch.to_string());
+        }
+        m
+    }
+
+    /// Parses the metadata of `path`. `Ok(None)` when the file carries no trainer metadata
+    /// (a foreign checkpoint, e.g. converted from the reference's PyTorch weights).
+    pub fn from_map(path: &Path, m: &BTreeMap<String, String>) -> Result<Option<Self>> {
+        let Some(stage) = m.get(keys::STAGE) else { return Ok(None) };
+        let bad = |msg: String| TrainError::Checkpoint { path: path.to_owned(), msg };
+        let get = |k: &'static str| m.get(k).ok_or_else(|| bad(format!("metadata lacks `{k}`")));
+        let stage = stage
+            .parse::<u8>()
+            .ok()
+            .and_then(Stage::from_number)
+            .ok_or_else(|| bad(format!("metadata `stage` is `{stage}`, not 1, 2 or 3")))?;
+        let preset = get(keys::PRESET)?;
+        let preset =
+            preset.parse::<Preset>().map_err(|e| bad(format!("metadata `preset`: {e}")))?;
+        let epoch = get(keys::EPOCH)?;
+        let epoch = epoch.parse().map_err(|_| bad(format!("metadata `epoch` is `{epoch}`")))?;
+        let labels = get(keys::LABELS)?;
+        let labels = serde_json::from_str(labels)
+            .map_err(|e| bad(format!("metadata `labels` is not a JSON list of names: {e}")))?;
+        let best = match (m.get(keys::BEST_MEAN_CLASS_ACC), m.get(keys::BEST_EPOCH)) {
+            (Some(a), Some(e)) => match (a.parse(), e.parse()) {
+                (Ok(a), Ok(e)) => Some((a, e)),
+                _ => return Err(bad(format!("metadata best `{a}` at epoch `{e}` does not parse"))),
+            },
+            _ => None,
+        };
+        Ok(Some(ModelMeta {
+            stage,
+            preset,
+            config_json: get(keys::CONFIG)?.clone(),
+            epoch,
+            metrics_json: m.get(keys::METRICS).cloned().unwrap_or_default(),
+            dataset: get(keys::DATASET)?.clone(),
+            labels,
+            parent_sha256: m.get(keys::PARENT_SHA256).cloned().unwrap_or_default(),
+            selection: m.get(keys::SELECTION).cloned().unwrap_or_default(),
+            best,
+        }))
+    }
+
+    /// Reads and parses the metadata of `path` without loading any tensor.
+    pub fn read(path: &Path) -> Result<Option<Self>> {
+        let m = checkpoint::read_metadata(path)
+            .map_err(|source| model_err("read checkpoint metadata", source))?;
+        Self::from_map(path, &m)
+    }
+}
+
+/// The sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(io_err("cannot open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err("cannot read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks that `path` is a checkpoint `cfg`'s stage may start from, reading only its metadata:
+/// written by the stage before (stage 2 needs a stage-1 checkpoint, stage 3 a stage-2 one), with
+/// the same preset, class count and fusion width. A checkpoint without trainer metadata (the
+/// reference's names only) is accepted with a warning. Returns the parsed metadata, if any.
+pub fn check_parent(cfg: &StageConfig, path: &Path) -> Result<Option<ModelMeta>> {
+    let bad = |msg: String| TrainError::Checkpoint { path: path.to_owned(), msg };
+    let Some(meta) = ModelMeta::read(path)? else {
+        tracing::warn!(
+            checkpoint = %path.display(),
+            "the checkpoint has no aue metadata (a foreign checkpoint with the reference's names?): \
+             its stage, preset and dataset cannot be checked; loading it strictly by tensor name"
+        );
+        return Ok(None);
+    };
+    let Some(want) = previous_stage(cfg.stage) else {
+        return Err(bad("stage 1 does not start from a stage checkpoint".into()));
+    };
+    if meta.stage != want {
+        return Err(bad(format!(
+            "it was written by {}, but {} starts from a {} checkpoint (pass --resume-model with \
+             the previous stage's best.safetensors)",
+            stage_label(meta.stage),
+            stage_label(cfg.stage),
+            stage_label(want),
+        )));
+    }
+    if meta.preset != cfg.preset {
+        return Err(bad(format!(
+            "it was trained with preset `{}`, this run uses `{}` (--backbone)",
+            meta.preset, cfg.preset
+        )));
+    }
+    if meta.labels.len() != cfg.dataset.num_classes() {
+        return Err(bad(format!(
+            "it has {} classes ({}), dataset `{}` has {}",
+            meta.labels.len(),
+            meta.dataset,
+            cfg.dataset,
+            cfg.dataset.num_classes()
+        )));
+    }
+    if meta.dataset != cfg.dataset.name() {
+        tracing::warn!(
+            checkpoint = %path.display(),
+            "the checkpoint was trained on `{}`, this run uses `{}`",
+            meta.dataset,
+            cfg.dataset
+        );
+    }
+    // The fusion width and input side fix tensor shapes: say which setting to change rather
+    // than let the strict load name a tensor.
+    if let Ok(parent) = serde_json::from_str::<serde_json::Value>(&meta.config_json) {
+        for (key, now) in [("dim", cfg.dim), ("input_size", cfg.input_size)] {
+            let then = parent.get(key).and_then(serde_json::Value::as_u64);
+            if let Some(then) = then
+                && then != now as u64
+            {
+                return Err(bad(format!(
+                    "it was trained with {key} = {then}, this run uses {now}: {key} must stay the \
+                     same across the stages (pass --{} {then})",
+                    key.replace('_', "-")
+                )));
+            }
+        }
+    }
+    Ok(Some(meta))
+}
+
+/// Saves the model's variables with `meta` (atomic, through aue-model).
+pub fn save_model(varmap: &VarMap, path: &Path, meta: &ModelMeta) -> Result<()> {
+    checkpoint::save(varmap, path, &meta.to_map())
+        .map_err(|source| model_err("save checkpoint", source))
+}
+
+/// The optimizer state paired with `last.safetensors`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerMeta {
+    /// Stage.
+    pub stage: Stage,
+    /// Epochs completed (must equal the paired model checkpoint's).
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub global_step: usize,
+    /// Learning rate of the last epoch run.
+    pub lr: f64,
+    /// Momentum factor.
+    pub momentum: f64,
+}
+
+/// How randomness is kept across `--resume`: recorded in the optimizer file so that a reader
+/// knows no generator state needs restoring.
+const RNG_NOTE: &str = "data order and augmentation are functions of (seed, epoch); \
+                        dropout masks come from the device generator and are not restored";
+
+/// Saves momentum buffers and counters to `path` (atomic).
+pub fn save_optimizer(
+    buffers: &[(String, Tensor)],
+    path: &Path,
+    meta: &OptimizerMeta,
+) -> Result<()> {
+    let map = VarMap::new();
+    {
+        let mut data = map.data().lock().unwrap_or_else(|e| e.into_inner());
+        for (name, t) in buffers {
+            let var = Var::from_tensor(t).op("optimizer state: copy buffer")?;
+            data.insert(name.clone(), var);
+        }
+    }
+    let mut m = BTreeMap::new();
+    m.insert(keys::KIND.to_string(), "optimizer".to_string());
+    m.insert(keys::STAGE.to_string(), meta.stage.number().to_string());
+    m.insert(keys::EPOCH.to_string(), meta.epoch.to_string());
+    m.insert(keys::GLOBAL_STEP.to_string(), meta.global_step.to_string());
+    m.insert(keys::LR.to_string(), meta.lr.to_string());
+    m.insert(keys::MOMENTUM.to_string(), meta.momentum.to_string());
+    m.insert(keys::RNG.to_string(), RNG_NOTE.to_string());
+    checkpoint::save(&map, path, &m).map_err(|source| model_err("save optimizer state", source))
+}
+
+/// Loads an optimizer file: its counters and momentum buffers (on `device`).
+pub fn load_optimizer(
+    path: &Path,
+    device: &Device,
+) -> Result<(OptimizerMeta, HashMap<String, Tensor>)> {
+    let (m, tensors) = checkpoint::read_safetensors(path, device)
+        .map_err(|source| model_err("read optimizer state", source))?;
+    let bad = |msg: String| TrainError::Checkpoint { path: path.to_owned(), msg };
+    let get = |k: &'static str| {
+        m.get(k).ok_or_else(|| bad(format!("optimizer state lacks metadata `{k}`")))
+    };
+    if get(keys::KIND)? != "optimizer" {
+        return Err(bad("not an optimizer state file".into()));
+    }
+    fn parse<T: std::str::FromStr>(
+        v: &str,
+        k: &str,
+        bad: &dyn Fn(String) -> TrainError,
+    ) -> Result<T> {
+        v.parse().map_err(|_| bad(format!("metadata `{k}` is `{v}`")))
+    }
+    let stage: u8 = parse(get(keys::STAGE)?, keys::STAGE, &bad)?;
+    let meta = OptimizerMeta {
+        stage: Stage::from_number(stage).ok_or_else(|| bad(format!("stage {stage}")))?,
+        epoch: parse(get(keys::EPOCH)?, keys::EPOCH, &bad)?,
+        global_step: parse(get(keys::GLOBAL_STEP)?, keys::GLOBAL_STEP, &bad)?,
+        lr: parse(get(keys::LR)?, keys::LR, &bad)?,
+        momentum: parse(get(keys::MOMENTUM)?, keys::MOMENTUM, &bad)?,
+    };
+    Ok((meta, tensors.into_iter().collect()))
+}
+
+/// Where a stage's starting weights came from, for the log and the metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The file (pretrained weights or previous stage's checkpoint), if any.
+    pub path: Option<PathBuf>,
+    /// Its sha256 (empty when from scratch).
+    pub sha256: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ModelMeta {
+        ModelMeta {
+            stage: Stage::Au,
+            preset: Preset::Tiny,
+            config_json: "{\"dim\": 32}".into(),
+            epoch: 3,
+            metrics_json: "{\"acc\": 0.5}".into(),
+            dataset: "rafdb".into(),
+            labels: aue_core::EXPRESSIONS_BASIC.iter().map(|s| s.to_string()).collect(),
+            parent_sha256: "ab".repeat(32),
+            selection: SELECTION_BEST.into(),
+            best: Some((0.625, 2)),
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_through_the_string_map() -> Result<()> {
+        let m = meta();
+        let back = ModelMeta::from_map(Path::new("x"), &m.to_map())?;
+        assert_eq!(back, Some(m));
+        Ok(())
+    }
+
+    #[test]
+    fn no_trainer_metadata_is_foreign() -> Result<()> {
+        let mut map = BTreeMap::new();
+        map.insert("aue_format".to_string(), "1".to_string());
+        assert_eq!(ModelMeta::from_map(Path::new("x"), &map)?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_metadata_names_the_key_and_file() {
+        let mut map = meta().to_map();
+        map.insert(keys::STAGE.into(), "7".into());
+        let err = ModelMeta::from_map(Path::new("ck.safetensors"), &map).unwrap_err().to_string();
+        assert!(err.contains("ck.safetensors") && err.contains("stage"), "{err}");
+        let mut map = meta().to_map();
+        map.remove(keys::PRESET);
+        let err = ModelMeta::from_map(Path::new("ck.safetensors"), &map).unwrap_err().to_string();
+        assert!(err.contains("`preset`"), "{err}");
+    }
+
+    #[test]
+    fn sha256_of_a_known_string() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(io_err("tempdir", "/tmp"))?;
+        let p = tmp.path().join("abc");
+        std::fs::write(&p, b"abc").map_err(io_err("write", &p))?;
+        assert_eq!(
+            sha256_file(&p)?,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn optimizer_state_round_trips() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(io_err("tempdir", "/tmp"))?;
+        let p = tmp.path().join("o.safetensors");
+        let buf = Tensor::new(&[1f32, -2.5, 3.0], &Device::Cpu).op("t")?;
+        let meta = OptimizerMeta {
+            stage: Stage::Fuse,
+            epoch: 4,
+            global_step: 40,
+            lr: 0.001,
+            momentum: 0.9,
+        };
+        save_optimizer(&[("pred_em.weight".into(), buf.clone())], &p, &meta)?;
+        let (back, tensors) = load_optimizer(&p, &Device::Cpu)?;
+        assert_eq!(back, meta);
+        let t = tensors["pred_em.weight"].to_vec1::<f32>().op("read")?;
+        assert_eq!(t, [1.0, -2.5, 3.0]);
+        Ok(())
+    }
+}

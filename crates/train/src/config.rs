@@ -1,0 +1,699 @@
+//! Stage configuration: raw flags and an optional TOML file become one checked [`StageConfig`]
+//! with every default filled in (REFERENCE.md section 6 gives the defaults).
+//!
+//! Precedence: command-line flag, then the `--config` file, then the default. The resolved
+//! configuration is written to the stage folder (`config.json`) before the first step and into
+//! every checkpoint's metadata.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use aue_data::DatasetKind;
+use aue_model::{ModelConfig, Preset, Stage};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError, io_err};
+use crate::paths::{self, StagePaths};
+
+/// The stage whose checkpoint `stage` starts from (none for stage 1).
+pub fn previous_stage(stage: Stage) -> Option<Stage> {
+    match stage {
+        Stage::Em => None,
+        Stage::Au => Some(Stage::Em),
+        Stage::Fuse => Some(Stage::Au),
+    }
+}
+
+/// "stage 2 (au)": how messages name a stage.
+pub fn stage_label(stage: Stage) -> String {
+    format!("stage {} ({})", stage.number(), stage.name())
+}
+
+/// Serialises a stage as its number (1, 2, 3), as config.json and the metadata write it.
+mod stage_number {
+    use aue_model::Stage;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(stage: &Stage, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(stage.number())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Stage, D::Error> {
+        let n = u8::deserialize(d)?;
+        Stage::from_number(n)
+            .ok_or_else(|| serde::de::Error::custom(format!("stage must be 1, 2 or 3, not {n}")))
+    }
+}
+
+/// Parses `--backbone` with the preset names of aue-model as the possible values.
+fn preset_parser() -> impl TypedValueParser<Value = Preset> {
+    PossibleValuesParser::new(Preset::ALL.map(Preset::name)).try_map(|s| s.parse::<Preset>())
+}
+
+/// The datasets the reference trains on (REFERENCE.md section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataset {
+    /// RAF-DB basic, 7 classes (also the layout of the synthetic set).
+    Rafdb,
+    /// RAF-DB compound, 11 classes.
+    RafdbCompound,
+    /// SFEW 2.0, 7 classes; the test split is `Val`.
+    Sfew,
+}
+
+impl Dataset {
+    /// The flag value (`rafdb`, `rafdb-compound`, `sfew`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::Rafdb => "rafdb",
+            Dataset::RafdbCompound => "rafdb-compound",
+            Dataset::Sfew => "sfew",
+        }
+    }
+
+    /// The data crate's dataset kind (the synthetic set is a RAF-DB basic layout).
+    pub fn kind(self) -> DatasetKind {
+        match self {
+            Dataset::Rafdb => DatasetKind::RafBasic,
+            Dataset::RafdbCompound => DatasetKind::RafCompound,
+            Dataset::Sfew => DatasetKind::Sfew,
+        }
+    }
+
+    /// Class names in label-index order (REFERENCE.md section 1).
+    pub fn labels(self) -> &'static [&'static str] {
+        self.kind().class_names()
+    }
+
+    /// Number of expression classes.
+    pub fn num_classes(self) -> usize {
+        self.labels().len()
+    }
+
+    /// Where the dataset is looked for when `--data-root` is not given.
+    pub fn default_root(self) -> PathBuf {
+        match self {
+            Dataset::Rafdb | Dataset::RafdbCompound => PathBuf::from("data/rafdb"),
+            Dataset::Sfew => PathBuf::from("data/sfew"),
+        }
+    }
+}
+
+impl fmt::Display for Dataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where tensors live: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// CUDA device by ordinal.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (use cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Raw settings, from flags or from the `--config` TOML file (same names, `_` for `-`).
+/// Every field is optional: what neither gives takes its default in [`StageConfig::resolve`].
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageArgs {
+    /// TOML file with any of these settings (flags override it).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Dataset kind.
+    #[arg(long, value_enum)]
+    pub dataset: Option<Dataset>,
+
+    /// Dataset root folder [default: data/rafdb, or data/sfew for sfew].
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+
+    /// Model preset [default: resnet101].
+    #[arg(long, visible_alias = "preset", value_parser = preset_parser())]
+    #[serde(alias = "preset")]
+    pub backbone: Option<Preset>,
+
+    /// Input image side in pixels, a multiple of 32 [default: the preset's].
+    #[arg(long, value_name = "PIXELS")]
+    pub input_size: Option<usize>,
+
+    /// Width of the fusion branch, the reference's `Dim` [default: the preset's].
+    #[arg(long)]
+    pub dim: Option<usize>,
+
+    /// Number of epochs [default: 40].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+
+    /// Initial learning rate [default: 0.01].
+    #[arg(long)]
+    pub lr: Option<f64>,
+
+    /// Epoch counts after which the learning rate is multiplied by --lr-gamma [default: 15,30].
+    #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "EPOCHS")]
+    pub lr_milestones: Option<Vec<usize>>,
+
+    /// Learning-rate factor at each milestone [default: 0.1].
+    #[arg(long)]
+    pub lr_gamma: Option<f64>,
+
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+
+    /// Training batch size; the last partial batch is dropped [default: 64].
+    #[arg(long)]
+    pub train_batch_size: Option<usize>,
+
+    /// Test batch size [default: 64].
+    #[arg(long)]
+    pub test_batch_size: Option<usize>,
+
+    /// Image decoding threads of the loader [default: one per core].
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Seed of the initialisation, data order and augmentation [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// cpu, cuda or cuda:N [default: cpu].
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
+
+    /// At most this many optimizer steps per epoch (smoke runs); the test split is still
+    /// evaluated in full.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+
+    /// CPU threads for the tensor kernels [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Experiment folder; each stage writes into `<run-dir>/stage<N>`
+    /// [default: runs/<dataset>-<backbone>].
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+
+    /// Stages 2 and 3: the checkpoint to start from
+    /// [default: <run-dir>/stage<N-1>/best.safetensors].
+    #[arg(long, value_name = "FILE")]
+    pub resume_model: Option<PathBuf>,
+
+    /// Stage 1: torchvision ImageNet weights (.pth or .safetensors) for the backbone.
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: Option<PathBuf>,
+
+    /// Run the frozen parts in eval mode (the reference keeps them in train mode: section 4).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub frozen_eval: Option<bool>,
+
+    /// Continue a killed run from the stage folder's `last` checkpoint.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: bool,
+
+    /// Start afresh even if the stage folder already holds a run (its files are replaced).
+    #[arg(long)]
+    #[serde(skip)]
+    pub overwrite: bool,
+}
+
+impl StageArgs {
+    /// Reads a `--config` TOML file.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(io_err("cannot read config file", path))?;
+        toml::from_str(&text)
+            .map_err(|e| TrainError::ConfigFile { path: path.to_owned(), msg: e.to_string() })
+    }
+
+    /// Fills every field this one lacks from `file`.
+    fn or(self, file: StageArgs) -> StageArgs {
+        macro_rules! pick {
+            ($($field:ident),* $(,)?) => {
+                StageArgs {
+                    $($field: self.$field.or(file.$field),)*
+                    config: self.config,
+                    resume: self.resume,
+                    overwrite: self.overwrite,
+                }
+            };
+        }
+        pick!(
+            dataset,
+            data_root,
+            backbone,
+            input_size,
+            dim,
+            epochs,
+            lr,
+            lr_milestones,
+            lr_gamma,
+            momentum,
+            train_batch_size,
+            test_batch_size,
+            workers,
+            seed,
+            device,
+            max_steps,
+            threads,
+            run_dir,
+            resume_model,
+            pretrained,
+            frozen_eval,
+        )
+    }
+}
+
+/// The resolved, checked configuration of one stage run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Which stage this run trains (1, 2 or 3).
+    #[serde(with = "stage_number")]
+    pub stage: Stage,
+    /// Dataset kind.
+    pub dataset: Dataset,
+    /// Dataset root folder.
+    pub data_root: PathBuf,
+    /// Model preset.
+    pub preset: Preset,
+    /// Input image side in pixels.
+    pub input_size: usize,
+    /// Fusion width `Dim`.
+    pub dim: usize,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Initial learning rate.
+    pub lr: f64,
+    /// Epoch counts after which the rate is multiplied by `lr_gamma`.
+    pub lr_milestones: Vec<usize>,
+    /// Learning-rate factor at each milestone.
+    pub lr_gamma: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Training batch size.
+    pub train_batch_size: usize,
+    /// Test batch size.
+    pub test_batch_size: usize,
+    /// Loader decoding threads.
+    pub workers: usize,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Where tensors live.
+    pub device: DeviceSpec,
+    /// Cap on optimizer steps per epoch, for smoke runs.
+    pub max_steps: Option<usize>,
+    /// CPU kernel threads (`None`: all cores).
+    pub threads: Option<usize>,
+    /// Experiment folder; this stage writes into `<run_dir>/stage<N>`.
+    pub run_dir: PathBuf,
+    /// Checkpoint this stage starts from (stages 2 and 3).
+    pub resume_model: Option<PathBuf>,
+    /// torchvision weights for the backbone (stage 1).
+    pub pretrained: Option<PathBuf>,
+    /// Frozen parts in eval mode instead of the reference's train mode.
+    pub frozen_eval: bool,
+    /// Continue from the stage folder's `last` checkpoint (an invocation choice, not saved).
+    #[serde(skip)]
+    pub resume: bool,
+    /// Replace an existing run in the stage folder (an invocation choice, not saved).
+    #[serde(skip)]
+    pub overwrite: bool,
+}
+
+/// Settings that may differ between a run and its `--resume`: they do not change the numbers
+/// (or, for `epochs` and `max_steps`, only which epochs and steps are run).
+const RESUMABLE_CHANGES: [&str; 6] =
+    ["epochs", "max_steps", "device", "threads", "workers", "test_batch_size"];
+
+fn bad(key: &'static str, msg: impl Into<String>) -> TrainError {
+    TrainError::Config { key, msg: msg.into() }
+}
+
+impl StageConfig {
+    /// Resolves flags (over the `--config` file, over defaults) into a checked configuration.
+    /// `preset_defaults` gives a preset's input side and fusion width.
+    pub fn resolve(stage: Stage, args: StageArgs) -> Result<Self> {
+        let args = match &args.config {
+            Some(path) => {
+                let file = StageArgs::from_toml_file(path)?;
+                args.or(file)
+            }
+            None => args,
+        };
+        let dataset = args.dataset.unwrap_or(Dataset::Rafdb);
+        let preset = args.backbone.unwrap_or(Preset::Resnet101);
+        let defaults = ModelConfig::preset(preset);
+        let run_dir = args.run_dir.unwrap_or_else(|| paths::default_run_dir(dataset, preset));
+        let resume_model = match stage {
+            Stage::Em => None,
+            _ => args.resume_model.clone().or_else(|| paths::default_resume_model(&run_dir, stage)),
+        };
+        let cfg = StageConfig {
+            stage,
+            dataset,
+            data_root: args.data_root.unwrap_or_else(|| dataset.default_root()),
+            preset,
+            input_size: args.input_size.unwrap_or(defaults.input_size),
+            dim: args.dim.unwrap_or(defaults.fuse_dim),
+            epochs: args.epochs.unwrap_or(40),
+            lr: args.lr.unwrap_or(0.01),
+            lr_milestones: args.lr_milestones.unwrap_or_else(|| vec![15, 30]),
+            lr_gamma: args.lr_gamma.unwrap_or(0.1),
+            momentum: args.momentum.unwrap_or(0.9),
+            train_batch_size: args.train_batch_size.unwrap_or(64),
+            test_batch_size: args.test_batch_size.unwrap_or(64),
+            workers: args.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
+            seed: args.seed.unwrap_or(0),
+            device: args.device.unwrap_or(DeviceSpec::Cpu),
+            max_steps: args.max_steps,
+            threads: args.threads,
+            run_dir,
+            resume_model,
+            pretrained: args.pretrained,
+            frozen_eval: args.frozen_eval.unwrap_or(false),
+            resume: args.resume,
+            overwrite: args.overwrite,
+        };
+        // Flags that make no sense for this stage are errors rather than silently ignored.
+        if stage != Stage::Em && cfg.pretrained.is_some() {
+            return Err(bad(
+                "pretrained",
+                format!(
+                    "{} starts from the previous stage's checkpoint (--resume-model)",
+                    stage_label(stage)
+                ),
+            ));
+        }
+        if stage == Stage::Em && args.resume_model.is_some() {
+            return Err(bad(
+                "resume_model",
+                "stage 1 has no previous stage; use --pretrained for ImageNet weights",
+            ));
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value (ranges, files that must exist).
+    pub fn check(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(bad("epochs", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(bad("lr", format!("must be a positive number, not {}", self.lr)));
+        }
+        if !(self.lr_gamma.is_finite() && self.lr_gamma > 0.0) {
+            return Err(bad(
+                "lr_gamma",
+                format!("must be a positive number, not {}", self.lr_gamma),
+            ));
+        }
+        if self.lr_milestones.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad(
+                "lr_milestones",
+                format!("must be strictly increasing, not {:?}", self.lr_milestones),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(bad("momentum", format!("must be in [0, 1), not {}", self.momentum)));
+        }
+        if self.train_batch_size == 0 {
+            return Err(bad("train_batch_size", "must be at least 1"));
+        }
+        if self.test_batch_size == 0 {
+            return Err(bad("test_batch_size", "must be at least 1"));
+        }
+        if self.input_size == 0 || !self.input_size.is_multiple_of(32) {
+            return Err(bad(
+                "input_size",
+                format!("must be a positive multiple of 32, not {}", self.input_size),
+            ));
+        }
+        if self.dim == 0 {
+            return Err(bad("dim", "must be at least 1"));
+        }
+        if self.workers == 0 {
+            return Err(bad("workers", "must be at least 1"));
+        }
+        if self.max_steps == Some(0) {
+            return Err(bad("max_steps", "must be at least 1"));
+        }
+        if self.threads == Some(0) {
+            return Err(bad("threads", "must be at least 1"));
+        }
+        if !self.data_root.is_dir() {
+            return Err(bad(
+                "data_root",
+                format!("{} is not a folder (pass --data-root)", self.data_root.display()),
+            ));
+        }
+        if let Some(p) = &self.pretrained
+            && !p.is_file()
+        {
+            return Err(bad("pretrained", format!("{} does not exist", p.display())));
+        }
+        if let Some(p) = &self.resume_model
+            && !p.is_file()
+        {
+            let prev = previous_stage(self.stage).map_or(0, Stage::number);
+            return Err(bad(
+                "resume_model",
+                format!(
+                    "{} starts from {}, which does not exist: run stage {prev} first (with the same \
+                     --run-dir) or pass --resume-model FILE",
+                    stage_label(self.stage),
+                    p.display()
+                ),
+            ));
+        }
+        if self.stage == Stage::Au && self.dataset.num_classes() != aue_core::NUM_BASIC {
+            return Err(bad(
+                "dataset",
+                format!(
+                    "stage 2's AU pseudo-targets come from the 7-row prior table (REFERENCE.md \
+                     section 2), so it needs basic-expression labels; {} has {} classes",
+                    self.dataset,
+                    self.dataset.num_classes()
+                ),
+            ));
+        }
+        if self.resume && self.overwrite {
+            return Err(bad("resume", "--resume and --overwrite exclude each other"));
+        }
+        Ok(())
+    }
+
+    /// The model configuration this run builds (preset, input side, classes, fusion width).
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let mut m = ModelConfig::preset(self.preset)
+            .with_input_size(self.input_size)
+            .and_then(|m| m.with_num_classes(self.dataset.num_classes()))
+            .map_err(|e| bad("backbone", e.to_string()))?;
+        m.fuse_dim = self.dim;
+        m.validate().map_err(|e| bad("dim", e.to_string()))?;
+        Ok(m)
+    }
+
+    /// The files of this stage's run.
+    pub fn paths(&self) -> StagePaths {
+        StagePaths::new(&self.run_dir, self.stage)
+    }
+
+    /// The configuration as pretty JSON (config.json and checkpoint metadata).
+    pub fn to_json(&self) -> String {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks that `--resume` continues the run described by `saved` (its config.json): only
+    /// the settings in [`RESUMABLE_CHANGES`] may differ.
+    pub fn check_resumes(&self, saved: &StageConfig, saved_path: &Path) -> Result<()> {
+        let now = serde_json::to_value(self).unwrap_or_default();
+        let then = serde_json::to_value(saved).unwrap_or_default();
+        let (Some(now), Some(then)) = (now.as_object(), then.as_object()) else {
+            return Ok(());
+        };
+        let mut diffs = Vec::new();
+        for (key, value) in now {
+            if RESUMABLE_CHANGES.contains(&key.as_str()) {
+                continue;
+            }
+            let old = then.get(key).cloned().unwrap_or_default();
+            if &old != value {
+                diffs.push(format!("{key}: {old} in the run, {value} now"));
+            }
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(TrainError::RunFolder {
+                path: saved_path.to_owned(),
+                msg: format!(
+                    "--resume must continue with the run's settings; these differ: {}",
+                    diffs.join("; ")
+                ),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_in(dir: &Path) -> StageArgs {
+        StageArgs {
+            data_root: Some(dir.to_owned()),
+            backbone: Some(Preset::Tiny),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_reference_protocol() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(io_err("tempdir", "/tmp"))?;
+        let cfg = StageConfig::resolve(Stage::Em, args_in(tmp.path()))?;
+        assert_eq!(cfg.epochs, 40);
+        assert_eq!(cfg.lr, 0.01);
+        assert_eq!(cfg.lr_milestones, [15, 30]);
+        assert_eq!(cfg.lr_gamma, 0.1);
+        assert_eq!(cfg.momentum, 0.9);
+        assert_eq!((cfg.train_batch_size, cfg.test_batch_size), (64, 64));
+        assert_eq!(cfg.run_dir, Path::new("runs/rafdb-tiny"));
+        assert!(!cfg.frozen_eval);
+        Ok(())
+    }
+
+    #[test]
+    fn flags_override_file_over_defaults() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(io_err("tempdir", "/tmp"))?;
+        let file = tmp.path().join("c.toml");
+        std::fs::write(&file, "epochs = 7\nlr = 0.5\nlr_milestones = [2]\npreset = \"tiny\"\n")
+            .map_err(io_err("write", &file))?;
+        let args = StageArgs {
+            config: Some(file),
+            data_root: Some(tmp.path().to_owned()),
+            lr: Some(0.25),
+            ..Default::default()
+        };
+        let cfg = StageConfig::resolve(Stage::Em, args)?;
+        assert_eq!(cfg.epochs, 7);
+        assert_eq!(cfg.lr, 0.25);
+        assert_eq!(cfg.lr_milestones, [2]);
+        assert_eq!(cfg.preset, Preset::Tiny);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases: [(&str, StageArgs); 5] = [
+            ("lr", StageArgs { lr: Some(f64::NAN), ..args_in(tmp.path()) }),
+            ("train_batch_size", StageArgs { train_batch_size: Some(0), ..args_in(tmp.path()) }),
+            ("input_size", StageArgs { input_size: Some(100), ..args_in(tmp.path()) }),
+            ("lr_milestones", StageArgs { lr_milestones: Some(vec![5, 3]), ..args_in(tmp.path()) }),
+            (
+                "data_root",
+                StageArgs { data_root: Some(tmp.path().join("nope")), ..args_in(tmp.path()) },
+            ),
+        ];
+        for (key, args) in cases {
+            let err = StageConfig::resolve(Stage::Em, args).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("c.toml");
+        std::fs::write(&file, "epoch = 7\n").unwrap();
+        let args = StageArgs { config: Some(file.clone()), ..args_in(tmp.path()) };
+        let err = StageConfig::resolve(Stage::Em, args).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("epoch"), "{err}");
+    }
+
+    #[test]
+    fn missing_previous_stage_checkpoint_says_what_to_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        let args = StageArgs { run_dir: Some(tmp.path().join("run")), ..args_in(tmp.path()) };
+        let err = StageConfig::resolve(Stage::Au, args).unwrap_err().to_string();
+        assert!(
+            err.contains("stage1/best.safetensors") && err.contains("run stage 1 first"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn json_round_trip_and_resume_check() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(io_err("tempdir", "/tmp"))?;
+        let cfg = StageConfig::resolve(Stage::Em, args_in(tmp.path()))?;
+        let back: StageConfig = serde_json::from_str(&cfg.to_json()).unwrap();
+        assert_eq!(back, cfg);
+        let more_epochs = StageConfig { epochs: 80, ..cfg.clone() };
+        more_epochs.check_resumes(&cfg, Path::new("config.json"))?;
+        let other_lr = StageConfig { lr: 0.1, ..cfg.clone() };
+        let err = other_lr.check_resumes(&cfg, Path::new("config.json")).unwrap_err().to_string();
+        assert!(err.contains("lr: 0.01 in the run, 0.1 now"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn device_parsing() {
+        assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
+        assert!("gpu".parse::<DeviceSpec>().is_err());
+    }
+}

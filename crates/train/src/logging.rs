@@ -1,0 +1,113 @@
+//! Logging for the stage binaries: `tracing` events go to the terminal (without tearing the
+//! progress bars) and, once the run folder is known, to its `train.log` as well.
+//!
+//! The library itself only emits events; a binary calls [`init`] once at start-up.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use indicatif::MultiProgress;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::error::{Result, io_err};
+
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+static LOG_FILE: Mutex<Option<File>> = Mutex::new(None);
+
+/// The progress-bar group every bar of the run joins (log lines are printed above it).
+pub fn bars() -> &'static MultiProgress {
+    BARS.get_or_init(MultiProgress::new)
+}
+
+/// Installs the global subscriber: terminal output at `info` (or `RUST_LOG`), plus the run's
+/// log file once [`attach_file`] names it. Calling it twice is harmless.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let terminal = tracing_subscriber::fmt::layer().with_writer(TerminalWriter).with_target(false);
+    let file = tracing_subscriber::fmt::layer()
+        .with_writer(FileWriter)
+        .with_ansi(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry().with(filter).with(terminal).with(file).try_init();
+}
+
+/// Sends the log to `path` too (appending, so a resumed run keeps the killed run's log).
+pub fn attach_file(path: &Path) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err("cannot open log file", path))?;
+    if let Ok(mut slot) = LOG_FILE.lock() {
+        *slot = Some(f);
+    }
+    Ok(())
+}
+
+/// Appends one line to the log file only (the terminal gets the same text from `main`).
+pub fn write_file_only(line: &str) {
+    if let Ok(mut slot) = LOG_FILE.lock()
+        && let Some(f) = slot.as_mut()
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Stops writing to the log file (the run is over).
+pub fn detach_file() {
+    if let Ok(mut slot) = LOG_FILE.lock()
+        && let Some(f) = slot.take()
+    {
+        let _ = f.sync_all();
+    }
+}
+
+/// Writes each formatted event to stderr with the progress bars hidden meanwhile.
+struct TerminalWriter;
+
+impl Write for TerminalWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The fmt layer hands over one whole event per call.
+        bars().suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for TerminalWriter {
+    type Writer = TerminalWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        TerminalWriter
+    }
+}
+
+/// Writes to the attached log file, or nowhere before one is attached.
+struct FileWriter;
+
+impl Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut slot) = LOG_FILE.lock()
+            && let Some(f) = slot.as_mut()
+        {
+            f.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for FileWriter {
+    type Writer = FileWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        FileWriter
+    }
+}

@@ -1,0 +1,175 @@
+//! SGD with momentum, written by hand with PyTorch's semantics (REFERENCE.md section 6: momentum
+//! 0.9, no weight decay, no dampening, no Nesterov). Candle's own `SGD` has no momentum.
+//!
+//! PyTorch's `torch.optim.SGD` step for a parameter `p` with gradient `g`:
+//! `buf = g` on the first step (a copy, not `momentum * 0 + g` of a zero buffer: the same value),
+//! then `buf = momentum * buf + g`; and `p -= lr * buf`. A parameter whose gradient is absent is
+//! skipped entirely (its buffer does not decay), as PyTorch skips `p.grad is None`.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use crate::error::{CandleContext, Result, TrainError};
+
+/// One optimised parameter and its momentum buffer.
+struct Param {
+    name: String,
+    var: Var,
+    /// `None` until the parameter first receives a gradient (PyTorch creates it lazily too).
+    momentum_buffer: Option<Tensor>,
+}
+
+/// Stochastic gradient descent with heavy-ball momentum over a fixed, named set of variables.
+pub struct Sgd {
+    params: Vec<Param>,
+    momentum: f64,
+}
+
+impl Sgd {
+    /// An optimizer over `params` (name, variable). Only these variables are ever changed.
+    pub fn new(params: Vec<(String, Var)>, momentum: f64) -> Self {
+        let params = params
+            .into_iter()
+            .map(|(name, var)| Param { name, var, momentum_buffer: None })
+            .collect();
+        Self { params, momentum }
+    }
+
+    /// The momentum factor.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// Names of the optimised variables, in the order given to [`Sgd::new`].
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|p| p.name.as_str())
+    }
+
+    /// One update with learning rate `lr` from the gradients of a backward pass.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        for p in &mut self.params {
+            let Some(grad) = grads.get(p.var.as_tensor()) else { continue };
+            let buf = match &p.momentum_buffer {
+                // First step: the buffer is a detached copy of the gradient.
+                None => grad.detach().copy().op("sgd: init momentum buffer")?,
+                Some(buf) => (buf.affine(self.momentum, 0.0).op("sgd: momentum * buf")? + grad)
+                    .op("sgd: buf + grad")?
+                    .detach(),
+            };
+            let update = buf.affine(lr, 0.0).op("sgd: lr * buf")?;
+            let next = p.var.as_tensor().sub(&update).op("sgd: p - lr * buf")?.detach();
+            p.var.set(&next).op("sgd: write parameter")?;
+            p.momentum_buffer = Some(buf);
+        }
+        Ok(())
+    }
+
+    /// The momentum buffers that exist, by parameter name (for the resume file).
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .filter_map(|p| p.momentum_buffer.as_ref().map(|b| (p.name.clone(), b.clone())))
+            .collect()
+    }
+
+    /// Restores momentum buffers saved by [`Sgd::state`]. Every saved buffer must belong to an
+    /// optimised parameter of the same shape and dtype; parameters without one start fresh, as
+    /// they had never received a gradient.
+    pub fn load_state(&mut self, mut buffers: HashMap<String, Tensor>) -> Result<()> {
+        for p in &mut self.params {
+            p.momentum_buffer = None;
+            if let Some(buf) = buffers.remove(&p.name) {
+                let want = p.var.as_tensor();
+                if buf.dims() != want.dims() || buf.dtype() != want.dtype() {
+                    return Err(TrainError::OptimizerState(format!(
+                        "momentum buffer `{}` is {:?} {:?}, the parameter is {:?} {:?}",
+                        p.name,
+                        buf.dtype(),
+                        buf.dims(),
+                        want.dtype(),
+                        want.dims()
+                    )));
+                }
+                let buf = buf.to_device(want.device()).op("sgd: move momentum buffer")?;
+                p.momentum_buffer = Some(buf);
+            }
+        }
+        if let Some(extra) = buffers.keys().min() {
+            return Err(TrainError::OptimizerState(format!(
+                "momentum buffer `{extra}` belongs to no trainable parameter of this stage"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Three steps of PyTorch SGD(lr, momentum=0.9) on known gradients, computed by hand:
+    /// p0 = [1, 2], g = [0.5, -1], [0.25, 0.5], [-1, 0] with lr 0.1, 0.1, 0.01.
+    ///   buf1 = g1 = [0.5, -1]                 p1 = p0 - 0.1 * buf1  = [0.95, 2.1]
+    ///   buf2 = 0.9 * buf1 + g2 = [0.7, -0.4]  p2 = p1 - 0.1 * buf2  = [0.88, 2.14]
+    ///   buf3 = 0.9 * buf2 + g3 = [-0.37, -0.36] p3 = p2 - 0.01 * buf3 = [0.8837, 2.1436]
+    #[test]
+    fn momentum_matches_hand_computation() -> Result<()> {
+        let dev = Device::Cpu;
+        let var = Var::from_slice(&[1f32, 2.0], 2, &dev).op("var")?;
+        let mut sgd = Sgd::new(vec![("w".into(), var.clone())], 0.9);
+        let steps = [([0.5f32, -1.0], 0.1), ([0.25, 0.5], 0.1), ([-1.0, 0.0], 0.01)];
+        for (g, lr) in steps {
+            // loss = sum(w * g) has gradient g with respect to w.
+            let g = Tensor::from_slice(&g, 2, &dev).op("g")?;
+            let loss = (var.as_tensor() * &g).op("mul")?.sum_all().op("sum")?;
+            let grads = loss.backward().op("backward")?;
+            sgd.step(&grads, lr)?;
+        }
+        let got = var.as_tensor().to_vec1::<f32>().op("read")?;
+        let want = [0.8837f32, 2.1436];
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "got {got:?}, want {want:?}");
+        }
+        let buf = sgd.state()[0].1.to_vec1::<f32>().op("read")?;
+        for (a, b) in buf.iter().zip([-0.37f32, -0.36]) {
+            assert!((a - b).abs() < 1e-6, "buffer {buf:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn untouched_params_keep_value_and_no_buffer() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::ones(3, DType::F32, &dev).op("a")?;
+        let b = Var::ones(3, DType::F32, &dev).op("b")?;
+        let mut sgd = Sgd::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())], 0.9);
+        let grads = a.as_tensor().sum_all().op("sum")?.backward().op("backward")?;
+        sgd.step(&grads, 0.5)?;
+        assert_eq!(a.as_tensor().to_vec1::<f32>().op("read")?, vec![0.5; 3]);
+        assert_eq!(b.as_tensor().to_vec1::<f32>().op("read")?, vec![1.0; 3]);
+        let names: Vec<_> = sgd.state().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a"]);
+        Ok(())
+    }
+
+    #[test]
+    fn state_round_trip_and_mismatch() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::ones(2, DType::F32, &dev).op("a")?;
+        let mut sgd = Sgd::new(vec![("a".into(), a.clone())], 0.9);
+        let ok = HashMap::from([("a".to_string(), Tensor::ones(2, DType::F32, &dev).op("t")?)]);
+        sgd.load_state(ok)?;
+        assert_eq!(sgd.state().len(), 1);
+        let wrong_shape =
+            HashMap::from([("a".to_string(), Tensor::ones(3, DType::F32, &dev).op("t")?)]);
+        let err = sgd.load_state(wrong_shape).unwrap_err().to_string();
+        assert!(err.contains("`a`"), "{err}");
+        let extra = HashMap::from([("z".to_string(), Tensor::ones(2, DType::F32, &dev).op("t")?)]);
+        let err = sgd.load_state(extra).unwrap_err().to_string();
+        assert!(err.contains("`z`"), "{err}");
+        Ok(())
+    }
+}
