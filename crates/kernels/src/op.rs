@@ -1,0 +1,327 @@
+//! `conv2d` and `conv_transpose2d` as Candle custom ops whose backward passes are forward
+//! convolutions (see `grad.rs` for the maths).
+//!
+//! Candle offers no public way to build a tensor with a hand-written backward other than the
+//! `CustomOpN` traits, and its per-backend forward entry points (`BackendStorage::conv2d`) take a
+//! `ParamsConv2D` whose fields are private. So the forward result is computed first with
+//! ordinary tensor operations (Candle's own fast convolution), outside any storage lock, and the
+//! custom op's `cpu_fwd` / `cuda_fwd` only copy that result into the storage it must return. The
+//! copy is one memcpy of the output (about 1% of a convolution's time); the precomputed tensor is
+//! dropped as soon as it has been copied, so the graph keeps no second copy alive.
+//! When neither argument needs a gradient the plain result is returned and no op is recorded.
+
+use std::sync::Mutex;
+
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
+
+use crate::error::{KernelError, Result};
+use crate::grad::{Engine, WeightGradAlgo, conv2d_input_grad, conv2d_weight_grad, forward_view};
+use crate::params::{ConvParams, ConvTransposeParams};
+
+/// 2D convolution (NCHW, groups = 1) with a fast backward pass.
+///
+/// Same result as `x.conv2d(w, padding, stride, dilation, 1)` (it is computed by that very call);
+/// the gradients of `x` and `w` are computed with forward convolutions and one matrix product
+/// instead of Candle's naive transposed convolution. Works on every device Candle's `conv2d`
+/// supports; gradients for CPU and CUDA.
+///
+/// # Shapes
+/// `x: [b, c_in, h, w]`, `w: [c_out, c_in, kh, kw]` -> `[b, c_out, oh, ow]` with
+/// `oh = floor((h + 2*padding - dilation*(kh-1) - 1) / stride) + 1` (likewise `ow`).
+pub fn conv2d(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor> {
+    let (input_hw, kernel_hw, out_hw) = check_conv("conv2d", x, w, params)?;
+    tracing::trace!(x = ?x.dims(), w = ?w.dims(), ?params, "conv2d");
+    // [b, c_out, oh, ow]
+    let y = forward_view(&x.detach(), &w.detach(), params, None, Engine::Auto)?;
+    debug_assert_eq!(y.dims()[2..], [out_hw.0, out_hw.1]);
+    if !x.track_op() && !w.track_op() {
+        return Ok(y.contiguous()?);
+    }
+    let op = Conv2dOp { params, input_hw, kernel_hw, result: Mutex::new(Some(y)) };
+    Ok(x.apply_op2(w, op)?)
+}
+
+/// 2D transposed convolution (NCHW, groups = 1) with a fast forward and backward pass.
+///
+/// Same result as `x.conv_transpose2d(w, padding, output_padding, stride, dilation)`, but the
+/// forward pass is computed as forward convolutions (Candle's CPU `conv_transpose2d` is a naive
+/// loop) and so are both gradients.
+///
+/// # Shapes
+/// `x: [b, c_in, h, w]`, `w: [c_in, c_out, kh, kw]` -> `[b, c_out, oh, ow]` with
+/// `oh = (h - 1)*stride - 2*padding + dilation*(kh - 1) + output_padding + 1` (likewise `ow`).
+pub fn conv_transpose2d(x: &Tensor, w: &Tensor, params: ConvTransposeParams) -> Result<Tensor> {
+    let op_name = "conv_transpose2d";
+    let (b, c_in, h, wd) = dims4(op_name, x, w, params, x)?;
+    let (c_in_w, _, kh, kw) = dims4(op_name, x, w, params, w)?;
+    let invalid = |msg: String| KernelError::InvalidArgs {
+        op: op_name,
+        msg,
+        input: x.shape().clone(),
+        weight: w.shape().clone(),
+        params: format!("{params:?}"),
+    };
+    check_common(op_name, x, w, params)?;
+    if c_in != c_in_w {
+        return Err(invalid(format!("input has {c_in} channels, weight expects {c_in_w}")));
+    }
+    let (Some(oh), Some(ow)) = (params.output_size(h, kh), params.output_size(wd, kw)) else {
+        return Err(invalid(
+            "no valid output size (stride and dilation must be >= 1, output_padding < \
+             max(stride, dilation), and the output must not be empty)"
+                .into(),
+        ));
+    };
+    tracing::trace!(x = ?x.dims(), w = ?w.dims(), ?params, "conv_transpose2d");
+    // The adjoint of conv2d(., w, as_conv) from [b, c_out, oh, ow] to [b, c_in, h, w].
+    let y = conv2d_input_grad(&x.detach(), &w.detach(), params.as_conv(), (oh, ow), Engine::Auto)?;
+    debug_assert_eq!(y.dims(), [b, w.dim(1)?, oh, ow]);
+    if !x.track_op() && !w.track_op() {
+        return Ok(y.contiguous()?);
+    }
+    let op = ConvTranspose2dOp {
+        params,
+        input_hw: (h, wd),
+        kernel_hw: (kh, kw),
+        result: Mutex::new(Some(y)),
+    };
+    Ok(x.apply_op2(w, op)?)
+}
+
+/// Checks a convolution's arguments; returns the input, kernel and output spatial sizes.
+type Hw = (usize, usize);
+fn check_conv(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    params: ConvParams,
+) -> Result<(Hw, Hw, Hw)> {
+    let (_, c_in, h, wd) = dims4(op, x, w, params, x)?;
+    let (_, c_in_w, kh, kw) = dims4(op, x, w, params, w)?;
+    let invalid = |msg: String| KernelError::InvalidArgs {
+        op,
+        msg,
+        input: x.shape().clone(),
+        weight: w.shape().clone(),
+        params: format!("{params:?}"),
+    };
+    check_common(op, x, w, params)?;
+    if c_in != c_in_w {
+        return Err(invalid(format!("input has {c_in} channels, weight expects {c_in_w}")));
+    }
+    match (params.output_size(h, kh), params.output_size(wd, kw)) {
+        (Some(oh), Some(ow)) => Ok(((h, wd), (kh, kw), (oh, ow))),
+        _ => Err(invalid(
+            "no valid output size (stride and dilation must be >= 1 and the dilated kernel must \
+             fit the padded input)"
+                .into(),
+        )),
+    }
+}
+
+fn dims4(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    params: impl std::fmt::Debug,
+    t: &Tensor,
+) -> Result<(usize, usize, usize, usize)> {
+    t.dims4().map_err(|_| KernelError::InvalidArgs {
+        op,
+        msg: "input and weight must both be rank 4 (NCHW input, PyTorch weight layout)".into(),
+        input: x.shape().clone(),
+        weight: w.shape().clone(),
+        params: format!("{params:?}"),
+    })
+}
+
+fn check_common(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    params: impl std::fmt::Debug,
+) -> Result<()> {
+    let msg = if x.dtype() != w.dtype() {
+        format!("input is {:?} but weight is {:?}", x.dtype(), w.dtype())
+    } else if !is_float(x.dtype()) {
+        format!("{:?} is not a floating-point dtype", x.dtype())
+    } else if !x.device().same_device(w.device()) {
+        format!("input is on {:?} but weight is on {:?}", x.device(), w.device())
+    } else {
+        return Ok(());
+    };
+    Err(KernelError::InvalidArgs {
+        op,
+        msg,
+        input: x.shape().clone(),
+        weight: w.shape().clone(),
+        params: format!("{params:?}"),
+    })
+}
+
+fn is_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+}
+
+/// Hands over a result computed before the op was applied (see the module doc).
+fn take_result(slot: &Mutex<Option<Tensor>>, op: &'static str) -> candle_core::Result<Tensor> {
+    let mut slot =
+        slot.lock().map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned lock")))?;
+    slot.take().ok_or_else(|| candle_core::Error::Msg(format!("{op}: forward ran twice")))
+}
+
+/// A fresh contiguous copy of `layout`'s elements of `storage`, on the same device.
+fn copy_contiguous<S>(storage: &S, layout: &Layout) -> candle_core::Result<S>
+where
+    S: BackendStorage,
+    S::Device: BackendDevice<Storage = S>,
+{
+    // SAFETY: `copy_strided_src` writes every element of a contiguous buffer of `layout`'s
+    // shape, which is exactly what is allocated here, before anything reads it.
+    let mut dst = unsafe { storage.device().alloc_uninit(layout.shape(), storage.dtype())? };
+    storage.copy_strided_src(&mut dst, 0, layout)?;
+    Ok(dst)
+}
+
+fn cpu_result(
+    slot: &Mutex<Option<Tensor>>,
+    op: &'static str,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let y = take_result(slot, op)?;
+    let (storage, layout) = y.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => Ok((copy_contiguous(s, layout)?, layout.shape().clone())),
+        _ => candle_core::bail!("{op}: result is not on the CPU"),
+    }
+}
+
+fn cuda_result(
+    slot: &Mutex<Option<Tensor>>,
+    op: &'static str,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let y = take_result(slot, op)?;
+    let (storage, layout) = y.storage_and_layout();
+    match &*storage {
+        Storage::Cuda(s) => Ok((copy_contiguous(s, layout)?, layout.shape().clone())),
+        _ => candle_core::bail!("{op}: result is not on a CUDA device"),
+    }
+}
+
+struct Conv2dOp {
+    params: ConvParams,
+    input_hw: Hw,
+    kernel_hw: Hw,
+    /// The forward result, until `cpu_fwd` / `cuda_fwd` copies it out.
+    result: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "aue-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        cpu_result(&self.result, self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda_result(&self.result, self.name())
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // No gradient for an argument that does not need one (e.g. the image into the stem).
+        // The gradients are computed from detached tensors: they are not themselves
+        // differentiated (as in Candle by default), and recording their graph would cost memory.
+        let gx = if x.track_op() {
+            Some(conv2d_input_grad(grad, &w.detach(), self.params, self.input_hw, Engine::Auto)?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            let algo = WeightGradAlgo::Auto;
+            Some(conv2d_weight_grad(&x.detach(), grad, self.params, self.kernel_hw, algo)?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
+    }
+}
+
+struct ConvTranspose2dOp {
+    params: ConvTransposeParams,
+    input_hw: Hw,
+    kernel_hw: Hw,
+    /// The forward result, until `cpu_fwd` / `cuda_fwd` copies it out.
+    result: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp2 for ConvTranspose2dOp {
+    fn name(&self) -> &'static str {
+        "aue-conv-transpose2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        cpu_result(&self.result, self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda_result(&self.result, self.name())
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let conv = self.params.as_conv();
+        let (h, wd) = self.input_hw;
+        let gx = if x.track_op() {
+            // The adjoint of the adjoint: the forward convolution, cut to the size of x (its full
+            // output is larger when output_padding >= stride, allowed when dilation > stride).
+            Some(forward_view(grad, &w.detach(), conv, Some((h, wd)), Engine::Auto)?) // [b, c_in, h, w]
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            // y = conv2d_input_grad(x; w), so <y, g> = <x, conv2d(g; w)>: the weight gradient of
+            // the convolution of g whose output gradient is x. [c_in, c_out, kh, kw]
+            Some(conv2d_weight_grad(grad, &x.detach(), conv, self.kernel_hw, WeightGradAlgo::Auto)?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
+    }
+}
