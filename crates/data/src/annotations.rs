@@ -131,7 +131,10 @@ pub(crate) fn read_box(path: &Path) -> Result<FaceBox> {
         return Err(DataError::parse(
             path,
             line,
-            format!("empty face box ({} {} {} {}): need x1 < x2 and y1 < y2", b.x1, b.y1, b.x2, b.y2),
+            format!(
+                "empty face box ({} {} {} {}): need x1 < x2 and y1 < y2",
+                b.x1, b.y1, b.x2, b.y2
+            ),
         ));
     }
     Ok(b)
@@ -255,7 +258,11 @@ pub(crate) struct SfewEntry {
 /// Parses an SFEW `<Class>/<id>` name.
 pub(crate) fn parse_sfew_name(path: &Path, line: usize, name: &str) -> Result<SfewEntry> {
     let Some((class, id)) = name.split_once('/') else {
-        return Err(DataError::parse(path, line, format!("expected `<Class>/<id>`, found `{name}`")));
+        return Err(DataError::parse(
+            path,
+            line,
+            format!("expected `<Class>/<id>`, found `{name}`"),
+        ));
     };
     if id.is_empty() || id.contains('/') {
         return Err(DataError::parse(path, line, format!("bad image id in `{name}`")));

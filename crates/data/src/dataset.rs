@@ -153,7 +153,7 @@ impl Default for DatasetOptions {
 
 impl DatasetOptions {
     fn check(&self) -> Result<()> {
-        if self.image_size < 32 || self.image_size % 32 != 0 {
+        if self.image_size < 32 || !self.image_size.is_multiple_of(32) {
             return Err(DataError::Options(format!(
                 "image_size {} must be a multiple of 32 (at least 32)",
                 self.image_size
@@ -653,8 +653,10 @@ fn list_sfew_images(imgs: &Path) -> Result<Vec<Result<SfewEntry>>> {
 }
 
 fn read_sfew_entry(base: &Path, entry: &SfewEntry, grid: &AuGrid) -> Result<Entry> {
-    let lm_path =
-        base.join("Annotations/Landmarks_68_FAN").join(&entry.class).join(format!("{}.txt", entry.id));
+    let lm_path = base
+        .join("Annotations/Landmarks_68_FAN")
+        .join(&entry.class)
+        .join(format!("{}.txt", entry.id));
     if !lm_path.is_file() {
         return Ok(Entry::NoLandmarks(entry.name.clone()));
     }

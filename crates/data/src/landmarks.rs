@@ -74,23 +74,23 @@ use Centre::{Mid, Point as P};
 
 /// The two centres of each AU, in the AU order of REFERENCE.md section 1 (table of section 5).
 pub const AU_CENTRES: [(Centre, Centre); aue_core::NUM_AUS] = [
-    (P(21), P(22)),                 // AU1
-    (P(18), P(25)),                 // AU2
-    (Mid(21, 22), Mid(19, 24)),     // AU4
-    (Mid(37, 38), Mid(43, 44)),     // AU5
-    (P(41), P(46)),                 // AU6
-    (P(38), P(43)),                 // AU7
-    (P(31), P(35)),                 // AU9
-    (P(50), P(52)),                 // AU10
-    (P(48), P(54)),                 // AU12
-    (P(48), P(54)),                 // AU15
-    (P(58), P(56)),                 // AU16
-    (P(51), P(57)),                 // AU17
-    (P(48), P(54)),                 // AU20
-    (P(60), P(62)),                 // AU23
-    (P(61), P(64)),                 // AU24
-    (P(62), P(66)),                 // AU25
-    (P(51), P(57)),                 // AU26
+    (P(21), P(22)),             // AU1
+    (P(18), P(25)),             // AU2
+    (Mid(21, 22), Mid(19, 24)), // AU4
+    (Mid(37, 38), Mid(43, 44)), // AU5
+    (P(41), P(46)),             // AU6
+    (P(38), P(43)),             // AU7
+    (P(31), P(35)),             // AU9
+    (P(50), P(52)),             // AU10
+    (P(48), P(54)),             // AU12
+    (P(48), P(54)),             // AU15
+    (P(58), P(56)),             // AU16
+    (P(51), P(57)),             // AU17
+    (P(48), P(54)),             // AU20
+    (P(60), P(62)),             // AU23
+    (P(61), P(64)),             // AU24
+    (P(62), P(66)),             // AU25
+    (P(51), P(57)),             // AU26
 ];
 
 #[cfg(test)]

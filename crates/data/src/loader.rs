@@ -184,7 +184,9 @@ impl Loader {
             .num_threads(threads)
             .thread_name(|i| format!("aue-data-{i}"))
             .build()
-            .map_err(|e| DataError::Options(format!("cannot start {threads} loader threads: {e}")))?;
+            .map_err(|e| {
+                DataError::Options(format!("cannot start {threads} loader threads: {e}"))
+            })?;
         Ok(Loader {
             dataset: dataset.clone(),
             options,
@@ -269,9 +271,8 @@ impl Loader {
             pool: Arc::clone(&self.pool),
             stop: Arc::clone(&stop),
         };
-        let spawned = std::thread::Builder::new()
-            .name(format!("aue-loader-epoch-{epoch}"))
-            .spawn(move || {
+        let spawned = std::thread::Builder::new().name(format!("aue-loader-epoch-{epoch}")).spawn(
+            move || {
                 for indices in batches {
                     if worker.stop.load(Ordering::Relaxed) {
                         return;
@@ -294,7 +295,8 @@ impl Loader {
                         }
                     }
                 }
-            });
+            },
+        );
         match spawned {
             Ok(handle) => EpochIter {
                 epoch,
@@ -401,7 +403,7 @@ impl BatchJob<'_> {
         Ok(Some(Batch {
             images: Tensor::from_vec(images, (n, 3, size, size), &cpu)?, // [b, 3, s, s]
             au_loc: Tensor::from_vec(au_loc, (n, aue_core::NUM_AUS, 4), &cpu)?, // [b, 17, 4]
-            labels: Tensor::from_vec(labels, n, &cpu)?, // [b]
+            labels: Tensor::from_vec(labels, n, &cpu)?,                  // [b]
             au_gt: au_gt.map(|v| Tensor::from_vec(v, (n, aue_core::NUM_AUS), &cpu)).transpose()?,
             names,
             indices: kept_indices,

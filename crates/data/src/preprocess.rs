@@ -274,7 +274,8 @@ pub fn au_locations(landmarks: &Landmarks, grid: &AuGrid) -> AuLoc {
 
 /// Reads an image's size from its header without decoding the pixels.
 pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
-    let reader = image::ImageReader::open(path).map_err(|e| DataError::io(path, "open image", e))?;
+    let reader =
+        image::ImageReader::open(path).map_err(|e| DataError::io(path, "open image", e))?;
     let reader = reader.with_guessed_format().map_err(|e| DataError::io(path, "read image", e))?;
     if reader.format().is_none() {
         return Err(DataError::image(path, "unknown image format"));
@@ -330,17 +331,54 @@ thread_local! {
     static RESIZER: RefCell<fr::Resizer> = RefCell::new(fr::Resizer::new());
 }
 
-/// Resizes a row-major RGB image to `size x size` with the antialiased bilinear convolution.
+/// Resizes a row-major RGB image to `size x size` with the antialiased bilinear convolution,
+/// reproducing PIL's arithmetic.
+///
+/// PIL resamples horizontally first, rounding to 8 bits in between (`(sum + 2^21) >> 22`, i.e.
+/// half up, with 22-bit fixed-point coefficients), then vertically. fast_image_resize's 8-bit
+/// path does the vertical pass first and uses 15-bit coefficients whose rounded sum is not
+/// always exactly one, which moves up to a fifth of the values by one level. Its `f32` path
+/// uses exact (f64) coefficients and f64 sums, so we run PIL's two passes as two one-axis
+/// `f32` resizes and round to 8 bits after each as PIL does; the result then differs from
+/// PIL's only where a sum falls within about 1e-4 of a half (rare).
 fn resize_square(src: &[u8], (w, h): (u32, u32), size: u32) -> Result<Vec<u8>, String> {
-    let src = fr::images::ImageRef::new(w, h, src, fr::PixelType::U8x3).map_err(|e| e.to_string())?;
-    let mut dst = fr::images::Image::new(size, size, fr::PixelType::U8x3);
+    let mut current: Vec<f32> = src.iter().map(|&v| f32::from(v)).collect();
+    let mut dims = (w, h);
+    if w != size {
+        current = resize_f32(&current, dims, (size, h))?;
+        dims = (size, h);
+    }
+    if h != size {
+        current = resize_f32(&current, dims, (size, size))?;
+    }
+    // After the last pass the values are already whole numbers in [0, 255].
+    Ok(current.iter().map(|&v| v as u8).collect())
+}
+
+/// One resize pass on `f32` RGB pixels, rounded to 8-bit levels as PIL's `clip8` does.
+fn resize_f32(src: &[f32], (w, h): (u32, u32), (dw, dh): (u32, u32)) -> Result<Vec<f32>, String> {
+    let bytes: &[u8] = f32_bytes(src);
+    let src =
+        fr::images::ImageRef::new(w, h, bytes, fr::PixelType::F32x3).map_err(|e| e.to_string())?;
+    let mut dst = fr::images::Image::new(dw, dh, fr::PixelType::F32x3);
     let options = fr::ResizeOptions::new()
         .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
         .use_alpha(false);
-    RESIZER
-        .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
-        .map_err(|e| e.to_string())?;
-    Ok(dst.into_vec())
+    RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).map_err(|e| e.to_string())?;
+    let out = dst.buffer();
+    Ok(out
+        .chunks_exact(4)
+        .map(|b| {
+            let v = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            (v + 0.5).floor().clamp(0.0, 255.0)
+        })
+        .collect())
+}
+
+/// The bytes of an `f32` slice (plain old data; alignment only goes down).
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and every byte pattern is a valid u8; the length is exact.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// Per channel, the normalised value of each byte: `(v / 255 - mean) / std` computed in `f32`
@@ -368,9 +406,27 @@ pub fn normalise_into(hwc: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Decodes, crops, flips and resizes one image: the `S x S x 3` bytes the reference feeds to
-/// `ToTensor`, and the plan (window, landmarks, AU locations).
-#[allow(clippy::too_many_arguments)]
+/// Crops, flips and resizes a decoded image: the `S x S x 3` bytes the reference feeds to
+/// `ToTensor`, and the plan (window, landmarks, AU locations). The error is a message; the
+/// caller names the file.
+pub fn prepare_rgb(
+    img: &image::RgbImage,
+    face_box: &FaceBox,
+    landmarks: &Landmarks,
+    factor: f64,
+    augment: &Augment,
+    swap_flip_landmarks: bool,
+    grid: &AuGrid,
+) -> Result<(Vec<u8>, Plan), String> {
+    let plan =
+        plan(face_box, landmarks, factor, augment, swap_flip_landmarks, img.dimensions(), grid)?;
+    let crop = crop_flip(img, &plan.rect, plan.flip);
+    let resized = resize_square(&crop, (plan.rect.width(), plan.rect.height()), grid.size)
+        .map_err(|m| format!("resize: {m}"))?;
+    Ok((resized, plan))
+}
+
+/// [`prepare_rgb`] on an image file.
 pub(crate) fn prepare_u8(
     path: &Path,
     face_box: &FaceBox,
@@ -381,14 +437,8 @@ pub(crate) fn prepare_u8(
     grid: &AuGrid,
 ) -> Result<(Vec<u8>, Plan)> {
     let img = decode_rgb(path)?;
-    let dims = img.dimensions();
-    let plan = plan(face_box, landmarks, factor, augment, swap_flip_landmarks, dims, grid)
-        .map_err(|m| DataError::invalid(path, m))?;
-    let crop = crop_flip(&img, &plan.rect, plan.flip);
-    drop(img);
-    let resized = resize_square(&crop, (plan.rect.width(), plan.rect.height()), grid.size)
-        .map_err(|m| DataError::invalid(path, format!("resize: {m}")))?;
-    Ok((resized, plan))
+    prepare_rgb(&img, face_box, landmarks, factor, augment, swap_flip_landmarks, grid)
+        .map_err(|m| DataError::invalid(path, m))
 }
 
 #[cfg(test)]
