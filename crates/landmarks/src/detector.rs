@@ -11,7 +11,10 @@ use image::RgbImage;
 
 use crate::error::{CandleContext, LandmarkError, Result};
 use crate::geometry::FaceBox;
-use crate::ops::{conv2d_tf, ensure_f32, leaky, max_pool_same, pointwise_conv, separable_conv};
+use crate::ops::{
+    Activation, bias_act, conv2d_tf, ensure_f32, leaky, max_pool_same, pointwise_conv,
+    separable_conv,
+};
 use crate::preprocess::{DETECTOR_MEAN_RGB, Padding, PixelRect, square_input};
 use crate::weights::{TINY_FACE_DETECTOR, Weights};
 
@@ -130,14 +133,13 @@ impl TinyFaceDetector {
                 &layer.bias,
                 1,
                 ((1, 1), (1, 1)),
+                Activation::Leaky,
             )?;
-            h = leaky(&h)?;
             // Pools after conv1..conv4 halve the map; the one after conv5 keeps it.
             h = max_pool_same(&h, if i + 1 < self.layers.len() { 2 } else { 1 })?;
         }
         let y = pointwise_conv(&h, &self.conv8_filters)?; // [b, 25, cells, cells]
-        y.broadcast_add(&self.conv8_bias.reshape((1, (), 1, 1)).op("conv8: bias")?)
-            .op("conv8: add bias")
+        bias_act(&y, &self.conv8_bias, Activation::None)
     }
 
     /// Detects faces in each image, best first, in image pixels.

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{CandleContext, Result};
 use crate::geometry::Landmarks68;
-use crate::ops::{conv2d_tf, ensure_f32, separable_conv_same};
+use crate::ops::{add, conv2d_tf, ensure_f32, separable_conv_same};
 use crate::preprocess::{LANDMARK_INPUT, PixelRect};
 use crate::weights::{FACE_LANDMARK_68, FACE_LANDMARK_68_TINY, Weights};
 
@@ -91,29 +91,26 @@ impl DenseBlock {
         // outs[i] is out_{i+2}; the sum is built right to left as face-api nests its adds.
         let mut outs: Vec<Tensor> = Vec::with_capacity(self.rest.len());
         for (i, conv) in self.rest.iter().enumerate() {
-            let input = if i == 0 {
-                out1.clone()
-            } else {
-                sum_nested(&out1, &outs)?.relu().op("dense block: relu")?
-            };
+            let input = if i == 0 { out1.clone() } else { sum_nested(&out1, &outs, true)? };
             outs.push(conv.forward(&input, 1)?);
         }
-        sum_nested(&out1, &outs)?.relu().op("dense block: relu")
+        sum_nested(&out1, &outs, true)
     }
 }
 
-/// `out1 + (o2 + (o3 + (... + on)))`, face-api's order of additions.
-fn sum_nested(out1: &Tensor, outs: &[Tensor]) -> Result<Tensor> {
+/// `relu(out1 + (o2 + (o3 + (... + on))))`, face-api's order of additions.
+fn sum_nested(out1: &Tensor, outs: &[Tensor], relu: bool) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for o in outs.iter().rev() {
         acc = Some(match acc {
             None => o.clone(),
-            Some(a) => (o + a).op("dense block: add")?,
+            Some(a) => add(o, &a, false)?,
         });
     }
     match acc {
+        None if relu => out1.relu().op("dense block: relu"),
         None => Ok(out1.clone()),
-        Some(a) => (out1 + a).op("dense block: add"),
+        Some(a) => add(out1, &a, relu),
     }
 }
 

@@ -7,7 +7,9 @@
 //! Candle's grouped convolution runs one convolution per group, which for a depthwise layer with
 //! 256 channels means 256 tiny convolutions; [`depthwise_conv2d`] is a direct CPU kernel instead.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, bail};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail,
+};
 use rayon::prelude::*;
 
 use crate::error::{CandleContext, Result};
@@ -77,8 +79,8 @@ pub fn conv2d_tf(
     } else {
         x.clone()
     };
-    let y = x.conv2d(weight, 0, stride, 1, 1).op("conv2d")?; // [b, c_out, h', w']
-    y.broadcast_add(&bias.reshape((1, (), 1, 1)).op("conv2d: bias")?).op("conv2d: add bias")
+    let (x, weight, bias) = (contiguous(&x)?, contiguous(weight)?, contiguous(bias)?);
+    x.apply_op3_no_bwd(&weight, &bias, &DenseConv { stride }).op("conv2d")
 }
 
 /// A 1x1 convolution as one matrix product per image.
@@ -94,7 +96,7 @@ pub fn pointwise_conv(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     y.reshape((b, c_out, h, w)).op("pointwise: output")
 }
 
-/// TensorFlow's `separableConv2d(x, depthwise, pointwise, stride, padding) + bias`.
+/// TensorFlow's `separableConv2d(x, depthwise, pointwise, stride, padding) + bias`, then `act`.
 ///
 /// `pads` = `((top, bottom), (left, right))` around the depthwise stage.
 ///
@@ -108,13 +110,14 @@ pub fn separable_conv(
     bias: &Tensor,
     stride: usize,
     pads: ((usize, usize), (usize, usize)),
+    act: Activation,
 ) -> Result<Tensor> {
     let d = depthwise_conv2d(x, depthwise, stride, pads)?; // [b, c, h', w']
     let p = pointwise_conv(&d, pointwise)?; // [b, c_out, h', w']
-    p.broadcast_add(&bias.reshape((1, (), 1, 1)).op("separable: bias")?).op("separable: add bias")
+    bias_act(&p, bias, act)
 }
 
-/// `separable_conv` with TensorFlow "same" padding.
+/// `separable_conv` with TensorFlow "same" padding and no activation.
 pub fn separable_conv_same(
     x: &Tensor,
     depthwise: &Tensor,
@@ -126,13 +129,37 @@ pub fn separable_conv_same(
     let (_, _, kh, kw) = depthwise.dims4().op("separable: depthwise rank")?;
     let (_, top, bottom) = same_padding(h, kh, stride);
     let (_, left, right) = same_padding(w, kw, stride);
-    separable_conv(x, depthwise, pointwise, bias, stride, ((top, bottom), (left, right)))
+    let pads = ((top, bottom), (left, right));
+    separable_conv(x, depthwise, pointwise, bias, stride, pads, Activation::None)
+}
+
+/// What follows a bias add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    /// face-api's leaky ReLU (see [`leaky`]).
+    Leaky,
+}
+
+/// `act(x + bias[c])` in one pass.
+///
+/// # Shapes
+/// `x`: [b, c, h, w], `bias`: [c] -> [b, c, h, w]
+pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+    let (x, bias) = (contiguous(x)?, contiguous(bias)?);
+    x.apply_op2_no_bwd(&bias, &BiasAct { act }).op("bias + activation")
 }
 
 /// face-api's leaky ReLU, written as it is (`relu(x - 0.1 x) + 0.1 x`) so the rounding matches.
 pub fn leaky(x: &Tensor) -> Result<Tensor> {
-    let min = x.affine(0.100_000_001_490_116_12, 0.0).op("leaky: scale")?;
-    (x - &min).op("leaky: sub")?.relu().op("leaky: relu")?.add(&min).op("leaky: add")
+    let zeros = Tensor::zeros(x.dim(1).op("leaky: input rank")?, DType::F32, x.device())
+        .op("leaky: zeros")?;
+    bias_act(x, &zeros, Activation::Leaky)
+}
+
+fn leaky_value(v: f32) -> f32 {
+    let min = v * 0.1f32;
+    (v - min).max(0.0) + min
 }
 
 /// A 2x2 max pool with TensorFlow "same" padding (padded cells never win).
@@ -144,7 +171,7 @@ pub fn max_pool_same(x: &Tensor, stride: usize) -> Result<Tensor> {
     let (_, top, bottom) = same_padding(h, 2, stride);
     let (_, left, right) = same_padding(w, 2, stride);
     let x = pad_hw(x, (top, bottom), (left, right), f32::NEG_INFINITY)?;
-    x.max_pool2d_with_stride((2, 2), (stride, stride)).op("maxpool")
+    contiguous(&x)?.apply_op1_no_bwd(&MaxPool2 { stride }).op("maxpool")
 }
 
 /// Depthwise 2-D convolution (one k x k filter per channel, no bias) with explicit zero padding.
@@ -158,12 +185,120 @@ pub fn depthwise_conv2d(
     stride: usize,
     ((top, bottom), (left, right)): ((usize, usize), (usize, usize)),
 ) -> Result<Tensor> {
-    let x = x.contiguous().op("depthwise: contiguous input")?;
-    let kernel = kernel.contiguous().op("depthwise: contiguous kernel")?;
+    let (x, kernel) = (contiguous(x)?, contiguous(kernel)?);
     let op = DepthwiseConv { stride, top, bottom, left, right };
     x.apply_op2_no_bwd(&kernel, &op).op("depthwise conv")
 }
 
+/// `relu(a + b)` (or `a + b`) elementwise, in one pass.
+///
+/// # Shapes
+/// `a`, `b`: the same shape -> that shape
+pub fn add(a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    let (a, b) = (contiguous(a)?, contiguous(b)?);
+    a.apply_op2_no_bwd(&b, &Add { relu }).op("add")
+}
+
+fn contiguous(x: &Tensor) -> Result<Tensor> {
+    x.contiguous().op("contiguous")
+}
+
+/// The f32 data of a contiguous CPU storage.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{what}: input must be contiguous");
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(&v[a..b]),
+        _ => bail!("{what}: only f32 is implemented"),
+    }
+}
+
+/// Output side of a 'valid' window.
+fn valid_out(input: usize, kernel: usize, stride: usize, what: &str) -> candle_core::Result<usize> {
+    if input < kernel || stride == 0 {
+        bail!("{what}: input side {input} too small for window {kernel} (stride {stride})");
+    }
+    Ok((input - kernel) / stride + 1)
+}
+
+/// `out[ox] += k * row[ox * stride]` for all ox: the inner loop of every convolution here
+/// (contiguous, so it vectorises, for stride 1).
+#[inline]
+fn axpy_strided(out: &mut [f32], row: &[f32], k: f32, stride: usize) {
+    if stride == 1 {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += k * v;
+        }
+    } else {
+        for (o, &v) in out.iter_mut().zip(row.iter().step_by(stride)) {
+            *o += k * v;
+        }
+    }
+}
+
+/// Dense 'valid' convolution plus bias, for the few layers that read RGB (3 input channels):
+/// one output plane per task, accumulating whole rows.
+struct DenseConv {
+    stride: usize,
+}
+
+impl CustomOp3 for DenseConv {
+    fn name(&self) -> &'static str {
+        "dense-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c_in, h, w) = l1.shape().dims4()?;
+        let (c_out, kc, kh, kw) = l2.shape().dims4()?;
+        if kc != c_in || l3.shape().dims1()? != c_out {
+            bail!(
+                "conv2d: weight {:?} / bias {:?} do not fit input {:?}",
+                l2.shape(),
+                l3.shape(),
+                l1.shape()
+            );
+        }
+        let s = self.stride;
+        let (oh, ow) = (valid_out(h, kh, s, "conv2d")?, valid_out(w, kw, s, "conv2d")?);
+        let (xs, ws, bs) = (
+            f32_slice(s1, l1, "conv2d")?,
+            f32_slice(s2, l2, "conv2d")?,
+            f32_slice(s3, l3, "conv2d")?,
+        );
+        let mut out = vec![0f32; b * c_out * oh * ow];
+        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
+            let (n, co) = (plane / c_out, plane % c_out);
+            for ci in 0..c_in {
+                let xp = &xs[(n * c_in + ci) * h * w..(n * c_in + ci + 1) * h * w];
+                for oy in 0..oh {
+                    let orow = &mut o[oy * ow..(oy + 1) * ow];
+                    for ky in 0..kh {
+                        let row = &xp[(oy * s + ky) * w..(oy * s + ky + 1) * w];
+                        for kx in 0..kw {
+                            let k = ws[((co * c_in + ci) * kh + ky) * kw + kx];
+                            axpy_strided(orow, &row[kx..], k, s);
+                        }
+                    }
+                }
+            }
+            let bias = bs[co];
+            o.iter_mut().for_each(|v| *v += bias);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
+    }
+}
+
+/// Depthwise convolution with zero padding: one output plane per task, padded into a local
+/// buffer, then accumulated a whole row at a time.
 struct DepthwiseConv {
     stride: usize,
     top: usize,
@@ -189,42 +324,128 @@ impl CustomOp2 for DepthwiseConv {
         if kc != c || one != 1 {
             bail!("depthwise conv: kernel {:?} does not fit input {:?}", l2.shape(), l1.shape());
         }
+        let s = self.stride;
         let (hp, wp) = (h + self.top + self.bottom, w + self.left + self.right);
-        if hp < kh || wp < kw || self.stride == 0 {
-            bail!("depthwise conv: input {:?} too small for kernel {kh}x{kw}", l1.shape());
-        }
-        let (oh, ow) = ((hp - kh) / self.stride + 1, (wp - kw) / self.stride + 1);
-        let (Some((x0, x1)), Some((k0, k1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            bail!("depthwise conv: inputs must be contiguous");
-        };
-        let (CpuStorage::F32(xs), CpuStorage::F32(ks)) = (s1, s2) else {
-            bail!("depthwise conv: only f32 is implemented");
-        };
-        let (xs, ks) = (&xs[x0..x1], &ks[k0..k1]);
+        let (oh, ow) =
+            (valid_out(hp, kh, s, "depthwise conv")?, valid_out(wp, kw, s, "depthwise conv")?);
+        let (xs, ks) = (f32_slice(s1, l1, "depthwise conv")?, f32_slice(s2, l2, "depthwise conv")?);
         let mut out = vec![0f32; b * c * oh * ow];
-        let (s, top, left) = (self.stride, self.top as isize, self.left as isize);
-        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
-            let ch = plane % c;
-            let xp = &xs[plane * h * w..(plane + 1) * h * w];
-            let kp = &ks[ch * kh * kw..(ch + 1) * kh * kw];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = 0f32;
+        let (top, left) = (self.top, self.left);
+        out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+            || vec![0f32; hp * wp],
+            |padded, (plane, o)| {
+                let xp = &xs[plane * h * w..(plane + 1) * h * w];
+                for (y, row) in xp.chunks_exact(w).enumerate() {
+                    padded[(y + top) * wp + left..(y + top) * wp + left + w].copy_from_slice(row);
+                }
+                let kp = &ks[(plane % c) * kh * kw..(plane % c + 1) * kh * kw];
+                for oy in 0..oh {
+                    let orow = &mut o[oy * ow..(oy + 1) * ow];
                     for ky in 0..kh {
-                        let iy = (oy * s + ky) as isize - top;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let row = &xp[iy as usize * w..(iy as usize + 1) * w];
+                        let row = &padded[(oy * s + ky) * wp..(oy * s + ky + 1) * wp];
                         for kx in 0..kw {
-                            let ix = (ox * s + kx) as isize - left;
-                            if ix >= 0 && ix < w as isize {
-                                acc += row[ix as usize] * kp[ky * kw + kx];
-                            }
+                            axpy_strided(orow, &row[kx..], kp[ky * kw + kx], s);
                         }
                     }
-                    o[oy * ow + ox] = acc;
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
+    }
+}
+
+/// Elementwise `a + b`, optionally followed by ReLU.
+struct Add {
+    relu: bool,
+}
+
+impl CustomOp2 for Add {
+    fn name(&self) -> &'static str {
+        "add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            bail!("add: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
+        }
+        let (a, b) = (f32_slice(s1, l1, "add")?, f32_slice(s2, l2, "add")?);
+        let mut out = a.to_vec();
+        let relu = self.relu;
+        out.par_chunks_mut(4096).zip(b.par_chunks(4096)).for_each(|(o, b)| {
+            for (o, &b) in o.iter_mut().zip(b) {
+                let v = *o + b;
+                *o = if relu { v.max(0.0) } else { v };
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `act(x + bias[c])` elementwise.
+struct BiasAct {
+    act: Activation,
+}
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        if l2.shape().dims1()? != c {
+            bail!("bias {:?} does not fit input {:?}", l2.shape(), l1.shape());
+        }
+        let (xs, bs) = (f32_slice(s1, l1, "bias")?, f32_slice(s2, l2, "bias")?);
+        let mut out = xs.to_vec();
+        let act = self.act;
+        out.par_chunks_mut(h * w).enumerate().for_each(|(plane, o)| {
+            let bias = bs[plane % c];
+            match act {
+                Activation::None => o.iter_mut().for_each(|v| *v += bias),
+                Activation::Leaky => o.iter_mut().for_each(|v| *v = leaky_value(*v + bias)),
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
+    }
+}
+
+/// 2x2 'valid' max pool with a stride.
+struct MaxPool2 {
+    stride: usize,
+}
+
+impl CustomOp1 for MaxPool2 {
+    fn name(&self) -> &'static str {
+        "maxpool2x2"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let s = self.stride;
+        let (oh, ow) = (valid_out(h, 2, s, "maxpool")?, valid_out(w, 2, s, "maxpool")?);
+        let xs = f32_slice(s1, l1, "maxpool")?;
+        let mut out = vec![0f32; b * c * oh * ow];
+        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
+            let xp = &xs[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..oh {
+                let (r0, r1) =
+                    (&xp[oy * s * w..(oy * s + 1) * w], &xp[(oy * s + 1) * w..(oy * s + 2) * w]);
+                for (ox, v) in o[oy * ow..(oy + 1) * ow].iter_mut().enumerate() {
+                    let x = ox * s;
+                    *v = r0[x].max(r0[x + 1]).max(r1[x]).max(r1[x + 1]);
                 }
             }
         });
@@ -280,6 +501,36 @@ mod tests {
     }
 
     #[test]
+    fn dense_conv_matches_candle_conv() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 11, 10), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+        for stride in [1, 2] {
+            let got = conv2d_tf(&x, &k, &b, stride, false).unwrap();
+            let want = x
+                .conv2d(&k, 0, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        }
+        // 'same' with stride 2 on an even side pads only after: output 6 x 5 here.
+        assert_eq!(conv2d_tf(&x, &k, &b, 2, true).unwrap().dims(), &[2, 4, 6, 5]);
+    }
+
+    #[test]
+    fn max_pool_matches_candle() {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 6), &Device::Cpu).unwrap();
+        let got = max_pool_same(&x, 2).unwrap();
+        let want = x.max_pool2d_with_stride((2, 2), (2, 2)).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
     fn max_pool_same_ignores_padding() {
         let x = Tensor::full(-5f32, (1, 1, 3, 3), &Device::Cpu).unwrap();
         let y = max_pool_same(&x, 2).unwrap();
@@ -289,8 +540,8 @@ mod tests {
 
     #[test]
     fn leaky_is_identity_above_zero_and_tenth_below() {
-        let x = Tensor::new(&[2f32, -3.0], &Device::Cpu).unwrap();
-        let y = leaky(&x).unwrap().to_vec1::<f32>().unwrap();
+        let x = Tensor::new(&[2f32, -3.0], &Device::Cpu).unwrap().reshape((1, 2, 1, 1)).unwrap();
+        let y = leaky(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!((y[0] - 2.0).abs() < 1e-6 && (y[1] + 0.3).abs() < 1e-6, "{y:?}");
     }
 }
