@@ -235,7 +235,7 @@ mod tests {
 
     fn random_nets(cfg: &ModelConfig) -> (VarMap, CropNets) {
         let map = VarMap::new();
-        let nets = CropNets::new(&Params::new(&map, &Device::Cpu), cfg).unwrap();
+        let nets = CropNets::new(&Params::new(&map, &Device::Cpu, DType::F32), cfg).unwrap();
         for var in map.all_vars() {
             var.set(&Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).unwrap()).unwrap();
         }
@@ -275,6 +275,59 @@ mod tests {
                     assert!((g_ - expect).abs() < 1e-4 * (1.0 + expect.abs()), "n {n} k {k} o {o}: {g_} vs {expect}");
                 }
             }
+        }
+    }
+
+    /// The reference's per-crop loop written with Candle ops (narrow the padded map, conv2d,
+    /// linear), for comparing gradients with the batched version.
+    fn per_crop_loop(nets: &CropNets, m: &Tensor, loc: &[i64]) -> Tensor {
+        let (b, _, _, _) = m.dims4().unwrap();
+        let (l, h) = (nets.side, nets.side / 2);
+        let padded = m.pad_with_zeros(2, h, h).unwrap().pad_with_zeros(3, h, h).unwrap();
+        let mut rows = vec![];
+        for n in 0..b {
+            let mut feats = vec![];
+            for k in 0..NUM_CROPS {
+                let at = (n * NUM_AUS + k / 2) * 4 + 2 * (k % 2);
+                let (x, y) = (loc[at] as usize, loc[at + 1] as usize);
+                let crop = padded.narrow(0, n, 1).unwrap().narrow(2, y, l).unwrap().narrow(3, x, l).unwrap();
+                let c1 = crop.conv2d(&nets.conv_w[k], 1, 1, 1, 1).unwrap();
+                let c1 = c1.broadcast_add(&nets.conv_b[k].reshape((1, (), 1, 1)).unwrap()).unwrap().relu().unwrap();
+                let f = c1.flatten_all().unwrap().unsqueeze(0).unwrap().matmul(&nets.fc_w[k].t().unwrap()).unwrap();
+                feats.push(f.broadcast_add(&nets.fc_b[k]).unwrap().relu().unwrap());
+            }
+            rows.push(Tensor::cat(&feats, 0).unwrap());
+        }
+        Tensor::stack(&rows, 0).unwrap()
+    }
+
+    #[test]
+    fn batched_crop_net_gradients_match_the_per_crop_loop() {
+        // Reference-sized channels (64) on a small grid.
+        let mut cfg = ModelConfig::preset(crate::config::Preset::Resnet18).with_dropout(0.0).unwrap();
+        cfg = cfg.with_input_size(64).unwrap();
+        cfg.au_feat = 8;
+        let (c, g) = (cfg.crop_channels, cfg.grid());
+        let (_map, nets) = random_nets(&cfg);
+        let batch = 2;
+        let loc: Vec<i64> = (0..batch * NUM_AUS * 4).map(|i| (3 + (i * 7) % 11) as i64).collect();
+        let m = Var::randn(0f32, 1., (batch, c, g, g), &Device::Cpu).unwrap();
+        let coef = Tensor::randn(0f32, 1., (batch, NUM_CROPS, cfg.au_feat), &Device::Cpu).unwrap();
+        let centres = CropCentres::new(&loc_tensor(&loc, batch), g).unwrap();
+        let ours = nets.forward(&m, &centres, PartMode::TRAIN).unwrap();
+        let reference = per_crop_loop(&nets, &m, &loc);
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            assert!(d <= 1e-5 * n, "{what}: relative error {}", d / n);
+        };
+        close(&ours, &reference, "outputs");
+        let g_ours = ours.mul(&coef).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = reference.mul(&coef).unwrap().sum_all().unwrap().backward().unwrap();
+        close(g_ours.get(m.as_tensor()).unwrap(), g_ref.get(m.as_tensor()).unwrap(), "gradient wrt M");
+        for k in [0, 7, 33] {
+            close(g_ours.get(&nets.conv_w[k]).unwrap(), g_ref.get(&nets.conv_w[k]).unwrap(), "Crop_Net_1 weight");
+            close(g_ours.get(&nets.fc_w[k]).unwrap(), g_ref.get(&nets.fc_w[k]).unwrap(), "Crop_Net_2 weight");
         }
     }
 

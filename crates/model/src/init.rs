@@ -74,9 +74,11 @@ fn entries(varmap: &VarMap) -> (Vec<(String, Var)>, BTreeSet<String>) {
     (vars, bn)
 }
 
+/// Set `var` to `values` rounded to f32 (then widened if the model is f64, as the PyTorch side
+/// fills an f32 model and converts it).
 fn set_f64(var: &Var, values: Vec<f64>) -> Result<()> {
     let v: Vec<f32> = values.into_iter().map(|x| x as f32).collect();
-    var.set(&Tensor::from_vec(v, var.shape(), var.device())?)?;
+    var.set(&Tensor::from_vec(v, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
     Ok(())
 }
 

@@ -43,7 +43,7 @@ impl AuKnowledge {
         let table = p.param("PriorKnowledgeTable", &[NUM_BASIC, NUM_AUS])?;
         let mask = |level| -> Result<Tensor> {
             let m: Vec<f32> = prior_mask(level).iter().flatten().copied().collect();
-            Ok(Tensor::from_vec(m, (NUM_BASIC, NUM_AUS), p.device())?)
+            Ok(Tensor::from_vec(m, (NUM_BASIC, NUM_AUS), p.device())?.to_dtype(p.dtype())?)
         };
         let masks = [mask(PriorLevel::Strong)?, mask(PriorLevel::Weak)?, mask(PriorLevel::Absent)?];
         Ok(AuKnowledge { table, masks, eiau: EiauIndex::new(p.device())? })

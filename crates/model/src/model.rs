@@ -107,12 +107,12 @@ pub fn is_trainable(key: &str, stage: Stage) -> bool {
             .any(|p| if p.ends_with('.') { key.starts_with(p) } else { key == *p })
 }
 
-/// The f32 variables stage `stage` trains, sorted by key: what its optimizer updates.
+/// The float variables stage `stage` trains, sorted by key: what its optimizer updates.
 pub fn trainable_vars(varmap: &VarMap, stage: Stage) -> Vec<(String, Var)> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let mut vars: Vec<(String, Var)> = data
         .iter()
-        .filter(|(k, v)| v.dtype() == DType::F32 && is_trainable(k, stage))
+        .filter(|(k, v)| v.dtype().is_float() && is_trainable(k, stage))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -254,6 +254,7 @@ pub struct AueModel {
     config: ModelConfig,
     varmap: VarMap,
     device: Device,
+    dtype: DType,
     backbone: ResNet,
     em: EmBranch,
     pred_em: Linear,
@@ -271,12 +272,22 @@ impl AueModel {
     /// Build the model on `varmap`: variables it already holds are used (their shapes and dtypes
     /// must match), missing ones are created zero-filled.
     pub fn with_varmap(varmap: &VarMap, config: &ModelConfig, device: &Device) -> Result<Self> {
+        Self::with_dtype(varmap, config, device, DType::F32)
+    }
+
+    /// [`AueModel::with_varmap`] with parameters of another float dtype. The model and its
+    /// checkpoints are f32; F64 serves precision checks (the parity tests' float64 gradients).
+    pub fn with_dtype(varmap: &VarMap, config: &ModelConfig, device: &Device, dtype: DType) -> Result<Self> {
         config.validate()?;
-        let p = Params::new(varmap, device);
+        if !dtype.is_float() {
+            return Err(ModelError::Config(format!("parameters must be a float dtype, got {dtype:?}")));
+        }
+        let p = Params::new(varmap, device, dtype);
         Ok(AueModel {
             config: config.clone(),
             varmap: varmap.clone(),
             device: device.clone(),
+            dtype,
             backbone: ResNet::new(&p.pp("backbone"), config)?,
             em: EmBranch::new(&p, config)?,
             pred_em: Linear::new(&p.pp("pred_em"), config.em_dim, config.num_classes)?,
@@ -301,6 +312,11 @@ impl AueModel {
         &self.device
     }
 
+    /// The dtype of the parameters (and of the images `forward` takes).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// The prior table, its masks and the EIAU pairs (for [`crate::loss::stage_loss`]).
     pub fn knowledge(&self) -> &AuKnowledge {
         &self.knowledge
@@ -310,16 +326,16 @@ impl AueModel {
     /// updated in place.
     ///
     /// # Shapes
-    /// images f32 [B, 3, S, S] (S = config.input_size, ImageNet-normalised), au_loc i64 [B, 17, 4]
+    /// images f32 [B, 3, S, S] (the model's dtype; S = config.input_size, ImageNet-normalised), au_loc i64 [B, 17, 4]
     /// (needed for AU and fusion outputs) -> [`Outputs`]: feature [B, em_dim], pred_em [B, K],
     /// au_feat [B, 34, au_feat], pred_au [B, 17], pred2 [B, K], au_prob [B, 17]
     pub fn forward(&self, images: &Tensor, au_loc: Option<&Tensor>, opts: &ForwardOptions) -> Result<Outputs> {
         let s = self.config.input_size;
         let dims = images.dims();
-        if images.dtype() != DType::F32 || dims.len() != 4 || dims[1..] != [3, s, s] {
+        if images.dtype() != self.dtype || dims.len() != 4 || dims[1..] != [3, s, s] {
             return Err(ModelError::input(
                 "images",
-                format!("expected f32 [B, 3, {s}, {s}], got {:?} {:?}", images.dtype(), dims),
+                format!("expected {:?} [B, 3, {s}, {s}], got {:?} {:?}", self.dtype, images.dtype(), dims),
             ));
         }
         let want = opts.outputs;

@@ -62,11 +62,13 @@ pub(crate) struct Params {
     map: VarMap,
     prefix: String,
     device: Device,
+    /// The float dtype of parameters and BN statistics (F32; F64 for precision checks).
+    dtype: DType,
 }
 
 impl Params {
-    pub(crate) fn new(map: &VarMap, device: &Device) -> Self {
-        Params { map: map.clone(), prefix: String::new(), device: device.clone() }
+    pub(crate) fn new(map: &VarMap, device: &Device, dtype: DType) -> Self {
+        Params { map: map.clone(), prefix: String::new(), device: device.clone(), dtype }
     }
 
     /// The sub-builder for module `name` (`pp("layer1").pp(0)` -> `layer1.0.`).
@@ -76,6 +78,10 @@ impl Params {
 
     pub(crate) fn device(&self) -> &Device {
         &self.device
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The variable `name` under this prefix.
@@ -107,9 +113,9 @@ impl Params {
         Ok(var)
     }
 
-    /// An f32 parameter, as the tensor the forward pass uses (it shares the variable's storage).
+    /// A float parameter, as the tensor the forward pass uses (it shares the variable's storage).
     pub(crate) fn param(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        Ok(self.var(name, shape, DType::F32)?.as_tensor().clone())
+        Ok(self.var(name, shape, self.dtype)?.as_tensor().clone())
     }
 }
 
@@ -258,8 +264,8 @@ impl BatchNorm {
         Ok(BatchNorm {
             weight: p.param("weight", &[channels])?,
             bias: p.param("bias", &[channels])?,
-            running_mean: p.var("running_mean", &[channels], DType::F32)?,
-            running_var: p.var("running_var", &[channels], DType::F32)?,
+            running_mean: p.var("running_mean", &[channels], p.dtype())?,
+            running_var: p.var("running_var", &[channels], p.dtype())?,
             num_batches_tracked: p.var("num_batches_tracked", &[], DType::I64)?,
         })
     }
@@ -294,21 +300,16 @@ impl BatchNorm {
     /// x [B, C] or [B, C, H, W] -> same
     pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
         let rank = x.rank();
+        let c = x.dim(1)?;
         let mut stat_shape = vec![1; rank];
-        stat_shape[1] = x.dim(1)?;
+        stat_shape[1] = c;
         let reduce: Vec<usize> = (0..rank).filter(|&d| d != 1).collect();
         let (w, b) = (mode.see(&self.weight), mode.see(&self.bias));
         let (w, b) = (w.reshape(stat_shape.as_slice())?, b.reshape(stat_shape.as_slice())?);
         if mode.train_bn {
             let (y, mean, var) = batch_norm_train(x, &w, &b, &reduce)?;
-            let c = x.dim(1)?;
-            update_running(
-                &self.running_mean,
-                &self.running_var,
-                &self.num_batches_tracked,
-                &mean.reshape(c)?,
-                &var.reshape(c)?,
-            )?;
+            let (rm, rv, n) = (&self.running_mean, &self.running_var, &self.num_batches_tracked);
+            update_running(rm, rv, n, &mean.reshape(c)?, &var.reshape(c)?)?;
             Ok(y)
         } else {
             // Buffers, not parameters: never part of a gradient graph.
@@ -600,7 +601,7 @@ mod tests {
     #[test]
     fn batch_norm_train_and_eval_match_pytorch_formulas() {
         let map = VarMap::new();
-        let p = Params::new(&map, &Device::Cpu).pp("bn");
+        let p = Params::new(&map, &Device::Cpu, DType::F32).pp("bn");
         let bn = BatchNorm::new(&p, 3).unwrap();
         let set = |k: &str, v: &[f32]| {
             map.data().lock().unwrap()[k].set(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap()
@@ -650,7 +651,7 @@ mod tests {
     #[test]
     fn batch_norm_train_gradient_matches_finite_differences() {
         let map = VarMap::new();
-        let p = Params::new(&map, &Device::Cpu).pp("bn");
+        let p = Params::new(&map, &Device::Cpu, DType::F32).pp("bn");
         let bn = BatchNorm::new(&p, 2).unwrap();
         map.data().lock().unwrap()["bn.weight"].set(&Tensor::new(&[1.3f32, 0.7], &Device::Cpu).unwrap()).unwrap();
         let x = Var::randn(0f32, 1., (3, 2, 2, 1), &Device::Cpu).unwrap();
