@@ -372,6 +372,48 @@ fn image_size(path: &Path) -> Result<(u32, u32)> {
         .map_err(|source| LandmarkError::ImageRead { path: path.to_path_buf(), source })
 }
 
+/// Reads predictions made elsewhere: `basic/Annotation/<pred_dir>/<stem>.txt` beside each sample's
+/// truth (RAF-DB layout, relative to the sample's box), e.g. files from another landmark tool.
+pub fn read_predictions(samples: &[Sample], pred_dir: &str) -> Result<Vec<Landmarks68>> {
+    samples
+        .iter()
+        .map(|s| {
+            let stem =
+                s.image.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+            // <root>/basic/Image/original/<name> -> <root>/basic/Annotation/<pred_dir>/<stem>.txt
+            let base = s.image.parent().and_then(Path::parent).and_then(Path::parent).ok_or_else(
+                || {
+                    LandmarkError::Invalid(format!(
+                        "{} is not in a RAF-DB layout",
+                        s.image.display()
+                    ))
+                },
+            )?;
+            let rel = read_landmarks(
+                &base.join("Annotation").join(pred_dir).join(format!("{stem}.txt")),
+            )?;
+            Ok(rel.map(|[x, y]| [x + s.face.x1, y + s.face.y1]))
+        })
+        .collect()
+}
+
+/// Summary of predictions read from files (see [`read_predictions`]).
+pub fn evaluate_files(
+    samples: &[Sample],
+    preds: &[Landmarks68],
+    label: &str,
+    options: &EvalOptions,
+) -> Result<Summary> {
+    let grid = options.input_side as f32 / 4.0;
+    let mut errors = Vec::new();
+    for (s, p) in samples.iter().zip(preds) {
+        let (w, h) = image_size(&s.image)?;
+        let frame = GridFrame::new(&s.face, w, h, options.factor, grid);
+        errors.push(compare(&s.truth, p, &frame, grid));
+    }
+    Ok(summarise(label, &errors, 0))
+}
+
 /// Summaries for the sample-box and detector variants.
 pub fn evaluate(
     samples: &[Sample],

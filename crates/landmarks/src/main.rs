@@ -97,6 +97,10 @@ struct EvalArgs {
     /// Folder under basic/Annotation/ holding the true landmarks.
     #[arg(long, default_value = dataset::RAFDB_LANDMARK_DIR)]
     truth_dir: String,
+    /// Instead of running the nets, score the landmark files in basic/Annotation/<NAME>/ (any
+    /// landmark tool's output in the RAF-DB layout).
+    #[arg(long, requires = "root")]
+    pred_dir: Option<String>,
     /// Evaluate at most this many images.
     #[arg(long, default_value_t = usize::MAX)]
     limit: usize,
@@ -264,7 +268,7 @@ fn print_table(rows: &[Summary], title: &str) {
     println!("{title}");
     println!(
         "| {:<13} | {:>6} | {:>6} | {:>8} | {:>10} | {:>9} | {:>18} | {:>9} | {:>10} |",
-        "box",
+        "landmarks",
         "images",
         "missed",
         "NME mean",
@@ -304,7 +308,7 @@ fn print_table(rows: &[Summary], title: &str) {
         );
     }
     println!("\nper-AU centre error (cells, mean of its two centres):");
-    print!("| {:<13} |", "box");
+    print!("| {:<13} |", "landmarks");
     for n in aue_core::AU_NAMES {
         print!(" {n:>4} |");
     }
@@ -337,13 +341,25 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
         (None, Some(dir)) => (eval::pts_samples(dir, a.limit)?, 0.20, dir.display().to_string()),
         _ => bail!("eval needs --root DIR or --pts DIR"),
     };
+    let opts = EvalOptions { factor, input_side: a.input_side, batch: a.net.batch };
+    if let Some(dir) = &a.pred_dir {
+        let preds = eval::read_predictions(&samples, dir)?;
+        let row = eval::evaluate_files(&samples, &preds, dir, &opts)?;
+        print_table(
+            &[row],
+            &format!(
+                "landmark files {dir} against {} on {source}, S = {}",
+                a.truth_dir, a.input_side
+            ),
+        );
+        return Ok(());
+    }
     let lm = Landmarker::new(&cfg)?;
     let bar = progress_bar(samples.len(), "eval");
     let start = Instant::now();
     let preds = eval::predict(&lm, &samples, a.net.batch, &|n| bar.inc(n))?;
     bar.finish();
     let secs = start.elapsed().as_secs_f64();
-    let opts = EvalOptions { factor, input_side: a.input_side, batch: a.net.batch };
     let rows = eval::evaluate(&samples, &preds, &opts)?;
     print_table(
         &rows,
