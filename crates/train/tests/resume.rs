@@ -1,0 +1,94 @@
+//! `--resume` after a kill, and the NaN-loss stop, on a tiny synthetic set (stage 1: no dropout,
+//! so the run is a pure function of the seed).
+//!
+//! A kill mid-epoch leaves on disk exactly what the last finished epoch saved, plus possibly a
+//! temp file of an interrupted checkpoint write and metrics lines of an epoch whose checkpoints
+//! were not written. The test builds that state (a run stopped after epoch 1, a stale temp file,
+//! a metrics line of epoch 2) and checks that resuming ends with the same weights, momentum
+//! buffers and metrics as an uninterrupted run.
+
+mod common;
+
+use aue_train::{Stage, StageArgs, TrainError};
+use common::{args, config, metadata, metrics, synth, tensors};
+
+/// Metrics without the wall-time fields, which differ between any two runs.
+fn without_timing(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("seconds");
+        o.remove("images_per_s");
+    }
+    v
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path(), 24, 8);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    aue_train::run(&config(Stage::Em, args(&data, &a, 3, 2))).unwrap();
+
+    aue_train::run(&config(Stage::Em, args(&data, &b, 1, 2))).unwrap();
+    let stage_b = b.join("stage1");
+    // What a kill during epoch 2 can leave behind.
+    std::fs::write(stage_b.join(".last.safetensors.tmp-4242"), b"partial").unwrap();
+    let mut lines = std::fs::read_to_string(stage_b.join("metrics.jsonl")).unwrap();
+    lines.push_str("{\"split\":\"train\",\"stage\":1,\"epoch\":2,\"loss\":9.0}\n");
+    std::fs::write(stage_b.join("metrics.jsonl"), lines).unwrap();
+
+    // Without --resume the folder is protected.
+    let err = aue_train::run(&config(Stage::Em, args(&data, &b, 3, 2))).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    // --resume with another learning rate is refused.
+    let other_lr = StageArgs { lr: Some(0.5), resume: true, ..args(&data, &b, 3, 2) };
+    let err = aue_train::run(&config(Stage::Em, other_lr)).unwrap_err();
+    assert!(err.to_string().contains("lr: 0.01 in the run, 0.5 now"), "{err}");
+
+    let resume = StageArgs { resume: true, ..args(&data, &b, 3, 2) };
+    aue_train::run(&config(Stage::Em, resume)).unwrap();
+
+    assert!(!stage_b.join(".last.safetensors.tmp-4242").exists(), "stale temp file kept");
+    let stage_a = a.join("stage1");
+    for file in ["last.safetensors", "last.optim.safetensors", "best.safetensors"] {
+        let (ta, tb) = (tensors(&stage_a.join(file)), tensors(&stage_b.join(file)));
+        assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "{file}");
+        for (key, va) in &ta {
+            // Candle's CPU kernels are deterministic for a fixed thread count: bit equality.
+            assert_eq!(va, &tb[key], "{file}: `{key}` differs after resuming");
+        }
+    }
+    let (ma, mb) =
+        (metadata(&stage_a.join("last.safetensors")), metadata(&stage_b.join("last.safetensors")));
+    assert_eq!(ma["epoch"], "3");
+    assert_eq!(ma["epoch"], mb["epoch"]);
+    assert_eq!(ma["best_epoch"], mb["best_epoch"]);
+    let (la, lb) =
+        (metrics(&stage_a.join("metrics.jsonl")), metrics(&stage_b.join("metrics.jsonl")));
+    assert_eq!(la.len(), 6);
+    let la: Vec<_> = la.into_iter().map(without_timing).collect();
+    let lb: Vec<_> = lb.into_iter().map(without_timing).collect();
+    assert_eq!(la, lb, "metrics differ after resuming");
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path(), 16, 8);
+    let run = tmp.path().join("run");
+    // Epoch 1 at lr 0.01, then lr 1e28 from epoch 2: the weights overflow within a few steps.
+    let blow_up =
+        StageArgs { lr_milestones: Some(vec![1]), lr_gamma: Some(1e30), ..args(&data, &run, 2, 2) };
+    let err = aue_train::run(&config(Stage::Em, blow_up)).unwrap_err();
+    match &err {
+        TrainError::NonFiniteLoss { epoch, .. } => assert_eq!(*epoch, 2, "{err}"),
+        other => panic!("expected a non-finite loss error, got: {other}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("last.safetensors") && msg.contains("training stopped"), "{msg}");
+    let last = run.join("stage1/last.safetensors");
+    assert_eq!(metadata(&last)["epoch"], "1", "the last good checkpoint was replaced");
+    assert!(tensors(&last).values().flatten().all(|v| v.is_finite()));
+    let lines = metrics(&run.join("stage1/metrics.jsonl"));
+    assert!(lines.iter().all(|l| l["epoch"] == 1), "metrics of the failed epoch were written");
+}
