@@ -8,7 +8,8 @@
 //! `d`, output size `m = floor((n + 2p - d(k-1) - 1) / s) + 1`. The forward convolution reads
 //! `y[o] = sum_t x[o*s + t*d - p] * w[t]`.
 //!
-//! **Input gradient.** `gx[i] = sum over (o, t) with o*s + t*d - p = i of gy[o] * w[t]`. Split the
+//! **Input gradient.** `gx[i] = sum over (o, t) with o*s + t*d - p = i of gy[o] * w[t]`. On the
+//! CPU it is `col2im(W^T gy)` (`im2col.rs`). With Candle's convolution (CUDA), split the
 //! input positions by phase `r = i mod s`: only the taps `t` with `(r + p - t*d) mod s == 0` reach
 //! phase `r`, and for them `o = a + (r + p - t*d)/s` where `i = a*s + r`. Those taps form an
 //! arithmetic progression (step `s/g`, `g = gcd(s, d)`) whose gradient offsets step by
@@ -23,10 +24,10 @@
 //! as Candle itself does it, a forward convolution of the batch/channel-swapped `x` with the
 //! batch/channel-swapped `gy` as kernel (`WeightGradAlgo::Conv`).
 //!
-//! **Which convolution** ([`Engine`]). On the CPU (f32, f64, f16) every convolution here, the
-//! forward one included, is this crate's im2col + one gemm (`im2col.rs`), about twice as fast as
-//! Candle's tiled CPU `conv2d`; on other devices (and for bf16) it is Candle's `conv2d` (cuDNN
-//! when candle-core is built with `cudnn`), with tensor-level operations only around it.
+//! **Which convolution** ([`Engine`]). On the CPU (f32, f64, f16) every product here, the
+//! forward one included, is this crate's im2col / col2im + one gemm (`im2col.rs`), about twice as
+//! fast as Candle's tiled CPU `conv2d`; on other devices (and for bf16) it is Candle's `conv2d`
+//! (cuDNN when candle-core is built with `cudnn`), with tensor-level operations only around it.
 
 use candle_core::{DType, Tensor};
 
@@ -39,7 +40,7 @@ pub enum Engine {
     /// `Im2col` on the CPU for f32, f64 and f16; `Candle` otherwise.
     #[default]
     Auto,
-    /// This crate's im2col + one gemm (CPU only).
+    /// This crate's im2col / col2im + one gemm per chunk of images (CPU only).
     Im2col,
     /// Candle's `conv2d` with tensor-level windowing around it (every device).
     Candle,
@@ -116,7 +117,7 @@ pub(crate) fn forward_view(
             let origin = -(p.padding as isize);
             let win =
                 Window { stride: p.stride, dilation: p.dilation, origin: (origin, origin), out };
-            im2col::conv(x, w, win)
+            im2col::conv(x, w, win, im2col::COLUMN_BUDGET)
         }
         _ => {
             let y = x.conv2d(w, p.padding, p.stride, p.dilation, 1)?;
@@ -125,15 +126,12 @@ pub(crate) fn forward_view(
     }
 }
 
-/// A convolution over an arbitrary window (see [`Window`]): im2col on the CPU; otherwise the
-/// window is cut out of (or zero-padded around) the input and Candle's `conv2d` runs on it.
+/// Candle's `conv2d` over an arbitrary window (see [`Window`]): the window is cut out of (or
+/// zero-padded around) the input with tensor operations.
 ///
 /// # Shapes
 /// `x: [b, c_in, h, w]`, `w: [c_out, c_in, kh, kw]` -> `[b, c_out, win.out.0, win.out.1]`.
-fn conv_window(x: &Tensor, w: &Tensor, win: Window, engine: Engine) -> candle_core::Result<Tensor> {
-    if engine.resolve(x) == Engine::Im2col {
-        return im2col::conv(x, w, win);
-    }
+fn conv_window(x: &Tensor, w: &Tensor, win: Window) -> candle_core::Result<Tensor> {
     let (b, _, h, wd) = x.dims4()?;
     let (c_out, _, kh, kw) = w.dims4()?;
     let (oh, ow) = win.out;
@@ -212,7 +210,9 @@ fn clip_window(start: isize, window: usize, m: usize) -> Option<(usize, usize, u
     })
 }
 
-/// Input gradient of `conv2d(x, w, p)` for the output gradient `grad`, as forward convolutions.
+/// Input gradient of `conv2d(x, w, p)` for the output gradient `grad`: with `Engine::Im2col`
+/// `col2im(W^T x grad)` (one gemm), with `Engine::Candle` the stride phases as forward
+/// convolutions (see the module doc). Also the forward pass of the transposed convolution.
 ///
 /// `input_hw` is the spatial size of `x` (several input sizes give the same output size).
 ///
@@ -225,14 +225,24 @@ pub fn conv2d_input_grad(
     input_hw: (usize, usize),
     engine: Engine,
 ) -> candle_core::Result<Tensor> {
-    let (b, _, _, _) = grad.dims4()?;
+    let (b, _, oh, ow) = grad.dims4()?;
     let (_, c_in, kh, kw) = w.dims4()?;
     let (h, wd) = input_hw;
+    if engine.resolve(grad) == Engine::Im2col {
+        let origin = -(p.padding as isize);
+        let win = Window {
+            stride: p.stride,
+            dilation: p.dilation,
+            origin: (origin, origin),
+            out: (oh, ow),
+        };
+        return im2col::input_grad(grad, w, win, input_hw, im2col::COLUMN_BUDGET);
+    }
     let (phases_h, e) = axis_phases(h, kh, p);
     let (phases_w, _) = axis_phases(wd, kw, p);
     let s = p.stride;
     if s == 1 {
-        return phase_conv(grad, w, (&phases_h[0], &phases_w[0]), e, (h, wd), engine);
+        return phase_conv(grad, w, (&phases_h[0], &phases_w[0]), e, (h, wd));
     }
     // Every phase is padded to the size of phase 0 so that they interleave with one reshape.
     let (hc, wc) = (h.div_ceil(s), wd.div_ceil(s));
@@ -241,7 +251,7 @@ pub fn conv2d_input_grad(
         .map(|ph| {
             let cols = phases_w
                 .iter()
-                .map(|pw| phase_conv(grad, w, (ph, pw), e, (hc, wc), engine))
+                .map(|pw| phase_conv(grad, w, (ph, pw), e, (hc, wc)))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             Tensor::stack(&cols, 4) // [b, c_in, hc, wc, s]
         })
@@ -262,7 +272,6 @@ fn phase_conv(
     (ph, pw): (&AxisPhase, &AxisPhase),
     e: usize,
     out_hw: (usize, usize),
-    engine: Engine,
 ) -> candle_core::Result<Tensor> {
     let (b, _, _, _) = grad.dims4()?;
     let (_, c_in, _, _) = w.dims4()?;
@@ -277,7 +286,7 @@ fn phase_conv(
         w.index_select(&taps_h, 2)?.index_select(&taps_w, 3)?.transpose(0, 1)?.contiguous()?;
     let win =
         Window { stride: 1, dilation: e, origin: (ph.start, pw.start), out: (ph.len, pw.len) };
-    let y = conv_window(grad, &w_sub, win, engine)?; // [b, c_in, ph.len, pw.len]
+    let y = conv_window(grad, &w_sub, win)?; // [b, c_in, ph.len, pw.len]
     pad2(&y, (0, out_hw.0 - ph.len), (0, out_hw.1 - pw.len))
 }
 
@@ -318,7 +327,7 @@ pub fn conv2d_weight_grad(
                 origin: (origin, origin),
                 out: (oh, ow),
             };
-            im2col::weight_grad(x, grad, kernel_hw, win)
+            im2col::weight_grad(x, grad, kernel_hw, win, im2col::COLUMN_BUDGET)
         }
         WeightGradAlgo::Unfold => weight_grad_unfold(x, grad, p, kernel_hw),
         _ => {

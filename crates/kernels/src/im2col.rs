@@ -1,11 +1,17 @@
-//! im2col on the CPU, as a Candle custom op, and the convolution built on it (one gemm).
+//! im2col and its adjoint col2im on the CPU, as Candle custom ops, and the three products of a
+//! convolution built on them (forward, input gradient, weight gradient), each one large gemm.
 //!
 //! Candle's CPU `conv2d` spends most of its time in an element-by-element im2col loop inside
 //! each 512-pixel tile (measured: about 2/3 of a ResNet 3x3 layer), not in its gemm. Here the
 //! columns are gathered row by row (a `memcpy` per output row at stride 1) into one
-//! `[c_in*kh*kw, b*oh*ow]` matrix and the convolution is a single large gemm through Candle's
-//! `matmul`. The window is general (any stride, dilation and a signed origin per axis with zeros
-//! outside the input), so the phases of an input gradient need no padding or cropping copies.
+//! `[c_in*kh*kw, b*oh*ow]` matrix and each product is a single gemm through Candle's `matmul`:
+//! - forward: `y = W [c_out, K] x cols(x) [K, b*oh*ow]`;
+//! - input gradient: `gx = col2im(W^T [K, c_out] x gy [c_out, b*oh*ow])` (PyTorch's CPU method:
+//!   one gemm and a scatter-add, for every stride, with no zero products);
+//! - weight gradient: `gw = gy [c_out, b*oh*ow] x cols(x)^T [b*oh*ow, K]`.
+//!
+//! The window is general (any stride, dilation and a signed origin per axis with zeros outside
+//! the input).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
@@ -30,12 +36,16 @@ struct Im2Col {
 }
 
 /// Upper bound on the elements of one column matrix; larger batches are processed in chunks of
-/// images so that the extra memory stays bounded (64 MiB of f32).
-const COLUMN_BUDGET: usize = 1 << 24;
+/// images. 2M elements (8 MiB of f32) keeps the buffer below glibc's largest mmap threshold
+/// (32 MiB), so it is reused from the heap instead of arriving as fresh zero pages each call
+/// (page-fault handling showed up at 5-10% of profiles with whole-batch buffers), and closer to the caches; the
+/// gemm still gets at least one whole image (>= 3136 columns for ResNet at 224 px) per call.
+pub(crate) const COLUMN_BUDGET: usize = 1 << 21;
 
-/// Images per chunk for a column matrix of `per_image` elements per image.
-fn batch_chunk(b: usize, per_image: usize) -> usize {
-    (COLUMN_BUDGET / per_image.max(1)).clamp(1, b.max(1))
+/// Images per chunk for column matrices of `per_image` elements per image, at most `budget`
+/// elements per chunk (but at least one image).
+fn batch_chunk(b: usize, per_image: usize, budget: usize) -> usize {
+    (budget / per_image.max(1)).clamp(1, b.max(1))
 }
 
 /// The columns of `x` for the kernel size `kernel` and window `win`.
@@ -55,13 +65,18 @@ pub(crate) fn im2col(
 ///
 /// # Shapes
 /// `x: [b, c_in, h, w]`, `w: [c_out, c_in, kh, kw]` -> `[b, c_out, oh, ow]`.
-pub(crate) fn conv(x: &Tensor, w: &Tensor, win: Window) -> candle_core::Result<Tensor> {
+pub(crate) fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    win: Window,
+    budget: usize,
+) -> candle_core::Result<Tensor> {
     let (b, c_in, _, _) = x.dims4()?;
     let (c_out, _, kh, kw) = w.dims4()?;
     let (oh, ow) = win.out;
     let k = c_in * kh * kw;
     let w2 = w.reshape((c_out, k))?; // [c_out, c_in*kh*kw]
-    let chunk = batch_chunk(b, k * oh * ow);
+    let chunk = batch_chunk(b, k * oh * ow, budget);
     let mut parts = Vec::with_capacity(b.div_ceil(chunk));
     for start in (0..b).step_by(chunk) {
         let n = chunk.min(b - start);
@@ -82,12 +97,13 @@ pub(crate) fn weight_grad(
     grad: &Tensor,
     kernel: (usize, usize),
     win: Window,
+    budget: usize,
 ) -> candle_core::Result<Tensor> {
     let (b, c_in, _, _) = x.dims4()?;
     let (_, c_out, oh, ow) = grad.dims4()?;
     let (kh, kw) = kernel;
     let k = c_in * kh * kw;
-    let chunk = batch_chunk(b, k * oh * ow);
+    let chunk = batch_chunk(b, k * oh * ow, budget);
     let mut acc: Option<Tensor> = None;
     for start in (0..b).step_by(chunk) {
         let n = chunk.min(b - start);
@@ -107,6 +123,126 @@ pub(crate) fn weight_grad(
     match acc {
         Some(gw) => gw.reshape((c_out, c_in, kh, kw)),
         None => Tensor::zeros((c_out, c_in, kh, kw), x.dtype(), x.device()),
+    }
+}
+
+/// Input gradient as `col2im(W^T x gy)`, one gemm per chunk of images.
+///
+/// # Shapes
+/// `grad: [b, c_out, oh, ow]`, `w: [c_out, c_in, kh, kw]` -> `[b, c_in, h, w]` with
+/// `(h, w) = input_hw` (`win.out` must be `(oh, ow)`).
+pub(crate) fn input_grad(
+    grad: &Tensor,
+    w: &Tensor,
+    win: Window,
+    input_hw: (usize, usize),
+    budget: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, c_out, oh, ow) = grad.dims4()?;
+    let (_, c_in, kh, kw) = w.dims4()?;
+    let k = c_in * kh * kw;
+    let wt = w.reshape((c_out, k))?.t()?; // [k, c_out]
+    let chunk = batch_chunk(b, k * oh * ow, budget);
+    let mut parts = Vec::with_capacity(b.div_ceil(chunk));
+    for start in (0..b).step_by(chunk) {
+        let n = chunk.min(b - start);
+        // [n, c_out, oh, ow] -> [c_out, n*oh*ow]
+        let g = grad
+            .narrow(0, start, n)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((c_out, n * oh * ow))?;
+        let cols = wt.matmul(&g)?; // [k, n*oh*ow]
+        let op = Col2Im { kernel: (kh, kw), win, image: (n, c_in, input_hw.0, input_hw.1) };
+        parts.push(cols.apply_op1_no_bwd(&op)?); // [n, c_in, h, w]
+    }
+    if parts.len() == 1 { Ok(parts.swap_remove(0)) } else { Tensor::cat(&parts, 0) }
+}
+
+/// The adjoint of [`Im2Col`]: `[c*kh*kw, b*oh*ow]` -> `[b, c, h, w]`, adding up every column
+/// entry into the input position it was read from.
+struct Col2Im {
+    kernel: (usize, usize),
+    win: Window,
+    /// `(b, c, h, w)` of the result.
+    image: (usize, usize, usize, usize),
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "aue-col2im"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = self.image;
+        let (kh, kw) = self.kernel;
+        let (oh, ow) = self.win.out;
+        let expect = [c * kh * kw, b * oh * ow];
+        if layout.dims() != expect {
+            candle_core::bail!("aue-col2im: columns {:?}, expected {expect:?}", layout.shape())
+        }
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("aue-col2im: columns must be contiguous")
+        };
+        let image = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(self.run(&v[start..end])),
+            CpuStorage::F64(v) => CpuStorage::F64(self.run(&v[start..end])),
+            CpuStorage::F16(v) => CpuStorage::F16(self.run(&v[start..end])),
+            CpuStorage::BF16(v) => CpuStorage::BF16(self.run(&v[start..end])),
+            other => candle_core::bail!("aue-col2im: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((image, Shape::from((b, c, h, w))))
+    }
+}
+
+impl Col2Im {
+    fn run<T: WithDType>(&self, cols: &[T]) -> Vec<T> {
+        let (b, c, h, w) = self.image;
+        let (kh, kw) = self.kernel;
+        let Window { stride: s, dilation: d, origin: (o_h, o_w), out: (oh, ow) } = self.win;
+        let plane = oh * ow;
+        let mut dst = vec![T::from_f64(0.0); b * c * h * w];
+        if h * w == 0 {
+            return dst;
+        }
+        // One input plane per (image, channel): its writers are the rows (channel, th, tw) of
+        // the columns of that image, so the planes are independent.
+        dst.par_chunks_mut(h * w).enumerate().for_each(|(idx, img)| {
+            let (n, ch) = (idx / c, idx % c);
+            for th in 0..kh {
+                for tw in 0..kw {
+                    let first_x = o_w + (tw * d) as isize;
+                    let (x_lo, x_hi) = valid_range(first_x, s, w, ow);
+                    if x_lo >= x_hi {
+                        continue;
+                    }
+                    let ix0 = (first_x + (x_lo * s) as isize) as usize;
+                    let row0 = ((ch * kh + th) * kw + tw) * b * plane + n * plane;
+                    for oy in 0..oh {
+                        let iy = o_h + (oy * s + th * d) as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let src = &cols[row0 + oy * ow + x_lo..row0 + oy * ow + x_hi];
+                        let dst_row = &mut img[iy as usize * w + ix0..];
+                        if s == 1 {
+                            for (o, &v) in dst_row.iter_mut().zip(src) {
+                                *o += v;
+                            }
+                        } else {
+                            for (j, &v) in src.iter().enumerate() {
+                                dst_row[j * s] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        dst
     }
 }
 
@@ -197,6 +333,54 @@ fn valid_range(first: isize, s: usize, n: usize, m: usize) -> (usize, usize) {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() -> candle_core::Result<()> {
+        // <im2col(x), c> == <x, col2im(c)> for any x and c, strides 1 to 3, odd sizes.
+        let dev = Device::Cpu;
+        for (s, d, origin) in [(1, 1, (-1, -2)), (2, 1, (-3, 0)), (3, 2, (1, -1))] {
+            let x = Tensor::randn(0f64, 1., (2, 3, 7, 9), &dev)?;
+            let win = Window { stride: s, dilation: d, origin, out: (3, 4) };
+            let cols = im2col(&x, (2, 3), win)?; // [18, 24]
+            let c = Tensor::randn(0f64, 1., cols.shape(), &dev)?;
+            let op = Col2Im { kernel: (2, 3), win, image: (2, 3, 7, 9) };
+            let back = c.apply_op1_no_bwd(&op)?;
+            let lhs = (cols * &c)?.sum_all()?.to_scalar::<f64>()?;
+            let rhs = (x * back)?.sum_all()?.to_scalar::<f64>()?;
+            assert!((lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0), "{s} {d}: {lhs} vs {rhs}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn chunked_products_equal_whole_batch_ones() -> candle_core::Result<()> {
+        // A budget of one image's columns forces one chunk per image.
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f64, 1., (3, 4, 9, 7), &dev)?;
+        let w = Tensor::randn(0f64, 1., (5, 4, 3, 3), &dev)?;
+        let win = Window { stride: 2, dilation: 1, origin: (-1, -1), out: (5, 4) };
+        let g = Tensor::randn(0f64, 1., (3, 5, 5, 4), &dev)?;
+        let one_image = 4 * 9 * 5 * 4;
+        let max_err = |a: &Tensor, b: &Tensor| -> candle_core::Result<f64> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+        };
+        let pairs = [
+            (conv(&x, &w, win, COLUMN_BUDGET)?, conv(&x, &w, win, one_image)?),
+            (
+                input_grad(&g, &w, win, (9, 7), COLUMN_BUDGET)?,
+                input_grad(&g, &w, win, (9, 7), one_image)?,
+            ),
+            (
+                weight_grad(&x, &g, (3, 3), win, COLUMN_BUDGET)?,
+                weight_grad(&x, &g, (3, 3), win, one_image)?,
+            ),
+        ];
+        for (whole, chunked) in pairs {
+            assert_eq!(whole.dims(), chunked.dims());
+            assert!(max_err(&whole, &chunked)? < 1e-12);
+        }
+        Ok(())
+    }
 
     #[test]
     fn valid_ranges() {

@@ -3,12 +3,12 @@
 //!
 //! Candle offers no public way to build a tensor with a hand-written backward other than the
 //! `CustomOpN` traits, and its per-backend forward entry points (`BackendStorage::conv2d`) take a
-//! `ParamsConv2D` whose fields are private. So the forward result is computed first with
-//! ordinary tensor operations (Candle's own fast convolution), outside any storage lock, and the
-//! custom op's `cpu_fwd` / `cuda_fwd` only copy that result into the storage it must return. The
-//! copy is one memcpy of the output (about 1% of a convolution's time); the precomputed tensor is
-//! dropped as soon as it has been copied, so the graph keeps no second copy alive.
-//! When neither argument needs a gradient the plain result is returned and no op is recorded.
+//! `ParamsConv2D` whose fields are private. So the forward result is computed first, outside any
+//! storage lock (this crate's im2col + gemm on the CPU, Candle's `conv2d` elsewhere), and the
+//! custom op's `cpu_fwd` / `cuda_fwd` only copy that result into the storage they must return.
+//! That copy is also the transposition the CPU gemm's `[c_out, b, ...]` result needs anyway, and
+//! the precomputed tensor is dropped as soon as it has been copied, so the graph keeps no second
+//! copy alive. When neither argument needs a gradient no op is recorded at all.
 
 use std::sync::Mutex;
 
@@ -21,10 +21,12 @@ use crate::params::{ConvParams, ConvTransposeParams};
 
 /// 2D convolution (NCHW, groups = 1) with a fast backward pass.
 ///
-/// Same result as `x.conv2d(w, padding, stride, dilation, 1)` (it is computed by that very call);
-/// the gradients of `x` and `w` are computed with forward convolutions and one matrix product
-/// instead of Candle's naive transposed convolution. Works on every device Candle's `conv2d`
-/// supports; gradients for CPU and CUDA.
+/// Same result as `x.conv2d(w, padding, stride, dilation, 1)`: on the CPU (f32, f64, f16) up to
+/// rounding, since it is computed by this crate's im2col + one gemm (about twice as fast as
+/// Candle's), elsewhere by that very call. The gradients of `x` and `w` are each one gemm (CPU)
+/// or forward convolutions (other devices) instead of Candle's naive transposed convolution, and
+/// none is computed for an argument that does not need it (e.g. the image into the stem).
+/// Result contiguous.
 ///
 /// # Shapes
 /// `x: [b, c_in, h, w]`, `w: [c_out, c_in, kh, kw]` -> `[b, c_out, oh, ow]` with
@@ -44,9 +46,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor> {
 
 /// 2D transposed convolution (NCHW, groups = 1) with a fast forward and backward pass.
 ///
-/// Same result as `x.conv_transpose2d(w, padding, output_padding, stride, dilation)`, but the
-/// forward pass is computed as forward convolutions (Candle's CPU `conv_transpose2d` is a naive
-/// loop) and so are both gradients.
+/// Same result as `x.conv_transpose2d(w, padding, output_padding, stride, dilation)` up to
+/// rounding, but the forward pass is the input gradient of the convolution it transposes (one
+/// gemm + col2im on the CPU, forward convolutions elsewhere) instead of Candle's naive loop, and
+/// both gradients are a forward convolution and a weight gradient. Result contiguous.
 ///
 /// # Shapes
 /// `x: [b, c_in, h, w]`, `w: [c_in, c_out, kh, kw]` -> `[b, c_out, oh, ow]` with

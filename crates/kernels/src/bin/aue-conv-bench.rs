@@ -106,6 +106,8 @@ struct Layer {
     kind: Kind,
     /// Whether the input needs a gradient (not for the stem, whose input is the image).
     input_grad: bool,
+    /// How many layers of this shape ResNet-18 has (0: not part of ResNet-18).
+    count: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,67 +116,33 @@ enum Kind {
     Transpose(ConvTransposeParams),
 }
 
-const fn conv(stride: usize, padding: usize) -> Kind {
-    Kind::Conv(ConvParams { stride, padding, dilation: 1 })
+const fn conv(
+    name: &'static str,
+    (c_in, c_out, hw): (usize, usize, usize),
+    k: usize,
+    (stride, padding): (usize, usize),
+    count: usize,
+) -> Layer {
+    let kind = Kind::Conv(ConvParams { stride, padding, dilation: 1 });
+    Layer { name, c_in, c_out, hw, k, kind, input_grad: true, count }
 }
 
-const LAYERS: [Layer; 7] = [
+/// Every convolution shape of ResNet-18 at 224 px (with its multiplicity), and the AU decoder's
+/// transposed convolution.
+const LAYERS: [Layer; 12] = [
+    Layer { input_grad: false, ..conv("conv1 7x7 s2", (3, 64, 224), 7, (2, 3), 1) },
+    conv("layer1 3x3", (64, 64, 56), 3, (1, 1), 4),
+    conv("layer2.0.conv1 3x3 s2", (64, 128, 56), 3, (2, 1), 1),
+    conv("layer2.0.downsample 1x1 s2", (64, 128, 56), 1, (2, 0), 1),
+    conv("layer2 3x3", (128, 128, 28), 3, (1, 1), 3),
+    conv("layer3.0.conv1 3x3 s2", (128, 256, 28), 3, (2, 1), 1),
+    conv("layer3.0.downsample 1x1 s2", (128, 256, 28), 1, (2, 0), 1),
+    conv("layer3 3x3", (256, 256, 14), 3, (1, 1), 3),
+    conv("layer4.0.conv1 3x3 s2", (256, 512, 14), 3, (2, 1), 1),
+    conv("layer4.0.downsample 1x1 s2", (256, 512, 14), 1, (2, 0), 1),
+    conv("layer4 3x3", (512, 512, 7), 3, (1, 1), 3),
     Layer {
-        name: "stem 7x7 s2",
-        c_in: 3,
-        c_out: 64,
-        hw: 224,
-        k: 7,
-        kind: conv(2, 3),
-        input_grad: false,
-    },
-    Layer {
-        name: "layer1 3x3",
-        c_in: 64,
-        c_out: 64,
-        hw: 56,
-        k: 3,
-        kind: conv(1, 1),
-        input_grad: true,
-    },
-    Layer {
-        name: "layer2.0 3x3 s2",
-        c_in: 64,
-        c_out: 128,
-        hw: 56,
-        k: 3,
-        kind: conv(2, 1),
-        input_grad: true,
-    },
-    Layer {
-        name: "downsample 1x1 s2",
-        c_in: 64,
-        c_out: 128,
-        hw: 56,
-        k: 1,
-        kind: conv(2, 0),
-        input_grad: true,
-    },
-    Layer {
-        name: "layer3 3x3",
-        c_in: 256,
-        c_out: 256,
-        hw: 14,
-        k: 3,
-        kind: conv(1, 1),
-        input_grad: true,
-    },
-    Layer {
-        name: "layer4 3x3",
-        c_in: 512,
-        c_out: 512,
-        hw: 7,
-        k: 3,
-        kind: conv(1, 1),
-        input_grad: true,
-    },
-    Layer {
-        name: "deconv k4 s2",
+        name: "AU decoder deconv k4 s2",
         c_in: 512,
         c_out: 256,
         hw: 7,
@@ -186,6 +154,7 @@ const LAYERS: [Layer; 7] = [
             dilation: 1,
         }),
         input_grad: true,
+        count: 0,
     },
 ];
 
@@ -229,18 +198,12 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     println!(
-        "| layer | input | candle fwd | ours fwd | candle bwd | ours bwd | bwd speed-up | step speed-up | ours bwd/fwd |"
+        "| layer | input | n | candle fwd | ours fwd | candle bwd | ours bwd | bwd speed-up | fwd+bwd speed-up | ours bwd/fwd |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (layer, t) in layers.iter().zip(&rows) {
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let row = |name: &str, input: &str, n: String, t: &Times| {
         println!(
-            "| {} | [{},{},{},{}]{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}x | {:.1}x | {:.2} |",
-            layer.name,
-            cfg.batch,
-            layer.c_in,
-            layer.hw,
-            layer.hw,
-            if layer.input_grad { "" } else { " (no input grad)" },
+            "| {name} | {input} | {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}x | {:.1}x | {:.2} |",
             t.candle_fwd,
             t.ours_fwd,
             t.candle_bwd,
@@ -248,7 +211,30 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
             t.candle_bwd / t.ours_bwd,
             (t.candle_fwd + t.candle_bwd) / (t.ours_fwd + t.ours_bwd),
             t.ours_bwd / t.ours_fwd,
+        )
+    };
+    let mut total = Times { candle_fwd: 0., ours_fwd: 0., candle_bwd: 0., ours_bwd: 0. };
+    for (l, t) in layers.iter().zip(&rows) {
+        let input = format!(
+            "[{},{},{},{}]{}",
+            cfg.batch,
+            l.c_in,
+            l.hw,
+            l.hw,
+            if l.input_grad { "" } else { " (no input grad)" }
         );
+        row(l.name, &input, l.count.to_string(), t);
+        let n = l.count as f64;
+        total.candle_fwd += n * t.candle_fwd;
+        total.ours_fwd += n * t.ours_fwd;
+        total.candle_bwd += n * t.candle_bwd;
+        total.ours_bwd += n * t.ours_bwd;
+    }
+    // The total only when every ResNet-18 shape was timed.
+    let resnet = LAYERS.iter().filter(|l| l.count > 0);
+    if resnet.clone().all(|l| layers.iter().any(|m| m.name == l.name)) {
+        row("**ResNet-18, all 20 convolutions**", "", "sum".into(), &total);
+        debug_assert_eq!(resnet.map(|l| l.count).sum::<usize>(), 20);
     }
     if cfg.parts {
         println!();
@@ -259,7 +245,8 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
         for layer in layers.iter().filter(|l| matches!(l.kind, Kind::Conv(_))) {
             bar.reset();
             let p = time_parts(cfg, layer, &dev, &bar)?;
-            println!("| {} | {:.1} | {:.1} | {:.1} | {:.1} |", layer.name, p[0], p[1], p[2], p[3]);
+            let cells: Vec<String> = p.iter().map(|v| format!("{v:.1}")).collect();
+            println!("| {} | {} |", layer.name, cells.join(" | "));
         }
     }
     Ok(())
