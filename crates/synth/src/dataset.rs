@@ -357,7 +357,11 @@ fn readme(cfg: &SynthConfig, s: &SynthSummary) -> String {
     let _ = writeln!(t, "\n- Command: `{}`", cfg.command_line);
     let _ = writeln!(t, "- Seed: {}", cfg.seed);
     let _ = writeln!(t, "- Image size: {0} x {0} px", cfg.size);
-    let _ = writeln!(t, "- Difficulty: {} ({:?})", d.level, d);
+    let knobs: Vec<String> = d.knobs().iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    let _ = writeln!(t, "- Difficulty: {} ({})", d.level, knobs.join(", "));
+    let shares = cfg.balance.shares().map(|v| format!("{:.1}%", 100.0 * v));
+    let _ =
+        writeln!(t, "- Class shares ({}), label order: {}", cfg.balance.name(), shares.join(", "));
     let _ = writeln!(t, "- Generator: aue-synth {}", env!("CARGO_PKG_VERSION"));
     let _ = writeln!(t, "\n## Counts\n");
     let _ = writeln!(t, "| label | expression | train | test |");

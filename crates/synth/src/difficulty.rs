@@ -197,6 +197,35 @@ impl Difficulty {
         }
     }
 
+    /// Every knob as (name, value) in declaration order, for READMEs and logs.
+    pub fn knobs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("p_strong", self.p_strong.to_string()),
+            ("p_weak", self.p_weak.to_string()),
+            ("p_absent", self.p_absent.to_string()),
+            ("p_neutral", self.p_neutral.to_string()),
+            ("intensity_min", self.intensity_min.to_string()),
+            ("intensity_max", self.intensity_max.to_string()),
+            ("at_least_one_strong", self.at_least_one_strong.to_string()),
+            ("label_noise", self.label_noise.to_string()),
+            ("au_gain", self.au_gain.to_string()),
+            ("cue_strength", self.cue_strength.to_string()),
+            ("identity_spread", self.identity_spread.to_string()),
+            ("landmark_jitter", self.landmark_jitter.to_string()),
+            ("max_roll_deg", self.max_roll_deg.to_string()),
+            ("scale_min", self.scale_min.to_string()),
+            ("scale_max", self.scale_max.to_string()),
+            ("max_shift", self.max_shift.to_string()),
+            ("box_jitter", self.box_jitter.to_string()),
+            ("clutter_min", self.clutter_min.to_string()),
+            ("clutter_max", self.clutter_max.to_string()),
+            ("occluder_prob", self.occluder_prob.to_string()),
+            ("lighting", self.lighting.to_string()),
+            ("blur_max", self.blur_max.to_string()),
+            ("noise_max", self.noise_max.to_string()),
+        ]
+    }
+
     /// Checks that every value is in its range; the message names the first bad knob.
     pub fn validate(&self) -> Result<(), String> {
         let prob = |name: &str, p: f32| {

@@ -3,7 +3,30 @@
 use image::RgbImage;
 use tiny_skia::Pixmap;
 
+use crate::appearance::Rgb;
+use crate::geometry::Pt;
 use crate::random::Draw;
+
+/// Fills the whole canvas with an opaque linear gradient: `c0` at `p0`, `c1` at `p1`, constant
+/// beyond (a plain loop: a full-canvas fill through the raster pipeline costs several times more).
+pub fn fill_linear(pm: &mut Pixmap, p0: Pt, p1: Pt, c0: Rgb, c1: Rgb) {
+    let w = pm.width() as usize;
+    let d = p1 - p0;
+    let norm = (d.x * d.x + d.y * d.y).max(1e-6);
+    let (tx, ty) = (d.x / norm, d.y / norm);
+    let (a, b) = ([c0.r, c0.g, c0.b].map(|v| v * 255.0), [c1.r, c1.g, c1.b].map(|v| v * 255.0));
+    for (y, row) in pm.data_mut().chunks_exact_mut(4 * w).enumerate() {
+        // t is affine in x along a row: start value plus a constant step.
+        let t0 = (0.5 - p0.x) * tx + (y as f32 + 0.5 - p0.y) * ty;
+        for (x, px) in row.chunks_exact_mut(4).enumerate() {
+            let t = (t0 + x as f32 * tx).clamp(0.0, 1.0);
+            for c in 0..3 {
+                px[c] = (a[c] + (b[c] - a[c]) * t + 0.5) as u8;
+            }
+            px[3] = 255;
+        }
+    }
+}
 
 /// Copies an opaque canvas into an RGB image (the background is opaque, so premultiplied RGBA
 /// equals straight RGBA and the alpha byte can be dropped).
@@ -11,6 +34,33 @@ pub fn to_rgb(pm: &Pixmap) -> RgbImage {
     let data: Vec<u8> = pm.data().chunks_exact(4).flat_map(|px| [px[0], px[1], px[2]]).collect();
     RgbImage::from_raw(pm.width(), pm.height(), data)
         .unwrap_or_else(|| RgbImage::new(pm.width(), pm.height()))
+}
+
+/// Global lighting: the side the light comes from (direction `angle` from the centre) is blended
+/// towards warm white, the opposite side towards black, both up to opacity `strength` at the
+/// image edge and fading to nothing across the centre line.
+pub fn apply_light(img: &mut RgbImage, angle: f32, strength: f32) {
+    if strength <= 0.003 {
+        return;
+    }
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let half = w.max(h) as f32 / 2.0;
+    // t = -1 on the lit edge (towards `angle` from the centre), +1 on the shaded edge; affine in
+    // x along a row.
+    let (tx, ty) = (-angle.cos() / half, -angle.sin() / half);
+    let white = [255.0f32, 250.0, 240.0];
+    for (y, row) in img.as_mut().chunks_exact_mut(3 * w).enumerate() {
+        let t0 = (0.5 - w as f32 / 2.0) * tx + (y as f32 + 0.5 - h as f32 / 2.0) * ty;
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let t = (t0 + x as f32 * tx).clamp(-1.0, 1.0);
+            let k = strength * t.abs();
+            for (ch, v) in px.iter_mut().enumerate() {
+                let target = if t < 0.0 { white[ch] } else { 0.0 };
+                let v0 = f32::from(*v);
+                *v = (v0 + (target - v0) * k + 0.5) as u8;
+            }
+        }
+    }
 }
 
 /// Separable Gaussian blur with standard deviation `sigma` pixels (no-op below 0.2), clamped edges.

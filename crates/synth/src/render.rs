@@ -61,7 +61,7 @@ impl FaceParams {
             s * (0.5 + rng.sym(d.max_shift.max(1e-6))),
             s * (0.53 + rng.sym(d.max_shift.max(1e-6))),
         );
-        let mut pose = Pose { roll, scale, origin: Pt::new(0.0, 0.0) };
+        let mut pose = Pose { roll, scale, origin: Pt::default() };
         pose.origin = target - pose.apply(FACE_CENTRE);
         let scene = Scene::sample(size, d, rng);
         let mut jitter = [Pt::default(); NUM_LANDMARKS];
@@ -161,9 +161,9 @@ pub fn render(params: &FaceParams, rng: &mut impl Draw) -> Result<RenderedFace> 
         let path = PathBuilder::from_circle(centre.x, centre.y, r);
         cv.fill_opt(path.as_ref(), colour, 1.0);
     }
-    draw_lighting(&mut cv, &params.scene);
 
     let mut image = post::to_rgb(&pixmap);
+    post::apply_light(&mut image, params.scene.light_angle, params.scene.light_strength);
     post::gaussian_blur(&mut image, params.scene.blur_sigma);
     post::add_noise(&mut image, params.scene.noise_sigma, rng);
 
@@ -342,22 +342,7 @@ fn soft_spot(cv: &mut Canvas, c: Pt, rx: f32, ry: f32, colour: Rgb, alpha: f32) 
 
 fn draw_background(cv: &mut Canvas, scene: &Scene) {
     let s = cv.size as f32;
-    cv.pm.fill(scene.bg_top.with_alpha(1.0));
-    let stops = vec![
-        GradientStop::new(0.0, scene.bg_top.with_alpha(1.0)),
-        GradientStop::new(1.0, scene.bg_bottom.with_alpha(1.0)),
-    ];
-    let shader = LinearGradient::new(
-        tiny_skia::Point::from_xy(0.0, 0.0),
-        tiny_skia::Point::from_xy(s * 0.3, s),
-        stops,
-        SpreadMode::Pad,
-        Transform::identity(),
-    );
-    if let (Some(rect), Some(shader)) = (Rect::from_xywh(0.0, 0.0, s, s), shader) {
-        let paint = Paint { shader, ..Paint::default() };
-        cv.pm.fill_rect(rect, &paint, Transform::identity(), None);
-    }
+    post::fill_linear(cv.pm, Pt::new(0.0, 0.0), Pt::new(0.3 * s, s), scene.bg_top, scene.bg_bottom);
     for c in &scene.clutter {
         match *c {
             Clutter::Rect { centre, w, h, angle, colour, alpha } => {
@@ -888,7 +873,7 @@ fn draw_mouth(cv: &mut Canvas, look: &Appearance, lm: &Landmarks) {
         if let Some(mask) = cv.mask(cavity.as_ref()) {
             let width = lm[64].x - lm[60].x;
             // Tongue low in the mouth.
-            let tongue = ellipse(lm[66] + Pt::new(0.0, 0.0), 0.3 * width, 0.09);
+            let tongue = ellipse(lm[66], 0.3 * width, 0.09);
             cv.fill_masked(tongue.as_ref(), Rgb::from_u8(190, 80, 90), 1.0, &mask);
             // Upper teeth hang from the upper lip; lower teeth show when the jaw drops.
             let teeth = Rgb::from_u8(242, 238, 228);
@@ -932,35 +917,6 @@ fn draw_mouth(cv: &mut Canvas, look: &Appearance, lm: &Landmarks) {
     );
     for i in [48, 54] {
         soft_spot(cv, lm[i], 0.03, 0.02, line_colour, 0.6);
-    }
-}
-
-fn draw_lighting(cv: &mut Canvas, scene: &Scene) {
-    let s = cv.size as f32;
-    let a = scene.light_strength;
-    if a <= 0.003 {
-        return;
-    }
-    let dir = Pt::new(scene.light_angle.cos(), scene.light_angle.sin()) * (s / 2.0);
-    let c = Pt::new(s / 2.0, s / 2.0);
-    let white = Rgb::from_u8(255, 250, 240);
-    let black = Rgb::from_u8(0, 0, 0);
-    let stops = vec![
-        GradientStop::new(0.0, white.with_alpha(a)),
-        GradientStop::new(0.5, white.with_alpha(0.0)),
-        GradientStop::new(0.5, black.with_alpha(0.0)),
-        GradientStop::new(1.0, black.with_alpha(a)),
-    ];
-    let shader = LinearGradient::new(
-        tiny_skia::Point::from_xy(c.x - dir.x, c.y - dir.y),
-        tiny_skia::Point::from_xy(c.x + dir.x, c.y + dir.y),
-        stops,
-        SpreadMode::Pad,
-        Transform::identity(),
-    );
-    if let (Some(rect), Some(shader)) = (Rect::from_xywh(0.0, 0.0, s, s), shader) {
-        let paint = Paint { shader, ..Paint::default() };
-        cv.pm.fill_rect(rect, &paint, Transform::identity(), None);
     }
 }
 
