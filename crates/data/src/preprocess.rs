@@ -332,53 +332,35 @@ thread_local! {
 }
 
 /// Resizes a row-major RGB image to `size x size` with the antialiased bilinear convolution,
-/// reproducing PIL's arithmetic.
+/// in PIL's pass order.
 ///
-/// PIL resamples horizontally first, rounding to 8 bits in between (`(sum + 2^21) >> 22`, i.e.
-/// half up, with 22-bit fixed-point coefficients), then vertically. fast_image_resize's 8-bit
-/// path does the vertical pass first and uses 15-bit coefficients whose rounded sum is not
-/// always exactly one, which moves up to a fifth of the values by one level. Its `f32` path
-/// uses exact (f64) coefficients and f64 sums, so we run PIL's two passes as two one-axis
-/// `f32` resizes and round to 8 bits after each as PIL does; the result then differs from
-/// PIL's only where a sum falls within about 1e-4 of a half (rare).
+/// PIL (every release up to 12, so the reference's) resamples horizontally first with 22-bit
+/// fixed-point coefficients, rounds to 8 bits, then resamples vertically. fast_image_resize's
+/// two-axis 8-bit resize runs the vertical pass first, which moves about a fifth of the values
+/// by one level; two one-axis resizes in PIL's order cost the same and leave only the
+/// coefficient precision (15-bit here): on the parity fixtures at most ~1% of the values differ,
+/// by one level (tests/parity.rs). Its 16-bit and `f32` paths round closer to PIL but cost
+/// 5 to 10 times as much, which the loader's throughput cannot afford.
 fn resize_square(src: &[u8], (w, h): (u32, u32), size: u32) -> Result<Vec<u8>, String> {
-    let mut current: Vec<f32> = src.iter().map(|&v| f32::from(v)).collect();
-    let mut dims = (w, h);
-    if w != size {
-        current = resize_f32(&current, dims, (size, h))?;
-        dims = (size, h);
+    if w != size && h != size {
+        let horizontal = resize_u8(src, (w, h), (size, h))?;
+        resize_u8(&horizontal, (size, h), (size, size))
+    } else {
+        // One pass (or none: an S x S crop is copied, as PIL does).
+        resize_u8(src, (w, h), (size, size))
     }
-    if h != size {
-        current = resize_f32(&current, dims, (size, size))?;
-    }
-    // After the last pass the values are already whole numbers in [0, 255].
-    Ok(current.iter().map(|&v| v as u8).collect())
 }
 
-/// One resize pass on `f32` RGB pixels, rounded to 8-bit levels as PIL's `clip8` does.
-fn resize_f32(src: &[f32], (w, h): (u32, u32), (dw, dh): (u32, u32)) -> Result<Vec<f32>, String> {
-    let bytes: &[u8] = f32_bytes(src);
+/// One fast_image_resize call on 8-bit RGB.
+fn resize_u8(src: &[u8], (w, h): (u32, u32), (dw, dh): (u32, u32)) -> Result<Vec<u8>, String> {
     let src =
-        fr::images::ImageRef::new(w, h, bytes, fr::PixelType::F32x3).map_err(|e| e.to_string())?;
-    let mut dst = fr::images::Image::new(dw, dh, fr::PixelType::F32x3);
+        fr::images::ImageRef::new(w, h, src, fr::PixelType::U8x3).map_err(|e| e.to_string())?;
+    let mut dst = fr::images::Image::new(dw, dh, fr::PixelType::U8x3);
     let options = fr::ResizeOptions::new()
         .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
         .use_alpha(false);
     RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).map_err(|e| e.to_string())?;
-    let out = dst.buffer();
-    Ok(out
-        .chunks_exact(4)
-        .map(|b| {
-            let v = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-            (v + 0.5).floor().clamp(0.0, 255.0)
-        })
-        .collect())
-}
-
-/// The bytes of an `f32` slice (plain old data; alignment only goes down).
-fn f32_bytes(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and every byte pattern is a valid u8; the length is exact.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    Ok(dst.into_vec())
 }
 
 /// Per channel, the normalised value of each byte: `(v / 255 - mean) / std` computed in `f32`

@@ -8,11 +8,13 @@
 //!     python3 tools/make_data_fixtures.py
 //!
 //! Tolerance: one 8-bit level per pixel before normalisation, and exact AU locations. We
-//! resample like Pillow up to 12 (horizontal pass first, 8-bit intermediate), with exact
-//! coefficients where Pillow rounds them to 22 bits, so a value differs only when a sum sits
-//! within about 1e-4 of a half: rare. Pillow 13 sometimes runs the vertical pass first; the
-//! fixture records which order the installed Pillow took (`h_first`), and for the other order
-//! only the one-level bound holds.
+//! resample in the pass order of Pillow up to 12 (horizontal first, 8-bit intermediate), with
+//! fast_image_resize's 15-bit coefficients where Pillow uses 22-bit ones, so sums that sit near
+//! a half (frequent when the scale is a simple fraction) may round the other way: on these
+//! fixtures up to ~1.2% of the values differ by one level. We also check that rate stays under
+//! 2%: a wrong pass order shows up as ~20%. Pillow 13 sometimes runs the vertical pass first;
+//! the fixture records which order the installed Pillow took (`h_first`), and for the other
+//! order only the one-level bound holds.
 //!
 //! JPEG decoding is not part of the crop/resize parity: the image crate's decoder (zune-jpeg)
 //! rounds chroma upsampling differently from libjpeg-turbo (PIL's), see
@@ -84,7 +86,7 @@ fn crops_match_pil_and_torchvision_within_one_level() {
                 assert!(max <= 1, "{key}: max difference {max} levels ({off} values differ)");
                 if exp[&format!("{key}/h_first")].to_vec1::<u8>().unwrap()[0] == 1 {
                     // Same pass order as PIL: only near-half sums may round differently.
-                    assert!(off * 100 <= got.len(), "{key}: {off} of {} values differ", got.len());
+                    assert!(off * 50 <= got.len(), "{key}: {off} of {} values differ", got.len());
                 }
                 let au: Vec<i64> =
                     exp[&format!("{key}/au_loc")].flatten_all().unwrap().to_vec1().unwrap();
