@@ -5,12 +5,12 @@ torchvision / PyTorch default init from a seed; the BN affine parameters and the
 their defaults (seeded; so that swapped BN tensors cannot pass), with residual-branch gains in
 [0.1, 0.3] as in trained ResNets; then every BN's running statistics set to those of one train-mode
 forward on a separate random calibration batch. Without these steps (--plain-init) eval-mode
-activations reach ~1e6 and PyTorch's own float32 misses its float64 by ~1e-4: the check would
-measure the chaos of a random 101-layer network rather than the implementation.
+activations reach ~1e6 and PyTorch's own float32 misses its float64 by 1e-5 to 1e-4 depending on the
+BN statistics: the check would measure the chaos of a random 101-layer network, not the implementation.
 Inputs: random ImageNet-normalised images, AU centres in [L/2, G-L/2], labels. Writes to a work folder:
     W.safetensors  the state dict (f32; num_batches_tracked as i64 scalars)
     I.safetensors  image f32 [B,3,S,S], au_loc i64 [B,17,4], label i64 [B]
-runs `aue-forward --weights W --inputs I --out O`, and compares each eval-mode output in O with
+runs `aue-forward --weights W --inputs I --out O --preset P`, and compares each eval-mode output in O with
 PyTorch's (computed in float64 from the same f32 weights) by relative L2 error:
     pred_em, pred_au, pred1, pred2, au_prob, au_target, loss_em, loss_au, loss_fuse
 The table also shows PyTorch's own float32 error for scale. Exits 1 if any output is missing, has the
@@ -164,7 +164,8 @@ def main() -> int:
         del state
         print(f"wrote {w_path} ({os.path.getsize(w_path) / 2**20:.0f} MiB) and {i_path}")
 
-        cmd = [args.binary, "--weights", w_path, "--inputs", i_path, "--out", o_path] + shlex.split(args.forward_args)
+        cmd = [args.binary, "--weights", w_path, "--inputs", i_path, "--out", o_path, "--preset", args.preset]
+        cmd += shlex.split(args.forward_args)
         print("running:", " ".join(shlex.quote(c) for c in cmd))
         t1 = time.time()
         proc = subprocess.run(cmd, timeout=args.timeout)
