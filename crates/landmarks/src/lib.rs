@@ -33,6 +33,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
+use rayon::prelude::*;
 
 pub use detector::{DetectorOptions, TinyFaceDetector};
 pub use error::{LandmarkError, Result};
@@ -79,9 +80,21 @@ impl Landmarker {
         Ok(self.detect_faces_batch(&[image])?.pop().unwrap_or_default())
     }
 
-    /// [`Self::detect_faces`] for several images in one forward pass.
+    /// [`Self::detect_faces`] for several images, in parallel.
+    ///
+    /// Each image is its own forward pass: a 416 x 416 detector batch of 16 holds about 180 MB
+    /// per layer and runs at half the speed per image of single images (measured on 2 cores).
     pub fn detect_faces_batch(&self, images: &[&RgbImage]) -> Result<Vec<Vec<FaceBox>>> {
-        self.detector.detect_batch(images, &self.config.detector)
+        images
+            .par_iter()
+            .map(|img| {
+                Ok(self
+                    .detector
+                    .detect_batch(&[img], &self.config.detector)?
+                    .pop()
+                    .unwrap_or_default())
+            })
+            .collect()
     }
 
     /// The 68 points of the face in `face` (a detector box or a dataset box), in image pixels.
