@@ -126,9 +126,12 @@ pub fn prior_mask(level: PriorLevel) -> [[f32; NUM_AUS]; NUM_BASIC] {
     mask
 }
 
-/// AU pairs of the expression-independent relation loss (REFERENCE.md section 4), as AU indices.
-/// Positive pairs tend to occur together; negative pairs tend not to.
-pub fn eiau_pairs() -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+/// A pair of AU indices.
+pub type AuPair = (usize, usize);
+
+/// AU pairs of the expression-independent relation loss (REFERENCE.md section 4), as AU indices:
+/// `(positive, negative)`. Positive pairs tend to occur together; negative pairs tend not to.
+pub fn eiau_pairs() -> (Vec<AuPair>, Vec<AuPair>) {
     const POSITIVE: [(u8, u8); 10] =
         [(1, 2), (4, 7), (4, 9), (7, 9), (6, 12), (9, 17), (15, 17), (15, 24), (17, 24), (23, 24)];
     const NEGATIVE: [(u8, u8); 4] = [(2, 6), (2, 7), (12, 15), (12, 17)];
