@@ -1,0 +1,63 @@
+//! The crate's error type: every message names the file it is about.
+
+use std::path::PathBuf;
+
+/// Errors of `aue-predict`.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// The checkpoint is not one this tool can run (wrong kind, stage, preset or sizes).
+    #[error("checkpoint {}: {msg}", path.display())]
+    Checkpoint { path: PathBuf, msg: String },
+
+    /// aue-model refused the checkpoint or the forward pass (its message names the file/key).
+    #[error("{op}: {source}")]
+    Model {
+        op: String,
+        #[source]
+        source: aue_model::ModelError,
+    },
+
+    /// The face detector or landmark net failed.
+    #[error("{op}: {source}")]
+    Landmarks {
+        op: String,
+        #[source]
+        source: aue_landmarks::LandmarkError,
+    },
+
+    /// A tensor operation failed.
+    #[error("{op}: {source}")]
+    Candle {
+        op: String,
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// A file or folder could not be read or written.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A setting is invalid.
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = PredictError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> PredictError {
+    let path = path.into();
+    move |source| PredictError::Io { op, path, source }
+}
+
+pub(crate) fn candle_err(op: &str) -> impl FnOnce(candle_core::Error) -> PredictError + '_ {
+    move |source| PredictError::Candle { op: op.to_string(), source }
+}

@@ -1,0 +1,366 @@
+//! `aue-predict`'s library: runs a trained AUE-CRL checkpoint on photos.
+//!
+//! For each image: detect faces and 68 landmarks (aue-landmarks), crop and normalise each face
+//! exactly as the reference's test mode (REFERENCE.md section 5: the detected box enlarged by
+//! half of 15% of its width per side, clipped, rounded half to even, resized to S x S, ImageNet
+//! normalisation; AU locations from the landmarks on the G grid, section 8), run the model in
+//! eval mode (section 3) and turn its outputs into one [`Row`] per face:
+//! - stage 3: expression = softmax of `pred2`, AU probabilities = `pred_au`, attention = `au_prob`;
+//! - stage 2: AU probabilities only (the expression head of a stage-2 file is stage 1's, and its
+//!   backbone statistics moved during stage 2);
+//! - stage 1: expression = softmax of `pred_em` (pred1); the AU branch is untrained, so no AUs.
+
+pub mod checkpoint;
+pub mod error;
+pub mod font;
+pub mod output;
+
+use std::path::{Path, PathBuf};
+
+use aue_core::NUM_AUS;
+use aue_data::preprocess::{self, AuGrid, Augment, ENLARGE_RAF};
+use aue_landmarks::{FaceBox, Landmarker, LandmarkerConfig, Landmarks68};
+use aue_model::{AueModel, ForwardOptions, OutputSet, Preset, Stage};
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+
+pub use checkpoint::CheckpointInfo;
+pub use error::{PredictError, Result};
+pub use output::{Format, Row, Status};
+
+use crate::error::{candle_err, io_err};
+
+/// Image file extensions looked for inside folders (case-insensitive).
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// Settings of a [`Predictor`].
+#[derive(Debug, Clone)]
+pub struct PredictorConfig {
+    /// The model checkpoint (`.safetensors`).
+    pub checkpoint: PathBuf,
+    /// The preset, required when the checkpoint has no trainer metadata.
+    pub preset: Option<Preset>,
+    /// Minimum detector score of a face, in (0, 1).
+    pub min_score: f32,
+    /// Where the model runs.
+    pub device: Device,
+}
+
+/// What one image gave: its rows, and (when it could be read) the picture and the faces found.
+pub struct ImageResult {
+    /// One row per face, or one `no_face` / `error` row.
+    pub rows: Vec<Row>,
+    /// The decoded image (for the overlay).
+    pub image: Option<RgbImage>,
+    /// Each face's box and landmarks, in row order.
+    pub faces: Vec<(FaceBox, Landmarks68)>,
+}
+
+/// A loaded model with the face detector and landmark net.
+pub struct Predictor {
+    model: AueModel,
+    info: CheckpointInfo,
+    landmarker: Landmarker,
+    grid: AuGrid,
+}
+
+impl Predictor {
+    /// Reads the checkpoint's metadata, loads it strictly, and loads the landmarker.
+    pub fn new(cfg: &PredictorConfig) -> Result<Self> {
+        let info = checkpoint::inspect(&cfg.checkpoint, cfg.preset)?;
+        let model = checkpoint::load(&cfg.checkpoint, &info, &cfg.device)?;
+        let mut lcfg = LandmarkerConfig::default();
+        lcfg.detector.score_threshold = cfg.min_score;
+        let landmarker = Landmarker::new(&lcfg).map_err(|source| PredictError::Landmarks {
+            op: "load the face detector".into(),
+            source,
+        })?;
+        let grid = AuGrid::new(info.config.input_size as u32);
+        tracing::info!(
+            checkpoint = %cfg.checkpoint.display(),
+            stage = info.stage.number(),
+            preset = %info.preset,
+            input_size = info.config.input_size,
+            "model loaded"
+        );
+        Ok(Predictor { model, info, landmarker, grid })
+    }
+
+    /// What the checkpoint holds.
+    pub fn info(&self) -> &CheckpointInfo {
+        &self.info
+    }
+
+    /// Whether rows carry expression probabilities (stages 1 and 3).
+    pub fn has_expression(&self) -> bool {
+        self.info.stage != Stage::Au
+    }
+
+    /// Whether rows carry AU probabilities (stages 2 and 3).
+    pub fn has_aus(&self) -> bool {
+        self.info.stage != Stage::Em
+    }
+
+    /// Whether rows carry attention weights (stage 3).
+    pub fn has_attention(&self) -> bool {
+        self.info.stage == Stage::Fuse
+    }
+
+    /// Runs one image. Never fails: an unreadable image is an `error` row, an image without a
+    /// face a `no_face` row.
+    pub fn predict_image(&self, path: &Path) -> ImageResult {
+        let file = path.display().to_string();
+        let image = match preprocess::decode_rgb(path) {
+            Ok(img) => img,
+            Err(e) => {
+                return ImageResult {
+                    rows: vec![Row::status(&file, Status::Error(e.to_string()))],
+                    image: None,
+                    faces: vec![],
+                };
+            }
+        };
+        match self.predict_rgb(&file, &image) {
+            Ok((rows, faces)) => ImageResult { rows, image: Some(image), faces },
+            Err(e) => ImageResult {
+                rows: vec![Row::status(&file, Status::Error(format!("{file}: {e}")))],
+                image: Some(image),
+                faces: vec![],
+            },
+        }
+    }
+
+    /// Detects, crops and runs every face of a decoded image.
+    pub fn predict_rgb(
+        &self,
+        file: &str,
+        image: &RgbImage,
+    ) -> Result<(Vec<Row>, Vec<(FaceBox, Landmarks68)>)> {
+        let lm_err = |op: &str| {
+            let op = op.to_string();
+            move |source: aue_landmarks::LandmarkError| PredictError::Landmarks { op, source }
+        };
+        let boxes = self.landmarker.detect_faces(image).map_err(lm_err("detect faces"))?;
+        if boxes.is_empty() {
+            return Ok((vec![Row::status(file, Status::NoFace)], vec![]));
+        }
+        let pairs: Vec<(&RgbImage, FaceBox)> = boxes.iter().map(|b| (image, *b)).collect();
+        let points = self.landmarker.landmarks_batch(&pairs).map_err(lm_err("landmarks"))?;
+        let s = self.grid.size as usize;
+        let mut pixels = Vec::with_capacity(boxes.len() * 3 * s * s);
+        let mut locs: Vec<i64> = Vec::with_capacity(boxes.len() * NUM_AUS * 4);
+        let mut faces = Vec::with_capacity(boxes.len());
+        let mut failed = Vec::new();
+        for (k, (b, p)) in boxes.iter().zip(points.iter()).enumerate() {
+            // Test mode of section 5: detected box, no offset, no flip.
+            let face_box = aue_data::FaceBox {
+                x1: b.x1.into(),
+                y1: b.y1.into(),
+                x2: b.x2.into(),
+                y2: b.y2.into(),
+            };
+            let mut lm = [[0.0f64; 2]; 68];
+            for (o, q) in lm.iter_mut().zip(p.iter()) {
+                *o = [q[0].into(), q[1].into()];
+            }
+            match preprocess::prepare_rgb(
+                image,
+                &face_box,
+                &lm,
+                ENLARGE_RAF,
+                &Augment::NONE,
+                false,
+                &self.grid,
+            ) {
+                Ok((bytes, plan)) => {
+                    let start = pixels.len();
+                    pixels.resize(start + 3 * s * s, 0.0);
+                    preprocess::normalise_into(&bytes, &mut pixels[start..]);
+                    locs.extend(plan.au_loc.iter().flatten());
+                    faces.push((k, *b, *p));
+                }
+                Err(msg) => failed.push((k, *b, msg)),
+            }
+        }
+        let mut rows: Vec<(usize, Row)> = failed
+            .into_iter()
+            .map(|(k, b, msg)| {
+                let mut row = Row::status(file, Status::Error(format!("{file}: face {k}: {msg}")));
+                row.face = Some(k);
+                row.face_box = Some([b.x1, b.y1, b.x2, b.y2]);
+                row.score = Some(b.score);
+                (k, row)
+            })
+            .collect();
+        if !faces.is_empty() {
+            let preds = self.forward(pixels, locs, faces.len())?;
+            for ((k, b, _), pred) in faces.iter().zip(preds) {
+                let mut row = Row::status(file, Status::Ok);
+                row.face = Some(*k);
+                row.face_box = Some([b.x1, b.y1, b.x2, b.y2]);
+                row.score = Some(b.score);
+                if let Some(probs) = pred.probs {
+                    let best = probs
+                        .iter()
+                        .enumerate()
+                        .fold(0, |m, (i, &p)| if p > probs[m] { i } else { m });
+                    row.expression = self.info.labels.get(best).cloned();
+                    row.probs = Some(probs);
+                }
+                row.aus = pred.aus;
+                row.attention = pred.attention;
+                rows.push((*k, row));
+            }
+        }
+        rows.sort_by_key(|(k, _)| *k);
+        let faces = boxes.into_iter().zip(points).collect();
+        Ok((rows.into_iter().map(|(_, r)| r).collect(), faces))
+    }
+
+    /// The model on a batch of normalised faces.
+    ///
+    /// # Shapes
+    /// pixels: n * 3 * S * S values ([n, 3, S, S]); locs: n * 17 * 4 ([n, 17, 4] on the G grid)
+    fn forward(&self, pixels: Vec<f32>, locs: Vec<i64>, n: usize) -> Result<Vec<FacePred>> {
+        let s = self.grid.size as usize;
+        let dev = self.model.device();
+        let images =
+            Tensor::from_vec(pixels, (n, 3, s, s), dev).map_err(candle_err("image batch"))?; // [n, 3, S, S]
+        let au_loc =
+            Tensor::from_vec(locs, (n, NUM_AUS, 4), dev).map_err(candle_err("AU locations"))?; // [n, 17, 4]
+        let outputs = match self.info.stage {
+            Stage::Em => OutputSet { em: true, au: false, fusion: false },
+            Stage::Au => OutputSet { em: false, au: true, fusion: false },
+            Stage::Fuse => OutputSet::ALL,
+        };
+        let opts = ForwardOptions { outputs, ..ForwardOptions::eval() };
+        let out = self
+            .model
+            .forward(&images, Some(&au_loc), &opts)
+            .map_err(|source| PredictError::Model { op: "forward".into(), source })?;
+        let rows = |t: &Option<Tensor>, what: &str| -> Result<Option<Vec<Vec<f32>>>> {
+            t.as_ref().map(|t| t.to_vec2::<f32>().map_err(candle_err(what))).transpose()
+        };
+        let logits = match self.info.stage {
+            Stage::Em => rows(&out.pred_em, "pred_em")?,
+            Stage::Au => None,
+            Stage::Fuse => rows(&out.pred2, "pred2")?,
+        };
+        let aus = rows(&out.pred_au, "pred_au")?;
+        let att = rows(&out.au_prob, "au_prob")?;
+        let au17 = |v: &Vec<Vec<f32>>, i: usize| -> [f32; NUM_AUS] {
+            let mut a = [0.0; NUM_AUS];
+            a.copy_from_slice(&v[i][..NUM_AUS]);
+            a
+        };
+        Ok((0..n)
+            .map(|i| FacePred {
+                probs: logits.as_ref().map(|l| softmax(&l[i])),
+                aus: aus.as_ref().map(|a| au17(a, i)),
+                attention: att.as_ref().map(|a| au17(a, i)),
+            })
+            .collect())
+    }
+}
+
+/// One face's model outputs.
+struct FacePred {
+    probs: Option<Vec<f32>>,
+    aus: Option<[f32; NUM_AUS]>,
+    attention: Option<[f32; NUM_AUS]>,
+}
+
+/// Softmax of logits, computed in f64 after subtracting the maximum.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = logits.iter().map(|&x| f64::from(x - m).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.iter().map(|v| (v / z) as f32).collect()
+}
+
+/// The image files named by `inputs`: files as given, folders walked recursively for
+/// [`IMAGE_EXTENSIONS`], each folder's files in name order.
+pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input).map_err(io_err("cannot read", input))?;
+        if meta.is_dir() {
+            walk(input, &mut out)?;
+        } else {
+            out.push(input.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err("cannot list", dir))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .map_err(io_err("cannot list", dir))?;
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Draws the faces, their landmarks, the top expression and the top 3 AUs on a copy of `image`.
+pub fn overlay(image: &RgbImage, faces: &[(FaceBox, Landmarks68)], rows: &[Row]) -> RgbImage {
+    let mut img = aue_landmarks::overlay::draw(image, faces, None);
+    let scale = (image.width().max(image.height()) / 250).max(1);
+    for row in rows {
+        let Some([x1, y1, _, y2]) = row.face_box else { continue };
+        let mut lines = Vec::new();
+        if let (Some(name), Some(p)) = (&row.expression, &row.probs) {
+            let top = p.iter().copied().fold(0.0f32, f32::max);
+            lines.push(format!("{name} {top:.2}"));
+        }
+        if let Some(aus) = &row.aus {
+            let mut idx: Vec<usize> = (0..NUM_AUS).collect();
+            idx.sort_by(|&a, &b| aus[b].total_cmp(&aus[a]));
+            let names: Vec<&str> = idx.iter().take(3).map(|&i| aue_core::AU_NAMES[i]).collect();
+            lines.push(names.join(" "));
+        }
+        let (_, h) = font::text_size("X", scale);
+        // Above the box when there is room, else below it.
+        let total = h * lines.len() as u32;
+        let top =
+            if y1 as i64 >= i64::from(total) { y1 as i64 - i64::from(total) } else { y2 as i64 };
+        for (i, line) in lines.iter().enumerate() {
+            let white = image::Rgb([255, 255, 255]);
+            let black = image::Rgb([0, 0, 0]);
+            font::draw_text(
+                &mut img,
+                x1 as i64,
+                top + i as i64 * i64::from(h),
+                line,
+                scale,
+                white,
+                black,
+            );
+        }
+    }
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let p = softmax(&[1.0, 3.0, -2.0, 1000.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[3] > 0.99 && p[1] > p[0] && p[0] > p[2]);
+    }
+}
