@@ -8,8 +8,8 @@ use crate::config::ModelConfig;
 use crate::crops::{CropCentres, CropNets};
 use crate::error::Result;
 use crate::nn::{
-    BatchNorm, Conv2d, ConvSpec, ConvTranspose2d, Linear, Params, PartMode, batch_norm_eval, batch_norm_train,
-    dropout, lrn_quirk, max_pool_exact, update_running,
+    BatchNorm, Conv2d, ConvSpec, ConvTranspose2d, Linear, Params, PartMode, batch_norm_eval,
+    batch_norm_train, dropout, lrn_quirk, max_pool_exact, update_running,
 };
 
 /// Conv (or transposed conv) -> BatchNorm -> ReLU, as `nn.Sequential` at `.0`, `.1`, (`.2` = ReLU).
@@ -21,7 +21,10 @@ struct ConvBnRelu<C> {
 
 impl ConvBnRelu<Conv2d> {
     fn conv3x3(p: &Params, c_in: usize, c_out: usize) -> Result<Self> {
-        Ok(ConvBnRelu { conv: Conv2d::new(&p.pp(0), ConvSpec::same(c_in, c_out, 3))?, bn: BatchNorm::new(&p.pp(1), c_out)? })
+        Ok(ConvBnRelu {
+            conv: Conv2d::new(&p.pp(0), ConvSpec::same(c_in, c_out, 3))?,
+            bn: BatchNorm::new(&p.pp(1), c_out)?,
+        })
     }
 
     fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
@@ -31,7 +34,10 @@ impl ConvBnRelu<Conv2d> {
 
 impl ConvBnRelu<ConvTranspose2d> {
     fn deconv(p: &Params, c_in: usize, c_out: usize) -> Result<Self> {
-        Ok(ConvBnRelu { conv: ConvTranspose2d::new(&p.pp(0), c_in, c_out)?, bn: BatchNorm::new(&p.pp(1), c_out)? })
+        Ok(ConvBnRelu {
+            conv: ConvTranspose2d::new(&p.pp(0), c_in, c_out)?,
+            bn: BatchNorm::new(&p.pp(1), c_out)?,
+        })
     }
 
     fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
@@ -49,7 +55,9 @@ pub(crate) struct EmBranch {
 impl EmBranch {
     pub(crate) fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
         let c_in = cfg.widths().iter().sum();
-        Ok(EmBranch { reduce_dim_em: ConvBnRelu::conv3x3(&p.pp("reduce_dim_em"), c_in, cfg.em_dim)? })
+        Ok(EmBranch {
+            reduce_dim_em: ConvBnRelu::conv3x3(&p.pp("reduce_dim_em"), c_in, cfg.em_dim)?,
+        })
     }
 
     /// # Shapes
@@ -57,7 +65,10 @@ impl EmBranch {
     pub(crate) fn forward(&self, f: &[Tensor; 4], mode: PartMode) -> Result<Tensor> {
         let [f1, f2, f3, f4] = f.clone().map(|t| mode.see(&t));
         // kernel = stride 8, 4, 2 bring S/4, S/8, S/16 down to S/32
-        let x = Tensor::cat(&[max_pool_exact(&f1, 8)?, max_pool_exact(&f2, 4)?, max_pool_exact(&f3, 2)?, f4], 1)?;
+        let x = Tensor::cat(
+            &[max_pool_exact(&f1, 8)?, max_pool_exact(&f2, 4)?, max_pool_exact(&f3, 2)?, f4],
+            1,
+        )?;
         // [B, C1 + C2 + C3 + C4, S/32, S/32]
         let x = self.reduce_dim_em.forward(&lrn_quirk(&x)?, mode)?; // [B, em_dim, S/32, S/32]
         Ok(x.mean((2, 3))?)
@@ -93,7 +104,12 @@ impl AuBranch {
 
     /// # Shapes
     /// f1..f4 -> au_feat [B, 34, au_feat], pred_au [B, 17] (probabilities)
-    pub(crate) fn forward(&self, f: &[Tensor; 4], centres: &CropCentres, mode: PartMode) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn forward(
+        &self,
+        f: &[Tensor; 4],
+        centres: &CropCentres,
+        mode: PartMode,
+    ) -> Result<(Tensor, Tensor)> {
         let [f1, f2, f3, f4] = f.clone().map(|t| mode.see(&t));
         let mut x = f4;
         for (i, skip) in [f3, f2, f1].iter().enumerate() {
@@ -143,15 +159,26 @@ impl Fusion {
 
     /// # Shapes
     /// feature [B, em_dim], au_feat [B, 34, F] -> pred2 [B, classes], au_prob [B, 17]
-    pub(crate) fn forward(&self, feature: &Tensor, au_feat: &Tensor, mode: PartMode) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn forward(
+        &self,
+        feature: &Tensor,
+        au_feat: &Tensor,
+        mode: PartMode,
+    ) -> Result<(Tensor, Tensor)> {
         let (feature, au_feat) = (mode.see(feature), mode.see(au_feat));
         let (b, _, width) = au_feat.dims3()?;
         // quirk: viewed as [B, 2, 17, F] then transposed, so row i = [crop i, crop i + 17].
-        let rows = au_feat.reshape((b, 2, NUM_AUS, width))?.transpose(1, 2)?.reshape((b, NUM_AUS, 2 * width))?;
+        let rows = au_feat.reshape((b, 2, NUM_AUS, width))?.transpose(1, 2)?.reshape((
+            b,
+            NUM_AUS,
+            2 * width,
+        ))?;
         let em = self.em_fc.forward(&dropout(&feature, self.dropout, mode)?, mode)?;
         let em = self.em_bn.forward(&em, mode)?.tanh()?; // [B, Dim]
         let au = self.au_heads(&dropout(&rows, self.dropout, mode)?, mode)?; // [17, B, Dim]
-        let logits = self.attention.forward(&au.broadcast_mul(&em.unsqueeze(0)?)?.reshape((NUM_AUS * b, ()))?, mode)?;
+        let logits = self
+            .attention
+            .forward(&au.broadcast_mul(&em.unsqueeze(0)?)?.reshape((NUM_AUS * b, ()))?, mode)?;
         let logits = logits.relu()?.reshape((NUM_AUS, b))?.t()?; // [B, 17]
         // candle_nn::ops::softmax_last_dim has no backward (see crate::nn): use the composite one.
         let au_prob = candle_nn::ops::softmax(&logits, D::Minus1)?;
@@ -170,14 +197,24 @@ impl Fusion {
         };
         let w = stack(&|i| mode.see(self.au_fc[i].weight()))?; // [17, Dim, 2F]
         let bias = stack(&|i| mode.see(self.au_fc[i].bias()))?.unsqueeze(1)?; // [17, 1, Dim]
-        let x = rows.transpose(0, 1)?.contiguous()?.matmul(&w.transpose(1, 2)?)?.broadcast_add(&bias)?; // [17, B, Dim]
+        let x = rows
+            .transpose(0, 1)?
+            .contiguous()?
+            .matmul(&w.transpose(1, 2)?)?
+            .broadcast_add(&bias)?; // [17, B, Dim]
         let gamma = stack(&|i| mode.see(self.au_bn[i].weight()))?.unsqueeze(1)?;
         let beta = stack(&|i| mode.see(self.au_bn[i].bias()))?.unsqueeze(1)?;
         let y = if mode.train_bn {
             let (y, mean, var) = batch_norm_train(&x, &gamma, &beta, &[1])?;
             for (i, bn) in self.au_bn.iter().enumerate() {
                 let (m, v) = (mean.get(i)?.flatten_all()?, var.get(i)?.flatten_all()?);
-                update_running(bn.running_mean(), bn.running_var(), bn.num_batches_tracked(), &m, &v)?;
+                update_running(
+                    bn.running_mean(),
+                    bn.running_var(),
+                    bn.num_batches_tracked(),
+                    &m,
+                    &v,
+                )?;
             }
             y
         } else {

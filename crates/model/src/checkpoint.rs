@@ -73,7 +73,9 @@ fn dtype_name(d: DType) -> String {
 
 /// Read and check a safetensors header (and that every tensor lies inside the file).
 fn read_header(path: &Path, file: &mut File) -> Result<Header> {
-    let bad = |reason: String| ModelError::bad_file(path, format!("not a valid safetensors file: {reason}"));
+    let bad = |reason: String| {
+        ModelError::bad_file(path, format!("not a valid safetensors file: {reason}"))
+    };
     let io = |e| ModelError::io(path, e);
     let file_len = file.metadata().map_err(io)?.len();
     let mut len = [0u8; 8];
@@ -91,14 +93,17 @@ fn read_header(path: &Path, file: &mut File) -> Result<Header> {
     let mut header = Header { metadata: BTreeMap::new(), entries: BTreeMap::new(), data_start };
     for (key, value) in obj {
         if key == "__metadata__" {
-            let map = value.as_object().ok_or_else(|| bad("`__metadata__` is not an object".into()))?;
+            let map =
+                value.as_object().ok_or_else(|| bad("`__metadata__` is not an object".into()))?;
             for (k, v) in map {
                 let v = v.as_str().ok_or_else(|| bad(format!("metadata `{k}` is not a string")))?;
                 header.metadata.insert(k.clone(), v.to_string());
             }
             continue;
         }
-        let field = |name: &str| value.get(name).ok_or_else(|| bad(format!("tensor `{key}` has no `{name}`")));
+        let field = |name: &str| {
+            value.get(name).ok_or_else(|| bad(format!("tensor `{key}` has no `{name}`")))
+        };
         let dtype_str = field("dtype")?.as_str().unwrap_or("?");
         let dtype = dtype_from_str(dtype_str)
             .ok_or_else(|| bad(format!("tensor `{key}` has unsupported dtype {dtype_str}")))?;
@@ -107,14 +112,17 @@ fn read_header(path: &Path, file: &mut File) -> Result<Header> {
                 .and_then(|a| a.iter().map(|x| x.as_u64()).collect::<Option<Vec<_>>>())
                 .ok_or_else(|| bad(format!("tensor `{key}`: `{what}` is not a list of integers")))
         };
-        let shape: Vec<usize> = ints(field("shape")?, "shape")?.into_iter().map(|d| d as usize).collect();
+        let shape: Vec<usize> =
+            ints(field("shape")?, "shape")?.into_iter().map(|d| d as usize).collect();
         let offsets = ints(field("data_offsets")?, "data_offsets")?;
         let [begin, end] = offsets[..] else {
             return Err(bad(format!("tensor `{key}`: data_offsets must hold 2 numbers")));
         };
         let bytes = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
         if end < begin || end - begin != bytes || data_start + end > file_len {
-            return Err(bad(format!("tensor `{key}`: data_offsets [{begin}, {end}] do not fit {dtype_str} {shape:?}")));
+            return Err(bad(format!(
+                "tensor `{key}`: data_offsets [{begin}, {end}] do not fit {dtype_str} {shape:?}"
+            )));
         }
         header.entries.insert(key.clone(), Entry { dtype, shape, begin, end });
     }
@@ -126,7 +134,13 @@ fn open(path: &Path) -> Result<File> {
 }
 
 /// Read one tensor's bytes from the file.
-fn read_entry(path: &Path, file: &mut File, header: &Header, entry: &Entry, device: &Device) -> Result<Tensor> {
+fn read_entry(
+    path: &Path,
+    file: &mut File,
+    header: &Header,
+    entry: &Entry,
+    device: &Device,
+) -> Result<Tensor> {
     let io = |e| ModelError::io(path, e);
     file.seek(SeekFrom::Start(header.data_start + entry.begin)).map_err(io)?;
     let mut bytes = vec![0u8; (entry.end - entry.begin) as usize];
@@ -207,20 +221,41 @@ fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
 
 /// Save every variable of `varmap` to `path` with `metadata` (plus [`FORMAT_KEY`]), atomically:
 /// a temp file in the same folder is written, fsynced and renamed over `path`.
-pub fn save(varmap: &VarMap, path: impl AsRef<Path>, metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn save(
+    varmap: &VarMap,
+    path: impl AsRef<Path>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let tensors: BTreeMap<String, Tensor> =
+        sorted_vars(varmap).into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect();
+    let mut metadata = metadata.clone();
+    metadata.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
+    write_safetensors(path, &tensors, &metadata)
+}
+
+/// Write f32 / i64 tensors and a metadata map to a safetensors file, atomically (temp file in the
+/// same folder, fsync, rename, fsync of the folder). Tensors may live on any device.
+pub fn write_safetensors(
+    path: impl AsRef<Path>,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let path = path.as_ref();
     let failure = Rc::new(RefCell::new(None));
-    let mut views = Vec::new();
-    for (key, var) in sorted_vars(varmap) {
-        let dtype = match var.dtype() {
+    let mut views = Vec::with_capacity(tensors.len());
+    for (key, tensor) in tensors {
+        let dtype = match tensor.dtype() {
             DType::F32 => safetensors::Dtype::F32,
             DType::I64 => safetensors::Dtype::I64,
-            other => return Err(ModelError::Config(format!("cannot save `{key}`: dtype {other:?} (only F32 and I64)"))),
+            other => {
+                let reason = format!("cannot write `{key}`: dtype {other:?} (only F32 and I64)");
+                return Err(ModelError::bad_file(path, reason));
+            }
         };
-        views.push((key, View { tensor: var.as_tensor().detach(), dtype, failure: failure.clone() }));
+        views.push((key.clone(), View { tensor: tensor.clone(), dtype, failure: failure.clone() }));
     }
-    let mut meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    meta.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
+    let meta: HashMap<String, String> =
+        metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -242,6 +277,13 @@ pub fn save(varmap: &VarMap, path: impl AsRef<Path>, metadata: &BTreeMap<String,
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The dtype and shape of every tensor of a safetensors file, reading only its header.
+pub fn tensor_infos(path: impl AsRef<Path>) -> Result<BTreeMap<String, (DType, Vec<usize>)>> {
+    let path = path.as_ref();
+    let header = read_header(path, &mut open(path)?)?;
+    Ok(header.entries.into_iter().map(|(k, e)| (k, (e.dtype, e.shape))).collect())
 }
 
 /// The first key of a sorted set, and how many more there are.
@@ -278,23 +320,88 @@ pub fn load(varmap: &VarMap, path: impl AsRef<Path>) -> Result<BTreeMap<String, 
     let mut file = open(path)?;
     let header = read_header(path, &mut file)?;
     let vars: BTreeMap<String, Var> = sorted_vars(varmap).into_iter().collect();
-    let missing: BTreeSet<&String> = vars.keys().filter(|k| !header.entries.contains_key(*k)).collect();
-    if let Some((key, more)) = first_and_more(&missing) {
-        return Err(ModelError::MissingKey { path: path.into(), key, more });
-    }
-    let extra: BTreeSet<&String> = header.entries.keys().filter(|k| !vars.contains_key(*k)).collect();
-    if let Some((key, more)) = first_and_more(&extra) {
-        return Err(ModelError::ExtraKey { path: path.into(), key, more });
-    }
-    for (key, entry) in &header.entries {
-        check_entry(path, key, entry, &vars[key])?;
-    }
+    check_key_sets(path, &vars, &header)?;
     for (key, entry) in &header.entries {
         let var = &vars[key];
         var.set(&read_entry(path, &mut file, &header, entry, var.device())?)?;
     }
     tracing::debug!(path = %path.display(), tensors = header.entries.len(), "checkpoint loaded");
     Ok(header.metadata)
+}
+
+/// Read one tensor straight into a new variable (one copy from the file, none through zeros).
+fn read_entry_var(
+    path: &Path,
+    file: &mut File,
+    header: &Header,
+    entry: &Entry,
+    device: &Device,
+) -> Result<Var> {
+    let io = |e| ModelError::io(path, e);
+    file.seek(SeekFrom::Start(header.data_start + entry.begin)).map_err(io)?;
+    let mut bytes = vec![0u8; (entry.end - entry.begin) as usize];
+    file.read_exact(&mut bytes).map_err(io)?;
+    let shape = entry.shape.as_slice();
+    Ok(match entry.dtype {
+        DType::F32 => Var::from_vec(
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            shape,
+            device,
+        )?,
+        DType::I64 => {
+            let v: Vec<i64> = bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                .collect();
+            Var::from_vec(v, shape, device)?
+        }
+        _ => Var::from_tensor(&Tensor::from_raw_buffer(&bytes, entry.dtype, shape, device)?)?,
+    })
+}
+
+/// Build the model of `config` from a checkpoint, strictly (as [`load`]), and return it with the
+/// checkpoint's metadata. Each variable is created from the file's data directly, so this needs
+/// about one copy of the weights in memory (use it for large models; [`load`] writes into an
+/// existing model).
+pub fn load_model(
+    path: impl AsRef<Path>,
+    config: &crate::ModelConfig,
+    device: &Device,
+) -> Result<(crate::AueModel, BTreeMap<String, String>)> {
+    let path = path.as_ref();
+    let mut file = open(path)?;
+    let header = read_header(path, &mut file)?;
+    // The expected state, from a model whose (zero) variables are never touched, so never paged in.
+    let probe = crate::AueModel::new(config, device)?;
+    let vars: BTreeMap<String, Var> = sorted_vars(probe.varmap()).into_iter().collect();
+    check_key_sets(path, &vars, &header)?;
+    drop(probe);
+    let loaded = VarMap::new();
+    for (key, entry) in &header.entries {
+        let var = read_entry_var(path, &mut file, &header, entry, device)?;
+        loaded.data().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), var);
+    }
+    let model = crate::AueModel::with_varmap(&loaded, config, device)?;
+    tracing::debug!(path = %path.display(), tensors = header.entries.len(), "model loaded");
+    Ok((model, header.metadata))
+}
+
+/// The strict checks of [`load`]: same keys, and every shape and dtype equal.
+fn check_key_sets(path: &Path, vars: &BTreeMap<String, Var>, header: &Header) -> Result<()> {
+    let missing: BTreeSet<&String> =
+        vars.keys().filter(|k| !header.entries.contains_key(*k)).collect();
+    if let Some((key, more)) = first_and_more(&missing) {
+        return Err(ModelError::MissingKey { path: path.into(), key, more });
+    }
+    let extra: BTreeSet<&String> =
+        header.entries.keys().filter(|k| !vars.contains_key(*k)).collect();
+    if let Some((key, more)) = first_and_more(&extra) {
+        return Err(ModelError::ExtraKey { path: path.into(), key, more });
+    }
+    for (key, entry) in &header.entries {
+        check_entry(path, key, entry, &vars[key])?;
+    }
+    Ok(())
 }
 
 /// What [`import_torchvision`] did.
@@ -321,8 +428,9 @@ pub fn import_torchvision(varmap: &VarMap, path: impl AsRef<Path>) -> Result<Imp
     let raw: Vec<(String, Tensor)> = if is_safetensors {
         read_safetensors(path, &Device::Cpu)?.1.into_iter().collect()
     } else {
-        candle_core::pickle::read_all(path)
-            .map_err(|e| ModelError::bad_file(path, format!("not a readable PyTorch state dict: {e}")))?
+        candle_core::pickle::read_all(path).map_err(|e| {
+            ModelError::bad_file(path, format!("not a readable PyTorch state dict: {e}"))
+        })?
     };
     let vars: BTreeMap<String, Var> = sorted_vars(varmap)
         .into_iter()

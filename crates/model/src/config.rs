@@ -47,7 +47,8 @@ pub enum Preset {
 
 impl Preset {
     /// All presets, largest first.
-    pub const ALL: [Preset; 4] = [Preset::Resnet101, Preset::Resnet50, Preset::Resnet18, Preset::Tiny];
+    pub const ALL: [Preset; 4] =
+        [Preset::Resnet101, Preset::Resnet50, Preset::Resnet18, Preset::Tiny];
 
     /// The preset's name as written on command lines and in checkpoint metadata.
     pub fn name(self) -> &'static str {
@@ -163,7 +164,7 @@ impl ModelConfig {
     /// Check that the sizes make a valid model.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(ModelError::Config(msg));
-        if self.input_size < 32 || self.input_size % 32 != 0 {
+        if self.input_size < 32 || !self.input_size.is_multiple_of(32) {
             return bad(format!(
                 "input size {} is not a positive multiple of 32 (REFERENCE.md section 8)",
                 self.input_size
@@ -249,7 +250,10 @@ mod tests {
         let tiny = ModelConfig::preset(Preset::Tiny);
         assert_eq!(tiny.widths(), [16, 32, 64, 128]);
         assert_eq!((tiny.grid(), tiny.crop_side(), tiny.centre_range()), (16, 6, (3, 13)));
-        assert_eq!((tiny.em_dim, tiny.fuse_dim, tiny.au_feat, tiny.crop_channels), (64, 32, 16, 16));
+        assert_eq!(
+            (tiny.em_dim, tiny.fuse_dim, tiny.au_feat, tiny.crop_channels),
+            (64, 32, 16, 16)
+        );
         let r18_64 = r18.with_input_size(64).unwrap();
         assert_eq!(r18_64.crop_side(), 6);
     }

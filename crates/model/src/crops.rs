@@ -51,7 +51,9 @@ impl CropCentres {
                     if !ok(x) || !ok(y) {
                         return Err(ModelError::input(
                             "au_loc",
-                            format!("sample {n}, AU index {i}: centre ({x}, {y}) is outside the grid [0, {grid}]"),
+                            format!(
+                                "sample {n}, AU index {i}: centre ({x}, {y}) is outside the grid [0, {grid}]"
+                            ),
                         ));
                     }
                     xy.push((x as usize, y as usize));
@@ -90,8 +92,13 @@ impl CropCentres {
                 for ky in 0..3 {
                     for kx in 0..3 {
                         let (yy, xx) = ((py + ky) as isize - 1, (px + kx) as isize - 1);
-                        let inside = (0..side as isize).contains(&yy) && (0..side as isize).contains(&xx);
-                        offset.push(if inside { (yy as usize * gp + xx as usize) as u32 } else { 0 });
+                        let inside =
+                            (0..side as isize).contains(&yy) && (0..side as isize).contains(&xx);
+                        offset.push(if inside {
+                            (yy as usize * gp + xx as usize) as u32
+                        } else {
+                            0
+                        });
                         valid.push(u32::from(inside));
                     }
                 }
@@ -144,12 +151,22 @@ impl CropNets {
     ///
     /// # Shapes
     /// m [B, C, G, G] -> au_feat [B, 34, F] (crop order k = 2i + c)
-    pub(crate) fn forward(&self, m: &Tensor, centres: &CropCentres, mode: PartMode) -> Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        m: &Tensor,
+        centres: &CropCentres,
+        mode: PartMode,
+    ) -> Result<Tensor> {
         let (b, c, g, _) = m.dims4()?;
         if b != centres.batch() || g != self.grid {
             return Err(ModelError::input(
                 "au_loc",
-                format!("{} samples for a map of shape {:?} (grid {})", centres.batch(), m.dims(), self.grid),
+                format!(
+                    "{} samples for a map of shape {:?} (grid {})",
+                    centres.batch(),
+                    m.dims(),
+                    self.grid
+                ),
             ));
         }
         let (l, h) = (self.side, self.side / 2);
@@ -159,7 +176,11 @@ impl CropNets {
             Ok(Tensor::stack(&seen, 0)?)
         };
         // [b, gp, gp, c] -> rows [b * gp * gp, c]
-        let padded = m.permute((0, 2, 3, 1))?.contiguous()?.pad_with_zeros(1, h, h)?.pad_with_zeros(2, h, h)?;
+        let padded = m
+            .permute((0, 2, 3, 1))?
+            .contiguous()?
+            .pad_with_zeros(1, h, h)?
+            .pad_with_zeros(2, h, h)?;
         let rows = padded.reshape((b * gp * gp, c))?;
         let ids = centres.im2col_rows(g, l, m.device())?;
         let cols = rows.index_select(&ids, 0)?.reshape((NUM_CROPS, b * l * l, 9 * c))?;
@@ -168,7 +189,11 @@ impl CropNets {
         let b1 = stack(&self.conv_b)?.unsqueeze(1)?; // [34, 1, c]
         let h1 = cols.matmul(&w1)?.broadcast_add(&b1)?.relu()?; // [34, b * l * l, c]
         // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
-        let h1 = h1.reshape((NUM_CROPS, b, l * l, c))?.transpose(2, 3)?.reshape((NUM_CROPS, b, c * l * l))?;
+        let h1 = h1.reshape((NUM_CROPS, b, l * l, c))?.transpose(2, 3)?.reshape((
+            NUM_CROPS,
+            b,
+            c * l * l,
+        ))?;
         // Crop_Net_2: [34, b, c l^2] x [34, c l^2, F]
         let w2 = stack(&self.fc_w)?; // [34, F, c l^2]
         let b2 = stack(&self.fc_b)?.unsqueeze(1)?; // [34, 1, F]
@@ -194,7 +219,10 @@ mod tests {
         for ch in 0..c {
             for py in 0..l {
                 for px in 0..l {
-                    let (yy, xx) = (y as isize - (l / 2) as isize + py as isize, x as isize - (l / 2) as isize + px as isize);
+                    let (yy, xx) = (
+                        y as isize - (l / 2) as isize + py as isize,
+                        x as isize - (l / 2) as isize + px as isize,
+                    );
                     if yy >= 0 && xx >= 0 && (yy as usize) < g && (xx as usize) < g {
                         out[(ch * l + py) * l + px] = m[(ch * g + yy as usize) * g + xx as usize];
                     }
@@ -214,7 +242,8 @@ mod tests {
                     for i in 0..c {
                         for ky in 0..3 {
                             for kx in 0..3 {
-                                let (yy, xx) = (py as isize + ky as isize - 1, px as isize + kx as isize - 1);
+                                let (yy, xx) =
+                                    (py as isize + ky as isize - 1, px as isize + kx as isize - 1);
                                 if yy >= 0 && xx >= 0 && (yy as usize) < l && (xx as usize) < l {
                                     acc += w[((o * c + i) * 3 + ky) * 3 + kx] as f64
                                         * x[(i * l + yy as usize) * l + xx as usize] as f64;
@@ -249,7 +278,8 @@ mod tests {
         let (_map, nets) = random_nets(&cfg);
         let batch = 2;
         // Centres in [0, G], some windows leaving the map (zero fill) and some at the corners.
-        let mut loc: Vec<i64> = (0..batch * NUM_AUS * 4).map(|i| ((i * 7 + 3) % (g + 1)) as i64).collect();
+        let mut loc: Vec<i64> =
+            (0..batch * NUM_AUS * 4).map(|i| ((i * 7 + 3) % (g + 1)) as i64).collect();
         loc[0] = 0;
         loc[1] = g as i64;
         let m = Tensor::randn(0f32, 1., (batch, c, g, g), &Device::Cpu).unwrap();
@@ -269,10 +299,16 @@ mod tests {
                 let (w2, b2) = (v(&nets.fc_w[k]), v(&nets.fc_b[k]));
                 for o in 0..f {
                     let acc: f64 = b2[o] as f64
-                        + h1.iter().enumerate().map(|(j, h)| w2[o * h1.len() + j] as f64 * *h as f64).sum::<f64>();
+                        + h1.iter()
+                            .enumerate()
+                            .map(|(j, h)| w2[o * h1.len() + j] as f64 * *h as f64)
+                            .sum::<f64>();
                     let expect = acc.max(0.0);
                     let g_ = got[(n * NUM_CROPS + k) * f + o] as f64;
-                    assert!((g_ - expect).abs() < 1e-4 * (1.0 + expect.abs()), "n {n} k {k} o {o}: {g_} vs {expect}");
+                    assert!(
+                        (g_ - expect).abs() < 1e-4 * (1.0 + expect.abs()),
+                        "n {n} k {k} o {o}: {g_} vs {expect}"
+                    );
                 }
             }
         }
@@ -290,10 +326,26 @@ mod tests {
             for k in 0..NUM_CROPS {
                 let at = (n * NUM_AUS + k / 2) * 4 + 2 * (k % 2);
                 let (x, y) = (loc[at] as usize, loc[at + 1] as usize);
-                let crop = padded.narrow(0, n, 1).unwrap().narrow(2, y, l).unwrap().narrow(3, x, l).unwrap();
+                let crop = padded
+                    .narrow(0, n, 1)
+                    .unwrap()
+                    .narrow(2, y, l)
+                    .unwrap()
+                    .narrow(3, x, l)
+                    .unwrap();
                 let c1 = crop.conv2d(&nets.conv_w[k], 1, 1, 1, 1).unwrap();
-                let c1 = c1.broadcast_add(&nets.conv_b[k].reshape((1, (), 1, 1)).unwrap()).unwrap().relu().unwrap();
-                let f = c1.flatten_all().unwrap().unsqueeze(0).unwrap().matmul(&nets.fc_w[k].t().unwrap()).unwrap();
+                let c1 = c1
+                    .broadcast_add(&nets.conv_b[k].reshape((1, (), 1, 1)).unwrap())
+                    .unwrap()
+                    .relu()
+                    .unwrap();
+                let f = c1
+                    .flatten_all()
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap()
+                    .matmul(&nets.fc_w[k].t().unwrap())
+                    .unwrap();
                 feats.push(f.broadcast_add(&nets.fc_b[k]).unwrap().relu().unwrap());
             }
             rows.push(Tensor::cat(&feats, 0).unwrap());
@@ -304,7 +356,8 @@ mod tests {
     #[test]
     fn batched_crop_net_gradients_match_the_per_crop_loop() {
         // Reference-sized channels (64) on a small grid.
-        let mut cfg = ModelConfig::preset(crate::config::Preset::Resnet18).with_dropout(0.0).unwrap();
+        let mut cfg =
+            ModelConfig::preset(crate::config::Preset::Resnet18).with_dropout(0.0).unwrap();
         cfg = cfg.with_input_size(64).unwrap();
         cfg.au_feat = 8;
         let (c, g) = (cfg.crop_channels, cfg.grid());
@@ -317,17 +370,37 @@ mod tests {
         let ours = nets.forward(&m, &centres, PartMode::TRAIN).unwrap();
         let reference = per_crop_loop(&nets, &m, &loc);
         let close = |a: &Tensor, b: &Tensor, what: &str| {
-            let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            let d = (a - b)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt();
             let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
             assert!(d <= 1e-5 * n, "{what}: relative error {}", d / n);
         };
         close(&ours, &reference, "outputs");
         let g_ours = ours.mul(&coef).unwrap().sum_all().unwrap().backward().unwrap();
         let g_ref = reference.mul(&coef).unwrap().sum_all().unwrap().backward().unwrap();
-        close(g_ours.get(m.as_tensor()).unwrap(), g_ref.get(m.as_tensor()).unwrap(), "gradient wrt M");
+        close(
+            g_ours.get(m.as_tensor()).unwrap(),
+            g_ref.get(m.as_tensor()).unwrap(),
+            "gradient wrt M",
+        );
         for k in [0, 7, 33] {
-            close(g_ours.get(&nets.conv_w[k]).unwrap(), g_ref.get(&nets.conv_w[k]).unwrap(), "Crop_Net_1 weight");
-            close(g_ours.get(&nets.fc_w[k]).unwrap(), g_ref.get(&nets.fc_w[k]).unwrap(), "Crop_Net_2 weight");
+            close(
+                g_ours.get(&nets.conv_w[k]).unwrap(),
+                g_ref.get(&nets.conv_w[k]).unwrap(),
+                "Crop_Net_1 weight",
+            );
+            close(
+                g_ours.get(&nets.fc_w[k]).unwrap(),
+                g_ref.get(&nets.fc_w[k]).unwrap(),
+                "Crop_Net_2 weight",
+            );
         }
     }
 
@@ -345,7 +418,15 @@ mod tests {
         let gm = grads.get(m.as_tensor()).unwrap();
         // Only the top-left L/2 x L/2 block of M is inside the windows: the rest gets no gradient.
         let h = cfg.crop_side() / 2;
-        let outside = gm.narrow(2, h, g - h).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let outside = gm
+            .narrow(2, h, g - h)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(outside, 0.0);
         // And every crop net variable receives a gradient.
         for t in nets.conv_w.iter().chain(&nets.fc_w) {

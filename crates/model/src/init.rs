@@ -61,7 +61,11 @@ fn role(key: &str, shape: &[usize], bn_layers: &BTreeSet<String>) -> Result<Role
         "bias" if is_bn => Role::BnBias,
         "weight" if shape.len() >= 2 => Role::Weight,
         "bias" => Role::Bias,
-        _ => return Err(ModelError::Config(format!("no initialisation rule for `{key}` of shape {shape:?}"))),
+        _ => {
+            return Err(ModelError::Config(format!(
+                "no initialisation rule for `{key}` of shape {shape:?}"
+            )));
+        }
     })
 }
 
@@ -70,7 +74,10 @@ fn entries(varmap: &VarMap) -> (Vec<(String, Var)>, BTreeSet<String>) {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let bn = vars.iter().filter_map(|(k, _)| k.strip_suffix(".running_mean").map(str::to_string)).collect();
+    let bn = vars
+        .iter()
+        .filter_map(|(k, _)| k.strip_suffix(".running_mean").map(str::to_string))
+        .collect();
     (vars, bn)
 }
 
@@ -110,7 +117,9 @@ pub fn fill_parity(varmap: &VarMap) -> Result<()> {
         let u = (0..n as u64).map(|i| parity_uniform(h, i));
         let values: Vec<f64> = match role {
             Role::PriorTable => u.zip(&table).map(|(u, t)| t + 0.2 * (2.0 * u - 1.0)).collect(),
-            Role::RunningMean | Role::Bias | Role::BnBias => u.map(|u| 0.1 * (2.0 * u - 1.0)).collect(),
+            Role::RunningMean | Role::Bias | Role::BnBias => {
+                u.map(|u| 0.1 * (2.0 * u - 1.0)).collect()
+            }
             Role::RunningVar => u.map(|u| 1.0 + 0.5 * u).collect(),
             Role::BnWeight => u.map(|u| 1.0 + 0.1 * (2.0 * u - 1.0)).collect(),
             Role::Weight => {
@@ -162,7 +171,9 @@ pub fn init_default(varmap: &VarMap, seed: u64) -> Result<()> {
         let shape = var.dims().to_vec();
         let n = var.elem_count();
         let mut rng = KeyStream::new(seed, key);
-        let mut uniform = |bound: f64| -> Vec<f64> { (0..n).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect() };
+        let mut uniform = |bound: f64| -> Vec<f64> {
+            (0..n).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect()
+        };
         let values = match role(key, &shape, &bn)? {
             Role::BatchesTracked => {
                 set_i64_zero(var)?;
@@ -170,7 +181,9 @@ pub fn init_default(varmap: &VarMap, seed: u64) -> Result<()> {
             }
             Role::RunningMean | Role::BnBias => vec![0.0; n],
             Role::RunningVar | Role::BnWeight => vec![1.0; n],
-            Role::PriorTable => prior_table_init().iter().flatten().map(|&v| f64::from(v)).collect(),
+            Role::PriorTable => {
+                prior_table_init().iter().flatten().map(|&v| f64::from(v)).collect()
+            }
             Role::Weight if key.starts_with("backbone.") && shape.len() == 4 => {
                 let std = (2.0 / (shape[0] * shape[2] * shape[3]) as f64).sqrt();
                 (0..n).map(|_| std * rng.normal()).collect()
@@ -223,7 +236,9 @@ mod tests {
         assert_eq!(bits("backbone.bn1.running_var"), [0x3facf379, 0x3fa9afef, 0x3f9148d4]);
         assert_eq!(bits("pred_em.bias"), [0x3d37ee16, 0xbdac3a68, 0xbc84a046]);
         assert_eq!(bits("PriorKnowledgeTable"), [0x3f890db2, 0x3f948f64, 0x3e766efe]);
-        let nbt = map.data().lock().unwrap()["backbone.bn1.num_batches_tracked"].to_scalar::<i64>().unwrap();
+        let nbt = map.data().lock().unwrap()["backbone.bn1.num_batches_tracked"]
+            .to_scalar::<i64>()
+            .unwrap();
         assert_eq!(nbt, 0);
     }
 
@@ -232,7 +247,14 @@ mod tests {
         let map = VarMap::new();
         AueModel::with_varmap(&map, &ModelConfig::preset(Preset::Tiny), &Device::Cpu).unwrap();
         init_default(&map, 7).unwrap();
-        let get = |k: &str| map.data().lock().unwrap()[k].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let get = |k: &str| {
+            map.data().lock().unwrap()[k]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         // Backbone conv: kaiming normal, fan_out = 16 * 7 * 7.
         let w = get("backbone.conv1.weight");
         let std = (w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
@@ -246,7 +268,10 @@ mod tests {
         // ConvTranspose2d [in, out, 4, 4]: PyTorch's fan_in is out * 16.
         let d = get("deconv_layer1.0.weight");
         let bound = 1.0 / (64.0 * 16.0f64).sqrt();
-        assert!(d.iter().all(|v| (*v as f64).abs() <= bound) && d.iter().any(|v| (*v as f64).abs() > 0.9 * bound));
+        assert!(
+            d.iter().all(|v| (*v as f64).abs() <= bound)
+                && d.iter().any(|v| (*v as f64).abs() > 0.9 * bound)
+        );
         assert!(get("backbone.layer1.0.bn1.weight").iter().all(|&v| v == 1.0));
         assert!(get("reduce_dim_em.1.running_var").iter().all(|&v| v == 1.0));
         assert_eq!(get("PriorKnowledgeTable")[0], 1.0);
@@ -254,10 +279,18 @@ mod tests {
         let again = VarMap::new();
         AueModel::with_varmap(&again, &ModelConfig::preset(Preset::Tiny), &Device::Cpu).unwrap();
         init_default(&again, 7).unwrap();
-        let w2 = again.data().lock().unwrap()["backbone.conv1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w2 = again.data().lock().unwrap()["backbone.conv1.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(w, w2);
         init_default(&again, 8).unwrap();
-        let w3 = again.data().lock().unwrap()["backbone.conv1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w3 = again.data().lock().unwrap()["backbone.conv1.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_ne!(w, w3);
     }
 }

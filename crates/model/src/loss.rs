@@ -77,7 +77,9 @@ impl AuKnowledge {
     pub fn table_loss(&self) -> Result<Tensor> {
         let [a, b, c] = &self.masks;
         let t = &self.table;
-        let l = ((a * (t - 0.875)?.abs()?)? + (b * (t - 0.625)?.abs()?)? + (c * (t - 0.125)?.abs()?)?)?;
+        let l = ((a * (t - 0.875)?.abs()?)?
+            + (b * (t - 0.625)?.abs()?)?
+            + (c * (t - 0.125)?.abs()?)?)?;
         Ok(l.mean_all()?)
     }
 
@@ -88,7 +90,10 @@ impl AuKnowledge {
     pub fn eiau_loss(&self, p: &Tensor) -> Result<Tensor> {
         let (batch, aus) = p.dims2()?;
         if aus != NUM_AUS {
-            return Err(ModelError::input("au probabilities", format!("shape {:?}, expected [B, 17]", p.dims())));
+            return Err(ModelError::input(
+                "au probabilities",
+                format!("shape {:?}, expected [B, 17]", p.dims()),
+            ));
         }
         let inv_b = 1.0 / batch as f64;
         let on = p.ge(0.5)?.to_dtype(p.dtype())?; // [B, 17], constant
@@ -161,7 +166,12 @@ pub fn wmse(p: &Tensor, t: &Tensor) -> Result<Tensor> {
 ///
 /// # Shapes
 /// outputs of [`crate::AueModel::forward`] (those the stage needs), labels i64 [B] -> []
-pub fn stage_loss(stage: Stage, outputs: &Outputs, labels: &Tensor, knowledge: &AuKnowledge) -> Result<Tensor> {
+pub fn stage_loss(
+    stage: Stage,
+    outputs: &Outputs,
+    labels: &Tensor,
+    knowledge: &AuKnowledge,
+) -> Result<Tensor> {
     match stage {
         Stage::Em => cross_entropy(outputs.pred_em()?, labels),
         Stage::Au => {
@@ -171,7 +181,8 @@ pub fn stage_loss(stage: Stage, outputs: &Outputs, labels: &Tensor, knowledge: &
             Ok((wmse(p, &target)? + eiau + knowledge.table_loss()?)?)
         }
         Stage::Fuse => {
-            let ce = (cross_entropy(outputs.pred_em()?, labels)? + cross_entropy(outputs.pred2()?, labels)?)?;
+            let ce = (cross_entropy(outputs.pred_em()?, labels)?
+                + cross_entropy(outputs.pred2()?, labels)?)?;
             Ok((ce + (knowledge.eiau_loss(outputs.au_prob()?)? * 0.05)?)?)
         }
     }
@@ -204,10 +215,15 @@ mod tests {
     fn eiau_loop(p: &[f32], batch: usize) -> f64 {
         let at = |b: usize, i: usize| p[b * NUM_AUS + i] as f64;
         let bf = batch as f64;
-        let p1 = |i| (0..batch).map(|b| if at(b, i) >= 0.5 { at(b, i) } else { 0.0 }).sum::<f64>() / bf;
-        let p0 = |i| (0..batch).map(|b| if at(b, i) < 0.5 { at(b, i) } else { 0.0 }).sum::<f64>() / bf;
+        let p1 =
+            |i| (0..batch).map(|b| if at(b, i) >= 0.5 { at(b, i) } else { 0.0 }).sum::<f64>() / bf;
+        let p0 =
+            |i| (0..batch).map(|b| if at(b, i) < 0.5 { at(b, i) } else { 0.0 }).sum::<f64>() / bf;
         let p11 = |i, j| {
-            (0..batch).map(|b| if at(b, i) >= 0.5 && at(b, j) >= 0.5 { at(b, i) * at(b, j) } else { 0.0 }).sum::<f64>() / bf
+            (0..batch)
+                .map(|b| if at(b, i) >= 0.5 && at(b, j) >= 0.5 { at(b, i) * at(b, j) } else { 0.0 })
+                .sum::<f64>()
+                / bf
         };
         let (pos, neg) = eiau_pairs();
         let r = |x: f64| x.max(0.0);
@@ -232,8 +248,19 @@ mod tests {
         let loss = k.eiau_loss(&p).unwrap();
         let expect = eiau_loop(&pv, batch);
         assert!(expect > 0.0);
-        assert!((loss.to_scalar::<f32>().unwrap() as f64 - expect).abs() < 1e-6, "{loss} vs {expect}");
-        let g = loss.backward().unwrap().get(p.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            (loss.to_scalar::<f32>().unwrap() as f64 - expect).abs() < 1e-6,
+            "{loss} vs {expect}"
+        );
+        let g = loss
+            .backward()
+            .unwrap()
+            .get(p.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for i in 0..pv.len() {
             let bump = |d: f64| {
                 let mut q = pv.clone();
@@ -263,18 +290,20 @@ mod tests {
             PriorLevel::Weak => ((0.5, 0.75), 0.625),
             PriorLevel::Absent => ((0.0, 0.25), 0.125),
         };
-        let mut expect = 0.0;
-        for e in 0..NUM_BASIC {
-            for a in 0..NUM_AUS {
-                expect += (t[e][a] - level(e, a).1).abs();
-            }
-        }
-        expect /= (NUM_BASIC * NUM_AUS) as f64;
+        let sum: f64 = t
+            .iter()
+            .enumerate()
+            .flat_map(|(e, row)| {
+                row.iter().enumerate().map(move |(a, v)| (v - level(e, a).1).abs())
+            })
+            .sum();
+        let expect = sum / (NUM_BASIC * NUM_AUS) as f64;
         let got = k.table_loss().unwrap().to_scalar::<f32>().unwrap() as f64;
         assert!((got - expect).abs() < 1e-6, "{got} vs {expect}");
 
         let labels = Tensor::new(&[3i64, 0, 6, 3], &Device::Cpu).unwrap();
-        let target = k.au_target(&labels).unwrap().to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+        let target =
+            k.au_target(&labels).unwrap().to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
         for (row, &e) in target.iter().zip(&[3usize, 0, 6, 3]) {
             for a in 0..NUM_AUS {
                 let ((lo, hi), _) = level(e, a);
@@ -310,6 +339,11 @@ mod tests {
         let expect = ((lse([1.0, 2.0, 0.5]) - 2.0) + (lse([0.0, -1.0, 3.0]) - 3.0)) / 2.0;
         assert!((got - expect).abs() < 1e-6);
         let short = Tensor::new(&[1i64], &Device::Cpu).unwrap();
-        assert!(cross_entropy(&logits, &short).unwrap_err().to_string().contains("1 labels for 2 samples"));
+        assert!(
+            cross_entropy(&logits, &short)
+                .unwrap_err()
+                .to_string()
+                .contains("1 labels for 2 samples")
+        );
     }
 }

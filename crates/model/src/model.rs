@@ -90,13 +90,21 @@ pub fn trainable_prefixes(stage: Stage) -> &'static [&'static str] {
             "pred_au.",
             "PriorKnowledgeTable",
         ],
-        Stage::Fuse => &["fc_em_fuse_3.", "fc_au_fuse_3.", "fc_attention_fuse_3.", "pred_em_fuse_3.", "pred_em."],
+        Stage::Fuse => &[
+            "fc_em_fuse_3.",
+            "fc_au_fuse_3.",
+            "fc_attention_fuse_3.",
+            "pred_em_fuse_3.",
+            "pred_em.",
+        ],
     }
 }
 
 /// Whether `key` names a BatchNorm buffer (running statistics or the batch counter).
 pub fn is_bn_buffer(key: &str) -> bool {
-    ["running_mean", "running_var", "num_batches_tracked"].iter().any(|b| key.rsplit('.').next() == Some(b))
+    ["running_mean", "running_var", "num_batches_tracked"]
+        .iter()
+        .any(|b| key.rsplit('.').next() == Some(b))
 }
 
 /// Whether stage `stage` trains the variable `key` (a trainable prefix matches, not a BN buffer).
@@ -162,7 +170,14 @@ impl ForwardOptions {
     /// Inference: every part in eval mode without gradient, every output.
     pub fn eval() -> Self {
         let e = PartMode::EVAL;
-        ForwardOptions { backbone: e, em_reduce: e, em_head: e, au_branch: e, fusion: e, outputs: OutputSet::ALL }
+        ForwardOptions {
+            backbone: e,
+            em_reduce: e,
+            em_head: e,
+            au_branch: e,
+            fusion: e,
+            outputs: OutputSet::ALL,
+        }
     }
 
     /// The reference's modes while training `stage` (section 4), quirks included:
@@ -207,7 +222,13 @@ impl ForwardOptions {
     /// Every part without gradient switched to eval mode (BN running statistics, no dropout): the
     /// behaviour one would expect of frozen parts, instead of the reference's.
     pub fn frozen_eval(mut self) -> Self {
-        for part in [&mut self.backbone, &mut self.em_reduce, &mut self.em_head, &mut self.au_branch, &mut self.fusion] {
+        for part in [
+            &mut self.backbone,
+            &mut self.em_reduce,
+            &mut self.em_head,
+            &mut self.au_branch,
+            &mut self.fusion,
+        ] {
             if !part.grad {
                 *part = PartMode::EVAL;
             }
@@ -277,10 +298,17 @@ impl AueModel {
 
     /// [`AueModel::with_varmap`] with parameters of another float dtype. The model and its
     /// checkpoints are f32; F64 serves precision checks (the parity tests' float64 gradients).
-    pub fn with_dtype(varmap: &VarMap, config: &ModelConfig, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn with_dtype(
+        varmap: &VarMap,
+        config: &ModelConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate()?;
         if !dtype.is_float() {
-            return Err(ModelError::Config(format!("parameters must be a float dtype, got {dtype:?}")));
+            return Err(ModelError::Config(format!(
+                "parameters must be a float dtype, got {dtype:?}"
+            )));
         }
         let p = Params::new(varmap, device, dtype);
         Ok(AueModel {
@@ -329,13 +357,23 @@ impl AueModel {
     /// images f32 [B, 3, S, S] (the model's dtype; S = config.input_size, ImageNet-normalised), au_loc i64 [B, 17, 4]
     /// (needed for AU and fusion outputs) -> [`Outputs`]: feature [B, em_dim], pred_em [B, K],
     /// au_feat [B, 34, au_feat], pred_au [B, 17], pred2 [B, K], au_prob [B, 17]
-    pub fn forward(&self, images: &Tensor, au_loc: Option<&Tensor>, opts: &ForwardOptions) -> Result<Outputs> {
+    pub fn forward(
+        &self,
+        images: &Tensor,
+        au_loc: Option<&Tensor>,
+        opts: &ForwardOptions,
+    ) -> Result<Outputs> {
         let s = self.config.input_size;
         let dims = images.dims();
         if images.dtype() != self.dtype || dims.len() != 4 || dims[1..] != [3, s, s] {
             return Err(ModelError::input(
                 "images",
-                format!("expected {:?} [B, 3, {s}, {s}], got {:?} {:?}", self.dtype, images.dtype(), dims),
+                format!(
+                    "expected {:?} [B, 3, {s}, {s}], got {:?} {:?}",
+                    self.dtype,
+                    images.dtype(),
+                    dims
+                ),
             ));
         }
         let want = opts.outputs;
@@ -348,11 +386,16 @@ impl AueModel {
             (true, Some(loc)) => {
                 let c = CropCentres::new(loc, self.config.grid())?;
                 if c.batch() != dims[0] {
-                    return Err(ModelError::input("au_loc", format!("{} samples for {} images", c.batch(), dims[0])));
+                    return Err(ModelError::input(
+                        "au_loc",
+                        format!("{} samples for {} images", c.batch(), dims[0]),
+                    ));
                 }
                 Some(c)
             }
-            (true, None) => return Err(ModelError::input("au_loc", "needed for the AU and fusion outputs")),
+            (true, None) => {
+                return Err(ModelError::input("au_loc", "needed for the AU and fusion outputs"));
+            }
             (false, _) => None,
         };
         let f = self.backbone.forward(images, opts.backbone)?;
@@ -367,7 +410,8 @@ impl AueModel {
             out.pred_au = Some(pred_au);
         }
         if want.fusion {
-            let (pred2, au_prob) = self.fusion.forward(out.feature()?, out.au_feat()?, opts.fusion)?;
+            let (pred2, au_prob) =
+                self.fusion.forward(out.feature()?, out.au_feat()?, opts.fusion)?;
             out.pred2 = Some(pred2);
             out.au_prob = Some(au_prob);
         }
@@ -390,8 +434,11 @@ mod tests {
         let mut expect = BTreeMap::new();
         for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let cols: Vec<&str> = line.split('\t').collect();
-            let shape: Vec<usize> =
-                if cols[2] == "scalar" { vec![] } else { cols[2].split('x').map(|d| d.parse().unwrap()).collect() };
+            let shape: Vec<usize> = if cols[2] == "scalar" {
+                vec![]
+            } else {
+                cols[2].split('x').map(|d| d.parse().unwrap()).collect()
+            };
             expect.insert(cols[0].to_string(), (cols[1].to_string(), shape));
         }
         assert_eq!(expect.len(), 939);
@@ -449,7 +496,13 @@ mod tests {
         let err = model.forward(&images, None, &ForwardOptions::eval()).unwrap_err().to_string();
         assert!(err.contains("au_loc"), "{err}");
         let wrong = Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
-        assert!(model.forward(&wrong, None, &ForwardOptions::eval()).unwrap_err().to_string().contains("images"));
+        assert!(
+            model
+                .forward(&wrong, None, &ForwardOptions::eval())
+                .unwrap_err()
+                .to_string()
+                .contains("images")
+        );
     }
 
     fn bn_tracked(model: &AueModel, key: &str) -> i64 {
@@ -476,7 +529,10 @@ mod tests {
             drop(data);
             // quirk: stage 2 updates the frozen backbone's BN statistics, stage 3 the frozen AU
             // branch's but not the backbone's.
-            let (backbone, au) = (bn_tracked(&model, "backbone.bn1.num_batches_tracked"), bn_tracked(&model, "deconv_layer1.1.num_batches_tracked"));
+            let (backbone, au) = (
+                bn_tracked(&model, "backbone.bn1.num_batches_tracked"),
+                bn_tracked(&model, "deconv_layer1.1.num_batches_tracked"),
+            );
             let expect = match stage {
                 Stage::Em => (1, 0),
                 Stage::Au => (1, 1),

@@ -123,7 +123,12 @@ impl Params {
 ///
 /// # Shapes
 /// x [B, C_in, H, W], weight [C_out, C_in, k, k] -> [B, C_out, H', W']
-pub fn conv2d_forward(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+pub fn conv2d_forward(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     Ok(x.conv2d(weight, padding, stride, 1, 1)?)
 }
 
@@ -336,7 +341,10 @@ pub(crate) fn batch_norm_train(
     if n < 2 {
         return Err(ModelError::input(
             "batch",
-            format!("BatchNorm in train mode needs more than 1 value per channel, got shape {:?}", x.dims()),
+            format!(
+                "BatchNorm in train mode needs more than 1 value per channel, got shape {:?}",
+                x.dims()
+            ),
         ));
     }
     let mean = x.mean_keepdim(reduce)?;
@@ -553,7 +561,8 @@ mod tests {
     fn candle_softmax_last_dim_still_drops_its_gradient() {
         let x = Var::new(&[[0.1f32, 0.7, -0.3]], &Device::Cpu).unwrap();
         let w = Tensor::new(&[[1f32, 2., 3.]], &Device::Cpu).unwrap();
-        let loss = candle_nn::ops::softmax_last_dim(&x).unwrap().mul(&w).unwrap().sum_all().unwrap();
+        let loss =
+            candle_nn::ops::softmax_last_dim(&x).unwrap().mul(&w).unwrap().sum_all().unwrap();
         assert!(grad_of(&x, &loss).is_none());
         // The composite softmax has the analytic gradient s_i (w_i - sum_j s_j w_j).
         let s = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
@@ -615,11 +624,20 @@ mod tests {
         let (w, b) = ([1.5f64, 0.5, 2.0], [0.1f64, -0.2, 0.3]);
         let (rm0, rv0) = ([0.5f64, -1.0, 0.0], [2.0f64, 0.5, 1.0]);
         let vals = |c: usize| -> Vec<f64> {
-            (0..4).flat_map(|n| (0..4).map(move |p| (n, p))).map(|(n, p)| xs[(n * 3 + c) * 4 + p] as f64).collect()
+            (0..4)
+                .flat_map(|n| (0..4).map(move |p| (n, p)))
+                .map(|(n, p)| xs[(n * 3 + c) * 4 + p] as f64)
+                .collect()
         };
 
         // Eval mode: running statistics, nothing updated.
-        let y = bn.forward(&x, PartMode::EVAL).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = bn
+            .forward(&x, PartMode::EVAL)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for c in 0..3 {
             for (i, v) in vals(c).into_iter().enumerate() {
                 let (n, p) = (i / 4, i % 4);
@@ -630,7 +648,13 @@ mod tests {
         assert_eq!(bn.num_batches_tracked.to_scalar::<i64>().unwrap(), 0);
 
         // Train mode: batch statistics (biased), running update with the unbiased variance.
-        let y = bn.forward(&x, PartMode::TRAIN).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = bn
+            .forward(&x, PartMode::TRAIN)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let rm = bn.running_mean.to_vec1::<f32>().unwrap();
         let rv = bn.running_var.to_vec1::<f32>().unwrap();
         for c in 0..3 {
@@ -653,11 +677,20 @@ mod tests {
         let map = VarMap::new();
         let p = Params::new(&map, &Device::Cpu, DType::F32).pp("bn");
         let bn = BatchNorm::new(&p, 2).unwrap();
-        map.data().lock().unwrap()["bn.weight"].set(&Tensor::new(&[1.3f32, 0.7], &Device::Cpu).unwrap()).unwrap();
+        map.data().lock().unwrap()["bn.weight"]
+            .set(&Tensor::new(&[1.3f32, 0.7], &Device::Cpu).unwrap())
+            .unwrap();
         let x = Var::randn(0f32, 1., (3, 2, 2, 1), &Device::Cpu).unwrap();
         let coef = Tensor::randn(0f32, 1., (3, 2, 2, 1), &Device::Cpu).unwrap();
-        let f = |x: &Tensor| bn.forward(x, PartMode::TRAIN).unwrap().mul(&coef).unwrap().sum_all().unwrap();
-        let g = grad_of(&x, &f(x.as_tensor())).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let f = |x: &Tensor| {
+            bn.forward(x, PartMode::TRAIN).unwrap().mul(&coef).unwrap().sum_all().unwrap()
+        };
+        let g = grad_of(&x, &f(x.as_tensor()))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let x64 = x.as_tensor().to_dtype(DType::F64).unwrap();
         let coef64 = coef.to_dtype(DType::F64).unwrap();
         let w64 = Tensor::new(&[1.3f64, 0.7], &Device::Cpu).unwrap().reshape((1, 2, 1, 1)).unwrap();

@@ -35,9 +35,16 @@ struct Block {
 }
 
 impl Block {
-    fn new(p: &Params, kind: BlockKind, in_ch: usize, planes: usize, stride: usize) -> Result<Self> {
+    fn new(
+        p: &Params,
+        kind: BlockKind,
+        in_ch: usize,
+        planes: usize,
+        stride: usize,
+    ) -> Result<Self> {
         let out_ch = planes * kind.expansion();
-        let pair = |i: usize, spec| ConvBn::new(&p.pp(format!("conv{i}")), &p.pp(format!("bn{i}")), spec);
+        let pair =
+            |i: usize, spec| ConvBn::new(&p.pp(format!("conv{i}")), &p.pp(format!("bn{i}")), spec);
         let convs = match kind {
             BlockKind::Basic => vec![
                 pair(1, ConvSpec::same(in_ch, planes, 3).stride(stride))?,

@@ -17,12 +17,20 @@ fn tiny() -> AueModel {
 fn values(map: &VarMap) -> BTreeMap<String, Vec<f64>> {
     let data = map.data().lock().unwrap();
     data.iter()
-        .map(|(k, v)| (k.clone(), v.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(),
+            )
+        })
         .collect()
 }
 
 fn meta() -> BTreeMap<String, String> {
-    BTreeMap::from([("stage".to_string(), "em".to_string()), ("epoch".to_string(), "3".to_string())])
+    BTreeMap::from([
+        ("stage".to_string(), "em".to_string()),
+        ("epoch".to_string(), "3".to_string()),
+    ])
 }
 
 #[test]
@@ -33,7 +41,8 @@ fn save_then_load_round_trips_every_variable_and_the_metadata() {
     init_default(a.varmap(), 1).unwrap();
     save(a.varmap(), &path, &meta()).unwrap();
     // Only the checkpoint is left in the folder (the temp file was renamed).
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["model.safetensors"]);
 
     let m = read_metadata(&path).unwrap();
@@ -50,13 +59,24 @@ fn save_then_load_round_trips_every_variable_and_the_metadata() {
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.len(), a.varmap().all_vars().len());
-    assert_eq!(st.tensor("backbone.bn1.num_batches_tracked").unwrap().dtype(), safetensors::Dtype::I64);
+    assert_eq!(
+        st.tensor("backbone.bn1.num_batches_tracked").unwrap().dtype(),
+        safetensors::Dtype::I64
+    );
 }
+
+/// A change to a checkpoint's key -> tensor map.
+type Edit = dyn FnOnce(&mut BTreeMap<String, Tensor>);
 
 /// Save a copy of `map` changed by `edit` (which gets the key -> tensor map).
 fn save_edited(map: &VarMap, path: &Path, edit: impl FnOnce(&mut BTreeMap<String, Tensor>)) {
-    let mut tensors: BTreeMap<String, Tensor> =
-        map.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    let mut tensors: BTreeMap<String, Tensor> = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
     edit(&mut tensors);
     let out = VarMap::new();
     for (k, t) in tensors {
@@ -73,16 +93,30 @@ fn load_is_strict_and_names_the_key_and_changes_nothing_on_error() {
     let target = tiny();
     fill_parity(target.varmap()).unwrap();
     let before = values(target.varmap());
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut BTreeMap<String, Tensor>)>, &str)> = vec![
-        ("missing", Box::new(|t| drop(t.remove("pred_au.0.bias"))), "missing tensor `pred_au.0.bias`"),
+    let cases: Vec<(&str, Box<Edit>, &str)> = vec![
+        (
+            "missing",
+            Box::new(|t| drop(t.remove("pred_au.0.bias"))),
+            "missing tensor `pred_au.0.bias`",
+        ),
         (
             "extra",
-            Box::new(|t| drop(t.insert("pred_au.1.bias".into(), Tensor::zeros(17, DType::F32, &Device::Cpu).unwrap()))),
+            Box::new(|t| {
+                drop(t.insert(
+                    "pred_au.1.bias".into(),
+                    Tensor::zeros(17, DType::F32, &Device::Cpu).unwrap(),
+                ))
+            }),
             "unexpected tensor `pred_au.1.bias`",
         ),
         (
             "shape",
-            Box::new(|t| drop(t.insert("pred_em.bias".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap()))),
+            Box::new(|t| {
+                drop(t.insert(
+                    "pred_em.bias".into(),
+                    Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap(),
+                ))
+            }),
             "tensor `pred_em.bias` has shape [8], expected [7]",
         ),
         (
@@ -98,7 +132,10 @@ fn load_is_strict_and_names_the_key_and_changes_nothing_on_error() {
         let path = dir.path().join(format!("{name}.safetensors"));
         save_edited(source.varmap(), &path, edit);
         let err = load(target.varmap(), &path).unwrap_err().to_string();
-        assert!(err.contains(expect) && err.contains(&format!("{name}.safetensors")), "{name}: {err}");
+        assert!(
+            err.contains(expect) && err.contains(&format!("{name}.safetensors")),
+            "{name}: {err}"
+        );
         assert_eq!(values(target.varmap()), before, "{name}: a failed load changed the model");
     }
 }
@@ -109,7 +146,10 @@ fn unreadable_files_are_errors_naming_the_file() {
     let path = dir.path().join("junk.safetensors");
     std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......").unwrap();
     let err = load(tiny().varmap(), &path).unwrap_err();
-    assert!(matches!(err, ModelError::BadFile { .. }) && err.to_string().contains("junk.safetensors"), "{err}");
+    assert!(
+        matches!(err, ModelError::BadFile { .. }) && err.to_string().contains("junk.safetensors"),
+        "{err}"
+    );
     let err = read_metadata(dir.path().join("absent.safetensors")).unwrap_err().to_string();
     assert!(err.contains("absent.safetensors"), "{err}");
 }
@@ -133,7 +173,10 @@ fn micro() -> AueModel {
 }
 
 fn backbone_values(map: &VarMap) -> BTreeMap<String, Vec<f64>> {
-    values(map).into_iter().filter(|(k, _)| k.starts_with("backbone.") && !k.starts_with("backbone.fc.")).collect()
+    values(map)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("backbone.") && !k.starts_with("backbone.fc."))
+        .collect()
 }
 
 #[test]
@@ -168,7 +211,10 @@ fn imports_torchvision_safetensors_with_a_prefix_and_is_strict() {
     let path = dir.path().join("resnet.safetensors");
     save_edited(source.varmap(), &path, |t| {
         t.retain(|k, _| k.starts_with("backbone.") && !k.ends_with("num_batches_tracked"));
-        t.insert("backbone.fc.weight".into(), Tensor::zeros((1000, 16), DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "backbone.fc.weight".into(),
+            Tensor::zeros((1000, 16), DType::F32, &Device::Cpu).unwrap(),
+        );
     });
     let model = micro();
     init_default(model.varmap(), 0).unwrap();
@@ -185,7 +231,10 @@ fn imports_torchvision_safetensors_with_a_prefix_and_is_strict() {
     assert!(err.contains("missing tensor `layer3.1.bn2.running_var`"), "{err}");
     save_edited(source.varmap(), &path, |t| {
         t.retain(|k, _| k.starts_with("backbone."));
-        t.insert("backbone.layer5.0.conv1.weight".into(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "backbone.layer5.0.conv1.weight".into(),
+            Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+        );
     });
     let err = import_torchvision(model.varmap(), &path).unwrap_err().to_string();
     assert!(err.contains("unexpected tensor `backbone.layer5.0.conv1.weight`"), "{err}");

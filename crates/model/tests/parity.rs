@@ -13,7 +13,9 @@ use std::path::Path;
 
 use aue_model::checkpoint::read_safetensors;
 use aue_model::init::fill_parity;
-use aue_model::{AueModel, ForwardOptions, ModelConfig, Outputs, Preset, Stage, stage_loss, trainable_vars};
+use aue_model::{
+    AueModel, ForwardOptions, ModelConfig, Outputs, Preset, Stage, stage_loss, trainable_vars,
+};
 use candle_core::{DType, Device, Tensor};
 
 const OUTPUT_TOL: f64 = 1e-4;
@@ -29,11 +31,7 @@ fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(g.dims(), w.dims(), "shapes differ");
     let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
     let (diff, base) = (norm(&(&g - &w).unwrap()), norm(&w));
-    if base == 0.0 {
-        if diff == 0.0 { 0.0 } else { f64::INFINITY }
-    } else {
-        diff / base
-    }
+    if base == 0.0 { if diff == 0.0 { 0.0 } else { f64::INFINITY } } else { diff / base }
 }
 
 /// Collects comparisons; the test fails at the end listing every one over tolerance.
@@ -46,7 +44,9 @@ struct Report {
 
 impl Report {
     fn check(&mut self, group: &str, name: &str, got: &Tensor, want: &Tensor, tol: f64) {
-        let got = got.reshape(want.dims()).unwrap_or_else(|_| panic!("{name}: shape {:?} vs {:?}", got.dims(), want.dims()));
+        let got = got
+            .reshape(want.dims())
+            .unwrap_or_else(|_| panic!("{name}: shape {:?} vs {:?}", got.dims(), want.dims()));
         let e = rel_l2(&got, want);
         self.checked += 1;
         if e.is_nan() || e > tol {
@@ -59,12 +59,26 @@ impl Report {
     }
 
     fn check_zero(&mut self, group: &str, name: &str, got: &Tensor, bound: f64) {
-        let norm = got.to_dtype(DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+        let norm = got
+            .to_dtype(DType::F64)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .sqrt();
         self.checked += 1;
         if norm.is_nan() || norm > bound {
-            self.failures.push(format!("{name}: structurally zero gradient has L2 norm {norm:.3e} > {bound:.0e}"));
+            self.failures.push(format!(
+                "{name}: structurally zero gradient has L2 norm {norm:.3e} > {bound:.0e}"
+            ));
         }
-        let w = self.worst.entry(format!("{group} (structural zeros, absolute)")).or_insert((0.0, String::new()));
+        let w = self
+            .worst
+            .entry(format!("{group} (structural zeros, absolute)"))
+            .or_insert((0.0, String::new()));
         if norm > w.0 {
             *w = (norm, name.to_string());
         }
@@ -75,7 +89,12 @@ impl Report {
             eprintln!("{preset} {group}: worst error {e:.2e} ({name})");
         }
         eprintln!("{preset}: {} comparisons", self.checked);
-        assert!(self.failures.is_empty(), "{preset}: {} mismatches:\n{}", self.failures.len(), self.failures.join("\n"));
+        assert!(
+            self.failures.is_empty(),
+            "{preset}: {} mismatches:\n{}",
+            self.failures.len(),
+            self.failures.join("\n")
+        );
     }
 }
 
@@ -94,7 +113,12 @@ fn output(out: &Outputs, name: &str) -> Tensor {
 
 /// One forward + backward per stage from fresh parity weights, in the model's dtype: the stage
 /// losses, and the gradients of every trainable variable.
-fn check_stages(model: &AueModel, fx: &BTreeMap<String, Tensor>, meta: &BTreeMap<String, String>, report: &mut Report) {
+fn check_stages(
+    model: &AueModel,
+    fx: &BTreeMap<String, Tensor>,
+    meta: &BTreeMap<String, String>,
+    report: &mut Report,
+) {
     let dtype = model.dtype();
     let tag = format!("{dtype:?}").to_lowercase();
     let image = fx["image"].to_dtype(dtype).unwrap();
@@ -108,7 +132,13 @@ fn check_stages(model: &AueModel, fx: &BTreeMap<String, Tensor>, meta: &BTreeMap
         fill_parity(model.varmap()).unwrap();
         let out = model.forward(&image, Some(au_loc), &ForwardOptions::stage(stage)).unwrap();
         let loss = stage_loss(stage, &out, label, model.knowledge()).unwrap();
-        report.check(&format!("{tag} stage losses"), &format!("s{n}.loss"), &loss, &fx[&format!("s{n}.loss")], OUTPUT_TOL);
+        report.check(
+            &format!("{tag} stage losses"),
+            &format!("s{n}.loss"),
+            &loss,
+            &fx[&format!("s{n}.loss")],
+            OUTPUT_TOL,
+        );
         let grads = loss.backward().unwrap();
         let vars = trainable_vars(model.varmap(), stage);
         // The fixture's trainable set is ours.
@@ -136,7 +166,13 @@ fn check_stages(model: &AueModel, fx: &BTreeMap<String, Tensor>, meta: &BTreeMap
                 let flat = g.flatten_all().unwrap();
                 let numel = flat.elem_count();
                 let norm = flat.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-                report.check(&group, &format!("{key} (norm)"), &norm, &fx[&format!("s{n}.gradnorm.{key}")], GRAD_TOL);
+                report.check(
+                    &group,
+                    &format!("{key} (norm)"),
+                    &norm,
+                    &fx[&format!("s{n}.gradnorm.{key}")],
+                    GRAD_TOL,
+                );
                 let idx: Vec<u32> = (0..SAMPLES).map(|j| (j * numel / SAMPLES) as u32).collect();
                 let idx = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
                 let samples = flat.index_select(&idx, 0).unwrap();
@@ -152,7 +188,8 @@ fn parity(file: &str) {
     let (meta, fx) = read_safetensors(&path, &Device::Cpu).unwrap();
     let preset: Preset = meta["preset"].parse().unwrap();
     let input_size: usize = meta["input_size"].parse().unwrap();
-    let cfg = ModelConfig::preset(preset).with_input_size(input_size).unwrap().with_dropout(0.0).unwrap();
+    let cfg =
+        ModelConfig::preset(preset).with_input_size(input_size).unwrap().with_dropout(0.0).unwrap();
     let model = AueModel::new(&cfg, &Device::Cpu).unwrap();
     let (image, au_loc, label) = (&fx["image"], &fx["au_loc"], &fx["label"]);
     let mut report = Report::default();
@@ -164,9 +201,23 @@ fn parity(file: &str) {
         report.check("f32 eval outputs", name, &output(&out, name), &fx[name], OUTPUT_TOL);
     }
     let k = model.knowledge();
-    report.check("f32 eval outputs", "au_target", &k.au_target(label).unwrap(), &fx["au_target"], OUTPUT_TOL);
-    for (stage, name) in [(Stage::Em, "loss_em"), (Stage::Au, "loss_au"), (Stage::Fuse, "loss_fuse")] {
-        report.check("f32 eval losses", name, &stage_loss(stage, &out, label, k).unwrap(), &fx[name], OUTPUT_TOL);
+    report.check(
+        "f32 eval outputs",
+        "au_target",
+        &k.au_target(label).unwrap(),
+        &fx["au_target"],
+        OUTPUT_TOL,
+    );
+    for (stage, name) in
+        [(Stage::Em, "loss_em"), (Stage::Au, "loss_au"), (Stage::Fuse, "loss_fuse")]
+    {
+        report.check(
+            "f32 eval losses",
+            name,
+            &stage_loss(stage, &out, label, k).unwrap(),
+            &fx[name],
+            OUTPUT_TOL,
+        );
     }
 
     // One training step per stage. In f32 where the fixture says f32 gradients are robust (no
@@ -175,10 +226,14 @@ fn parity(file: &str) {
     if meta.get("f32_gradients").is_some_and(|v| v.starts_with("robust")) {
         check_stages(&model, &fx, &meta, &mut report);
     } else {
-        eprintln!("{}: f32 gradients not checked: the fixture does not mark them robust", meta["preset"]);
+        eprintln!(
+            "{}: f32 gradients not checked: the fixture does not mark them robust",
+            meta["preset"]
+        );
     }
     // And always in f64, where the comparison is free of those kinks.
-    let model64 = AueModel::with_dtype(&candle_nn::VarMap::new(), &cfg, &Device::Cpu, DType::F64).unwrap();
+    let model64 =
+        AueModel::with_dtype(&candle_nn::VarMap::new(), &cfg, &Device::Cpu, DType::F64).unwrap();
     check_stages(&model64, &fx, &meta, &mut report);
     report.finish(&meta["preset"]);
 }
