@@ -132,7 +132,9 @@ fn stage3_csv_has_face_no_face_and_error_rows() {
     let blank: Vec<_> = rows.iter().filter(|r| r["file"].ends_with("blank.png")).collect();
     assert_eq!(blank.len(), 1);
     assert_eq!(blank[0]["status"], "no_face");
-    assert!(blank[0]["p_happy"].is_empty() && blank[0]["AU12"].is_empty());
+    let empty = |k: &str| blank[0][k].is_empty();
+    assert!(aue_core::EXPRESSIONS_BASIC.iter().all(|e| empty(&format!("p_{e}"))));
+    assert!(empty("AU12") && empty("att_AU12") && empty("x1") && empty("face"));
     let broken: Vec<_> = rows.iter().filter(|r| r["file"].ends_with("broken.jpg")).collect();
     assert_eq!(broken.len(), 1);
     assert!(
