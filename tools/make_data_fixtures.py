@@ -2,7 +2,9 @@
 """Writes the aue-data parity fixtures: a tiny RAF-DB-basic layout and the tensors the
 reference's preprocessing (PIL + torchvision + numpy, REFERENCE.md section 5) makes of it.
 
-    python3 tools/make_data_fixtures.py        # writes crates/data/tests/fixtures/parity/
+    python3 tools/make_data_fixtures.py            # writes crates/data/tests/fixtures/parity/
+    python3 tools/make_data_fixtures.py --parquet  # then crates/data/tests/fixtures/parquet/
+                                                   # (needs pyarrow: pip install pyarrow)
 
 Output (small, committed):
   raf/basic/...                a RAF-DB basic layout: 4 test images (2 PNG, 2 JPEG), boxes with
@@ -288,6 +290,73 @@ def main():
     print(f"wrote {len(tensors)} tensors under {OUT}")
 
 
+def parquet_fixtures():
+    """The parity samples as a parquet FER set (aue-data's `parquet` feature; schema in
+    crates/data/src/parquet_source.rs), plus rows that exercise the rules:
+
+    fer.parquet   the 4 parity test images (image bytes, 0-based label, landmarks in image
+                  pixels, box, name, split, au_gt), one test row without landmarks (skipped like
+                  an image without a landmark file) and one train row
+    bad.parquet   3 train rows (test_0003, test_0004, test_0004); row 2 has label 9 (out of range
+                  for 7 classes), row 3 a NaN landmark
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    basic = os.path.join(OUT, "raf", "basic")
+    out = os.path.join(ROOT, "crates", "data", "tests", "fixtures", "parquet")
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    with open(os.path.join(basic, "EmoLabel", "list_patition_label.txt")) as f:
+        entries = [line.split() for line in f if line.strip()]
+    for i, (name, label) in enumerate(entries):
+        stem = name.rsplit(".", 1)[0]
+        with open(os.path.join(basic, "Image", "original", name), "rb") as f:
+            image = f.read()
+        bbox = np.loadtxt(os.path.join(basic, "Annotation", "boundingbox", f"{stem}.txt"))
+        lm = np.loadtxt(os.path.join(basic, "Annotation", "Landmarks_68_FAN_bbox", f"{stem}.txt"))
+        lm[:, 0] += bbox[0]
+        lm[:, 1] += bbox[1]
+        rows.append(
+            {
+                "name": name,
+                "split": "test",
+                "image": image,
+                "label": int(label) - 1,
+                "landmarks": [float(v) for v in lm.reshape(-1)],
+                "box": [float(v) for v in bbox],
+                "au_gt": [((i + j) % 5) / 4 for j in range(17)],
+            }
+        )
+    # Extra rows reuse the small JPEG samples, to keep the files small.
+    extra = dict(rows[3], name="no_landmarks.jpg", landmarks=None)
+    train = dict(rows[2], name="train_row.jpg", split="train", box=None)
+    schema = pa.schema(
+        [
+            ("name", pa.string()),
+            ("split", pa.string()),
+            ("image", pa.binary()),
+            ("label", pa.int64()),
+            ("landmarks", pa.list_(pa.float64())),
+            ("box", pa.list_(pa.float64())),
+            ("au_gt", pa.list_(pa.float32())),
+        ]
+    )
+    table = pa.Table.from_pylist(rows + [extra, train], schema=schema)
+    pq.write_table(table, os.path.join(out, "fer.parquet"))
+
+    bad = [dict(r, split="train") for r in (rows[2], rows[3], rows[3])]
+    bad[1]["label"] = 9
+    bad[2]["landmarks"] = [float("nan")] + bad[2]["landmarks"][1:]
+    pq.write_table(pa.Table.from_pylist(bad, schema=schema), os.path.join(out, "bad.parquet"))
+    print(f"wrote fer.parquet and bad.parquet under {out}")
+
+
 if __name__ == "__main__":
+    import sys
+
     torch.manual_seed(0)
-    main()
+    if "--parquet" in sys.argv[1:]:
+        parquet_fixtures()
+    else:
+        main()

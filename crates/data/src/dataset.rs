@@ -152,7 +152,7 @@ impl Default for DatasetOptions {
 }
 
 impl DatasetOptions {
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.image_size < 32 || !self.image_size.is_multiple_of(32) {
             return Err(DataError::Options(format!(
                 "image_size {} must be a multiple of 32 (at least 32)",
@@ -182,6 +182,19 @@ pub struct SampleInfo {
     pub width: u32,
     /// Image height from its header.
     pub height: u32,
+    /// The encoded image, for sources that hold images in memory (parquet); `None`: read
+    /// `image` from disk.
+    pub(crate) bytes: Option<ImageBytes>,
+}
+
+/// Encoded image bytes shared between clones of a dataset.
+#[derive(Clone, PartialEq)]
+pub(crate) struct ImageBytes(pub(crate) Arc<[u8]>);
+
+impl std::fmt::Debug for ImageBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} encoded bytes>", self.0.len())
+    }
 }
 
 /// What opening a dataset skipped.
@@ -228,7 +241,7 @@ pub struct Prepared {
 }
 
 /// The outcome of reading one listed entry.
-enum Entry {
+pub(crate) enum Entry {
     Sample(Box<SampleInfo>),
     NoLandmarks(String),
 }
@@ -252,6 +265,19 @@ impl Dataset {
             }
             DatasetKind::Sfew => open_sfew(&root, split, options)?,
         };
+        Dataset::finish(kind, split, root, options, (results, listed, has_au_gt))
+    }
+
+    /// Turns the per-entry outcomes of a source into a dataset: skips (and reports) images
+    /// without landmarks, fails on the first malformed entry in list order or skips it under
+    /// `skip_bad`.
+    pub(crate) fn finish(
+        kind: DatasetKind,
+        split: Split,
+        root: PathBuf,
+        options: &DatasetOptions,
+        (results, listed, has_au_gt): Opened,
+    ) -> Result<Dataset> {
         let mut report = OpenReport { listed, ..OpenReport::default() };
         let mut samples = Vec::with_capacity(results.len());
         for result in results {
@@ -429,6 +455,7 @@ impl Dataset {
         let s = self.get(index)?;
         let (bytes, plan) = preprocess::prepare_u8(
             &s.image,
+            s.bytes.as_ref().map(|b| &*b.0),
             &s.face_box,
             &s.landmarks,
             self.inner.kind.enlarge_factor(),
@@ -469,16 +496,16 @@ impl Dataset {
     }
 }
 
-/// Reads the image size and checks that the test-mode crop of `face_box` is not empty: a box
-/// outside its image is an error here, before training starts.
-fn check_image(
+/// Checks that the test-mode crop of `face_box` in a `w x h` image is not empty: a box outside
+/// its image is an error here, before training starts.
+pub(crate) fn check_box(
     image: &Path,
+    (w, h): (u32, u32),
     face_box: &FaceBox,
     landmarks: &Landmarks,
     kind: DatasetKind,
     grid: &AuGrid,
-) -> Result<(u32, u32)> {
-    let (w, h) = preprocess::image_dimensions(image)?;
+) -> Result<()> {
     let overlap_x = face_box.x2.min(f64::from(w)) - face_box.x1.max(0.0);
     let overlap_y = face_box.y2.min(f64::from(h)) - face_box.y1.max(0.0);
     if overlap_x < 1.0 || overlap_y < 1.0 {
@@ -500,10 +527,24 @@ fn check_image(
         grid,
     )
     .map_err(|m| DataError::invalid(image, m))?;
-    Ok((w, h))
+    Ok(())
 }
 
-type Opened = (Vec<Result<Entry>>, usize, bool);
+/// [`check_box`] after reading the image size from its header.
+fn check_image(
+    image: &Path,
+    face_box: &FaceBox,
+    landmarks: &Landmarks,
+    kind: DatasetKind,
+    grid: &AuGrid,
+) -> Result<(u32, u32)> {
+    let dims = preprocess::image_dimensions(image)?;
+    check_box(image, dims, face_box, landmarks, kind, grid)?;
+    Ok(dims)
+}
+
+/// Per-entry outcomes, entries listed, whether AU ground truth exists.
+pub(crate) type Opened = (Vec<Result<Entry>>, usize, bool);
 
 fn open_raf(
     kind: DatasetKind,
@@ -599,6 +640,7 @@ fn read_raf_entry(
         au_gt,
         width,
         height,
+        bytes: None,
     })))
 }
 
@@ -684,5 +726,6 @@ fn read_sfew_entry(base: &Path, entry: &SfewEntry, grid: &AuGrid) -> Result<Entr
         au_gt: None,
         width,
         height,
+        bytes: None,
     })))
 }

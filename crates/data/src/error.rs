@@ -33,6 +33,16 @@ pub enum DataError {
         /// What is wrong with the line.
         message: String,
     },
+    /// One row of a table file (parquet) is malformed.
+    #[error("{}: row {row}: {message}", path.display())]
+    Row {
+        /// The table file.
+        path: PathBuf,
+        /// 1-based row number.
+        row: usize,
+        /// What is wrong with the row.
+        message: String,
+    },
     /// A file parses but is not valid as a whole (wrong number of landmark rows, a face box
     /// outside its image, an empty crop).
     #[error("{}: {message}", path.display())]
@@ -108,6 +118,7 @@ impl DataError {
         match self {
             DataError::Io { path, .. }
             | DataError::Parse { path, .. }
+            | DataError::Row { path, .. }
             | DataError::Invalid { path, .. }
             | DataError::Image { path, .. }
             | DataError::Missing { path, .. } => Some(path),

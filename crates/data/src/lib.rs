@@ -3,6 +3,8 @@
 //! - [`Dataset::open`] reads RAF-DB basic / compound or SFEW 2.0 (the synthetic set is a
 //!   RAF-DB-basic layout with ground-truth AUs), parsing every annotation up front.
 //! - [`preprocess`] holds the reference's crop, augmentation, resize and AU-location rules.
+//! - With the cargo feature `parquet`, `Dataset::open_parquet` reads a FER set stored as a
+//!   parquet file (schema in `src/parquet_source.rs`).
 //! - [`Loader`] turns a dataset into batches of CPU tensors (CONTRACT "Data"), decoding on a
 //!   rayon pool ahead of the consumer, deterministic per seed.
 //!
@@ -24,10 +26,15 @@ mod dataset;
 mod error;
 pub mod landmarks;
 mod loader;
+#[cfg(feature = "parquet")]
+mod parquet_source;
 pub mod preprocess;
 
 pub use annotations::FaceBox;
 pub use dataset::{Dataset, DatasetKind, DatasetOptions, OpenReport, Prepared, SampleInfo, Split};
 pub use error::{DataError, Result};
 pub use loader::{Batch, EpochIter, Loader, LoaderOptions, sample_augment};
+/// The parquet reader [`Dataset::from_parquet_readers`] takes (feature `parquet`).
+#[cfg(feature = "parquet")]
+pub use parquet::file::reader::SerializedFileReader;
 pub use preprocess::{AuGrid, AuLoc, Augment, Plan};

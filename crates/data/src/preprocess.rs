@@ -283,16 +283,33 @@ pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
     reader.into_dimensions().map_err(|e| DataError::image(path, e))
 }
 
+/// [`image_dimensions`] of an encoded image held in memory; `path` names it in errors.
+pub fn image_dimensions_bytes(bytes: &[u8], path: &Path) -> Result<(u32, u32)> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, "read image", e))?;
+    if reader.format().is_none() {
+        return Err(DataError::image(path, "unknown image format"));
+    }
+    reader.into_dimensions().map_err(|e| DataError::image(path, e))
+}
+
 /// Decodes an image file to 8-bit RGB (PIL's `convert('RGB')`: grey is replicated, alpha is
 /// dropped). A JPEG whose data ends before its end-of-image marker is an error, as in PIL
-/// (`image file is truncated`), rather than a half-grey picture.
+/// (`image file is truncated`), rather than a half-grey picture (the decoder itself accepts
+/// it silently).
 pub fn decode_rgb(path: &Path) -> Result<image::RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, "read image", e))?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    decode_rgb_bytes(&bytes, path)
+}
+
+/// [`decode_rgb`] of an encoded image held in memory; `path` names it in errors.
+pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<image::RgbImage> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::io(path, "read image", e))?;
     let format = reader.format().ok_or_else(|| DataError::image(path, "unknown image format"))?;
-    if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(&bytes) {
+    if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         return Err(DataError::image(path, "JPEG data is truncated (no end-of-image marker)"));
     }
     let img = reader.decode().map_err(|e| DataError::image(path, e))?;
@@ -408,9 +425,12 @@ pub fn prepare_rgb(
     Ok((resized, plan))
 }
 
-/// [`prepare_rgb`] on an image file.
+/// [`prepare_rgb`] on an image file, or on its encoded bytes when they are held in memory
+/// (`path` then only names it in errors).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn prepare_u8(
     path: &Path,
+    bytes: Option<&[u8]>,
     face_box: &FaceBox,
     landmarks: &Landmarks,
     factor: f64,
@@ -418,7 +438,10 @@ pub(crate) fn prepare_u8(
     swap_flip_landmarks: bool,
     grid: &AuGrid,
 ) -> Result<(Vec<u8>, Plan)> {
-    let img = decode_rgb(path)?;
+    let img = match bytes {
+        Some(bytes) => decode_rgb_bytes(bytes, path)?,
+        None => decode_rgb(path)?,
+    };
     prepare_rgb(&img, face_box, landmarks, factor, augment, swap_flip_landmarks, grid)
         .map_err(|m| DataError::invalid(path, m))
 }
