@@ -1,11 +1,12 @@
-//! Convolutions for Candle whose backward passes are forward convolutions.
+//! Convolutions for Candle whose backward passes cost about twice their forward pass.
 //!
 //! Candle 0.11 differentiates `conv2d` with `conv_transpose2d`, which on CPU is a naive loop (and
 //! is not routed to cuDNN on CUDA); it also runs the forward `conv_transpose2d` with that loop.
-//! [`conv2d`] and [`conv_transpose2d`] here give the same forward results, but compute every
-//! heavy part of the forward and backward passes with Candle's fast forward convolution (im2col +
-//! gemm on CPU, cuDNN or im2col + cuBLAS on CUDA) or a single matrix product. See the README for
-//! the design and measured speed-ups, and `grad.rs` for the maths.
+//! [`conv2d`], [`conv2d_grouped`] and [`conv_transpose2d`] here give the same results (up to
+//! rounding), but compute every product of the forward and backward passes as one large gemm on
+//! the CPU (this crate's im2col / col2im, `im2col.rs`) and as Candle's forward `conv2d` (cuDNN)
+//! or a matrix product on other devices. See the README for the design and measured speed-ups,
+//! and `grad.rs` for the maths.
 //!
 //! ```
 //! use aue_kernels::{ConvParams, conv2d};
@@ -29,5 +30,5 @@ mod params;
 
 pub use error::{KernelError, Result};
 pub use grad::{Engine, WeightGradAlgo};
-pub use op::{conv_transpose2d, conv2d};
+pub use op::{conv_transpose2d, conv2d, conv2d_grouped};
 pub use params::{ConvParams, ConvTransposeParams};

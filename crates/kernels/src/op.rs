@@ -32,16 +32,49 @@ use crate::params::{ConvParams, ConvTransposeParams};
 /// `x: [b, c_in, h, w]`, `w: [c_out, c_in, kh, kw]` -> `[b, c_out, oh, ow]` with
 /// `oh = floor((h + 2*padding - dilation*(kh-1) - 1) / stride) + 1` (likewise `ow`).
 pub fn conv2d(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor> {
-    let (input_hw, kernel_hw, out_hw) = check_conv("conv2d", x, w, params)?;
-    tracing::trace!(x = ?x.dims(), w = ?w.dims(), ?params, "conv2d");
+    conv2d_grouped(x, w, params, 1)
+}
+
+/// Grouped 2D convolution (PyTorch's `groups`): group `g` convolves input channels
+/// `[g*c_in/groups, (g+1)*c_in/groups)` with weights `[g*c_out/groups, (g+1)*c_out/groups)`.
+/// Same as [`conv2d`] per group, inside one op, so that each gradient is built once for all
+/// groups (a `narrow` per group would make Candle add a full-size zero-padded gradient per group).
+///
+/// # Shapes
+/// `x: [b, c_in, h, w]`, `w: [c_out, c_in / groups, kh, kw]` -> `[b, c_out, oh, ow]`.
+pub fn conv2d_grouped(x: &Tensor, w: &Tensor, params: ConvParams, groups: usize) -> Result<Tensor> {
+    let (input_hw, kernel_hw, out_hw) = check_conv("conv2d", x, w, params, groups)?;
+    tracing::trace!(x = ?x.dims(), w = ?w.dims(), ?params, groups, "conv2d");
+    let (xd, wd) = (x.detach(), w.detach());
     // [b, c_out, oh, ow]
-    let y = forward_view(&x.detach(), &w.detach(), params, None, Engine::Auto)?;
+    let y = per_group(groups, (&xd, 1), (&wd, 0), 1, |x, w| {
+        forward_view(x, w, params, None, Engine::Auto)
+    })?;
     debug_assert_eq!(y.dims()[2..], [out_hw.0, out_hw.1]);
     if !x.track_op() && !w.track_op() {
         return Ok(y.contiguous()?);
     }
-    let op = Conv2dOp { params, input_hw, kernel_hw, result: Mutex::new(Some(y)) };
+    let op = Conv2dOp { params, groups, input_hw, kernel_hw, result: Mutex::new(Some(y)) };
     Ok(x.apply_op2(w, op)?)
+}
+
+/// `f` on each group's slices of `a` (channels along `a.1`) and `b` (along `b.1`), the results
+/// concatenated along `out_dim`; just `f(a, b)` for one group.
+fn per_group(
+    groups: usize,
+    a: (&Tensor, usize),
+    b: (&Tensor, usize),
+    out_dim: usize,
+    f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    if groups == 1 {
+        return f(a.0, b.0);
+    }
+    let (na, nb) = (a.0.dim(a.1)? / groups, b.0.dim(b.1)? / groups);
+    let parts = (0..groups)
+        .map(|g| f(&a.0.narrow(a.1, g * na, na)?, &b.0.narrow(b.1, g * nb, nb)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&parts, out_dim)
 }
 
 /// 2D transposed convolution (NCHW, groups = 1) with a fast forward and backward pass.
@@ -99,19 +132,25 @@ fn check_conv(
     x: &Tensor,
     w: &Tensor,
     params: ConvParams,
+    groups: usize,
 ) -> Result<(Hw, Hw, Hw)> {
     let (_, c_in, h, wd) = dims4(op, x, w, params, x)?;
-    let (_, c_in_w, kh, kw) = dims4(op, x, w, params, w)?;
+    let (c_out, c_in_w, kh, kw) = dims4(op, x, w, params, w)?;
     let invalid = |msg: String| KernelError::InvalidArgs {
         op,
         msg,
         input: x.shape().clone(),
         weight: w.shape().clone(),
-        params: format!("{params:?}"),
+        params: format!("{params:?}, groups {groups}"),
     };
     check_common(op, x, w, params)?;
-    if c_in != c_in_w {
-        return Err(invalid(format!("input has {c_in} channels, weight expects {c_in_w}")));
+    if groups == 0 || c_out % groups != 0 {
+        return Err(invalid(format!("{c_out} output channels cannot form {groups} groups")));
+    }
+    if c_in != c_in_w * groups {
+        return Err(invalid(format!(
+            "input has {c_in} channels, weight expects {c_in_w} per group x {groups} groups"
+        )));
     }
     match (params.output_size(h, kh), params.output_size(wd, kw)) {
         (Some(oh), Some(ow)) => Ok(((h, wd), (kh, kw), (oh, ow))),
@@ -213,6 +252,7 @@ fn cuda_result(
 
 struct Conv2dOp {
     params: ConvParams,
+    groups: usize,
     input_hw: Hw,
     kernel_hw: Hw,
     /// The forward result, until `cpu_fwd` / `cuda_fwd` copies it out.
@@ -254,14 +294,24 @@ impl CustomOp2 for Conv2dOp {
         // No gradient for an argument that does not need one (e.g. the image into the stem).
         // The gradients are computed from detached tensors: they are not themselves
         // differentiated (as in Candle by default), and recording their graph would cost memory.
+        let (x_d, w_d) = (x.detach(), w.detach());
+        let (p, groups) = (self.params, self.groups);
         let gx = if x.track_op() {
-            Some(conv2d_input_grad(grad, &w.detach(), self.params, self.input_hw, Engine::Auto)?)
+            // Group g: its output-gradient channels with its weights -> its input channels.
+            let gx = per_group(groups, (grad, 1), (&w_d, 0), 1, |g, w| {
+                conv2d_input_grad(g, w, p, self.input_hw, Engine::Auto)
+            })?;
+            Some(gx)
         } else {
             None
         };
         let gw = if w.track_op() {
+            // Group g: its input channels and output-gradient channels -> its weights.
             let algo = WeightGradAlgo::Auto;
-            Some(conv2d_weight_grad(&x.detach(), grad, self.params, self.kernel_hw, algo)?)
+            let gw = per_group(groups, (&x_d, 1), (grad, 1), 0, |x, g| {
+                conv2d_weight_grad(x, g, p, self.kernel_hw, algo)
+            })?;
+            Some(gw)
         } else {
             None
         };

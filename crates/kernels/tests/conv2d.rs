@@ -6,7 +6,7 @@ mod common;
 use aue_kernels::grad::{
     Engine, WeightGradAlgo, conv2d_forward, conv2d_input_grad, conv2d_weight_grad,
 };
-use aue_kernels::{ConvParams, KernelError, conv2d};
+use aue_kernels::{ConvParams, KernelError, conv2d, conv2d_grouped};
 use candle_core::{DType, Device, Tensor, Var};
 use common::{Arr4, Geo, conv_ref, det, rel_err, vals};
 
@@ -340,6 +340,61 @@ fn no_graph_without_variables_and_strided_inputs_work() {
 }
 
 #[test]
+fn grouped_matches_per_group_definition_and_candle() {
+    // (groups, c_in, c_out, size, kernel, stride, padding)
+    let cases = [
+        (2, 4, 6, (11, 11), 3, 1, 1),
+        (3, 6, 3, (7, 9), 3, 2, 1),
+        (3, 6, 9, (11, 11), 1, 2, 0),
+        (4, 8, 4, (9, 9), 3, 1, 1),
+    ];
+    for (i, &(groups, ci, co, hw, k, stride, padding)) in cases.iter().enumerate() {
+        let p = ConvParams { stride, padding, dilation: 1 };
+        let geo = Geo { s: stride, p: padding, d: 1 };
+        let seed = 700 + 10 * i as u64;
+        let x = det([2, ci, hw.0, hw.1], seed).to_tensor(DType::F64);
+        let w = det([co, ci / groups, k, k], seed + 1).to_tensor(DType::F64);
+        let (oh, ow) =
+            (p.output_size(hw.0, k).expect("fits"), p.output_size(hw.1, k).expect("fits"));
+        let g = det([2, co, oh, ow], seed + 2).to_tensor(DType::F64);
+        let xv = Var::from_tensor(&x).expect("var");
+        let wv = Var::from_tensor(&w).expect("var");
+        let y = conv2d_grouped(xv.as_tensor(), wv.as_tensor(), p, groups).expect("ours");
+        let theirs = x.conv2d(&w, padding, stride, 1, groups).expect("candle");
+        assert!(rel_err(&vals(&y), &vals(&theirs)) < 1e-14, "case {i}");
+        let grads = y.mul(&g).and_then(|t| t.sum_all()).and_then(|l| l.backward()).expect("bwd");
+        let gx = grads.get(xv.as_tensor()).expect("x grad");
+        let gw = grads.get(wv.as_tensor()).expect("w grad");
+        // The definition, group by group.
+        let (cig, cog) = (ci / groups, co / groups);
+        let (mut gx_ref, mut gw_ref) = (Vec::new(), Vec::new());
+        for grp in 0..groups {
+            let part = |t: &Tensor, dim: usize, n: usize| {
+                Arr4::from_tensor(&t.narrow(dim, grp * n, n).expect("narrow"))
+            };
+            let (_, gxg, gwg) =
+                conv_ref(&part(&x, 1, cig), &part(&w, 0, cog), Some(&part(&g, 1, cog)), geo);
+            gx_ref.push(gxg.to_tensor(DType::F64));
+            gw_ref.push(gwg.to_tensor(DType::F64));
+        }
+        let gx_ref = Tensor::cat(&gx_ref, 1).expect("cat");
+        let gw_ref = Tensor::cat(&gw_ref, 0).expect("cat");
+        assert!(rel_err(&vals(gx), &vals(&gx_ref)) < 1e-12, "case {i}: x grad");
+        assert!(rel_err(&vals(gw), &vals(&gw_ref)) < 1e-12, "case {i}: w grad");
+        if hw.0 == hw.1 {
+            let xv = Var::from_tensor(&x).expect("var");
+            let wv = Var::from_tensor(&w).expect("var");
+            let y = xv.conv2d(wv.as_tensor(), padding, stride, 1, groups).expect("candle");
+            let cg = y.mul(&g).and_then(|t| t.sum_all()).and_then(|l| l.backward()).expect("bwd");
+            let cgx = cg.get(xv.as_tensor()).expect("x grad");
+            let cgw = cg.get(wv.as_tensor()).expect("w grad");
+            assert!(rel_err(&vals(gx), &vals(cgx)) < 1e-12, "case {i}: x grad vs candle");
+            assert!(rel_err(&vals(gw), &vals(cgw)) < 1e-12, "case {i}: w grad vs candle");
+        }
+    }
+}
+
+#[test]
 fn bad_arguments_are_errors_naming_the_op_and_shapes() {
     let dev = Device::Cpu;
     let x = Tensor::zeros((2, 3, 7, 7), DType::F32, &dev).expect("x");
@@ -362,6 +417,9 @@ fn bad_arguments_are_errors_naming_the_op_and_shapes() {
     expect_invalid(conv2d(&x, &w, p), "F64");
     let w = Tensor::zeros((4, 3, 3, 3), DType::F32, &dev).expect("w");
     expect_invalid(conv2d(&x, &w, ConvParams { stride: 0, ..p }), "stride");
+    let w = Tensor::zeros((4, 1, 3, 3), DType::F32, &dev).expect("w");
+    expect_invalid(conv2d_grouped(&x, &w, p, 3), "groups");
+    let w = Tensor::zeros((4, 3, 3, 3), DType::F32, &dev).expect("w");
     // Errors convert into Candle's, for model code returning candle_core::Result.
     let e: candle_core::Error = conv2d(&x, &w, ConvParams { dilation: 0, ..p }).unwrap_err().into();
     assert!(e.to_string().contains("conv2d"));

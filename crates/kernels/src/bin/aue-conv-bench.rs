@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use aue_kernels::grad::{Engine, WeightGradAlgo, conv2d_input_grad, conv2d_weight_grad};
-use aue_kernels::{ConvParams, ConvTransposeParams, conv_transpose2d, conv2d};
+use aue_kernels::{ConvParams, ConvTransposeParams, conv_transpose2d, conv2d, conv2d_grouped};
 use candle_core::{Device, Tensor, Var};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -114,6 +114,8 @@ struct Layer {
 enum Kind {
     Conv(ConvParams),
     Transpose(ConvTransposeParams),
+    /// A grouped convolution with this many groups.
+    Grouped(ConvParams, usize),
 }
 
 const fn conv(
@@ -127,9 +129,10 @@ const fn conv(
     Layer { name, c_in, c_out, hw, k, kind, input_grad: true, count }
 }
 
-/// Every convolution shape of ResNet-18 at 224 px (with its multiplicity), and the AU decoder's
-/// transposed convolution.
-const LAYERS: [Layer; 12] = [
+/// Every convolution shape of ResNet-18 at 224 px (with its multiplicity), the AU decoder's
+/// transposed convolution and the 34 `Crop_Net_1` convolutions run as one grouped convolution
+/// (64 channels each on 24x24 crops).
+const LAYERS: [Layer; 13] = [
     Layer { input_grad: false, ..conv("conv1 7x7 s2", (3, 64, 224), 7, (2, 3), 1) },
     conv("layer1 3x3", (64, 64, 56), 3, (1, 1), 4),
     conv("layer2.0.conv1 3x3 s2", (64, 128, 56), 3, (2, 1), 1),
@@ -153,6 +156,16 @@ const LAYERS: [Layer; 12] = [
             output_padding: 0,
             dilation: 1,
         }),
+        input_grad: true,
+        count: 0,
+    },
+    Layer {
+        name: "Crop_Net_1 x34 grouped 3x3",
+        c_in: 34 * 64,
+        c_out: 34 * 64,
+        hw: 24,
+        k: 3,
+        kind: Kind::Grouped(ConvParams { stride: 1, padding: 1, dilation: 1 }, 34),
         input_grad: true,
         count: 0,
     },
@@ -268,6 +281,7 @@ fn inputs(cfg: &Config, l: &Layer, dev: &Device) -> anyhow::Result<(Tensor, Var,
     let (w_dims, out_hw) = match l.kind {
         Kind::Conv(p) => ((l.c_out, l.c_in, l.k, l.k), p.output_size(l.hw, l.k)),
         Kind::Transpose(p) => ((l.c_in, l.c_out, l.k, l.k), p.output_size(l.hw, l.k)),
+        Kind::Grouped(p, g) => ((l.c_out, l.c_in / g, l.k, l.k), p.output_size(l.hw, l.k)),
     };
     let out_hw = out_hw.ok_or_else(|| anyhow::anyhow!("{}: invalid layer", l.name))?;
     let w = Var::randn(0f32, 0.05, w_dims, dev)?;
@@ -279,6 +293,8 @@ fn forward(l: &Layer, x: &Tensor, w: &Tensor, ours: bool) -> anyhow::Result<Tens
     Ok(match (l.kind, ours) {
         (Kind::Conv(p), true) => conv2d(x, w, p)?,
         (Kind::Conv(p), false) => x.conv2d(w, p.padding, p.stride, p.dilation, 1)?,
+        (Kind::Grouped(p, g), true) => conv2d_grouped(x, w, p, g)?,
+        (Kind::Grouped(p, g), false) => x.conv2d(w, p.padding, p.stride, p.dilation, g)?,
         (Kind::Transpose(p), true) => conv_transpose2d(x, w, p)?,
         (Kind::Transpose(p), false) => {
             x.conv_transpose2d(w, p.padding, p.output_padding, p.stride, p.dilation)?
