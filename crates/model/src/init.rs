@@ -108,10 +108,6 @@ pub fn fill_parity(varmap: &VarMap) -> Result<()> {
     for (key, var) in &vars {
         let shape = var.dims().to_vec();
         let role = role(key, &shape, &bn)?;
-        if role == Role::BatchesTracked {
-            set_i64_zero(var)?;
-            continue;
-        }
         let h = fnv1a32(key);
         let n = var.elem_count();
         let u = (0..n as u64).map(|i| parity_uniform(h, i));
@@ -126,7 +122,10 @@ pub fn fill_parity(varmap: &VarMap) -> Result<()> {
                 let fan_in = (n / shape[0]) as f64;
                 u.map(|u| (2.0 * u - 1.0) / fan_in.sqrt()).collect()
             }
-            Role::BatchesTracked => unreachable!("handled above"),
+            Role::BatchesTracked => {
+                set_i64_zero(var)?;
+                continue;
+            }
         };
         set_f64(var, values)?;
     }

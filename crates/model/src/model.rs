@@ -421,6 +421,8 @@ impl AueModel {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::config::Preset;
     use crate::init::fill_parity;
@@ -462,8 +464,6 @@ mod tests {
             assert_eq!(&got[k], v, "{k}");
         }
     }
-
-    use std::collections::BTreeMap;
 
     fn tiny() -> (AueModel, Tensor, Tensor, Tensor) {
         let cfg = ModelConfig::preset(Preset::Tiny).with_dropout(0.0).unwrap();

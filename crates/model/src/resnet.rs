@@ -123,15 +123,13 @@ impl ResNet {
     pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<[Tensor; 4]> {
         let x = self.stem.forward(&mode.see(x), mode)?.relu()?; // [B, stem, S/2, S/2]
         let mut x = max_pool_3x3_s2_p1(&x)?; // [B, stem, S/4, S/4]
-        let mut maps = Vec::with_capacity(4);
-        for layer in &self.layers {
+        let mut stage = |layer: &[Block]| -> Result<Tensor> {
             for block in layer {
                 x = block.forward(&x, mode)?;
             }
-            maps.push(x.clone());
-        }
-        let [f1, f2, f3, f4]: [Tensor; 4] =
-            maps.try_into().map_err(|_| candle_core::Error::Msg("four stages".into()))?;
-        Ok([f1, f2, f3, f4])
+            Ok(x.clone())
+        };
+        let [l1, l2, l3, l4] = &self.layers;
+        Ok([stage(l1)?, stage(l2)?, stage(l3)?, stage(l4)?])
     }
 }
