@@ -14,7 +14,7 @@ pub enum PredictError {
     Model {
         op: String,
         #[source]
-        source: aue_model::ModelError,
+        source: Box<aue_model::ModelError>,
     },
 
     /// The face detector or landmark net failed.
@@ -22,7 +22,7 @@ pub enum PredictError {
     Landmarks {
         op: String,
         #[source]
-        source: aue_landmarks::LandmarkError,
+        source: Box<aue_landmarks::LandmarkError>,
     },
 
     /// A tensor operation failed.
@@ -30,7 +30,7 @@ pub enum PredictError {
     Candle {
         op: String,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 
     /// A file or folder could not be read or written.
@@ -59,5 +59,5 @@ pub(crate) fn io_err(
 }
 
 pub(crate) fn candle_err(op: &str) -> impl FnOnce(candle_core::Error) -> PredictError + '_ {
-    move |source| PredictError::Candle { op: op.to_string(), source }
+    move |source| PredictError::Candle { op: op.to_string(), source: Box::new(source) }
 }

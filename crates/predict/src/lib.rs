@@ -46,6 +46,9 @@ pub struct PredictorConfig {
     pub device: Device,
 }
 
+/// A detected face: its box and 68 landmarks, in image pixels.
+pub type Face = (FaceBox, Landmarks68);
+
 /// What one image gave: its rows, and (when it could be read) the picture and the faces found.
 pub struct ImageResult {
     /// One row per face, or one `no_face` / `error` row.
@@ -73,7 +76,7 @@ impl Predictor {
         lcfg.detector.score_threshold = cfg.min_score;
         let landmarker = Landmarker::new(&lcfg).map_err(|source| PredictError::Landmarks {
             op: "load the face detector".into(),
-            source,
+            source: Box::new(source),
         })?;
         let grid = AuGrid::new(info.config.input_size as u32);
         tracing::info!(
@@ -131,14 +134,13 @@ impl Predictor {
     }
 
     /// Detects, crops and runs every face of a decoded image.
-    pub fn predict_rgb(
-        &self,
-        file: &str,
-        image: &RgbImage,
-    ) -> Result<(Vec<Row>, Vec<(FaceBox, Landmarks68)>)> {
+    pub fn predict_rgb(&self, file: &str, image: &RgbImage) -> Result<(Vec<Row>, Vec<Face>)> {
         let lm_err = |op: &str| {
             let op = op.to_string();
-            move |source: aue_landmarks::LandmarkError| PredictError::Landmarks { op, source }
+            move |source: aue_landmarks::LandmarkError| PredictError::Landmarks {
+                op,
+                source: Box::new(source),
+            }
         };
         let boxes = self.landmarker.detect_faces(image).map_err(lm_err("detect faces"))?;
         if boxes.is_empty() {
@@ -234,10 +236,9 @@ impl Predictor {
             Stage::Fuse => OutputSet::ALL,
         };
         let opts = ForwardOptions { outputs, ..ForwardOptions::eval() };
-        let out = self
-            .model
-            .forward(&images, Some(&au_loc), &opts)
-            .map_err(|source| PredictError::Model { op: "forward".into(), source })?;
+        let out = self.model.forward(&images, Some(&au_loc), &opts).map_err(|source| {
+            PredictError::Model { op: "forward".into(), source: Box::new(source) }
+        })?;
         let rows = |t: &Option<Tensor>, what: &str| -> Result<Option<Vec<Vec<f32>>>> {
             t.as_ref().map(|t| t.to_vec2::<f32>().map_err(candle_err(what))).transpose()
         };
