@@ -14,7 +14,13 @@ use crate::landmarks::{Landmarks, Point, from_66, from_68};
 
 /// Reads a whole text file.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| DataError::io(path, "read", e))
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, "read", e))?;
+    // A byte-order mark would glue itself to the first name ("\u{feff}train_00001.jpg") and
+    // silently move that line out of its split.
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 /// The data lines of a text file: (1-based line number, tokens), skipping blank lines and
@@ -360,6 +366,15 @@ mod tests {
         assert!(read_box(file("10 2 3 4\n").path()).is_err());
         assert!(read_box(file("1 2 inf 4\n").path()).is_err());
         assert!(read_box(file("").path()).is_err());
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored() {
+        let f = file("\u{feff}train_00001.jpg 5\r\ntrain_00002.jpg 1\r\n");
+        let entries = read_label_list(f.path(), "train", 7).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].as_ref().unwrap().name, "train_00001.jpg");
+        assert_eq!(entries[1].as_ref().unwrap().label, 0);
     }
 
     #[test]

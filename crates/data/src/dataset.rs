@@ -8,7 +8,8 @@
 //! - RAF-DB basic: `basic/EmoLabel/list_patition_label.txt` ("train_00001.jpg 5"; the split is
 //!   the name prefix), images `basic/Image/original/<name>` (or `aligned/<name>`, also found as
 //!   `<stem>_aligned.<ext>`, the name RAF-DB ships them under), boxes
-//!   `basic/Annotation/boundingbox/<stem>.txt`, landmarks relative to the box's top-left
+//!   `basic/Annotation/boundingbox/<stem>.txt` (or RAF-DB's own `<stem>_boundingbox.txt`),
+//!   landmarks relative to the box's top-left
 //!   `basic/Annotation/Landmarks_68_FAN_bbox/<stem>.txt`, and when the folder
 //!   `basic/Annotation/AU_gt/` exists, ground-truth AUs `<stem>.txt`. Compound: the same under
 //!   `compound/`. With `aligned`, the box and landmarks must be in the aligned image's pixels.
@@ -599,7 +600,14 @@ fn read_raf_entry(
         LandmarkFile::Points(p) => *p,
         LandmarkFile::TooFew(_) => return Ok(Entry::NoLandmarks(entry.name.clone())),
     };
-    let box_path = dirs.boxes.join(format!("{stem}.txt"));
+    let mut box_path = dirs.boxes.join(format!("{stem}.txt"));
+    if !box_path.is_file() {
+        // RAF-DB ships its boxes as `<stem>_boundingbox.txt`; accept that name too.
+        let official = dirs.boxes.join(format!("{stem}_boundingbox.txt"));
+        if official.is_file() {
+            box_path = official;
+        }
+    }
     if !box_path.is_file() {
         return Err(DataError::missing(&box_path, format!("face box file for {}", entry.name)));
     }

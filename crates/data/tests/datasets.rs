@@ -145,6 +145,18 @@ fn aligned_images_are_found_under_their_raf_name() {
 }
 
 #[test]
+fn raf_box_files_are_found_under_their_raf_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_raf(dir.path(), "basic", BASIC);
+    let boxes = base.join("Annotation/boundingbox");
+    std::fs::rename(boxes.join("train_00001.txt"), boxes.join("train_00001_boundingbox.txt"))
+        .unwrap();
+    let train = open_basic(dir.path(), Split::Train, &opts()).unwrap();
+    assert_eq!(train.len(), 4);
+    assert_eq!(train.samples()[0].face_box.x2, 50.0);
+}
+
+#[test]
 fn sfew_with_and_without_id_lists() {
     let dir = tempfile::tempdir().unwrap();
     let entries = [("Happy", "a_01"), ("Angry", "b_02"), ("Surprise", "c_03"), ("Neutral", "d_04")];
