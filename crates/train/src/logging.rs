@@ -4,7 +4,7 @@
 //! The library itself only emits events; a binary calls [`init`] once at start-up.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
@@ -28,7 +28,10 @@ pub fn bars() -> &'static MultiProgress {
 /// log file once [`attach_file`] names it. Calling it twice is harmless.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let terminal = tracing_subscriber::fmt::layer().with_writer(TerminalWriter).with_target(false);
+    let terminal = tracing_subscriber::fmt::layer()
+        .with_writer(TerminalWriter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
     let file = tracing_subscriber::fmt::layer()
         .with_writer(FileWriter)
         .with_ansi(false)

@@ -252,7 +252,11 @@ fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Resu
         if improved {
             best = Some((m, shown));
         }
-        tracing::info!("epoch {shown}/{} lr {lr:e} train: {}", cfg.epochs, train_record.summary());
+        tracing::info!(
+            "epoch {shown}/{} lr {lr:.3e} train: {}",
+            cfg.epochs,
+            train_record.summary()
+        );
         tracing::info!(
             "epoch {shown}/{} test: {}{}",
             cfg.epochs,
@@ -411,7 +415,7 @@ fn resume_point(
     }
     let records = read_metrics(&paths.metrics(), meta.epoch)?;
     tracing::info!(
-        "resuming after epoch {} (step {}, lr {:e}) from {}",
+        "resuming after epoch {} (step {}, lr {:.3e}) from {}",
         meta.epoch,
         opt.global_step,
         opt.lr,
