@@ -77,6 +77,23 @@ pub enum ReportError {
         source: aue_train::TrainError,
     },
 
+    /// The model crate failed while building, loading or running a model (`--checkpoint`).
+    /// Boxed, as the data error: both are large, and rare.
+    #[error("{op}")]
+    Model {
+        op: &'static str,
+        #[source]
+        source: Box<aue_model::ModelError>,
+    },
+
+    /// The data crate failed while opening or loading the test split (`--checkpoint`).
+    #[error("{op}")]
+    Data {
+        op: &'static str,
+        #[source]
+        source: Box<aue_data::DataError>,
+    },
+
     /// A chart could not be drawn.
     #[error("cannot draw {what}: {msg}")]
     Plot { what: String, msg: String },

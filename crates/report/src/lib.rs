@@ -13,6 +13,7 @@
 pub mod checkpoint;
 pub mod document;
 pub mod error;
+pub mod eval;
 pub mod output;
 pub mod plots;
 pub mod published;

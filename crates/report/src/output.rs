@@ -45,14 +45,22 @@ fn prefix(report: &Report, i: usize) -> String {
     if shared { format!("run{}-stage{}", i + 1, r.stage) } else { format!("stage{}", r.stage) }
 }
 
-fn confusion_title(r: &RunReport, e: &EpochResult, best: bool) -> String {
+/// Which epoch a confusion matrix shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Best,
+    Last,
+    Evaluated,
+}
+
+fn confusion_title(r: &RunReport, e: &EpochResult, which: Which) -> String {
     let pred = if r.stage == 3 { "pred2" } else { "pred1" };
-    let which = if best {
-        format!("best epoch {} (test-set selection)", e.epoch)
-    } else {
-        format!("last epoch {}", e.epoch)
+    let what = match which {
+        Which::Best => format!("best epoch {} (test-set selection)", e.epoch),
+        Which::Last => format!("last epoch {}", e.epoch),
+        Which::Evaluated => format!("checkpoint of epoch {}, evaluated now", e.epoch),
     };
-    format!("{} {pred}: test confusion, {which}", r.title)
+    format!("{} {pred}: test confusion, {what}", r.title)
 }
 
 /// Writes every file of `report` into `out` (created if needed); returns the paths written.
@@ -63,21 +71,27 @@ pub fn write_report(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
     for (i, r) in report.runs.iter().enumerate() {
         let p = prefix(report, i);
         let mut files = RunImages::default();
-        for (e, best, tag) in [(&r.best, true, "best"), (&r.last, false, "last")] {
+        // An evaluated checkpoint has one epoch: one matrix, no curves.
+        let epochs: Vec<(&EpochResult, Which, &str)> = if r.evaluated {
+            vec![(&r.best, Which::Evaluated, "evaluated")]
+        } else {
+            vec![(&r.best, Which::Best, "best"), (&r.last, Which::Last, "last")]
+        };
+        for (e, which, tag) in epochs {
             let name = format!("{p}-confusion-{tag}.svg");
             let confusion = reorder(&e.scores.confusion, &report.column_labels);
-            let title = confusion_title(r, e, best);
-            write(
-                &out.join(&name),
-                &confusion_svg(&title, &report.columns, &confusion)?,
-                &mut written,
-            )?;
+            let title = confusion_title(r, e, which);
+            let svg = confusion_svg(&title, &report.columns, &confusion)?;
+            write(&out.join(&name), &svg, &mut written)?;
             files.files.push((title, name));
         }
-        let name = format!("{p}-curves.svg");
-        let title = format!("{}: training curves ({})", r.title, r.dir.display());
-        write(&out.join(&name), &curves_svg(&title, &r.curve, Some(r.best.epoch))?, &mut written)?;
-        files.files.push((title, name));
+        if !r.evaluated {
+            let name = format!("{p}-curves.svg");
+            let title = format!("{}: training curves ({})", r.title, r.dir.display());
+            let svg = curves_svg(&title, &r.curve, Some(r.best.epoch))?;
+            write(&out.join(&name), &svg, &mut written)?;
+            files.files.push((title, name));
+        }
         images.runs.push(files);
     }
     if let Some(p) = &report.prior_table {

@@ -136,6 +136,8 @@ pub struct RunReport {
     pub curve: Vec<CurvePoint>,
     /// Things a reader should know.
     pub warnings: Vec<String>,
+    /// Computed now by evaluating a checkpoint (`dir` is the checkpoint): one epoch, no curves.
+    pub evaluated: bool,
 }
 
 /// One row of the ablation (values in display column order).
@@ -164,6 +166,8 @@ pub struct Ablation {
     pub best: [AblationRow; 3],
     /// Last epochs: same rows.
     pub last: [AblationRow; 3],
+    /// A side is an evaluated checkpoint (one epoch): `best` and `last` are that epoch.
+    pub evaluated: bool,
 }
 
 /// The learned prior table beside its initial value.
@@ -311,6 +315,7 @@ fn run_report(run: &StageRun) -> Result<RunReport> {
         au,
         curve,
         warnings: run.warnings.clone(),
+        evaluated: run.evaluated,
     })
 }
 
@@ -340,6 +345,7 @@ fn ablation(runs: &[RunReport], order: &[usize]) -> Option<Ablation> {
         stage3: s3.dir.clone(),
         best: rows(&s1.best, &s3.best),
         last: rows(&s1.last, &s3.last),
+        evaluated: s1.evaluated || s3.evaluated,
     })
 }
 
@@ -498,10 +504,15 @@ impl Report {
             t.push(std::iter::once(row.method.to_string()).chain(row.cells()));
         }
         for r in &self.runs {
-            for (e, what) in [
-                (&r.best, format!("best epoch {} (test-set selection)", r.best.epoch)),
-                (&r.last, format!("last epoch {}", r.last.epoch)),
-            ] {
+            let rows = if r.evaluated {
+                vec![(&r.best, format!("checkpoint of epoch {}, evaluated now", r.best.epoch))]
+            } else {
+                vec![
+                    (&r.best, format!("best epoch {} (test-set selection)", r.best.epoch)),
+                    (&r.last, format!("last epoch {}", r.last.epoch)),
+                ]
+            };
+            for (e, what) in rows {
                 let label = format!("Ours: {}, {}, {what}", r.title, short_prediction(r.stage));
                 t.push(
                     std::iter::once(label)
@@ -571,9 +582,12 @@ impl Report {
                 a.stage3.display()
             )),
         ];
-        for (rows, what) in
-            [(&a.best, "best epochs (test-set selection)"), (&a.last, "last epochs")]
-        {
+        let tables = if a.evaluated {
+            vec![(&a.best, "best epochs or evaluated checkpoints")]
+        } else {
+            vec![(&a.best, "best epochs (test-set selection)"), (&a.last, "last epochs")]
+        };
+        for (rows, what) in tables {
             let mut t = Table::new(
                 std::iter::once(format!("Model ({what})"))
                     .chain(std::iter::once("Epoch".to_string()))
@@ -609,13 +623,24 @@ impl Report {
     fn run_blocks(&self, r: &RunReport, images: Option<&RunImages>) -> Vec<Block> {
         let mut out = vec![Block::Heading(2, format!("{}: {}", r.title, r.dir.display()))];
         let planned = r.epochs_planned.map_or(String::new(), |p| format!(" of {p} planned"));
-        out.push(Block::Text(format!(
-            "Dataset {}, preset {}, {} epochs evaluated{planned}. Scores of {}.",
-            r.dataset.as_deref().unwrap_or("unknown"),
-            r.preset.as_deref().unwrap_or("unknown"),
-            r.epochs_evaluated,
-            r.prediction
-        )));
+        out.push(Block::Text(if r.evaluated {
+            format!(
+                "Checkpoint of epoch {} evaluated now on the test split of dataset {} (preset {}). \
+                 Scores of {}.",
+                r.best.epoch,
+                r.dataset.as_deref().unwrap_or("unknown"),
+                r.preset.as_deref().unwrap_or("unknown"),
+                r.prediction
+            )
+        } else {
+            format!(
+                "Dataset {}, preset {}, {} epochs evaluated{planned}. Scores of {}.",
+                r.dataset.as_deref().unwrap_or("unknown"),
+                r.preset.as_deref().unwrap_or("unknown"),
+                r.epochs_evaluated,
+                r.prediction
+            )
+        }));
         if let Some(e) = r.best_checkpoint_epoch
             && e != r.best.epoch
         {
@@ -629,7 +654,12 @@ impl Report {
         }
         let mut summary =
             Table::new(["Epoch", "Selection", "Prediction", "Loss", "Acc.", AVE_COLUMN]);
-        for (e, tag) in [(&r.best, "best (test-set selection)"), (&r.last, "last")] {
+        let epochs = if r.evaluated {
+            vec![(&r.best, "checkpoint, evaluated now")]
+        } else {
+            vec![(&r.best, "best (test-set selection)"), (&r.last, "last")]
+        };
+        for (e, tag) in epochs {
             summary.push([
                 e.epoch.to_string(),
                 tag.to_string(),

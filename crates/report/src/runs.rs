@@ -55,6 +55,8 @@ pub struct StageRun {
     pub last_checkpoint: Option<CheckpointInfo>,
     /// Things a reader should know (unreadable checkpoint metadata, ...).
     pub warnings: Vec<String>,
+    /// The one record was computed now from a checkpoint (see `eval`), not read from a folder.
+    pub evaluated: bool,
 }
 
 /// Expands the folders given on the command line into stage folders: a folder holding
@@ -248,6 +250,7 @@ impl StageRun {
             best_checkpoint,
             last_checkpoint,
             warnings,
+            evaluated: false,
         };
         if let (Some(ck), Some(best)) = (&run.best_checkpoint, run.best())
             && ck.meta.epoch != best.epoch

@@ -6,9 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use aue_report::eval::{EvalOptions, evaluate_checkpoint};
 use aue_report::output::write_report;
-use aue_report::{Compare, ReportOptions, build_report, default_out_dir, document};
+use aue_report::{
+    Compare, Report, ReportOptions, StageRun, default_out_dir, document, expand_run_dirs,
+};
+use aue_train::{Dataset, DeviceSpec, Stage};
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Report AUE-CRL runs: the paper's table with our rows, best (test-set selection) and last
 /// epochs, per-class precision / recall / F1, the stage 1 vs stage 3 ablation, stage 2's AU
@@ -18,11 +23,41 @@ use clap::Parser;
 struct Args {
     /// A stage run folder (holding metrics.jsonl), or a folder holding stage1/stage2/stage3;
     /// repeat for several.
-    #[arg(long = "run", value_name = "DIR", required = true)]
+    #[arg(long = "run", value_name = "DIR", required_unless_present = "checkpoints")]
     runs: Vec<PathBuf>,
 
-    /// Output folder for report.md, report.json and the SVG charts
-    /// [default: <first run's parent>/report].
+    /// Evaluate this stage checkpoint on the test split instead of reading metrics (loads the
+    /// model); repeat for several. Its metadata gives the configuration and dataset.
+    #[arg(long = "checkpoint", value_name = "FILE")]
+    checkpoints: Vec<PathBuf>,
+
+    /// With --checkpoint: the stage the checkpoints must come from (1, 2 or 3).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3), requires = "checkpoints")]
+    stage: Option<u8>,
+
+    /// With --checkpoint: dataset root [default: the one in the checkpoint's configuration].
+    #[arg(long, value_name = "DIR", requires = "checkpoints")]
+    data_root: Option<PathBuf>,
+
+    /// With --checkpoint: dataset kind [default: the checkpoint's]; its classes must be the
+    /// checkpoint's.
+    #[arg(long, value_enum, requires = "checkpoints")]
+    dataset: Option<Dataset>,
+
+    /// With --checkpoint: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+
+    /// With --checkpoint: test batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+
+    /// With --checkpoint: image decoding threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+
+    /// Output folder for report.md, report.json and the SVG charts [default: <first run's
+    /// parent>/report; for a checkpoint, <its folder>/report].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 
@@ -51,6 +86,7 @@ enum Output {
 #[derive(Debug)]
 struct Config {
     runs: Vec<PathBuf>,
+    evaluations: Vec<EvalOptions>,
     out: Output,
     options: ReportOptions,
 }
@@ -64,17 +100,59 @@ impl Config {
             (false, None) => Output::BesideRuns,
             (false, Some(dir)) => Output::Dir(dir),
         };
-        Ok(Self { runs: args.runs, out, options: ReportOptions { compare } })
+        if args.batch_size == 0 {
+            anyhow::bail!("--batch-size must be at least 1");
+        }
+        let expect_stage = args.stage.and_then(Stage::from_number);
+        let evaluations = args
+            .checkpoints
+            .iter()
+            .map(|checkpoint| EvalOptions {
+                checkpoint: checkpoint.clone(),
+                expect_stage,
+                data_root: args.data_root.clone(),
+                dataset: args.dataset,
+                device: args.device,
+                batch_size: args.batch_size,
+                workers: args.workers,
+            })
+            .collect();
+        Ok(Self { runs: args.runs, evaluations, out, options: ReportOptions { compare } })
     }
 }
 
+/// Evaluates one checkpoint with a progress bar.
+fn evaluate(opts: &EvalOptions) -> anyhow::Result<StageRun> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("evaluating {}", opts.checkpoint.display()));
+    let result = evaluate_checkpoint(opts, &|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    result.with_context(|| format!("cannot evaluate {}", opts.checkpoint.display()))
+}
+
 fn run(cfg: &Config) -> anyhow::Result<()> {
-    let (runs, report) =
-        build_report(&cfg.runs, &cfg.options).context("cannot build the report")?;
+    let dirs = expand_run_dirs(&cfg.runs).context("cannot build the report")?;
+    let mut runs = dirs
+        .iter()
+        .map(|d| StageRun::load(d).context("cannot build the report"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for e in &cfg.evaluations {
+        runs.push(evaluate(e)?);
+    }
+    let report = Report::build(&runs, &cfg.options).context("cannot build the report")?;
     print!("{}", document::to_text(&report.document(&Default::default())));
     let out = match &cfg.out {
         Output::Print => None,
         // `runs` is not empty: build_report fails without a run.
+        // A checkpoint's "run" is the file itself: its report goes beside it.
         Output::BesideRuns => runs.first().map(|r| default_out_dir(&r.dir)),
         Output::Dir(dir) => Some(dir.clone()),
     };
