@@ -457,6 +457,7 @@ impl Dataset {
         let (bytes, plan) = preprocess::prepare_u8(
             &s.image,
             s.bytes.as_ref().map(|b| &*b.0),
+            (s.width, s.height),
             &s.face_box,
             &s.landmarks,
             self.inner.kind.enlarge_factor(),
@@ -464,11 +465,6 @@ impl Dataset {
             self.inner.options.swap_flip_landmarks,
             &self.inner.grid,
         )?;
-        if plan.rect.x1 > s.width || plan.rect.y1 > s.height {
-            // The file changed since open; the crop was cut from the decoded size, so it is
-            // valid, but the open-time checks no longer hold.
-            tracing::warn!(image = %s.image.display(), "image size differs from the one at open");
-        }
         Ok((bytes, plan))
     }
 

@@ -426,11 +426,13 @@ pub fn prepare_rgb(
 }
 
 /// [`prepare_rgb`] on an image file, or on its encoded bytes when they are held in memory
-/// (`path` then only names it in errors).
+/// (`path` then only names it in errors). The decoded size must be `expected` (the size read
+/// when the dataset was opened, which the open-time checks used).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn prepare_u8(
     path: &Path,
     bytes: Option<&[u8]>,
+    expected: (u32, u32),
     face_box: &FaceBox,
     landmarks: &Landmarks,
     factor: f64,
@@ -442,6 +444,13 @@ pub(crate) fn prepare_u8(
         Some(bytes) => decode_rgb_bytes(bytes, path)?,
         None => decode_rgb(path)?,
     };
+    if img.dimensions() != expected {
+        let ((w, h), (ew, eh)) = (img.dimensions(), expected);
+        return Err(DataError::invalid(
+            path,
+            format!("image is {w}x{h}, its header said {ew}x{eh} when the dataset was opened"),
+        ));
+    }
     prepare_rgb(&img, face_box, landmarks, factor, augment, swap_flip_landmarks, grid)
         .map_err(|m| DataError::invalid(path, m))
 }

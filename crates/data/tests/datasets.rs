@@ -344,6 +344,17 @@ fn truncated_jpeg_is_an_error_when_loaded() {
 }
 
 #[test]
+fn an_image_replaced_after_open_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_raf(dir.path(), "basic", BASIC);
+    let train = open_basic(dir.path(), Split::Train, &opts()).unwrap();
+    write_image(&base.join("Image/original/train_00001.jpg"), 30, 30, 0);
+    let err = train.prepare(0, &Augment::NONE).unwrap_err();
+    assert_names(&err, "train_00001.jpg", None);
+    assert!(err.to_string().contains("image is 30x30"), "{err}");
+}
+
+#[test]
 fn bad_options_and_missing_folders_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let err = open_basic(dir.path(), Split::Train, &opts()).unwrap_err();
