@@ -83,6 +83,8 @@ struct Heatmap<'a> {
     y_title: &'a str,
     cell_w: i32,
     cell_h: i32,
+    /// Font size of the first text line of a cell (later lines are 4 smaller).
+    text_size: f64,
     /// Colour bar: (label, ticks as (position in domain, text)).
     bar: Option<(&'a str, Vec<(f64, String)>)>,
     /// Domain of the colour positions (min, max) for the bar.
@@ -153,7 +155,7 @@ impl Heatmap<'_> {
                 let ink = ink_on(bg);
                 let n = lines.len() as i32;
                 for (k, line) in lines.iter().enumerate() {
-                    let size = if k == 0 { CELL_SIZE } else { CELL_SIZE - 4.0 };
+                    let size = if k == 0 { self.text_size } else { self.text_size - 4.0 };
                     let dy = (k as i32 * 2 - (n - 1)) * ch / (2 * n + 2);
                     area.draw_text(
                         line,
@@ -272,6 +274,7 @@ pub fn confusion_svg(title: &str, names: &[String], confusion: &[Vec<u64>]) -> R
         y_title: "true class (test samples)",
         cell_w: cell,
         cell_h: 56,
+        text_size: CELL_SIZE,
         bar: Some((
             "share of the true class's samples",
             vec![(0.0, "0%".into()), (0.5, "50%".into()), (1.0, "100%".into())],
@@ -551,8 +554,9 @@ pub fn prior_svg(p: &PriorReport) -> Result<String> {
             colour: &seq,
             x_title: "action unit",
             y_title: "expression",
-            cell_w: 58,
+            cell_w: 62,
             cell_h: 38,
+            text_size: CELL_SIZE - 3.0,
             bar: Some(("table value", ticks01.clone())),
             domain: (0.0, 1.0),
         },
@@ -565,8 +569,9 @@ pub fn prior_svg(p: &PriorReport) -> Result<String> {
             colour: &seq,
             x_title: "action unit",
             y_title: "expression",
-            cell_w: 58,
+            cell_w: 62,
             cell_h: 38,
+            text_size: CELL_SIZE - 3.0,
             bar: Some(("table value", ticks01)),
             domain: (0.0, 1.0),
         },
@@ -579,8 +584,9 @@ pub fn prior_svg(p: &PriorReport) -> Result<String> {
             colour: &diverging,
             x_title: "action unit",
             y_title: "expression",
-            cell_w: 58,
+            cell_w: 62,
             cell_h: 38,
+            text_size: CELL_SIZE - 3.0,
             bar: Some((
                 "change",
                 vec![
