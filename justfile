@@ -31,6 +31,10 @@ demo:
     cargo run --release -p aue-stage2 -- --config crates/train/demo/stage2.toml --overwrite
     cargo run --release -p aue-stage3 -- --config crates/train/demo/stage3.toml --overwrite
 
+# The report: the paper's tables beside ours, curves, confusion matrices (default: the demo's runs).
+report *args:
+    if [ "$#" -eq 0 ]; then set -- --run runs/demo; fi; cargo run --release -p aue-report -- "$@"
+
 # The test suite, as CI runs it.
 test:
     cargo test --workspace --release
