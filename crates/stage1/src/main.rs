@@ -1,4 +1,5 @@
-//! `aue-stage1`: AUE-CRL training stage 1 (EM, REFERENCE.md section 4): trains the backbone and the expression branch with cross-entropy.
+//! `aue-stage1`: AUE-CRL training stage 1 (EM, REFERENCE.md section 4): the backbone and the
+//! expression branch, trained with cross-entropy.
 //! A thin shell: flags -> checked config -> `aue_train::run`; see `--help`.
 
 use std::process::ExitCode;

@@ -1,5 +1,5 @@
-//! `aue-stage2`: AUE-CRL training stage 2 (AU, REFERENCE.md section 4): trains the AU branch and the prior table on the frozen backbone,
-//! starting from stage 1's checkpoint.
+//! `aue-stage2`: AUE-CRL training stage 2 (AU, REFERENCE.md section 4): the AU branch and the
+//! prior table on the frozen backbone, starting from stage 1's checkpoint.
 //! A thin shell: flags -> checked config -> `aue_train::run`; see `--help`.
 
 use std::process::ExitCode;

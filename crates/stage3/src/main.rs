@@ -1,5 +1,5 @@
-//! `aue-stage3`: AUE-CRL training stage 3 (Fuse, REFERENCE.md section 4): trains the fusion branch and the EM head on everything else frozen,
-//! starting from stage 2's checkpoint.
+//! `aue-stage3`: AUE-CRL training stage 3 (Fuse, REFERENCE.md section 4): the fusion branch and
+//! the EM head on everything else frozen, starting from stage 2's checkpoint.
 //! A thin shell: flags -> checked config -> `aue_train::run`; see `--help`.
 
 use std::process::ExitCode;

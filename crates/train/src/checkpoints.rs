@@ -180,8 +180,9 @@ pub fn check_parent(cfg: &StageConfig, path: &Path) -> Result<Option<ModelMeta>>
     let Some(meta) = ModelMeta::read(path)? else {
         tracing::warn!(
             checkpoint = %path.display(),
-            "the checkpoint has no aue metadata (a foreign checkpoint with the reference's names?): \
-             its stage, preset and dataset cannot be checked; loading it strictly by tensor name"
+            "the checkpoint has no aue metadata (a foreign checkpoint with the reference's \
+             names?): its stage, preset and dataset cannot be checked; loading it strictly by \
+             tensor name"
         );
         return Ok(None);
     };

@@ -510,8 +510,8 @@ impl StageConfig {
             return Err(bad(
                 "resume_model",
                 format!(
-                    "{} starts from {}, which does not exist: run stage {prev} first (with the same \
-                     --run-dir) or pass --resume-model FILE",
+                    "{} starts from {}, which does not exist: run stage {prev} first (with the \
+                     same --run-dir) or pass --resume-model FILE",
                     stage_label(self.stage),
                     p.display()
                 ),

@@ -36,8 +36,8 @@ pub enum TrainError {
 
     /// The loss became NaN or infinite; training stops and keeps the last good checkpoint.
     #[error(
-        "the loss became {value} at epoch {epoch}, step {step} (lr {lr}); training stopped, the last \
-         good checkpoint is kept ({last})"
+        "the loss became {value} at epoch {epoch}, step {step} (lr {lr}); training stopped, the \
+         last good checkpoint is kept ({last})"
     )]
     NonFiniteLoss { value: f32, epoch: usize, step: usize, lr: f64, last: String },
 

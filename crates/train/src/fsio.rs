@@ -37,7 +37,8 @@ pub fn remove_stale_temp_files(dir: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.contains(".tmp") && entry.path().is_file() {
-            tracing::debug!(file = %entry.path().display(), "removing a temp file left by a killed run");
+            let file = entry.path();
+            tracing::debug!(file = %file.display(), "removing a temp file left by a killed run");
             let _ = std::fs::remove_file(entry.path());
         }
     }

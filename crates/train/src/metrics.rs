@@ -13,7 +13,8 @@ use crate::error::{CandleContext, Result};
 /// `[b, k]` one-hot f32 rows of `indices` `[b]` (any integer dtype).
 fn one_hot(indices: &Tensor, k: usize) -> Result<Tensor> {
     let classes = Tensor::arange(0u32, k as u32, indices.device()).op("one_hot: arange")?;
-    let idx = indices.to_dtype(DType::U32).op("one_hot: to u32")?.unsqueeze(1).op("one_hot")?; // [b, 1]
+    let idx = indices.to_dtype(DType::U32).op("one_hot: to u32")?;
+    let idx = idx.unsqueeze(1).op("one_hot: unsqueeze")?; // [b, 1]
     idx.broadcast_eq(&classes.unsqueeze(0).op("one_hot")?) // [b, k]
         .op("one_hot: eq")?
         .to_dtype(DType::F32)
