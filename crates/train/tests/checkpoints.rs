@@ -106,3 +106,42 @@ fn metadata_and_starting_checkpoint_checks() {
     let m = metadata(&tmp.path().join("other-2/stage2/last.safetensors"));
     assert_eq!(m["parent_sha256"], sha256_file(&foreign).unwrap());
 }
+
+/// `--pretrained`: torchvision-named backbone weights (no `backbone.` prefix, with an `fc` to be
+/// ignored) become stage 1's starting backbone, and the file's hash is the checkpoint's parent.
+#[test]
+fn pretrained_backbone_is_imported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path(), 16, 8);
+    let run = tmp.path().join("run");
+    let cfg = config(Stage::Em, args(&data, &run, 1, 1));
+
+    // A torchvision-style state dict of the tiny backbone, with recognisable values.
+    let model_map = VarMap::new();
+    aue_model::AueModel::with_varmap(&model_map, &cfg.model_config().unwrap(), &Device::Cpu)
+        .unwrap();
+    aue_model::init::init_default(&model_map, 99).unwrap();
+    let torchvision = VarMap::new();
+    for (key, var) in model_map.data().lock().unwrap().iter() {
+        if let Some(bare) = key.strip_prefix("backbone.") {
+            let copy = Var::from_tensor(var.as_tensor()).unwrap();
+            torchvision.data().lock().unwrap().insert(bare.to_string(), copy);
+        }
+    }
+    let weights = tmp.path().join("resnet-tiny.safetensors");
+    checkpoint::save(&torchvision, &weights, &BTreeMap::new()).unwrap();
+
+    // A negligible learning rate: after one step the backbone is still the imported one.
+    let a =
+        StageArgs { pretrained: Some(weights.clone()), lr: Some(1e-12), ..args(&data, &run, 1, 1) };
+    aue_train::run(&config(Stage::Em, a)).unwrap();
+    let last = run.join("stage1/last.safetensors");
+    assert_eq!(metadata(&last)["parent_sha256"], sha256_file(&weights).unwrap());
+    let got = common::tensors(&last);
+    let want = common::tensors(&weights);
+    for key in ["conv1.weight", "layer4.1.conv2.weight", "layer2.0.downsample.0.weight"] {
+        let (g, w) = (&got[&format!("backbone.{key}")], &want[key]);
+        let diff = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(diff < 1e-6, "backbone.{key} is not the imported tensor (max diff {diff})");
+    }
+}
