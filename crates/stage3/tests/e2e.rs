@@ -109,6 +109,7 @@ fn three_stages_in_a_row() {
     assert_eq!(config["preset"], "tiny");
     assert_eq!(config["lr_milestones"], serde_json::json!([15, 30]));
     let lines = std::fs::read_to_string(s1.join("metrics.jsonl")).unwrap();
+    assert!(lines.starts_with("{\"split\":\"train\",\"stage\":1,\"epoch\":1,"), "{lines}");
     let lines: Vec<serde_json::Value> =
         lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);

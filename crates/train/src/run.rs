@@ -108,7 +108,8 @@ struct Start {
     global_step: usize,
     best: Option<(f64, usize)>,
     parent_sha256: String,
-    records: Vec<serde_json::Value>,
+    /// `metrics.jsonl` lines kept from before (one JSON object each, in the trainer's field order).
+    records: Vec<String>,
     optimizer: Option<std::collections::HashMap<String, candle_core::Tensor>>,
 }
 
@@ -267,7 +268,7 @@ fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Resu
         // Persist: metrics first, then best, the optimizer state and last. A kill in between
         // leaves metrics ahead of `last`; --resume drops those lines.
         for r in [&train_record, &test_record] {
-            records.push(serde_json::to_value(r).unwrap_or_default());
+            records.push(serde_json::to_string(r).unwrap_or_default());
         }
         write_metrics(&paths.metrics(), &records)?;
         let meta = |selection: &str| ModelMeta {
@@ -433,7 +434,7 @@ fn resume_point(
 
 /// Reads `metrics.jsonl`, keeping the lines of epochs `<= up_to` (a killed run may have
 /// written the lines of an epoch whose checkpoint it did not finish).
-fn read_metrics(path: &Path, up_to: usize) -> Result<Vec<serde_json::Value>> {
+fn read_metrics(path: &Path, up_to: usize) -> Result<Vec<String>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -447,7 +448,7 @@ fn read_metrics(path: &Path, up_to: usize) -> Result<Vec<serde_json::Value>> {
         })?;
         let epoch = v.get("epoch").and_then(serde_json::Value::as_u64);
         match epoch {
-            Some(e) if e as usize <= up_to => out.push(v),
+            Some(e) if e as usize <= up_to => out.push(line.to_string()),
             Some(_) => {}
             None => {
                 return Err(TrainError::Json {
@@ -462,10 +463,10 @@ fn read_metrics(path: &Path, up_to: usize) -> Result<Vec<serde_json::Value>> {
 }
 
 /// Rewrites `metrics.jsonl` atomically with every record so far.
-fn write_metrics(path: &Path, records: &[serde_json::Value]) -> Result<()> {
+fn write_metrics(path: &Path, records: &[String]) -> Result<()> {
     let mut text = String::new();
     for r in records {
-        text.push_str(&r.to_string());
+        text.push_str(r);
         text.push('\n');
     }
     write_atomic(path, text.as_bytes())
@@ -489,16 +490,11 @@ fn progress_bar(len: usize, prefix: String) -> ProgressBar {
 }
 
 /// Logs the final results: the best epoch (test-set selection) and the last epoch beside it.
-fn report(
-    cfg: &StageConfig,
-    paths: &StagePaths,
-    records: &[serde_json::Value],
-    summary: &mut RunSummary,
-) {
+fn report(cfg: &StageConfig, paths: &StagePaths, records: &[String], summary: &mut RunSummary) {
     let tests: Vec<SplitRecord> = records
         .iter()
-        .filter(|r| r.get("split").and_then(|s| s.as_str()) == Some("test"))
-        .filter_map(|r| serde_json::from_value(r.clone()).ok())
+        .filter_map(|r| serde_json::from_str::<SplitRecord>(r).ok())
+        .filter(|r| r.split == SplitName::Test)
         .collect();
     summary.last = tests.last().cloned();
     summary.best = tests.iter().rfind(|r| r.best == Some(true)).cloned();

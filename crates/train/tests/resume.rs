@@ -46,7 +46,9 @@ fn resumed_run_equals_uninterrupted_run() {
     assert!(err.to_string().contains("lr: 0.01 in the run, 0.5 now"), "{err}");
 
     let resume = StageArgs { resume: true, ..args(&data, &b, 3, 2) };
-    aue_train::run(&config(Stage::Em, resume)).unwrap();
+    let summary = aue_train::run(&config(Stage::Em, resume)).unwrap();
+    assert_eq!(summary.last.map(|r| r.epoch), Some(3));
+    assert!(summary.best.is_some(), "the best epoch is known after resuming");
 
     assert!(!stage_b.join(".last.safetensors.tmp-4242").exists(), "stale temp file kept");
     let stage_a = a.join("stage1");
