@@ -3,8 +3,10 @@
 //! files and checkpoint metadata, and the errors a user meets first.
 //!
 //! The stage-1 and stage-2 binaries live in other packages; `cargo test --workspace --release`
-//! builds every binary before running tests, and this test finds them beside its own target
-//! folder (`target/release/`).
+//! builds every binary before running tests (their packages have integration tests), and this
+//! test finds them in its own target folder (`target/release/`). Run alone
+//! (`cargo test -p aue-stage3`), it uses whatever aue-stage1/2 binaries are there: select all
+//! three packages (`-p aue-stage1 -p aue-stage2 -p aue-stage3`) after changing aue-train.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
