@@ -285,7 +285,6 @@ fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Resu
         };
         if improved {
             checkpoints::save_model(&varmap, &paths.best(), &meta(SELECTION_BEST))?;
-            summary.best = Some(test_record.clone());
         }
         let opt_meta = OptimizerMeta {
             stage: cfg.stage,
@@ -300,7 +299,6 @@ fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Resu
             &opt_meta,
         )?;
         checkpoints::save_model(&varmap, &paths.last(), &meta(SELECTION_LAST))?;
-        summary.last = Some(test_record);
     }
     report(cfg, paths, &records, &mut summary);
     Ok(summary)
