@@ -27,7 +27,7 @@
 //!
 //! Choices where REFERENCE.md is silent, all matching the reference implementation:
 //! - The random draws happen in the order dx, dy, flip, each from the sample's own generator
-//!   (see [`crate::loader`]); the offset draws happen even when `half = 0`.
+//!   (see [`crate::Loader`]); the offset draws happen even when `half = 0`.
 //! - `flip` is "uniform `[0, 1)` draw `> 0.5`" (the reference's `random.random() > 0.5`).
 //! - The offsets are drawn from `half` of the *unenlarged* box, as the reference does.
 
