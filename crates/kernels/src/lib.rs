@@ -1,4 +1,5 @@
-//! Convolutions for Candle whose backward passes cost about twice their forward pass.
+//! Convolutions for Candle whose backward passes cost about twice their forward pass, and a
+//! one-op train-mode batch norm for the CPU (`batch_norm.rs`).
 //!
 //! Candle 0.11 differentiates `conv2d` with `conv_transpose2d`, which on CPU is a naive loop (and
 //! is not routed to cuDNN on CUDA); it also runs the forward `conv_transpose2d` with that loop.
@@ -22,12 +23,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod batch_norm;
 mod error;
 pub mod grad;
 mod im2col;
 mod op;
 mod params;
 
+pub use batch_norm::{batch_norm_supported, batch_norm_train};
 pub use error::{KernelError, Result};
 pub use grad::{Engine, WeightGradAlgo};
 pub use op::{conv_transpose2d, conv2d, conv2d_grouped};

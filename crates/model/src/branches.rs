@@ -2,7 +2,7 @@
 //! the widths of section 8).
 
 use aue_core::NUM_AUS;
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Tensor, Var};
 
 use crate::config::ModelConfig;
 use crate::crops::{CropCentres, CropNets};
@@ -124,13 +124,22 @@ impl AuBranch {
 }
 
 /// Fusion branch (stage 3): `fc_em_fuse_3`, the 17 `fc_au_fuse_3.{i}`, `fc_attention_fuse_3`,
-/// `pred_em_fuse_3`. The 17 AU heads run as one batched matmul and one stacked BatchNorm.
+/// `pred_em_fuse_3`. The 17 AU heads' parameters and BatchNorm statistics are group variables
+/// (`crate::state`), run as one batched product and one BatchNorm over [17, Dim] channels.
 #[derive(Debug, Clone)]
 pub(crate) struct Fusion {
     em_fc: Linear,
     em_bn: BatchNorm,
-    au_fc: Vec<Linear>,
-    au_bn: Vec<BatchNorm>,
+    /// The 17 heads' Linear: weight [17, Dim, 2F], bias [17, Dim].
+    au_w: Tensor,
+    au_b: Tensor,
+    /// The 17 heads' BatchNorm1d: weight, bias [17, Dim]; running statistics [17, Dim] and
+    /// counters [17].
+    au_bn_w: Tensor,
+    au_bn_b: Tensor,
+    au_running_mean: Var,
+    au_running_var: Var,
+    au_batches: Var,
     attention: Linear,
     pred: Linear,
     dropout: f32,
@@ -140,17 +149,18 @@ impl Fusion {
     pub(crate) fn new(p: &Params, cfg: &ModelConfig) -> Result<Self> {
         let (dim, row) = (cfg.fuse_dim, 2 * cfg.au_feat);
         let em = p.pp("fc_em_fuse_3");
-        let (mut au_fc, mut au_bn) = (vec![], vec![]);
-        for i in 0..NUM_AUS {
-            let q = p.pp("fc_au_fuse_3").pp(i);
-            au_fc.push(Linear::new(&q.pp(1), row, dim)?);
-            au_bn.push(BatchNorm::new(&q.pp(2), dim)?);
-        }
+        let heads = "fc_au_fuse_3";
+        let n = NUM_AUS;
         Ok(Fusion {
             em_fc: Linear::new(&em.pp(1), cfg.em_dim, dim)?,
             em_bn: BatchNorm::new(&em.pp(2), dim)?,
-            au_fc,
-            au_bn,
+            au_w: p.group_param(heads, n, "1.weight", &[dim, row])?,
+            au_b: p.group_param(heads, n, "1.bias", &[dim])?,
+            au_bn_w: p.group_param(heads, n, "2.weight", &[dim])?,
+            au_bn_b: p.group_param(heads, n, "2.bias", &[dim])?,
+            au_running_mean: p.group_var(heads, n, "2.running_mean", &[dim], p.dtype())?,
+            au_running_var: p.group_var(heads, n, "2.running_var", &[dim], p.dtype())?,
+            au_batches: p.group_var(heads, n, "2.num_batches_tracked", &[], DType::I64)?,
             attention: Linear::new(&p.pp("fc_attention_fuse_3").pp(0), dim, 1)?,
             pred: Linear::new(&p.pp("pred_em_fuse_3"), cfg.em_dim + row, cfg.num_classes)?,
             dropout: cfg.dropout,
@@ -192,36 +202,29 @@ impl Fusion {
     /// # Shapes
     /// rows [B, 17, 2F] -> [17, B, Dim]
     fn au_heads(&self, rows: &Tensor, mode: PartMode) -> Result<Tensor> {
-        let stack = |f: &dyn Fn(usize) -> Tensor| -> Result<Tensor> {
-            Ok(Tensor::stack(&(0..NUM_AUS).map(f).collect::<Vec<_>>(), 0)?)
-        };
-        let w = stack(&|i| mode.see(self.au_fc[i].weight()))?; // [17, Dim, 2F]
-        let bias = stack(&|i| mode.see(self.au_fc[i].bias()))?.unsqueeze(1)?; // [17, 1, Dim]
-        let x = rows
-            .transpose(0, 1)?
-            .contiguous()?
-            .matmul(&w.transpose(1, 2)?)?
-            .broadcast_add(&bias)?; // [17, B, Dim]
-        let gamma = stack(&|i| mode.see(self.au_bn[i].weight()))?.unsqueeze(1)?;
-        let beta = stack(&|i| mode.see(self.au_bn[i].bias()))?.unsqueeze(1)?;
+        let w = mode.see(&self.au_w); // [17, Dim, 2F]
+        let bias = mode.see(&self.au_b).unsqueeze(2)?; // [17, Dim, 1]
+        // W x rows^T with the weight in its own layout (its gradient needs no transposed copy).
+        // (rows^T is small; made contiguous so that every backend's batched gemm takes it.)
+        let rows_t = rows.permute((1, 2, 0))?.contiguous()?; // [17, 2F, B]
+        let x = w.matmul(&rows_t)?.broadcast_add(&bias)?; // [17, Dim, B]
+        let gamma = mode.see(&self.au_bn_w).unsqueeze(2)?; // [17, Dim, 1]
+        let beta = mode.see(&self.au_bn_b).unsqueeze(2)?;
         let y = if mode.train_bn {
-            let (y, mean, var) = batch_norm_train(&x, &gamma, &beta, &[1])?;
-            for (i, bn) in self.au_bn.iter().enumerate() {
-                let (m, v) = (mean.get(i)?.flatten_all()?, var.get(i)?.flatten_all()?);
-                update_running(
-                    bn.running_mean(),
-                    bn.running_var(),
-                    bn.num_batches_tracked(),
-                    &m,
-                    &v,
-                )?;
-            }
+            let (y, mean, var) = batch_norm_train(&x, &gamma, &beta, &[2])?;
+            update_running(
+                &self.au_running_mean,
+                &self.au_running_var,
+                &self.au_batches,
+                &mean.squeeze(2)?,
+                &var.squeeze(2)?,
+            )?;
             y
         } else {
-            let rm = stack(&|i| self.au_bn[i].running_mean().as_tensor().detach())?.unsqueeze(1)?;
-            let rv = stack(&|i| self.au_bn[i].running_var().as_tensor().detach())?.unsqueeze(1)?;
+            let rm = self.au_running_mean.as_tensor().detach().unsqueeze(2)?;
+            let rv = self.au_running_var.as_tensor().detach().unsqueeze(2)?;
             batch_norm_eval(&x, &gamma, &beta, &rm, &rv)?
         };
-        Ok(y.tanh()?)
+        Ok(y.tanh()?.transpose(1, 2)?) // [17, B, Dim]
     }
 }

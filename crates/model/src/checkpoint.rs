@@ -1,5 +1,7 @@
 //! Checkpoint I/O (CONTRACT.md "Model state"): safetensors files holding the model's [`VarMap`]
-//! under the reference state-dict keys, plus a `__metadata__` string map.
+//! under the reference state-dict keys, plus a `__metadata__` string map. A group variable
+//! (`crate::state`: the stacked crop nets and fusion heads) is written and read as its members,
+//! one reference key each, so files interchange with the reference's `state_dict`.
 //!
 //! - [`save`]: atomic (temp file in the same folder, fsync, rename, fsync of the folder).
 //! - [`read_metadata`]: the `__metadata__` map, reading only the header.
@@ -21,6 +23,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::error::{ModelError, Result};
+use crate::state::{self, StateEntry, state_entries};
 
 /// Metadata key holding the checkpoint format version written by [`save`].
 pub const FORMAT_KEY: &str = "aue_format";
@@ -212,11 +215,9 @@ impl safetensors::View for View {
     }
 }
 
-fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
+/// The model's reference state dict entries by key (group variables expanded, see `crate::state`).
+fn entries_by_key(varmap: &VarMap) -> BTreeMap<String, StateEntry> {
+    state_entries(varmap).into_iter().map(|e| (e.key.clone(), e)).collect()
 }
 
 /// Save every variable of `varmap` to `path` with `metadata` (plus [`FORMAT_KEY`]), atomically:
@@ -226,8 +227,11 @@ pub fn save(
     path: impl AsRef<Path>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let tensors: BTreeMap<String, Tensor> =
-        sorted_vars(varmap).into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect();
+    // Under the reference keys: a group variable is written as its slices (views, no copy).
+    let tensors: BTreeMap<String, Tensor> = state_entries(varmap)
+        .into_iter()
+        .map(|e| Ok((e.key.clone(), e.tensor()?.detach())))
+        .collect::<Result<_>>()?;
     let mut metadata = metadata.clone();
     metadata.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
     write_safetensors(path, &tensors, &metadata)
@@ -291,8 +295,8 @@ fn first_and_more(keys: &BTreeSet<&String>) -> Option<(String, usize)> {
     keys.iter().next().map(|k| ((*k).clone(), keys.len() - 1))
 }
 
-/// Check that `entry` can fill `var` (shape and dtype).
-fn check_entry(path: &Path, key: &str, entry: &Entry, var: &Var) -> Result<()> {
+/// Check that `entry` can fill the state entry `var` (shape and dtype).
+fn check_entry(path: &Path, key: &str, entry: &Entry, var: &StateEntry) -> Result<()> {
     if entry.shape != var.dims() {
         return Err(ModelError::ShapeMismatch {
             path: path.into(),
@@ -319,11 +323,11 @@ pub fn load(varmap: &VarMap, path: impl AsRef<Path>) -> Result<BTreeMap<String, 
     let path = path.as_ref();
     let mut file = open(path)?;
     let header = read_header(path, &mut file)?;
-    let vars: BTreeMap<String, Var> = sorted_vars(varmap).into_iter().collect();
+    let vars = entries_by_key(varmap);
     check_key_sets(path, &vars, &header)?;
     for (key, entry) in &header.entries {
         let var = &vars[key];
-        var.set(&read_entry(path, &mut file, &header, entry, var.device())?)?;
+        var.set(&read_entry(path, &mut file, &header, entry, var.var.device())?)?;
     }
     tracing::debug!(path = %path.display(), tensors = header.entries.len(), "checkpoint loaded");
     Ok(header.metadata)
@@ -373,12 +377,31 @@ pub fn load_model(
     let header = read_header(path, &mut file)?;
     // The expected state, from a model whose (zero) variables are never touched, so never paged in.
     let probe = crate::AueModel::new(config, device)?;
-    let vars: BTreeMap<String, Var> = sorted_vars(probe.varmap()).into_iter().collect();
+    let vars = entries_by_key(probe.varmap());
     check_key_sets(path, &vars, &header)?;
+    // The variables to create: (variable key, shape, dtype), group variables once each.
+    let layout: BTreeMap<String, (Vec<usize>, DType)> = {
+        let data = probe.varmap().data().lock().unwrap_or_else(|e| e.into_inner());
+        data.iter().map(|(k, v)| (k.clone(), (v.dims().to_vec(), v.dtype()))).collect()
+    };
+    drop(vars);
     drop(probe);
     let loaded = VarMap::new();
-    for (key, entry) in &header.entries {
-        let var = read_entry_var(path, &mut file, &header, entry, device)?;
+    for (key, (shape, dtype)) in &layout {
+        let var = match state::split_group_key(key) {
+            // A group: a zero variable whose slices are then read one by one into place.
+            Some(_) => {
+                let var = Var::zeros(shape.as_slice(), *dtype, device)?;
+                for i in 0..shape[0] {
+                    let member = state::member_key(key, i);
+                    let entry = &header.entries[&member];
+                    let slice = read_entry(path, &mut file, &header, entry, device)?;
+                    var.as_tensor().slice_set(&slice.unsqueeze(0)?, 0, i)?;
+                }
+                var
+            }
+            None => read_entry_var(path, &mut file, &header, &header.entries[key], device)?,
+        };
         loaded.data().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), var);
     }
     let model = crate::AueModel::with_varmap(&loaded, config, device)?;
@@ -387,7 +410,7 @@ pub fn load_model(
 }
 
 /// The strict checks of [`load`]: same keys, and every shape and dtype equal.
-fn check_key_sets(path: &Path, vars: &BTreeMap<String, Var>, header: &Header) -> Result<()> {
+fn check_key_sets(path: &Path, vars: &BTreeMap<String, StateEntry>, header: &Header) -> Result<()> {
     let missing: BTreeSet<&String> =
         vars.keys().filter(|k| !header.entries.contains_key(*k)).collect();
     if let Some((key, more)) = first_and_more(&missing) {
@@ -432,7 +455,7 @@ pub fn import_torchvision(varmap: &VarMap, path: impl AsRef<Path>) -> Result<Imp
             ModelError::bad_file(path, format!("not a readable PyTorch state dict: {e}"))
         })?
     };
-    let vars: BTreeMap<String, Var> = sorted_vars(varmap)
+    let vars: BTreeMap<String, StateEntry> = entries_by_key(varmap)
         .into_iter()
         .filter(|(k, _)| k.starts_with("backbone.") && !k.starts_with("backbone.fc."))
         .collect();
@@ -465,9 +488,9 @@ pub fn import_torchvision(varmap: &VarMap, path: impl AsRef<Path>) -> Result<Imp
     let mut zeroed = 0;
     for (key, var) in &vars {
         match found.get(key) {
-            Some(t) => var.set(&t.to_device(var.device())?)?,
+            Some(t) => var.set(t)?,
             None => {
-                var.set(&Tensor::zeros((), DType::I64, var.device())?)?;
+                var.set(&Tensor::zeros((), DType::I64, var.var.device())?)?;
                 zeroed += 1;
             }
         }

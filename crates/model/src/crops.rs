@@ -112,13 +112,19 @@ impl CropCentres {
     }
 }
 
-/// All 34 `Crop_Net_1.{k}` and `Crop_Net_2.{k}`.
+/// All 34 `Crop_Net_1.{k}` and `Crop_Net_2.{k}`, each family's parameters stacked in one group
+/// variable (`crate::state`): the reference's names and shapes per crop in checkpoints, one
+/// tensor per parameter kind in the forward pass.
 #[derive(Debug, Clone)]
 pub(crate) struct CropNets {
-    conv_w: Vec<Tensor>,
-    conv_b: Vec<Tensor>,
-    fc_w: Vec<Tensor>,
-    fc_b: Vec<Tensor>,
+    /// [34, c, c, 3, 3]
+    conv_w: Tensor,
+    /// [34, c]
+    conv_b: Tensor,
+    /// [34, F, c L^2]
+    fc_w: Tensor,
+    /// [34, F]
+    fc_b: Tensor,
     grid: usize,
     side: usize,
     dropout: f32,
@@ -127,20 +133,11 @@ pub(crate) struct CropNets {
 impl CropNets {
     pub(crate) fn new(root: &Params, cfg: &ModelConfig) -> Result<Self> {
         let (c, f, d) = (cfg.crop_channels, cfg.au_feat, cfg.crop_flat());
-        let (mut conv_w, mut conv_b, mut fc_w, mut fc_b) = (vec![], vec![], vec![], vec![]);
-        for k in 0..NUM_CROPS {
-            let conv = root.pp("Crop_Net_1").pp(k).pp(0);
-            conv_w.push(conv.param("weight", &[c, c, 3, 3])?);
-            conv_b.push(conv.param("bias", &[c])?);
-            let fc = root.pp("Crop_Net_2").pp(k).pp(0);
-            fc_w.push(fc.param("weight", &[f, d])?);
-            fc_b.push(fc.param("bias", &[f])?);
-        }
         Ok(CropNets {
-            conv_w,
-            conv_b,
-            fc_w,
-            fc_b,
+            conv_w: root.group_param("Crop_Net_1", NUM_CROPS, "0.weight", &[c, c, 3, 3])?,
+            conv_b: root.group_param("Crop_Net_1", NUM_CROPS, "0.bias", &[c])?,
+            fc_w: root.group_param("Crop_Net_2", NUM_CROPS, "0.weight", &[f, d])?,
+            fc_b: root.group_param("Crop_Net_2", NUM_CROPS, "0.bias", &[f])?,
             grid: cfg.grid(),
             side: cfg.crop_side(),
             dropout: cfg.dropout,
@@ -171,10 +168,6 @@ impl CropNets {
         }
         let (l, h) = (self.side, self.side / 2);
         let gp = g + l;
-        let stack = |ts: &[Tensor]| -> Result<Tensor> {
-            let seen: Vec<Tensor> = ts.iter().map(|t| mode.see(t)).collect();
-            Ok(Tensor::stack(&seen, 0)?)
-        };
         // [b, gp, gp, c] -> rows [b * gp * gp, c]
         let padded = m
             .permute((0, 2, 3, 1))?
@@ -185,8 +178,8 @@ impl CropNets {
         let ids = centres.im2col_rows(g, l, m.device())?;
         let cols = rows.index_select(&ids, 0)?.reshape((NUM_CROPS, b * l * l, 9 * c))?;
         // Crop_Net_1: kernels [34, c_out, c_in, 3, 3] -> [34, ky, kx, c_in, c_out] -> [34, 9 c, c]
-        let w1 = stack(&self.conv_w)?.permute((0, 3, 4, 2, 1))?.reshape((NUM_CROPS, 9 * c, c))?;
-        let b1 = stack(&self.conv_b)?.unsqueeze(1)?; // [34, 1, c]
+        let w1 = mode.see(&self.conv_w).permute((0, 3, 4, 2, 1))?.reshape((NUM_CROPS, 9 * c, c))?;
+        let b1 = mode.see(&self.conv_b).unsqueeze(1)?; // [34, 1, c]
         let h1 = cols.matmul(&w1)?.broadcast_add(&b1)?.relu()?; // [34, b * l * l, c]
         // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
         let h1 = h1.reshape((NUM_CROPS, b, l * l, c))?.transpose(2, 3)?.reshape((
@@ -194,12 +187,14 @@ impl CropNets {
             b,
             c * l * l,
         ))?;
-        // Crop_Net_2: [34, b, c l^2] x [34, c l^2, F]
-        let w2 = stack(&self.fc_w)?; // [34, F, c l^2]
-        let b2 = stack(&self.fc_b)?.unsqueeze(1)?; // [34, 1, F]
-        let h2 = h1.matmul(&w2.transpose(1, 2)?)?.broadcast_add(&b2)?.relu()?; // [34, b, F]
+        // Crop_Net_2 as W [34, F, c l^2] x h1^T [34, c l^2, b]: the weight is the left factor in
+        // its own layout, so its gradient is one product in that layout (no transposed copy of
+        // the largest tensor of the model).
+        let w2 = mode.see(&self.fc_w);
+        let b2 = mode.see(&self.fc_b).unsqueeze(2)?; // [34, F, 1]
+        let h2 = w2.matmul(&h1.transpose(1, 2)?)?.broadcast_add(&b2)?.relu()?; // [34, F, b]
         let h2 = dropout(&h2, self.dropout, mode)?;
-        Ok(h2.transpose(0, 1)?.contiguous()?) // [b, 34, F]
+        Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
     }
 }
 
@@ -295,8 +290,14 @@ mod tests {
                 let (i, cc) = (k / 2, k % 2);
                 let at = (n * NUM_AUS + i) * 4 + 2 * cc;
                 let crop = naive_crop(mn, c, g, l, loc[at] as usize, loc[at + 1] as usize);
-                let h1 = naive_conv_relu(&crop, &v(&nets.conv_w[k]), &v(&nets.conv_b[k]), c, l);
-                let (w2, b2) = (v(&nets.fc_w[k]), v(&nets.fc_b[k]));
+                let h1 = naive_conv_relu(
+                    &crop,
+                    &v(&nets.conv_w.get(k).unwrap()),
+                    &v(&nets.conv_b.get(k).unwrap()),
+                    c,
+                    l,
+                );
+                let (w2, b2) = (v(&nets.fc_w.get(k).unwrap()), v(&nets.fc_b.get(k).unwrap()));
                 for o in 0..f {
                     let acc: f64 = b2[o] as f64
                         + h1.iter()
@@ -333,9 +334,9 @@ mod tests {
                     .unwrap()
                     .narrow(3, x, l)
                     .unwrap();
-                let c1 = crop.conv2d(&nets.conv_w[k], 1, 1, 1, 1).unwrap();
+                let c1 = crop.conv2d(&nets.conv_w.get(k).unwrap(), 1, 1, 1, 1).unwrap();
                 let c1 = c1
-                    .broadcast_add(&nets.conv_b[k].reshape((1, (), 1, 1)).unwrap())
+                    .broadcast_add(&nets.conv_b.get(k).unwrap().reshape((1, (), 1, 1)).unwrap())
                     .unwrap()
                     .relu()
                     .unwrap();
@@ -344,9 +345,9 @@ mod tests {
                     .unwrap()
                     .unsqueeze(0)
                     .unwrap()
-                    .matmul(&nets.fc_w[k].t().unwrap())
+                    .matmul(&nets.fc_w.get(k).unwrap().t().unwrap())
                     .unwrap();
-                feats.push(f.broadcast_add(&nets.fc_b[k]).unwrap().relu().unwrap());
+                feats.push(f.broadcast_add(&nets.fc_b.get(k).unwrap()).unwrap().relu().unwrap());
             }
             rows.push(Tensor::cat(&feats, 0).unwrap());
         }
@@ -390,17 +391,14 @@ mod tests {
             g_ref.get(m.as_tensor()).unwrap(),
             "gradient wrt M",
         );
-        for k in [0, 7, 33] {
-            close(
-                g_ours.get(&nets.conv_w[k]).unwrap(),
-                g_ref.get(&nets.conv_w[k]).unwrap(),
-                "Crop_Net_1 weight",
-            );
-            close(
-                g_ours.get(&nets.fc_w[k]).unwrap(),
-                g_ref.get(&nets.fc_w[k]).unwrap(),
-                "Crop_Net_2 weight",
-            );
+        // Every crop's parameters at once: the group variables' whole gradients.
+        for (p, what) in [
+            (&nets.conv_w, "Crop_Net_1 weights"),
+            (&nets.conv_b, "Crop_Net_1 biases"),
+            (&nets.fc_w, "Crop_Net_2 weights"),
+            (&nets.fc_b, "Crop_Net_2 biases"),
+        ] {
+            close(g_ours.get(p).unwrap(), g_ref.get(p).unwrap(), what);
         }
     }
 
@@ -428,9 +426,13 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(outside, 0.0);
-        // And every crop net variable receives a gradient.
-        for t in nets.conv_w.iter().chain(&nets.fc_w) {
-            assert!(grads.get(t).is_some());
+        // And every crop's weights receive a gradient (each slice of the group variables).
+        for p in [&nets.conv_w, &nets.fc_w] {
+            let g = grads.get(p).unwrap();
+            for k in 0..NUM_CROPS {
+                let norm = g.get(k).unwrap().abs().unwrap().sum_all().unwrap();
+                assert!(norm.to_scalar::<f32>().unwrap() > 0.0, "crop {k}: no gradient");
+            }
         }
     }
 

@@ -10,10 +10,11 @@
 use std::collections::BTreeSet;
 
 use aue_core::prior_table_init;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 
 use crate::error::{ModelError, Result};
+use crate::state::{StateEntry, state_entries};
 
 /// FNV-1a 32-bit hash of `key`'s UTF-8 bytes.
 pub fn fnv1a32(key: &str) -> u32 {
@@ -69,28 +70,27 @@ fn role(key: &str, shape: &[usize], bn_layers: &BTreeSet<String>) -> Result<Role
     })
 }
 
-/// All variables with their keys, sorted, and the set of BatchNorm layer prefixes.
-fn entries(varmap: &VarMap) -> (Vec<(String, Var)>, BTreeSet<String>) {
-    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
+/// All reference state entries (group variables expanded), sorted by key, and the set of
+/// BatchNorm layer prefixes.
+fn entries(varmap: &VarMap) -> (Vec<StateEntry>, BTreeSet<String>) {
+    let vars = state_entries(varmap);
     let bn = vars
         .iter()
-        .filter_map(|(k, _)| k.strip_suffix(".running_mean").map(str::to_string))
+        .filter_map(|e| e.key.strip_suffix(".running_mean").map(str::to_string))
         .collect();
     (vars, bn)
 }
 
 /// Set `var` to `values` rounded to f32 (then widened if the model is f64, as the PyTorch side
 /// fills an f32 model and converts it).
-fn set_f64(var: &Var, values: Vec<f64>) -> Result<()> {
+fn set_f64(var: &StateEntry, values: Vec<f64>) -> Result<()> {
     let v: Vec<f32> = values.into_iter().map(|x| x as f32).collect();
-    var.set(&Tensor::from_vec(v, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+    var.set(&Tensor::from_vec(v, var.dims(), var.var.device())?.to_dtype(var.dtype())?)?;
     Ok(())
 }
 
-fn set_i64_zero(var: &Var) -> Result<()> {
-    var.set(&Tensor::zeros(var.shape(), DType::I64, var.device())?)?;
+fn set_i64_zero(var: &StateEntry) -> Result<()> {
+    var.set(&Tensor::zeros(var.dims(), DType::I64, var.var.device())?)?;
     Ok(())
 }
 
@@ -105,8 +105,8 @@ fn torch_fan_in(shape: &[usize]) -> usize {
 pub fn fill_parity(varmap: &VarMap) -> Result<()> {
     let (vars, bn) = entries(varmap);
     let table: Vec<f64> = prior_table_init().iter().flatten().map(|&v| f64::from(v)).collect();
-    for (key, var) in &vars {
-        let shape = var.dims().to_vec();
+    for var in &vars {
+        let (key, shape) = (&var.key, var.dims().to_vec());
         let role = role(key, &shape, &bn)?;
         let h = fnv1a32(key);
         let n = var.elem_count();
@@ -165,9 +165,9 @@ impl KeyStream {
 pub fn init_default(varmap: &VarMap, seed: u64) -> Result<()> {
     let (vars, bn) = entries(varmap);
     let shapes: std::collections::BTreeMap<&str, Vec<usize>> =
-        vars.iter().map(|(k, v)| (k.as_str(), v.dims().to_vec())).collect();
-    for (key, var) in &vars {
-        let shape = var.dims().to_vec();
+        vars.iter().map(|e| (e.key.as_str(), e.dims().to_vec())).collect();
+    for var in &vars {
+        let (key, shape) = (&var.key, var.dims().to_vec());
         let n = var.elem_count();
         let mut rng = KeyStream::new(seed, key);
         let mut uniform = |bound: f64| -> Vec<f64> {

@@ -5,6 +5,7 @@
 //! REFERENCE.md sections 2-4 and 8 are what this crate implements; CONTRACT.md fixes its
 //! interfaces. Start with [`AueModel`], [`ForwardOptions`] and [`loss::stage_loss`].
 
+pub mod alloc;
 mod branches;
 pub mod checkpoint;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod loss;
 pub mod model;
 pub mod nn;
 mod resnet;
+pub mod state;
 
 pub use config::{BlockKind, ModelConfig, Preset};
 pub use error::{ModelError, Result};

@@ -445,18 +445,19 @@ mod tests {
         }
         assert_eq!(expect.len(), 939);
         let model = AueModel::new(&ModelConfig::preset(Preset::Resnet101), &Device::Cpu).unwrap();
-        let data = model.varmap().data().lock().unwrap();
-        let got: BTreeMap<String, (String, Vec<usize>)> = data
-            .iter()
-            .map(|(k, v)| {
-                let dtype = match v.dtype() {
-                    DType::F32 => "F32",
-                    DType::I64 => "I64",
-                    _ => "other",
-                };
-                (k.clone(), (dtype.to_string(), v.dims().to_vec()))
-            })
-            .collect();
+        // The reference state dict: group variables (crop nets, fusion heads) expanded.
+        let got: BTreeMap<String, (String, Vec<usize>)> =
+            crate::state::state_entries(model.varmap())
+                .iter()
+                .map(|e| {
+                    let dtype = match e.dtype() {
+                        DType::F32 => "F32",
+                        DType::I64 => "I64",
+                        _ => "other",
+                    };
+                    (e.key.clone(), (dtype.to_string(), e.dims().to_vec()))
+                })
+                .collect();
         let missing: Vec<_> = expect.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
         let extra: Vec<_> = got.keys().filter(|k| !expect.contains_key(*k)).take(5).collect();
         assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
@@ -560,7 +561,15 @@ mod tests {
         let (model, ..) = tiny();
         let vars = trainable_vars(model.varmap(), Stage::Au);
         assert!(vars.iter().all(|(k, v)| v.dtype() == DType::F32 && !is_bn_buffer(k)));
-        assert_eq!(vars.iter().filter(|(k, _)| k.starts_with("Crop_Net_2.")).count(), 68);
+        // The 34 crop nets' weights and biases: one group variable each, 68 reference keys.
+        let crop2: Vec<&str> = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with("Crop_Net_2."))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(crop2, ["Crop_Net_2.*.0.bias", "Crop_Net_2.*.0.weight"]);
+        let members = crate::state::expand(vars.iter().cloned());
+        assert_eq!(members.iter().filter(|e| e.key.starts_with("Crop_Net_2.")).count(), 68);
         assert_eq!("3".parse::<Stage>().unwrap(), Stage::Fuse);
         assert_eq!("AU".parse::<Stage>().unwrap(), Stage::Au);
     }

@@ -117,6 +117,33 @@ impl Params {
     pub(crate) fn param(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         Ok(self.var(name, shape, self.dtype)?.as_tensor().clone())
     }
+
+    /// The variables `{family}.{i}.{suffix}` for i < `count`, each of `shape`, held as one group
+    /// variable of shape [count, shape...] under the key `{family}.*.{suffix}` (see
+    /// `crate::state`): the stacked weights a batched product uses.
+    pub(crate) fn group_var(
+        &self,
+        family: &str,
+        count: usize,
+        suffix: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Var> {
+        let mut full = vec![count];
+        full.extend_from_slice(shape);
+        self.var(&crate::state::group_key(family, suffix), &full, dtype)
+    }
+
+    /// A float group parameter (see [`Params::group_var`]), as the forward pass uses it.
+    pub(crate) fn group_param(
+        &self,
+        family: &str,
+        count: usize,
+        suffix: &str,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        Ok(self.group_var(family, count, suffix, shape, self.dtype)?.as_tensor().clone())
+    }
 }
 
 /// Every 2-d convolution of the model.
@@ -239,14 +266,6 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
-    pub(crate) fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
-    pub(crate) fn bias(&self) -> &Tensor {
-        &self.bias
-    }
-
     /// # Shapes
     /// x [B, in] -> [B, out]
     pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
@@ -279,26 +298,6 @@ impl BatchNorm {
             running_var: p.var("running_var", &[channels], p.dtype())?,
             num_batches_tracked: p.var("num_batches_tracked", &[], DType::I64)?,
         })
-    }
-
-    pub(crate) fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
-    pub(crate) fn bias(&self) -> &Tensor {
-        &self.bias
-    }
-
-    pub(crate) fn running_mean(&self) -> &Var {
-        &self.running_mean
-    }
-
-    pub(crate) fn running_var(&self) -> &Var {
-        &self.running_var
-    }
-
-    pub(crate) fn num_batches_tracked(&self) -> &Var {
-        &self.num_batches_tracked
     }
 
     /// Normalise over every dim but 1 (the channel dim).
@@ -353,6 +352,42 @@ pub(crate) fn batch_norm_train(
             ),
         ));
     }
+    // The kept (channel) dims must be one block: x is then [outer, c, inner] for aue-kernels'
+    // one-op batch norm (CPU), much faster than the ops below.
+    let dims = x.dims();
+    let kept: Vec<usize> = (0..dims.len()).filter(|d| !reduce.contains(d)).collect();
+    if let (Some(&a), Some(&b)) = (kept.first(), kept.last())
+        && b + 1 - a == kept.len()
+        && aue_kernels::batch_norm_supported(x)
+    {
+        let (outer, c, inner) = (
+            dims[..a].iter().product::<usize>(),
+            dims[a..=b].iter().product::<usize>(),
+            dims[b + 1..].iter().product::<usize>(),
+        );
+        let (y, mean, var) = aue_kernels::batch_norm_train(
+            &x.reshape((outer, c, inner))?,
+            &weight.reshape(c)?,
+            &bias.reshape(c)?,
+            BN_EPS,
+        )
+        .map_err(candle_core::Error::from)?;
+        let stat_shape = weight.shape();
+        let unbiased = (var * (n as f64 / (n - 1) as f64))?.reshape(stat_shape)?;
+        return Ok((y.reshape(dims)?, mean.reshape(stat_shape)?, unbiased));
+    }
+    batch_norm_train_ops(x, weight, bias, reduce)
+}
+
+/// [`batch_norm_train`] written with Candle ops: what other devices run (and the definition the
+/// CPU kernel is tested against).
+pub(crate) fn batch_norm_train_ops(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    reduce: &[usize],
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let n: usize = reduce.iter().map(|&d| x.dims()[d]).product();
     let mean = x.mean_keepdim(reduce)?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(reduce)?; // biased, as PyTorch normalises
@@ -376,7 +411,8 @@ pub(crate) fn batch_norm_eval(
     Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
 }
 
-/// PyTorch's running-statistics update: r <- (1 - m) r + m s, num_batches_tracked += 1.
+/// PyTorch's running-statistics update: r <- (1 - m) r + m s, num_batches_tracked += 1. Works
+/// elementwise, so a group of layers (statistics [n, C], counters [n]) updates in one call.
 pub(crate) fn update_running(
     running_mean: &Var,
     running_var: &Var,
@@ -390,7 +426,8 @@ pub(crate) fn update_running(
     running_mean.set(&rm)?;
     running_var.set(&rv)?;
     let one = Tensor::ones((), DType::I64, num_batches_tracked.device())?;
-    num_batches_tracked.set(&num_batches_tracked.as_tensor().detach().add(&one)?)?;
+    // A group of BatchNorm layers keeps one counter per layer: add to each.
+    num_batches_tracked.set(&num_batches_tracked.as_tensor().detach().broadcast_add(&one)?)?;
     Ok(())
 }
 
@@ -676,6 +713,42 @@ mod tests {
             assert!((rv[c] as f64 - (0.9 * rv0[c] + 0.1 * var * 16.0 / 15.0)).abs() < 1e-5);
         }
         assert_eq!(bn.num_batches_tracked.to_scalar::<i64>().unwrap(), 1);
+    }
+
+    /// The CPU kernel path of `batch_norm_train` and the op-by-op path (other devices) agree on
+    /// outputs, statistics and gradients, for the model's layouts: NCHW over (0, 2, 3), BN1d over
+    /// (0), and the fusion heads' [17, Dim, B] over (2).
+    #[test]
+    fn batch_norm_kernel_and_ops_paths_agree() {
+        let dev = Device::Cpu;
+        for (shape, reduce) in [
+            (vec![4usize, 3, 5, 5], vec![0usize, 2, 3]),
+            (vec![6, 8], vec![0]),
+            (vec![3, 4, 6], vec![2]),
+        ] {
+            let mut stat = shape.clone();
+            for &d in &reduce {
+                stat[d] = 1;
+            }
+            let x = Var::randn(0.3f64, 1.5, shape.as_slice(), &dev).unwrap();
+            let w = Var::randn(1f64, 0.2, stat.as_slice(), &dev).unwrap();
+            let b = Var::randn(0f64, 0.2, stat.as_slice(), &dev).unwrap();
+            let coef = Tensor::randn(0f64, 1.0, shape.as_slice(), &dev).unwrap();
+            let fast = batch_norm_train(&x, &w, &b, &reduce).unwrap();
+            let ops = batch_norm_train_ops(&x, &w, &b, &reduce).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| -> f64 {
+                (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
+            };
+            assert!(diff(&fast.0, &ops.0) < 1e-12, "{shape:?}: output");
+            assert!(diff(&fast.1, &ops.1) < 1e-12, "{shape:?}: mean");
+            assert!(diff(&fast.2, &ops.2) < 1e-12, "{shape:?}: variance");
+            let gf = (&fast.0 * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+            let go = (&ops.0 * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &w, &b] {
+                let d = diff(gf.get(v).unwrap(), go.get(v).unwrap());
+                assert!(d < 1e-10, "{shape:?}: gradient differs by {d}");
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use aue_model::checkpoint::{self, FORMAT_KEY, import_torchvision, load, read_metadata, save};
 use aue_model::init::{fill_parity, init_default};
+use aue_model::state::{state_entries, state_tensors};
 use aue_model::{AueModel, BlockKind, ModelConfig, ModelError, Preset};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -14,14 +15,13 @@ fn tiny() -> AueModel {
     AueModel::new(&ModelConfig::preset(Preset::Tiny), &Device::Cpu).unwrap()
 }
 
+/// The reference state dict's values by key (group variables expanded).
 fn values(map: &VarMap) -> BTreeMap<String, Vec<f64>> {
-    let data = map.data().lock().unwrap();
-    data.iter()
+    state_tensors(map)
+        .unwrap()
+        .into_iter()
         .map(|(k, v)| {
-            (
-                k.clone(),
-                v.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(),
-            )
+            (k, v.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap())
         })
         .collect()
 }
@@ -58,7 +58,15 @@ fn save_then_load_round_trips_every_variable_and_the_metadata() {
     // The file is plain safetensors.
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(st.len(), a.varmap().all_vars().len());
+    // Under the reference keys: the stacked crop nets are written one crop per key.
+    assert_eq!(st.len(), state_entries(a.varmap()).len());
+    assert!(st.names().iter().all(|k| !k.contains('*')));
+    let crop = st.tensor("Crop_Net_2.33.0.weight").unwrap();
+    let want = state_tensors(a.varmap()).unwrap()["Crop_Net_2.33.0.weight"].clone();
+    assert_eq!(crop.shape(), want.dims());
+    let got: Vec<f32> =
+        crop.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(got, want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     assert_eq!(
         st.tensor("backbone.bn1.num_batches_tracked").unwrap().dtype(),
         safetensors::Dtype::I64
@@ -70,13 +78,7 @@ type Edit = dyn FnOnce(&mut BTreeMap<String, Tensor>);
 
 /// Save a copy of `map` changed by `edit` (which gets the key -> tensor map).
 fn save_edited(map: &VarMap, path: &Path, edit: impl FnOnce(&mut BTreeMap<String, Tensor>)) {
-    let mut tensors: BTreeMap<String, Tensor> = map
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let mut tensors: BTreeMap<String, Tensor> = state_tensors(map).unwrap();
     edit(&mut tensors);
     let out = VarMap::new();
     for (k, t) in tensors {

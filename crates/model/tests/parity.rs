@@ -13,6 +13,7 @@ use std::path::Path;
 
 use aue_model::checkpoint::read_safetensors;
 use aue_model::init::fill_parity;
+use aue_model::state::{expand, gradients_by_key};
 use aue_model::{
     AueModel, ForwardOptions, ModelConfig, Outputs, Preset, Stage, stage_loss, trainable_vars,
 };
@@ -149,13 +150,20 @@ fn check_stages(
             .filter_map(|k| k.strip_prefix("grad.").or_else(|| k.strip_prefix("gradnorm.")))
             .map(str::to_string)
             .collect();
-        let ours: BTreeSet<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+        // By reference key: the crop nets' and fusion heads' group variables split per member.
+        let by_key = gradients_by_key(&vars, &grads).unwrap();
+        let ours: BTreeSet<String> = by_key.keys().cloned().collect();
         assert_eq!(ours, theirs, "stage {n}: trainable variables differ from the fixture's");
         let group = format!("{tag} s{n} gradients");
-        for (key, var) in &vars {
-            let g = match grads.get(var.as_tensor()) {
+        let shapes: BTreeMap<String, Vec<usize>> = expand(vars.iter().cloned())
+            .into_iter()
+            .map(|e| (e.key.clone(), e.dims().to_vec()))
+            .collect();
+        for (key, g) in &by_key {
+            let g = match g {
                 Some(g) => g.clone(),
-                None => var.zeros_like().unwrap(), // e.g. backbone.fc: no branch uses it
+                // e.g. backbone.fc: no branch uses it
+                None => Tensor::zeros(shapes[key].as_slice(), dtype, &Device::Cpu).unwrap(),
             };
             let full = format!("s{n}.grad.{key}");
             if structural.contains(full.as_str()) {

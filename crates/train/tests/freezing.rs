@@ -10,13 +10,15 @@ use aue_train::engine::{DeviceBatch, SplitAccumulator, SplitName, Trainer};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
-/// Every variable's values, by key.
+/// Every reference state entry's values, by key (each crop net and fusion head on its own, not
+/// as the group variable that holds them).
 fn snapshot(map: &VarMap) -> BTreeMap<String, Vec<f32>> {
-    let data = map.data().lock().unwrap();
-    data.iter()
+    aue_model::state::state_tensors(map)
+        .unwrap()
+        .into_iter()
         .map(|(k, v)| {
-            let t = v.as_tensor().flatten_all().unwrap().to_dtype(DType::F32).unwrap();
-            (k.clone(), t.to_vec1::<f32>().unwrap())
+            let t = v.flatten_all().unwrap().to_dtype(DType::F32).unwrap();
+            (k, t.to_vec1::<f32>().unwrap())
         })
         .collect()
 }
