@@ -172,6 +172,8 @@ fn save_png(img: &image::RgbImage, path: &std::path::Path) -> anyhow::Result<()>
 }
 
 fn main() -> ExitCode {
+    // Reuse freed tensor buffers instead of faulting fresh pages in on every pass.
+    aue_model::alloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use aue_train::{Stage, StageConfig};
 
 fn main() -> ExitCode {
+    // Reuse freed tensor buffers instead of faulting fresh pages in every step (see the docs).
+    aue_train::alloc::keep_freed_memory();
     let args = aue_train::cli::parse(Stage::Au);
     aue_train::logging::init();
     match run(args) {

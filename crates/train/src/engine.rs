@@ -146,7 +146,9 @@ impl Trainer {
         acc.add(self, &out, batch, &loss)?;
         let grads = loss.backward().op("backward")?;
         self.sgd.step(&grads, lr)?;
-        Ok(loss)
+        // Detached: the returned loss must not keep the step's graph (every activation) alive
+        // into the next step.
+        Ok(loss.detach())
     }
 
     /// Evaluates one batch in eval mode into `acc`; returns the loss (0-d).

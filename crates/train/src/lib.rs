@@ -22,7 +22,7 @@ pub mod paths;
 pub mod run;
 pub mod schedule;
 
-pub use aue_model::{Preset, Stage};
+pub use aue_model::{Preset, Stage, alloc};
 pub use config::{Dataset, DeviceSpec, StageArgs, StageConfig};
 pub use error::{Result, TrainError};
 pub use run::{RunSummary, run};

@@ -168,6 +168,8 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Reuse freed tensor buffers instead of faulting fresh pages in on every pass.
+    aue_model::alloc::keep_freed_memory();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
