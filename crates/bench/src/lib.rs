@@ -1,0 +1,169 @@
+//! `aue-bench`: time per training step of each stage (REFERENCE.md section 4) and of eval-mode
+//! inference, for aue (Candle) and the PyTorch reference (`tools/aue_reference.py`) on the same
+//! weights and inputs, with each one's peak memory.
+//!
+//! Each implementation runs in a worker process of its own (so that its peak resident memory is
+//! its own), one pair per (mode, thread count). The driver tells the two workers to take a step in
+//! turn, A B B A ..., so that a slow minute of the machine hits both alike, and reports medians
+//! with min and max. The workers speak a line protocol on stdin / stdout:
+//!
+//! ```text
+//! worker -> "ready <resident bytes before the model> <free text>"
+//! "step" -> "t <seconds>"
+//! "quit" -> "peak <bytes>"
+//! ```
+
+pub mod candle_worker;
+pub mod inputs;
+pub mod report;
+pub mod worker;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use report::{Measurement, Row, Stats};
+
+/// What one step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// A stage-1 training step (forward, CE, backward, SGD).
+    Stage1,
+    /// A stage-2 training step.
+    Stage2,
+    /// A stage-3 training step.
+    Stage3,
+    /// Eval-mode inference: every output, no gradient.
+    Eval,
+}
+
+impl Mode {
+    /// All modes, in table order.
+    pub const ALL: [Mode; 4] = [Mode::Stage1, Mode::Stage2, Mode::Stage3, Mode::Eval];
+
+    /// The command-line name (`stage1`, ..., `eval`), also the PyTorch worker's `--mode`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Stage1 => "stage1",
+            Mode::Stage2 => "stage2",
+            Mode::Stage3 => "stage3",
+            Mode::Eval => "eval",
+        }
+    }
+
+    /// The training stage, `None` for inference.
+    pub fn stage(self) -> Option<aue_model::Stage> {
+        match self {
+            Mode::Stage1 => Some(aue_model::Stage::Em),
+            Mode::Stage2 => Some(aue_model::Stage::Au),
+            Mode::Stage3 => Some(aue_model::Stage::Fuse),
+            Mode::Eval => None,
+        }
+    }
+
+    /// How the table names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Stage1 => "stage 1 (EM) train step",
+            Mode::Stage2 => "stage 2 (AU) train step",
+            Mode::Stage3 => "stage 3 (Fuse) train step",
+            Mode::Eval => "inference (eval, all outputs)",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.name() == lower || (m.stage().is_some() && lower == m.name()[5..]))
+            .ok_or_else(|| format!("unknown mode `{s}` (stage1, stage2, stage3 or eval)"))
+    }
+}
+
+/// Resident memory of this process now, from `/proc/self/statm` (0 where there is none).
+pub fn resident_bytes() -> u64 {
+    let page = page_size();
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * page)
+}
+
+/// Restarts the peak-memory count of this process at its current resident size (Linux: writing
+/// 5 to `/proc/self/clear_refs` resets `VmHWM`), so that a later [`peak_resident_bytes`] measures
+/// the steps and not the loading before them. Returns whether that was possible.
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Peak resident memory of this process: `VmHWM` where there is `/proc` (it honours
+/// [`reset_peak`]), else `getrusage` (`ru_maxrss`, KiB on Linux, bytes on macOS).
+pub fn peak_resident_bytes() -> u64 {
+    let hwm = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    if let Some(kib) = hwm {
+        return kib * 1024;
+    }
+    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return 0;
+    }
+    let kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
+    if cfg!(target_os = "macos") { kib } else { kib * 1024 }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(v).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_by_name_and_number() {
+        assert_eq!("stage2".parse::<Mode>(), Ok(Mode::Stage2));
+        assert_eq!("2".parse::<Mode>(), Ok(Mode::Stage2));
+        assert_eq!("EVAL".parse::<Mode>(), Ok(Mode::Eval));
+        assert!("stage4".parse::<Mode>().is_err());
+        assert!("".parse::<Mode>().is_err());
+        for m in Mode::ALL {
+            assert_eq!(m.name().parse::<Mode>(), Ok(m));
+        }
+    }
+
+    #[test]
+    fn memory_readings_are_plausible() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        let now = resident_bytes();
+        assert!(now > 1 << 20, "resident {now}");
+        // Touch 64 MiB, free it, reset: the peak falls back to about the resident size.
+        let big = vec![1u8; 64 << 20];
+        std::hint::black_box(&big);
+        let with = peak_resident_bytes();
+        assert!(with >= now + (60 << 20), "peak {with} vs resident {now}");
+        drop(big);
+        if reset_peak() {
+            let after = peak_resident_bytes();
+            assert!(after < with - (32 << 20), "peak after reset {after}, before {with}");
+        }
+    }
+}

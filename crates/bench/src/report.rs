@@ -1,0 +1,180 @@
+//! Statistics of the timed steps and the Markdown table the benchmark prints.
+
+use crate::Mode;
+
+/// Median, min and max of a set of timings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// The median (mean of the two middle values for an even count).
+    pub median: f64,
+    /// The smallest value.
+    pub min: f64,
+    /// The largest value.
+    pub max: f64,
+}
+
+impl Stats {
+    /// Statistics of `values`; `None` when there are none or one is not finite.
+    pub fn of(values: &[f64]) -> Option<Stats> {
+        if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) };
+        Some(Stats { median, min: v[0], max: v[n - 1] })
+    }
+}
+
+/// One implementation's result for one (mode, thread count).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    /// Timed steps, seconds (warm-up steps excluded).
+    pub times: Vec<f64>,
+    /// Peak resident memory of the worker process, bytes.
+    pub peak_bytes: u64,
+    /// Resident memory of the worker before it built the model (runtime and libraries), bytes.
+    pub baseline_bytes: u64,
+}
+
+impl Measurement {
+    /// Timing statistics.
+    pub fn stats(&self) -> Option<Stats> {
+        Stats::of(&self.times)
+    }
+
+    /// Peak memory above the worker's baseline: what the model, its gradients, optimizer state
+    /// and activations took.
+    pub fn net_bytes(&self) -> u64 {
+        self.peak_bytes.saturating_sub(self.baseline_bytes)
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// What was timed.
+    pub mode: Mode,
+    /// Threads of each worker.
+    pub threads: usize,
+    /// aue on Candle.
+    pub candle: Measurement,
+    /// The PyTorch reference, when it ran.
+    pub torch: Option<Measurement>,
+}
+
+impl Row {
+    /// Median time ratio aue / PyTorch.
+    pub fn time_ratio(&self) -> Option<f64> {
+        let c = self.candle.stats()?;
+        let t = self.torch.as_ref()?.stats()?;
+        (t.median > 0.0).then(|| c.median / t.median)
+    }
+
+    /// Peak memory ratio aue / PyTorch (whole processes).
+    pub fn memory_ratio(&self) -> Option<f64> {
+        let t = self.torch.as_ref()?;
+        (t.peak_bytes > 0).then(|| self.candle.peak_bytes as f64 / t.peak_bytes as f64)
+    }
+
+    /// Ratio of the peaks above each process's baseline.
+    pub fn net_memory_ratio(&self) -> Option<f64> {
+        let t = self.torch.as_ref()?;
+        (t.net_bytes() > 0).then(|| self.candle.net_bytes() as f64 / t.net_bytes() as f64)
+    }
+}
+
+fn ms(s: &Stats) -> String {
+    format!("{:.0} ({:.0}-{:.0})", 1e3 * s.median, 1e3 * s.min, 1e3 * s.max)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".to_string(), |r| format!("{r:.2}"))
+}
+
+/// The Markdown table: rows grouped by thread count (one thread first), in mode order.
+pub fn markdown_table(rows: &[Row]) -> String {
+    let mut rows: Vec<&Row> = rows.iter().collect();
+    rows.sort_by_key(|r| (r.threads, r.mode));
+    let mut out = String::new();
+    out.push_str(
+        "| step | threads | aue ms, median (min-max) | PyTorch ms, median (min-max) | time aue/PyTorch \
+         | aue peak MiB | PyTorch peak MiB | peak aue/PyTorch | above baseline: aue / PyTorch MiB | ratio |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let c = r.candle.stats().map_or_else(|| "-".into(), |s| ms(&s));
+        let (t, t_peak, t_net) = match &r.torch {
+            Some(m) => (
+                m.stats().map_or_else(|| "-".into(), |s| ms(&s)),
+                mib(m.peak_bytes),
+                mib(m.net_bytes()),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
+            r.mode.label(),
+            r.threads,
+            c,
+            t,
+            ratio(r.time_ratio()),
+            mib(r.candle.peak_bytes),
+            t_peak,
+            ratio(r.memory_ratio()),
+            mib(r.candle.net_bytes()),
+            t_net,
+            ratio(r.net_memory_ratio()),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_min_max() {
+        let s = Stats::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Stats::of(&[4.0, 1.0, 2.0, 3.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert_eq!(Stats::of(&[]), None);
+        assert_eq!(Stats::of(&[1.0, f64::NAN]), None);
+    }
+
+    fn m(times: &[f64], peak: u64, base: u64) -> Measurement {
+        Measurement { times: times.to_vec(), peak_bytes: peak, baseline_bytes: base }
+    }
+
+    #[test]
+    fn ratios_and_table() {
+        let mib = 1024 * 1024;
+        let row = Row {
+            mode: Mode::Stage2,
+            threads: 1,
+            candle: m(&[0.9, 1.0, 1.1], 300 * mib, 100 * mib),
+            torch: Some(m(&[2.0, 2.0, 2.2], 400 * mib, 200 * mib)),
+        };
+        assert!((row.time_ratio().unwrap() - 0.5).abs() < 1e-12);
+        assert!((row.memory_ratio().unwrap() - 0.75).abs() < 1e-12);
+        assert!((row.net_memory_ratio().unwrap() - 1.0).abs() < 1e-12);
+        let alone = Row { torch: None, threads: 2, mode: Mode::Stage1, ..row.clone() };
+        assert_eq!(alone.time_ratio(), None);
+        let table = markdown_table(&[alone, row]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4);
+        // One thread sorts first.
+        assert!(lines[2].starts_with(
+            "| stage 2 (AU) train step | 1 | 1000 (900-1100) | 2000 (2000-2200) | 0.50 |"
+        ));
+        assert!(lines[2].ends_with("| 300 | 400 | 0.75 | 200 / 200 | 1.00 |"), "{}", lines[2]);
+        assert!(lines[3].contains("| 2 | 1000 (900-1100) | - | - |"), "{}", lines[3]);
+    }
+}
