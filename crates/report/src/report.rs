@@ -82,8 +82,13 @@ pub struct AuEpoch {
     pub pseudo: Option<AuMetrics>,
     /// Against ground-truth AUs (present = intensity > 0), when the dataset has them.
     pub truth: Option<AuMetrics>,
-    /// The prior alone against ground-truth AUs: the baseline `truth` should beat.
+    /// Reference point: the prior row of each image's label against the ground truth (needs the
+    /// test label).
     pub prior_baseline: Option<AuMetrics>,
+    /// Reference point: the prior rows of the model's own expression prediction.
+    pub prior_predicted: Option<AuMetrics>,
+    /// Reference point: every AU predicted present (looks at neither image nor label).
+    pub all_present: Option<AuMetrics>,
 }
 
 /// One point of the training curves.
@@ -294,6 +299,8 @@ fn run_report(run: &StageRun) -> Result<RunReport> {
         pseudo: r.au_pseudo.clone(),
         truth: r.au_true.clone(),
         prior_baseline: r.au_prior_baseline.clone(),
+        prior_predicted: r.au_prior_predicted.clone(),
+        all_present: r.au_all_present.clone(),
     };
     let au = (run.stage == Stage::Au).then(|| [au_epoch(best), au_epoch(last)]);
     Ok(RunReport {
@@ -758,8 +765,10 @@ fn au_blocks(au: &[AuEpoch; 2]) -> Vec<Block> {
          the AU never present).",
         best.epoch,
         if best.truth.is_some() {
-            ", against the ground-truth AUs (present = intensity > 0), and the prior alone against \
-             the ground truth (each image's expression's AUs)"
+            ", against the ground-truth AUs (present = intensity > 0), and three reference points \
+             against the ground truth: every AU present (no image, no label), the prior table's \
+             AUs of the expression the model predicts, and of the image's label (an oracle: it \
+             needs the test label)"
         } else {
             "; the dataset has no ground-truth AUs"
         }
@@ -768,9 +777,13 @@ fn au_blocks(au: &[AuEpoch; 2]) -> Vec<Block> {
     if best.truth.is_some() {
         header.extend(["Precision (true)", "Recall (true)", "F1 (true)"]);
     }
-    if best.prior_baseline.is_some() {
-        header.push("F1 (prior only)");
-    }
+    let refs: [(fn(&AuEpoch) -> &Option<AuMetrics>, &str); 3] = [
+        (|e| &e.all_present, "F1 (all present)"),
+        (|e| &e.prior_predicted, "F1 (prior of prediction)"),
+        (|e| &e.prior_baseline, "F1 (prior of label)"),
+    ];
+    let refs: Vec<_> = refs.into_iter().filter(|(f, _)| f(best).is_some()).collect();
+    header.extend(refs.iter().map(|(_, h)| *h));
     let mut t = Table::new(header);
     let get = |m: &Option<AuMetrics>, i: usize| m.as_ref().and_then(|m| m.per_au.get(i)).cloned();
     for (i, name) in AU_NAMES.iter().enumerate().take(NUM_AUS) {
@@ -789,8 +802,8 @@ fn au_blocks(au: &[AuEpoch; 2]) -> Vec<Block> {
                 au_cell(g.as_ref().and_then(|s| s.f1)),
             ]);
         }
-        if best.prior_baseline.is_some() {
-            row.push(au_cell(get(&best.prior_baseline, i).and_then(|s| s.f1)));
+        for (f, _) in &refs {
+            row.push(au_cell(get(f(best), i).and_then(|s| s.f1)));
         }
         t.push(row);
     }
@@ -808,8 +821,8 @@ fn au_blocks(au: &[AuEpoch; 2]) -> Vec<Block> {
         if best.truth.is_some() {
             row.extend(means(&e.truth));
         }
-        if best.prior_baseline.is_some() {
-            row.push(au_cell(e.prior_baseline.as_ref().and_then(|m| m.mean_f1)));
+        for (f, _) in &refs {
+            row.push(au_cell(f(e).as_ref().and_then(|m| m.mean_f1)));
         }
         t.push(row);
     }

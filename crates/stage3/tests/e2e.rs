@@ -135,7 +135,7 @@ fn three_stages_in_a_row() {
 
     // Stage 2 starts from stage 1's best by default.
     let log2 = ok(2, &common);
-    assert!(log2.contains("AU F1 vs true AUs") && log2.contains("prior-only baseline"), "{log2}");
+    assert!(log2.contains("AU F1 vs true AUs") && log2.contains("prior of the label"), "{log2}");
     let m2 = meta(&run_dir.join("stage2/best.safetensors"));
     assert_eq!(m2["stage"], "2");
     assert_eq!(m2["parent_sha256"], sha256_file(&s1.join("best.safetensors")).unwrap());

@@ -175,7 +175,11 @@ pub struct SplitAccumulator {
     em_head: Option<ClassAccumulator>,
     au_pseudo: Option<AuAccumulator>,
     au_true: Option<AuAccumulator>,
+    /// Reference points against the true AUs (test split of stage 2): the prior row of the
+    /// label, the prior row of the model's own expression prediction, every AU present.
     au_prior: Option<AuAccumulator>,
+    au_prior_predicted: Option<AuAccumulator>,
+    au_all_present: Option<AuAccumulator>,
 }
 
 impl SplitAccumulator {
@@ -199,6 +203,8 @@ impl SplitAccumulator {
             au_pseudo: stage2.then(au).transpose()?,
             au_true: stage2.then(au).transpose()?,
             au_prior: (stage2 && split == SplitName::Test).then(au).transpose()?,
+            au_prior_predicted: (stage2 && split == SplitName::Test).then(au).transpose()?,
+            au_all_present: (stage2 && split == SplitName::Test).then(au).transpose()?,
         })
     }
 
@@ -242,6 +248,18 @@ impl SplitAccumulator {
                         .op("prior baseline")?; // [b, 17]
                     prior.add(&guess, &present)?;
                 }
+                if let (Some(acc), Some(logits)) = (self.au_prior_predicted.as_mut(), &out.pred_em)
+                {
+                    let expression = logits.argmax(candle_core::D::Minus1).op("argmax")?; // [b]
+                    let guess = trainer
+                        .prior_present
+                        .index_select(&expression, 0)
+                        .op("prior of the prediction")?; // [b, 17]
+                    acc.add(&guess, &present)?;
+                }
+                if let Some(acc) = self.au_all_present.as_mut() {
+                    acc.add(&present.ones_like().op("all present")?, &present)?;
+                }
             }
         }
         Ok(())
@@ -276,6 +294,8 @@ impl SplitAccumulator {
             au_pseudo: au(&self.au_pseudo)?,
             au_true: au(&self.au_true)?,
             au_prior_baseline: au(&self.au_prior)?,
+            au_prior_predicted: au(&self.au_prior_predicted)?,
+            au_all_present: au(&self.au_all_present)?,
             best: None,
         })
     }
@@ -331,10 +351,19 @@ pub struct SplitRecord {
     /// dataset has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub au_true: Option<AuMetrics>,
-    /// Stage 2, test: the prior alone (each image's label's AUs with pseudo-target >= 0.5)
-    /// against the ground-truth AUs: the baseline `au_true` should beat.
+    /// Stage 2, test: the prior row of each image's label (the AUs whose pseudo-target is >= 0.5)
+    /// against the ground-truth AUs. It needs the test label (an oracle), and on labels without
+    /// noise it is the ceiling of what the constant per-class pseudo-targets can teach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub au_prior_baseline: Option<AuMetrics>,
+    /// Stage 2, test: the prior rows of the model's own expression prediction (pred1) against
+    /// the ground-truth AUs: what an expression classifier and the table give, with no AU branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub au_prior_predicted: Option<AuMetrics>,
+    /// Stage 2, test: every AU predicted present, the best rule for per-AU F1 that looks at
+    /// neither the image nor the label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub au_all_present: Option<AuMetrics>,
     /// Test: whether this epoch became `best.safetensors` (test-set selection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<bool>,
@@ -373,8 +402,16 @@ impl SplitRecord {
         if let Some(f) = f1(&self.au_true) {
             s += &format!(", AU F1 vs true AUs {f:.2}%");
         }
-        if let Some(f) = f1(&self.au_prior_baseline) {
-            s += &format!(" (prior-only baseline {f:.2}%)");
+        let refs: Vec<String> = [
+            ("no image: all present", &self.au_all_present),
+            ("prior of the predicted expression", &self.au_prior_predicted),
+            ("prior of the label", &self.au_prior_baseline),
+        ]
+        .into_iter()
+        .filter_map(|(name, m)| f1(m).map(|f| format!("{name} {f:.2}%")))
+        .collect();
+        if !refs.is_empty() {
+            s += &format!(" (reference points: {})", refs.join(", "));
         }
         s
     }

@@ -44,6 +44,8 @@ pub fn record(
         au_pseudo: None,
         au_true: None,
         au_prior_baseline: None,
+        au_prior_predicted: None,
+        au_all_present: None,
         best,
     }
 }
