@@ -159,6 +159,16 @@ pub fn wmse(p: &Tensor, t: &Tensor) -> Result<Tensor> {
     Ok((p - t)?.sqr()?.mul(&w)?.mean_all()?)
 }
 
+/// The reference's weight of the EIAU term in `stage`'s loss: 0.5 in stage 2, 0.05 in stage 3
+/// (0 in stage 1, which has none).
+pub fn reference_eiau_weight(stage: Stage) -> f64 {
+    match stage {
+        Stage::Em => 0.0,
+        Stage::Au => 0.5,
+        Stage::Fuse => 0.05,
+    }
+}
+
 /// The loss a stage minimises (section 4):
 /// - stage 1: CE(pred1, y);
 /// - stage 2: WMSE(pred_au, target(y, T)) + 0.5 EIAU(pred_au) + TABLE(T);
@@ -172,18 +182,43 @@ pub fn stage_loss(
     labels: &Tensor,
     knowledge: &AuKnowledge,
 ) -> Result<Tensor> {
+    stage_loss_weighted(stage, outputs, labels, knowledge, reference_eiau_weight(stage))
+}
+
+/// [`stage_loss`] with another weight of the EIAU term (stages 2 and 3; ignored in stage 1). A
+/// weight of 0 skips computing the term.
+pub fn stage_loss_weighted(
+    stage: Stage,
+    outputs: &Outputs,
+    labels: &Tensor,
+    knowledge: &AuKnowledge,
+    eiau_weight: f64,
+) -> Result<Tensor> {
+    let eiau = |p: &Tensor| -> Result<Option<Tensor>> {
+        if eiau_weight == 0.0 {
+            return Ok(None);
+        }
+        Ok(Some((knowledge.eiau_loss(p)? * eiau_weight)?))
+    };
     match stage {
         Stage::Em => cross_entropy(outputs.pred_em()?, labels),
         Stage::Au => {
             let p = outputs.pred_au()?;
             let target = knowledge.au_target(labels)?;
-            let eiau = (knowledge.eiau_loss(p)? * 0.5)?;
-            Ok((wmse(p, &target)? + eiau + knowledge.table_loss()?)?)
+            // Summed in the reference's order: WMSE + EIAU + TABLE.
+            let mut loss = wmse(p, &target)?;
+            if let Some(e) = eiau(p)? {
+                loss = (loss + e)?;
+            }
+            Ok((loss + knowledge.table_loss()?)?)
         }
         Stage::Fuse => {
-            let ce = (cross_entropy(outputs.pred_em()?, labels)?
+            let mut loss = (cross_entropy(outputs.pred_em()?, labels)?
                 + cross_entropy(outputs.pred2()?, labels)?)?;
-            Ok((ce + (knowledge.eiau_loss(outputs.au_prob()?)? * 0.05)?)?)
+            if let Some(e) = eiau(outputs.au_prob()?)? {
+                loss = (loss + e)?;
+            }
+            Ok(loss)
         }
     }
 }

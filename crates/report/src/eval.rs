@@ -141,6 +141,7 @@ pub fn evaluate_checkpoint(
             preset: Some(cfg.preset.name().to_string()),
             epochs: Some(info.meta.epoch),
             input_size: Some(cfg.input_size),
+            select_by: None,
         },
         labels,
         records: vec![record],

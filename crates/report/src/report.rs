@@ -271,6 +271,17 @@ fn prediction_name(stage: Stage) -> &'static str {
 /// The selection label of the best epoch.
 pub const BEST_SELECTION: &str =
     "best test mean class accuracy (test-set selection, as the reference)";
+/// The selection label of the best epoch of a run chosen by `select_by` (its `config.json`).
+fn best_selection(select_by: Option<&str>) -> &'static str {
+    match select_by {
+        Some("au-f1") => {
+            "best test AU F1 against the pseudo-targets (test-set selection, --select-by au-f1)"
+        }
+        Some("last") => "last epoch (--select-by last)",
+        _ => BEST_SELECTION,
+    }
+}
+
 /// The selection label of the last epoch.
 pub const LAST_SELECTION: &str = "last epoch";
 
@@ -316,7 +327,7 @@ fn run_report(run: &StageRun) -> Result<RunReport> {
             .or_else(|| run.best_checkpoint.as_ref().map(|c| c.meta.preset.name().to_string())),
         epochs_evaluated: run.tests().count(),
         epochs_planned: run.config.epochs,
-        best: epoch_result(run, best, BEST_SELECTION)?,
+        best: epoch_result(run, best, best_selection(run.config.select_by.as_deref()))?,
         last: epoch_result(run, last, LAST_SELECTION)?,
         best_checkpoint_epoch: run.best_checkpoint.as_ref().map(|c| c.meta.epoch),
         au,

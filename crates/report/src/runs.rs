@@ -34,6 +34,8 @@ pub struct RunConfig {
     pub epochs: Option<usize>,
     /// Input side.
     pub input_size: Option<usize>,
+    /// How `best` was chosen (`mean-class-acc` when absent: the reference's rule).
+    pub select_by: Option<String>,
 }
 
 /// One stage run folder, read.

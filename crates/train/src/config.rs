@@ -109,6 +109,55 @@ impl fmt::Display for Dataset {
     }
 }
 
+/// Which test epoch becomes `best.safetensors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SelectBy {
+    /// The reference's: the best test mean class accuracy (ties to the later epoch).
+    #[default]
+    MeanClassAcc,
+    /// Stage 2 only: the best test mean AU F1 against the pseudo-targets. The AU branch does not
+    /// feed the expression head, so in stage 2 the reference's choice follows only the drift of
+    /// the backbone's BatchNorm statistics.
+    AuF1,
+    /// The last epoch.
+    Last,
+}
+
+impl SelectBy {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SelectBy::MeanClassAcc => "mean-class-acc",
+            SelectBy::AuF1 => "au-f1",
+            SelectBy::Last => "last",
+        }
+    }
+}
+
+impl FromStr for SelectBy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [SelectBy::MeanClassAcc, SelectBy::AuF1, SelectBy::Last]
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| format!("unknown selection `{s}` (use mean-class-acc, au-f1 or last)"))
+    }
+}
+
+impl TryFrom<String> for SelectBy {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<SelectBy> for String {
+    fn from(v: SelectBy) -> String {
+        v.name().to_string()
+    }
+}
+
 /// Where tensors live: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -254,6 +303,16 @@ pub struct StageArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub frozen_eval: Option<bool>,
 
+    /// Stages 2 and 3: weight of the EIAU loss term [default: the reference's, 0.5 in stage 2
+    /// and 0.05 in stage 3; 0 drops the term].
+    #[arg(long, value_name = "W")]
+    pub eiau_weight: Option<f64>,
+
+    /// Which test epoch becomes best.safetensors: mean-class-acc (the reference's), au-f1
+    /// (stage 2: AU F1 against the pseudo-targets) or last [default: mean-class-acc].
+    #[arg(long, value_name = "RULE")]
+    pub select_by: Option<SelectBy>,
+
     /// Continue a killed run from the stage folder's `last` checkpoint.
     #[arg(long)]
     #[serde(skip)]
@@ -308,6 +367,8 @@ impl StageArgs {
             resume_model,
             pretrained,
             frozen_eval,
+            eiau_weight,
+            select_by,
         )
     }
 }
@@ -361,6 +422,12 @@ pub struct StageConfig {
     pub pretrained: Option<PathBuf>,
     /// Frozen parts in eval mode instead of the reference's train mode.
     pub frozen_eval: bool,
+    /// Weight of the EIAU loss term; `None`: the reference's for the stage.
+    #[serde(default)]
+    pub eiau_weight: Option<f64>,
+    /// Which test epoch becomes `best.safetensors`.
+    #[serde(default)]
+    pub select_by: SelectBy,
     /// Continue from the stage folder's `last` checkpoint (an invocation choice, not saved).
     #[serde(skip)]
     pub resume: bool,
@@ -422,6 +489,8 @@ impl StageConfig {
             resume_model,
             pretrained: args.pretrained,
             frozen_eval: args.frozen_eval.unwrap_or(false),
+            eiau_weight: args.eiau_weight,
+            select_by: args.select_by.unwrap_or_default(),
             resume: args.resume,
             overwrite: args.overwrite,
         };
@@ -433,6 +502,20 @@ impl StageConfig {
                     "{} starts from the previous stage's checkpoint (--resume-model)",
                     stage_label(stage)
                 ),
+            ));
+        }
+        if stage == Stage::Em && cfg.eiau_weight.is_some() {
+            return Err(bad("eiau_weight", "stage 1's loss has no EIAU term"));
+        }
+        if let Some(w) = cfg.eiau_weight
+            && !(w.is_finite() && w >= 0.0)
+        {
+            return Err(bad("eiau_weight", format!("must be a number >= 0, not {w}")));
+        }
+        if stage != Stage::Au && cfg.select_by == SelectBy::AuF1 {
+            return Err(bad(
+                "select_by",
+                format!("au-f1 selects stage 2 runs; {} has no AU F1", stage_label(stage)),
             ));
         }
         if stage == Stage::Em && args.resume_model.is_some() {
@@ -652,6 +735,41 @@ mod tests {
             let err = StageConfig::resolve(Stage::Em, args).unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+        // Options that belong to other stages, or out of range.
+        let ckpt = tmp.path().join("from.safetensors");
+        std::fs::write(&ckpt, b"x").unwrap();
+        let later = |a: StageArgs| StageArgs { resume_model: Some(ckpt.clone()), ..a };
+        let cases: [(Stage, &str, StageArgs); 4] = [
+            (Stage::Em, "eiau_weight", StageArgs { eiau_weight: Some(0.1), ..args_in(tmp.path()) }),
+            (
+                Stage::Au,
+                "eiau_weight",
+                later(StageArgs { eiau_weight: Some(-1.0), ..args_in(tmp.path()) }),
+            ),
+            (
+                Stage::Em,
+                "select_by",
+                StageArgs { select_by: Some(SelectBy::AuF1), ..args_in(tmp.path()) },
+            ),
+            (
+                Stage::Fuse,
+                "select_by",
+                later(StageArgs { select_by: Some(SelectBy::AuF1), ..args_in(tmp.path()) }),
+            ),
+        ];
+        for (stage, key, args) in cases {
+            let err = StageConfig::resolve(stage, args).unwrap_err().to_string();
+            assert!(err.contains(key), "{stage} {key}: {err}");
+        }
+        let ok = later(StageArgs {
+            eiau_weight: Some(0.0),
+            select_by: Some(SelectBy::AuF1),
+            ..args_in(tmp.path())
+        });
+        let cfg = StageConfig::resolve(Stage::Au, ok).unwrap();
+        assert_eq!((cfg.eiau_weight, cfg.select_by), (Some(0.0), SelectBy::AuF1));
+        assert_eq!("last".parse::<SelectBy>(), Ok(SelectBy::Last));
+        assert!("best".parse::<SelectBy>().is_err());
     }
 
     #[test]

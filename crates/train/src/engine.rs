@@ -9,7 +9,9 @@
 //! eval mode.
 
 use aue_core::{NUM_AUS, NUM_BASIC, PriorLevel, prior_level};
-use aue_model::{AueModel, ForwardOptions, OutputSet, Outputs, Stage, stage_loss};
+use aue_model::{
+    AueModel, ForwardOptions, OutputSet, Outputs, Stage, reference_eiau_weight, stage_loss_weighted,
+};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +78,8 @@ pub struct Trainer {
     /// `[7, 17]` f32: 1 where the prior table's initial entry is 1.0 or 0.5 (the AUs whose
     /// pseudo-target is >= 0.5 for every table the clamps allow): the prior-only AU baseline.
     prior_present: Tensor,
+    /// Weight of the EIAU term of the stage loss (the reference's unless changed).
+    eiau_weight: f64,
 }
 
 impl Trainer {
@@ -101,7 +105,26 @@ impl Trainer {
             train_opts,
             eval_opts,
             prior_present,
+            eiau_weight: reference_eiau_weight(stage),
         })
+    }
+
+    /// Weights the EIAU term of the loss by `weight` instead of the reference's (stage 2: 0.5,
+    /// stage 3: 0.05); 0 drops it.
+    pub fn with_eiau_weight(mut self, weight: f64) -> Self {
+        self.eiau_weight = weight;
+        self
+    }
+
+    fn loss(&self, out: &Outputs, batch: &DeviceBatch, what: &'static str) -> Result<Tensor> {
+        stage_loss_weighted(
+            self.stage,
+            out,
+            &batch.labels,
+            self.model.knowledge(),
+            self.eiau_weight,
+        )
+        .map_err(|e| model_err(what, e))
     }
 
     /// The stage.
@@ -141,8 +164,7 @@ impl Trainer {
             .model
             .forward(&batch.images, Some(&batch.au_loc), &self.train_opts)
             .map_err(|e| model_err("training forward", e))?;
-        let loss = stage_loss(self.stage, &out, &batch.labels, self.model.knowledge())
-            .map_err(|e| model_err("training loss", e))?;
+        let loss = self.loss(&out, batch, "training loss")?;
         acc.add(self, &out, batch, &loss)?;
         let grads = loss.backward().op("backward")?;
         self.sgd.step(&grads, lr)?;
@@ -157,8 +179,7 @@ impl Trainer {
             .model
             .forward(&batch.images, Some(&batch.au_loc), &self.eval_opts)
             .map_err(|e| model_err("evaluation forward", e))?;
-        let loss = stage_loss(self.stage, &out, &batch.labels, self.model.knowledge())
-            .map_err(|e| model_err("evaluation loss", e))?;
+        let loss = self.loss(&out, batch, "evaluation loss")?;
         acc.add(self, &out, batch, &loss)?;
         Ok(loss)
     }

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::checkpoints::{
     self, ModelMeta, OptimizerMeta, SELECTION_BEST, SELECTION_LAST, sha256_file,
 };
-use crate::config::{DeviceSpec, StageConfig, stage_label};
+use crate::config::{DeviceSpec, SelectBy, StageConfig, stage_label};
 use crate::engine::{DeviceBatch, RecordInfo, SplitAccumulator, SplitName, SplitRecord, Trainer};
 use crate::error::{CandleContext, Result, TrainError, data_err, error_chain, io_err, model_err};
 use crate::fsio::{remove_stale_temp_files, write_atomic};
@@ -151,6 +151,13 @@ fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Resu
     write_atomic(&paths.config(), cfg.to_json().as_bytes())?;
 
     let mut trainer = Trainer::new(cfg.stage, model, cfg.momentum, cfg.frozen_eval)?;
+    if let Some(w) = cfg.eiau_weight {
+        tracing::info!(
+            "EIAU loss weight {w} (the reference's: {})",
+            aue_model::reference_eiau_weight(cfg.stage)
+        );
+        trainer = trainer.with_eiau_weight(w);
+    }
     if let Some(buffers) = start.optimizer {
         trainer.optimizer_mut().load_state(buffers)?;
     }
@@ -245,7 +252,13 @@ fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Resu
         }
         bar.finish_and_clear();
         let mut test_record = acc.finish(labels, info(test_steps, t0.elapsed().as_secs_f64()))?;
-        let m = test_record.mean_class_acc();
+        let m = match cfg.select_by {
+            SelectBy::MeanClassAcc => test_record.mean_class_acc(),
+            SelectBy::AuF1 => {
+                test_record.au_pseudo.as_ref().and_then(|a| a.mean_f1).unwrap_or(f64::NAN)
+            }
+            SelectBy::Last => shown as f64,
+        };
         // Ties go to the later epoch: with --frozen-eval the stage-2 EM head's accuracy does not
         // change, and the later AU branch is the better one to hand to stage 3.
         let improved = !m.is_nan() && best.is_none_or(|(b, _)| m >= b);
@@ -497,8 +510,12 @@ fn report(cfg: &StageConfig, paths: &StagePaths, records: &[String], summary: &m
     summary.last = tests.last().cloned();
     summary.best = tests.iter().rfind(|r| r.best == Some(true)).cloned();
     if let Some(best) = &summary.best {
+        let rule = match cfg.select_by {
+            SelectBy::MeanClassAcc => String::new(),
+            other => format!(" by {}", other.name()),
+        };
         tracing::info!(
-            "{} best (test-set selection, epoch {}): {}",
+            "{} best (test-set selection{rule}, epoch {}): {}",
             stage_label(cfg.stage),
             best.epoch,
             best.summary()
