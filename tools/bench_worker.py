@@ -4,7 +4,7 @@ Started by `aue-bench` as a worker process, one per (mode, thread count); not me
 hand. It builds the reference model of `aue_reference.py`, loads the same weights and inputs as the
 Candle worker (safetensors files written by `aue-bench`) and then answers, one line each:
 
-    step   -> "t <seconds>"     one training step (or one inference pass) on the fixed inputs
+    step   -> "t <seconds> <loss>"  one training step (or one inference pass) on the fixed inputs
     quit   -> "peak <bytes>"    the process's peak resident memory, then exit
 
 A training step is the reference's: set_stage_mode, the stage's forward and loss (frozen parts under
@@ -115,8 +115,8 @@ def main() -> None:
         if cmd == "step":
             t = time.perf_counter()
             out = step()
-            float(out.detach().sum())  # the result is used, as a training loop logs its loss
-            print(f"t {time.perf_counter() - t:.6f}", flush=True)
+            loss = float(out.detach().sum())  # reading it waits for the device, as a training loop logging its loss does
+            print(f"t {time.perf_counter() - t:.6f} {loss}", flush=True)
         elif cmd == "quit":
             print(f"peak {peak_bytes()}", flush=True)
             return

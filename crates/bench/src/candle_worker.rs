@@ -53,7 +53,12 @@ pub fn serve(
     };
     // The peak counts from here: the steps with the model resident, not the loading.
     crate::reset_peak();
-    writeln!(output, "ready {baseline} candle-core={}", candle_version())?;
+    let build = match (cfg!(feature = "cuda"), cfg!(feature = "cudnn")) {
+        (_, true) => " (cuda, cudnn)",
+        (true, false) => " (cuda)",
+        _ => "",
+    };
+    writeln!(output, "ready {baseline} candle-core={}{build}", candle_version())?;
     output.flush()?;
     for line in input.lines() {
         let line = line?;
@@ -80,8 +85,8 @@ pub fn serve(
                     }
                 };
                 // Reading the value waits for the device, as a training loop logging its loss does.
-                let _ = out.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-                writeln!(output, "t {:.6}", started.elapsed().as_secs_f64())?;
+                let loss = out.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+                writeln!(output, "t {:.6} {loss}", started.elapsed().as_secs_f64())?;
             }
             "quit" => {
                 writeln!(output, "peak {}", crate::peak_resident_bytes())?;

@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, bail};
 use aue_bench::inputs::{self, Setup};
 use aue_bench::report::markdown_table;
-use aue_bench::worker::Worker;
+use aue_bench::worker::{Step, Worker};
 use aue_bench::{Measurement, Mode, Row, candle_worker};
 use aue_model::Preset;
 use aue_train::DeviceSpec;
@@ -162,90 +162,122 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     let mut versions = Vec::new();
+    let gpu = match args.device {
+        DeviceSpec::Cuda(n) => Some(n),
+        DeviceSpec::Cpu => None,
+    };
     for &threads in &args.threads {
         for &mode in &args.modes {
             bar.set_message(format!("{mode}, {threads} thread(s): starting"));
-            let mut cmd = Command::new(&exe);
-            cmd.env("RAYON_NUM_THREADS", threads.to_string()).args([
-                "worker",
-                "--mode",
-                mode.name(),
-                "--preset",
-                args.preset.name(),
-                "--batch",
-                &args.batch.to_string(),
-                "--size",
-                &args.size.to_string(),
-                "--device",
-                &device_arg(args.device),
-            ]);
-            cmd.arg("--weights").arg(&files.weights).arg("--inputs").arg(&files.inputs);
-            let mut candle = Worker::start("aue", cmd)?;
-            let mut torch = match &tools {
-                Some(tools) => {
-                    let mut cmd = Command::new(&args.python);
-                    for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
-                        cmd.env(var, threads.to_string());
-                    }
-                    cmd.arg(tools.join("bench_worker.py")).args([
-                        "--mode",
-                        mode.name(),
-                        "--preset",
-                        args.preset.name(),
-                        "--threads",
-                        &threads.to_string(),
-                        "--device",
-                        &device_arg(args.device),
-                    ]);
-                    cmd.arg("--weights").arg(&files.weights).arg("--inputs").arg(&files.inputs);
-                    Some(Worker::start("PyTorch", cmd)?)
+            let candle_cmd = || {
+                let mut cmd = Command::new(&exe);
+                cmd.env("RAYON_NUM_THREADS", threads.to_string()).args([
+                    "worker",
+                    "--mode",
+                    mode.name(),
+                    "--preset",
+                    args.preset.name(),
+                    "--batch",
+                    &args.batch.to_string(),
+                    "--size",
+                    &args.size.to_string(),
+                    "--device",
+                    &device_arg(args.device),
+                ]);
+                cmd.arg("--weights").arg(&files.weights).arg("--inputs").arg(&files.inputs);
+                cmd
+            };
+            let torch_cmd = |tools: &Path| {
+                let mut cmd = Command::new(&args.python);
+                for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+                    cmd.env(var, threads.to_string());
                 }
-                None => None,
+                cmd.arg(tools.join("bench_worker.py")).args([
+                    "--mode",
+                    mode.name(),
+                    "--preset",
+                    args.preset.name(),
+                    "--threads",
+                    &threads.to_string(),
+                    "--device",
+                    &device_arg(args.device),
+                ]);
+                cmd.arg("--weights").arg(&files.weights).arg("--inputs").arg(&files.inputs);
+                cmd
             };
-            if versions.is_empty() {
-                versions.push(candle.info.clone());
-                if let Some(t) = &torch {
-                    versions.push(t.info.clone());
-                }
-            }
-            let (mut ct, mut tt) = (Vec::new(), Vec::new());
-            for i in 0..steps {
-                bar.set_message(format!("{mode}, {threads} thread(s)"));
-                // A B, B A, A B, ...: neither implementation always runs right after the other.
-                let candle_first = i % 2 == 0 || torch.is_none();
-                let mut one = |first: bool| -> anyhow::Result<()> {
-                    if first {
-                        ct.push(candle.step()?);
-                    } else if let Some(t) = torch.as_mut() {
-                        tt.push(t.step()?);
+            let (candle_m, torch_m) = match gpu {
+                // On the CPU both workers live side by side and step in turn, so that the
+                // machine's slow minutes hit both alike.
+                None => {
+                    let mut candle = Worker::start("aue", candle_cmd())?;
+                    let mut torch = match &tools {
+                        Some(t) => Some(Worker::start("PyTorch", torch_cmd(t))?),
+                        None => None,
+                    };
+                    note_versions(&mut versions, &candle, torch.as_ref());
+                    let (mut cs, mut ts) = (Vec::new(), Vec::new());
+                    for i in 0..steps {
+                        bar.set_message(format!("{mode}, {threads} thread(s)"));
+                        // A B, B A, A B, ...: neither always runs right after the other.
+                        let candle_first = i % 2 == 0 || torch.is_none();
+                        for first in [candle_first, !candle_first] {
+                            if first {
+                                cs.push(candle.step()?);
+                            } else if let Some(t) = torch.as_mut() {
+                                ts.push(t.step()?);
+                            }
+                        }
+                        bar.inc(1);
                     }
-                    Ok(())
-                };
-                one(candle_first)?;
-                one(!candle_first)?;
-                bar.inc(1);
-            }
-            let keep = |v: Vec<f64>| v[args.warmup.min(v.len())..].to_vec();
-            let candle_m = Measurement {
-                baseline_bytes: candle.baseline_bytes,
-                peak_bytes: candle.quit()?,
-                times: keep(ct),
+                    let c =
+                        measurement(cs, candle.baseline_bytes, candle.quit()?, None, args.warmup);
+                    let t = match torch {
+                        Some(t) => {
+                            let base = t.baseline_bytes;
+                            Some(measurement(ts, base, t.quit()?, None, args.warmup))
+                        }
+                        None => None,
+                    };
+                    (c, t)
+                }
+                // On a GPU one after the other: the device memory each holds is then the card's
+                // use above what it was before the worker started.
+                Some(ordinal) => {
+                    let run = |name: &str, cmd: Command, versions: &mut Vec<String>| {
+                        let before = gpu_used_bytes(ordinal)?;
+                        let mut w = Worker::start(name, cmd)?;
+                        if !versions.contains(&w.info) {
+                            versions.push(w.info.clone());
+                        }
+                        let (mut ss, mut peak) = (Vec::new(), 0u64);
+                        for _ in 0..steps {
+                            ss.push(w.step()?);
+                            peak = peak.max(gpu_used_bytes(ordinal)?.saturating_sub(before));
+                            bar.inc(1);
+                        }
+                        let base = w.baseline_bytes;
+                        anyhow::Ok(measurement(ss, base, w.quit()?, Some(peak), args.warmup))
+                    };
+                    bar.set_message(format!("{mode}: aue"));
+                    let c = run("aue", candle_cmd(), &mut versions)?;
+                    let t = match &tools {
+                        Some(tools) => {
+                            bar.set_message(format!("{mode}: PyTorch"));
+                            bar.set_position(bar.position().saturating_sub(steps as u64));
+                            Some(run("PyTorch", torch_cmd(tools), &mut versions)?)
+                        }
+                        None => None,
+                    };
+                    (c, t)
+                }
             };
-            let torch_m = match torch {
-                Some(t) => Some(Measurement {
-                    baseline_bytes: t.baseline_bytes,
-                    peak_bytes: t.quit()?,
-                    times: keep(tt),
-                }),
-                None => None,
-            };
-            rows.push(Row { mode, threads, candle: candle_m, torch: torch_m });
+            rows.push(Row { mode, threads, batch: args.batch, candle: candle_m, torch: torch_m });
         }
     }
     bar.finish_and_clear();
     let mut report = format!(
         "# aue-bench: preset {}, batch {}, {}x{} px, f32, {}; {} timed steps after {} warm-up, \
-         interleaved\n\n{}; {}\n\n",
+         {}\n\n{}; {}\n\n",
         args.preset.name(),
         args.batch,
         args.size,
@@ -253,7 +285,11 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         device_arg(args.device),
         args.reps,
         args.warmup,
-        machine(),
+        if gpu.is_some() { "one implementation after the other" } else { "interleaved" },
+        match gpu {
+            Some(n) => format!("{}; {}", gpu_name(n), machine()),
+            None => machine(),
+        },
         versions.join(", ")
     );
     report.push_str(&markdown_table(&rows));
@@ -263,6 +299,58 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
+}
+
+fn note_versions(versions: &mut Vec<String>, candle: &Worker, torch: Option<&Worker>) {
+    for info in std::iter::once(&candle.info).chain(torch.map(|t| &t.info)) {
+        if !versions.contains(info) {
+            versions.push(info.clone());
+        }
+    }
+}
+
+/// A worker's steps as a measurement: the first `warmup` steps are not timed (their losses are
+/// kept).
+fn measurement(
+    steps: Vec<Step>,
+    baseline_bytes: u64,
+    peak_bytes: u64,
+    device_peak_bytes: Option<u64>,
+    warmup: usize,
+) -> Measurement {
+    Measurement {
+        times: steps.iter().skip(warmup).map(|s| s.seconds).collect(),
+        losses: steps.iter().map(|s| s.loss).collect(),
+        peak_bytes,
+        baseline_bytes,
+        device_peak_bytes,
+    }
+}
+
+/// GPU `ordinal`'s name and driver (nvidia-smi), or a note that it could not be read.
+fn gpu_name(ordinal: usize) -> String {
+    Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
+        .arg(format!("--id={ordinal}"))
+        .output()
+        .ok()
+        .map(|o| format!("GPU {ordinal}: {} (driver)", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| format!("GPU {ordinal} (nvidia-smi not found)"))
+}
+
+/// Memory in use on GPU `ordinal`, all processes (nvidia-smi).
+fn gpu_used_bytes(ordinal: usize) -> anyhow::Result<u64> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+        .arg(format!("--id={ordinal}"))
+        .output()
+        .context("running nvidia-smi (needed to measure GPU memory)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mib: u64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("nvidia-smi printed {text:?} for memory.used"))?;
+    Ok(mib * 1024 * 1024)
 }
 
 fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {

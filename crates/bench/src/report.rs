@@ -36,12 +36,27 @@ pub struct Measurement {
     pub peak_bytes: u64,
     /// Resident memory of the worker before it built the model (runtime and libraries), bytes.
     pub baseline_bytes: u64,
+    /// The loss of every step, warm-up included (NaN where the worker reported none).
+    pub losses: Vec<f64>,
+    /// On a GPU: the most device memory the worker held after any step (its context included).
+    pub device_peak_bytes: Option<u64>,
 }
 
 impl Measurement {
     /// Timing statistics.
     pub fn stats(&self) -> Option<Stats> {
         Stats::of(&self.times)
+    }
+
+    /// `first -> last` loss, when the worker reported losses.
+    pub fn loss_trend(&self) -> Option<String> {
+        let (first, last) = (self.losses.first()?, self.losses.last()?);
+        (first.is_finite() || last.is_finite()).then(|| format!("{first:.4} -> {last:.4}"))
+    }
+
+    /// Whether every reported loss is finite.
+    pub fn losses_finite(&self) -> bool {
+        self.losses.iter().all(|l| l.is_finite())
     }
 
     /// Peak memory above the worker's baseline: what the model, its gradients, optimizer state
@@ -58,6 +73,8 @@ pub struct Row {
     pub mode: Mode,
     /// Threads of each worker.
     pub threads: usize,
+    /// Batch size (for images per second).
+    pub batch: usize,
     /// aue on Candle.
     pub candle: Measurement,
     /// The PyTorch reference, when it ran.
@@ -102,6 +119,9 @@ pub fn markdown_table(rows: &[Row]) -> String {
     let mut rows: Vec<&Row> = rows.iter().collect();
     rows.sort_by_key(|r| (r.threads, r.mode));
     let mut out = String::new();
+    if rows.iter().any(|r| r.candle.device_peak_bytes.is_some()) {
+        return gpu_table(&rows);
+    }
     out.push_str(
         "| step | threads | aue ms, median (min-max) | PyTorch ms, median (min-max) | time aue/PyTorch \
          | aue peak MiB | PyTorch peak MiB | peak aue/PyTorch | above baseline: aue / PyTorch MiB | ratio |\n",
@@ -135,6 +155,55 @@ pub fn markdown_table(rows: &[Row]) -> String {
     out
 }
 
+/// The GPU variant: images per second, device memory and the loss of the first and last step.
+fn gpu_table(rows: &[&Row]) -> String {
+    let mut out = String::from(
+        "| step | aue ms, median (min-max) | PyTorch ms, median (min-max) | aue img/s | PyTorch img/s \
+         | img/s aue/PyTorch | aue GPU MiB | PyTorch GPU MiB | GPU mem aue/PyTorch | loss, first -> last step: aue | PyTorch |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+    let fmt_ms = |m: &Measurement| m.stats().map_or_else(|| "-".into(), |s| ms(&s));
+    let rate = |m: &Measurement, batch: usize| {
+        m.stats().filter(|s| s.median > 0.0).map(|s| batch as f64 / s.median)
+    };
+    for r in rows {
+        let b = r.batch;
+        let (c_rate, t_rate) = (rate(&r.candle, b), r.torch.as_ref().and_then(|t| rate(t, b)));
+        let gpu = |m: Option<&Measurement>| {
+            m.and_then(|m| m.device_peak_bytes).map_or_else(|| "-".into(), mib)
+        };
+        let gpu_ratio = match (
+            r.candle.device_peak_bytes,
+            r.torch.as_ref().and_then(|t| t.device_peak_bytes),
+        ) {
+            (Some(a), Some(b)) if b > 0 => Some(a as f64 / b as f64),
+            _ => None,
+        };
+        let trend = |m: Option<&Measurement>| {
+            m.and_then(|m| {
+                let t = m.loss_trend()?;
+                Some(if m.losses_finite() { t } else { format!("{t} (not finite!)") })
+            })
+            .unwrap_or_else(|| "-".into())
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.mode.label(),
+            fmt_ms(&r.candle),
+            r.torch.as_ref().map_or_else(|| "-".into(), fmt_ms),
+            c_rate.map_or_else(|| "-".into(), |v| format!("{v:.0}")),
+            t_rate.map_or_else(|| "-".into(), |v| format!("{v:.0}")),
+            ratio(c_rate.zip(t_rate).map(|(c, t)| c / t)),
+            gpu(Some(&r.candle)),
+            gpu(r.torch.as_ref()),
+            ratio(gpu_ratio),
+            trend(Some(&r.candle)),
+            trend(r.torch.as_ref()),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,7 +219,13 @@ mod tests {
     }
 
     fn m(times: &[f64], peak: u64, base: u64) -> Measurement {
-        Measurement { times: times.to_vec(), peak_bytes: peak, baseline_bytes: base }
+        Measurement {
+            times: times.to_vec(),
+            peak_bytes: peak,
+            baseline_bytes: base,
+            losses: vec![2.0, 1.5],
+            device_peak_bytes: None,
+        }
     }
 
     #[test]
@@ -159,6 +234,7 @@ mod tests {
         let row = Row {
             mode: Mode::Stage2,
             threads: 1,
+            batch: 8,
             candle: m(&[0.9, 1.0, 1.1], 300 * mib, 100 * mib),
             torch: Some(m(&[2.0, 2.0, 2.2], 400 * mib, 200 * mib)),
         };
@@ -176,5 +252,23 @@ mod tests {
         ));
         assert!(lines[2].ends_with("| 300 | 400 | 0.75 | 200 / 200 | 1.00 |"), "{}", lines[2]);
         assert!(lines[3].contains("| 2 | 1000 (900-1100) | - | - |"), "{}", lines[3]);
+    }
+
+    #[test]
+    fn gpu_table_has_rates_memory_and_losses() {
+        let mib = 1024 * 1024;
+        let mut candle = m(&[0.5, 0.5, 0.5], 0, 0);
+        candle.device_peak_bytes = Some(1200 * mib);
+        let mut torch = m(&[1.0, 1.0, 1.0], 0, 0);
+        torch.device_peak_bytes = Some(1000 * mib);
+        torch.losses = vec![2.0, f64::NAN];
+        let row = Row { mode: Mode::Stage1, threads: 1, batch: 64, candle, torch: Some(torch) };
+        let table = markdown_table(&[row]);
+        let line = table.lines().nth(2).unwrap();
+        assert!(
+            line.contains("| 128 | 64 | 2.00 | 1200 | 1000 | 1.20 | 2.0000 -> 1.5000 |"),
+            "{line}"
+        );
+        assert!(line.contains("(not finite!)"), "{line}");
     }
 }

@@ -7,6 +7,15 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use anyhow::{Context, bail};
 
+/// One step's reply.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// Wall time of the step, seconds.
+    pub seconds: f64,
+    /// The loss it computed (for inference: the sum of an output), NaN when not reported.
+    pub loss: f64,
+}
+
 /// A running worker.
 pub struct Worker {
     name: String,
@@ -70,14 +79,26 @@ impl Worker {
         Ok(parse_reply(&line, tag).with_context(|| self.context())?.to_string())
     }
 
-    /// One timed step; its wall time in seconds, as the worker measured it.
-    pub fn step(&mut self) -> anyhow::Result<f64> {
+    /// One timed step: its wall time in seconds, as the worker measured it, and the step's loss
+    /// (the value the worker printed after the time; NaN when it printed none).
+    pub fn step(&mut self) -> anyhow::Result<Step> {
         let v = self.ask("step", "t")?;
-        let t: f64 = v.parse().with_context(|| format!("{}: bad time {v:?}", self.context()))?;
-        if !(t.is_finite() && t >= 0.0) {
-            bail!("{}: bad time {v:?}", self.context());
+        let mut parts = v.split_whitespace();
+        let bad = || anyhow::anyhow!("{}: bad step reply {v:?}", self.context());
+        let seconds: f64 = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(bad());
         }
-        Ok(t)
+        let loss = match parts.next() {
+            Some(l) => l.parse::<f64>().map_err(|_| bad())?,
+            None => f64::NAN,
+        };
+        Ok(Step { seconds, loss })
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Ends the worker; its peak resident memory in bytes.
@@ -137,9 +158,14 @@ mod tests {
     #[test]
     fn a_scripted_worker_round_trip() {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo ready 7; read a; echo t 0.5; read b; echo peak 99"]);
+        cmd.args([
+            "-c",
+            "echo ready 7; read a; echo t 0.5 2.25; read c; echo t 0.25; read b; echo peak 99",
+        ]);
         let mut w = Worker::start("script", cmd).unwrap();
-        assert_eq!(w.step().unwrap(), 0.5);
+        assert_eq!(w.step().unwrap(), Step { seconds: 0.5, loss: 2.25 });
+        let second = w.step().unwrap();
+        assert!(second.seconds == 0.25 && second.loss.is_nan());
         assert_eq!(w.quit().unwrap(), 99);
     }
 }
