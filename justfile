@@ -39,6 +39,15 @@ report *args:
 test:
     cargo test --workspace --release
 
-# The data loader benchmark of aue-data (flags go to aue-loader-bench).
+# Flags go to aue-bench; it needs python3 with torch, or --no-torch. Results: docs/PERFORMANCE.md.
+# Step times of each stage and of inference, aue against PyTorch on this machine.
 bench *args:
+    cargo run --release -p aue-bench -- "$@"
+
+# The data loader benchmark of aue-data (flags go to aue-loader-bench).
+bench-loader *args:
     cargo run --release -p aue-data --bin aue-loader-bench -- "$@"
+
+# The convolution benchmark of aue-kernels against Candle's own (flags go to aue-conv-bench).
+bench-conv *args:
+    cargo run --release -p aue-kernels --bin aue-conv-bench -- "$@"

@@ -40,7 +40,8 @@ pub fn serve(
     };
     let batch = DeviceBatch {
         images: get("image")?,
-        au_loc: get("au_loc")?,
+        // On the host, as the trainer keeps it (see aue-train's DeviceBatch).
+        au_loc: get("au_loc")?.to_device(&Device::Cpu)?,
         labels: get("label")?,
         au_gt: None,
     };

@@ -32,7 +32,8 @@ pub struct CropCentres {
 impl CropCentres {
     /// Read and check `au_loc` (i64 [B, 17, 4], x1 y1 x2 y2 on the G grid). Every coordinate must be
     /// in [0, G]; a window that leaves the map reads zeros there (with the loader's clamping to
-    /// [L/2, G - L/2] none does).
+    /// [L/2, G - L/2] none does). `au_loc` may live on any device; on the CPU reading it costs no
+    /// device synchronisation (the trainer keeps it there).
     pub fn new(au_loc: &Tensor, grid: usize) -> Result<Self> {
         let dims = au_loc.dims();
         if au_loc.dtype() != DType::I64 || dims.len() != 3 || dims[1] != NUM_AUS || dims[2] != 4 {

@@ -23,7 +23,8 @@ use crate::optim::Sgd;
 pub struct DeviceBatch {
     /// f32 `[B, 3, S, S]`.
     pub images: Tensor,
-    /// i64 `[B, 17, 4]`.
+    /// i64 `[B, 17, 4]`, kept on the CPU: the model reads the crop centres on the host to build
+    /// its gather indices, so a copy on a GPU would only add a device-to-host round trip.
     pub au_loc: Tensor,
     /// i64 `[B]`.
     pub labels: Tensor,
@@ -37,7 +38,7 @@ impl DeviceBatch {
         let to = |t: &Tensor| t.to_device(device).op("batch to device");
         Ok(Self {
             images: to(&batch.images)?,
-            au_loc: to(&batch.au_loc)?,
+            au_loc: batch.au_loc.clone(),
             labels: to(&batch.labels)?,
             au_gt: batch.au_gt.as_ref().map(to).transpose()?,
         })
