@@ -768,6 +768,9 @@ fn au_cell(v: Option<f64>) -> String {
     pct_or(v, NOT_AVAILABLE)
 }
 
+/// Which reference point of an epoch's AU scores a column shows.
+type ReferencePoint = fn(&AuEpoch) -> &Option<AuMetrics>;
+
 fn au_blocks(au: &[AuEpoch; 2]) -> Vec<Block> {
     let [best, last] = au;
     let mut out = vec![Block::Text(format!(
@@ -788,7 +791,7 @@ fn au_blocks(au: &[AuEpoch; 2]) -> Vec<Block> {
     if best.truth.is_some() {
         header.extend(["Precision (true)", "Recall (true)", "F1 (true)"]);
     }
-    let refs: [(fn(&AuEpoch) -> &Option<AuMetrics>, &str); 3] = [
+    let refs: [(ReferencePoint, &str); 3] = [
         (|e| &e.all_present, "F1 (all present)"),
         (|e| &e.prior_predicted, "F1 (prior of prediction)"),
         (|e| &e.prior_baseline, "F1 (prior of label)"),

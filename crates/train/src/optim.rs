@@ -70,8 +70,11 @@ impl Sgd {
                     p.momentum_buffer = Some(buf);
                 }
                 Some(buf) if in_place && inplace::supported(buf) => {
-                    buf.inplace_op2(grad, &inplace::Momentum(self.momentum))
-                        .op("sgd: buf = momentum * buf + grad")?;
+                    buf.inplace_op2(
+                        grad,
+                        &inplace::Axpby { a: self.momentum, b: 1.0, name: "sgd-momentum" },
+                    )
+                    .op("sgd: buf = momentum * buf + grad")?;
                 }
                 Some(buf) => {
                     let next = (buf.affine(self.momentum, 0.0).op("sgd: momentum * buf")? + grad)
@@ -84,7 +87,7 @@ impl Sgd {
             if in_place && inplace::supported(buf) {
                 p.var
                     .as_tensor()
-                    .inplace_op2(buf, &inplace::SubScaled(lr))
+                    .inplace_op2(buf, &inplace::Axpby { a: 1.0, b: -lr, name: "sgd-update" })
                     .op("sgd: p -= lr * buf")?;
             } else {
                 let update = buf.affine(lr, 0.0).op("sgd: lr * buf")?;
@@ -156,35 +159,18 @@ mod inplace {
         }
     }
 
-    /// `s1 = f(s1, s2)` elementwise on matching f32 or f64 storages.
-    fn zip_apply(
-        op: &str,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        f32_fn: impl Fn(f32, f32) -> f32,
-        f64_fn: impl Fn(f64, f64) -> f64,
-    ) -> candle_core::Result<()> {
-        let ((a0, a1), (b0, b1)) = ranges(l1, l2, op)?;
-        match (s1, s2) {
-            (CpuStorage::F32(d), CpuStorage::F32(s)) => {
-                d[a0..a1].iter_mut().zip(&s[b0..b1]).for_each(|(d, &s)| *d = f32_fn(*d, s));
-            }
-            (CpuStorage::F64(d), CpuStorage::F64(s)) => {
-                d[a0..a1].iter_mut().zip(&s[b0..b1]).for_each(|(d, &s)| *d = f64_fn(*d, s));
-            }
-            _ => bail!("{op}: needs two f32 or two f64 tensors"),
-        }
-        Ok(())
+    /// `d = a * d + b * s` elementwise, in place: the momentum update is `a = momentum, b = 1`,
+    /// the parameter update `a = 1, b = -lr`. (A product by 1 and a negation are exact, so each
+    /// rounds like `buf * m + g` and `p - lr * buf`.)
+    pub(super) struct Axpby {
+        pub(super) a: f64,
+        pub(super) b: f64,
+        pub(super) name: &'static str,
     }
 
-    /// `buf = momentum * buf + grad`.
-    pub(super) struct Momentum(pub f64);
-
-    impl InplaceOp2 for Momentum {
+    impl InplaceOp2 for Axpby {
         fn name(&self) -> &'static str {
-            "sgd-momentum"
+            self.name
         }
 
         fn cpu_fwd(
@@ -194,28 +180,19 @@ mod inplace {
             s2: &CpuStorage,
             l2: &Layout,
         ) -> candle_core::Result<()> {
-            let (m32, m64) = (self.0 as f32, self.0);
-            zip_apply(self.name(), s1, l1, s2, l2, |b, g| b * m32 + g, |b, g| b * m64 + g)
-        }
-    }
-
-    /// `p = p - lr * buf`.
-    pub(super) struct SubScaled(pub f64);
-
-    impl InplaceOp2 for SubScaled {
-        fn name(&self) -> &'static str {
-            "sgd-update"
-        }
-
-        fn cpu_fwd(
-            &self,
-            s1: &mut CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-        ) -> candle_core::Result<()> {
-            let (lr32, lr64) = (self.0 as f32, self.0);
-            zip_apply(self.name(), s1, l1, s2, l2, |p, b| p - lr32 * b, |p, b| p - lr64 * b)
+            let ((a0, a1), (b0, b1)) = ranges(l1, l2, self.name)?;
+            match (s1, s2) {
+                (CpuStorage::F32(d), CpuStorage::F32(s)) => {
+                    let (a, b) = (self.a as f32, self.b as f32);
+                    d[a0..a1].iter_mut().zip(&s[b0..b1]).for_each(|(d, &s)| *d = *d * a + s * b);
+                }
+                (CpuStorage::F64(d), CpuStorage::F64(s)) => {
+                    let (a, b) = (self.a, self.b);
+                    d[a0..a1].iter_mut().zip(&s[b0..b1]).for_each(|(d, &s)| *d = *d * a + s * b);
+                }
+                _ => bail!("{}: needs two f32 or two f64 tensors", self.name),
+            }
+            Ok(())
         }
     }
 }
