@@ -394,13 +394,24 @@ pub fn load_model(
                 let var = Var::zeros(shape.as_slice(), *dtype, device)?;
                 for i in 0..shape[0] {
                     let member = state::member_key(key, i);
-                    let entry = &header.entries[&member];
+                    // (check_key_sets has seen every member; an error rather than a panic all
+                    // the same.)
+                    let entry = header.entries.get(&member).ok_or_else(|| {
+                        ModelError::MissingKey { path: path.into(), key: member.clone(), more: 0 }
+                    })?;
                     let slice = read_entry(path, &mut file, &header, entry, device)?;
                     var.as_tensor().slice_set(&slice.unsqueeze(0)?, 0, i)?;
                 }
                 var
             }
-            None => read_entry_var(path, &mut file, &header, &header.entries[key], device)?,
+            None => {
+                let entry = header.entries.get(key).ok_or_else(|| ModelError::MissingKey {
+                    path: path.into(),
+                    key: key.clone(),
+                    more: 0,
+                })?;
+                read_entry_var(path, &mut file, &header, entry, device)?
+            }
         };
         loaded.data().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), var);
     }

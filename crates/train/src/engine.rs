@@ -77,7 +77,7 @@ pub struct Trainer {
     train_opts: ForwardOptions,
     eval_opts: ForwardOptions,
     /// `[7, 17]` f32: 1 where the prior table's initial entry is 1.0 or 0.5 (the AUs whose
-    /// pseudo-target is >= 0.5 for every table the clamps allow): the prior-only AU baseline.
+    /// pseudo-target is >= 0.5 for every table the clamps allow): the prior-lookup reference points.
     prior_present: Tensor,
     /// Weight of the EIAU term of the stage loss (the reference's unless changed).
     eiau_weight: f64,
