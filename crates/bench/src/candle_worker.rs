@@ -6,9 +6,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use aue_model::checkpoint::{load_model, read_safetensors};
-use aue_model::{AueModel, ForwardOptions};
-use aue_train::engine::{DeviceBatch, SplitAccumulator, SplitName, Trainer};
+use aue_contract::format::{load_model, read_safetensors};
+use aue_contract::{DeviceBatch, SplitAccumulator, SplitName};
+use aue_model::{AueModel, ForwardOptions, Stage};
+use aue_train::StageDef;
+use aue_train::engine::Trainer;
 use candle_core::{Device, Tensor};
 
 use crate::Mode;
@@ -16,7 +18,7 @@ use crate::inputs::Setup;
 
 /// What one step runs.
 enum Work {
-    Train { trainer: Box<Trainer>, lr: f64 },
+    Train { trainer: Box<Trainer<'static>>, lr: f64 },
     Eval { model: Box<AueModel> },
 }
 
@@ -48,7 +50,8 @@ pub fn serve(
     let classes = config.num_classes;
     let mut work = match mode.stage() {
         Some(stage) => {
-            Work::Train { trainer: Box::new(Trainer::new(stage, model, 0.9, false)?), lr: 0.01 }
+            let trainer = Trainer::new(stage_def(stage), model, 0.9, false);
+            Work::Train { trainer: Box::new(trainer), lr: 0.01 }
         }
         None => Work::Eval { model: Box::new(model) },
     };
@@ -69,7 +72,7 @@ pub fn serve(
                 let out = match &mut work {
                     Work::Train { trainer, lr } => {
                         let mut acc = SplitAccumulator::new(
-                            trainer.stage(),
+                            trainer.def().records(),
                             SplitName::Train,
                             classes,
                             device,
@@ -99,6 +102,15 @@ pub fn serve(
         output.flush()?;
     }
     Ok(())
+}
+
+/// The stage crate that trains `stage`.
+fn stage_def(stage: Stage) -> &'static dyn StageDef {
+    match stage {
+        Stage::Em => &aue_stage1::STAGE,
+        Stage::Au => &aue_stage2::STAGE,
+        Stage::Fuse => &aue_stage3::STAGE,
+    }
 }
 
 /// The candle-core version of the workspace's lock file (see build.rs).

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use aue_contract::format::{save, write_safetensors};
 use aue_core::NUM_AUS;
-use aue_model::checkpoint::{save, write_safetensors};
 use aue_model::{AueModel, ModelConfig, Preset};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};

@@ -15,8 +15,8 @@ use aue_bench::inputs::{self, Setup};
 use aue_bench::report::markdown_table;
 use aue_bench::worker::{Step, Worker};
 use aue_bench::{Measurement, Mode, Row, candle_worker};
+use aue_cli::DeviceSpec;
 use aue_model::Preset;
-use aue_train::DeviceSpec;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -356,32 +356,18 @@ fn gpu_used_bytes(ordinal: usize) -> anyhow::Result<u64> {
 fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
     let WorkerCommand::Worker { mode, preset, batch, size, weights, inputs, device } = cmd;
     let setup = Setup { preset: *preset, batch: *batch, size: *size, seed: 0 };
-    let device = aue_train::run::open_device(*device)?;
+    let device = device.open()?;
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
     candle_worker::serve(&setup, *mode, weights, inputs, &device, stdin, stdout)
 }
 
 fn main() -> ExitCode {
-    // Reuse freed tensor buffers instead of faulting fresh pages in on every pass.
-    aue_model::alloc::keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    let result = match &cli.worker {
-        Some(w) => worker(w),
-        None => bench(&cli.bench),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aue-bench: {e:#}");
-            ExitCode::FAILURE
+    aue_cli::main("warn", || {
+        let cli = Cli::parse();
+        match &cli.worker {
+            Some(w) => worker(w),
+            None => bench(&cli.bench),
         }
-    }
+    })
 }

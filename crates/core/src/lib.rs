@@ -189,3 +189,41 @@ mod tests {
         assert!(neg.contains(&(8, 9)));
     }
 }
+
+/// The file and folder names of the dataset layouts aue reads and writes (docs/METHOD.md
+/// section 5), defined once for the data readers, the synthetic set and the landmark tool.
+///
+/// RAF-DB paths are relative to the subset folder (`basic/` or `compound/`); SFEW paths to a
+/// split folder (`Train/`, `Val/`) except [`layout::SFEW_LIST_DIR`], which is under the root.
+pub mod layout {
+    /// RAF-DB basic subset folder.
+    pub const RAF_BASIC: &str = "basic";
+    /// RAF-DB compound subset folder.
+    pub const RAF_COMPOUND: &str = "compound";
+    /// The label list (RAF-DB's own spelling of "partition").
+    pub const RAF_LABEL_LIST: &str = "EmoLabel/list_patition_label.txt";
+    /// Original images.
+    pub const RAF_IMAGES_ORIGINAL: &str = "Image/original";
+    /// Aligned images.
+    pub const RAF_IMAGES_ALIGNED: &str = "Image/aligned";
+    /// Face boxes, `<stem>.txt` with `x1 y1 x2 y2`.
+    pub const RAF_BOXES: &str = "Annotation/boundingbox";
+    /// Folder holding the landmark folder (and the AU ground truth).
+    pub const RAF_ANNOTATION: &str = "Annotation";
+    /// Name of the landmark folder: 68 points relative to the box.
+    pub const RAF_LANDMARKS_NAME: &str = "Landmarks_68_FAN_bbox";
+    /// 68 points relative to the box, `<stem>.txt`.
+    pub const RAF_LANDMARKS: &str = "Annotation/Landmarks_68_FAN_bbox";
+    /// Ground-truth AU intensities (the synthetic set), `<stem>.txt`.
+    pub const RAF_AU_GT: &str = "Annotation/AU_gt";
+    /// SFEW split folders: train, then the split used as test.
+    pub const SFEW_SPLITS: [&str; 2] = ["Train", "Val"];
+    /// Images, `<Class>/<id>.jpg|png` inside a split folder.
+    pub const SFEW_IMAGES: &str = "imgs";
+    /// Name of the landmark folder: 68 points in image pixels.
+    pub const SFEW_LANDMARKS_NAME: &str = "Landmarks_68_FAN";
+    /// 68 points in image pixels, `<Class>/<id>.txt` inside a split folder.
+    pub const SFEW_LANDMARKS: &str = "Annotations/Landmarks_68_FAN";
+    /// Folder of the id lists, under the SFEW root.
+    pub const SFEW_LIST_DIR: &str = "list_experiment";
+}

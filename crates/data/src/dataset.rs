@@ -27,6 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use aue_core::layout;
 use rayon::prelude::*;
 
 use crate::annotations::{
@@ -38,23 +39,29 @@ use crate::preprocess::{
     self, AuGrid, AuLoc, Augment, ENLARGE_RAF, ENLARGE_SFEW, Plan, normalise_into,
 };
 
-/// Which dataset a root folder holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which dataset a root folder holds: the one name of the three datasets, from the `--dataset`
+/// flag through `config.json` to checkpoint metadata (`rafdb`, `rafdb-compound`, `sfew`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DatasetKind {
     /// RAF-DB basic expressions (7 classes). The synthetic set uses this layout too.
-    RafBasic,
+    Rafdb,
     /// RAF-DB compound expressions (11 classes).
-    RafCompound,
-    /// SFEW 2.0 (7 classes, folder names mapped to the basic order).
+    RafdbCompound,
+    /// SFEW 2.0 (7 classes, folder names mapped to the basic order); the test split is `Val`.
     Sfew,
 }
 
 impl DatasetKind {
-    /// Class names in label-index order (REFERENCE.md section 1).
+    /// Every dataset kind.
+    pub const ALL: [DatasetKind; 3] =
+        [DatasetKind::Rafdb, DatasetKind::RafdbCompound, DatasetKind::Sfew];
+
+    /// Class names in label-index order (docs/METHOD.md section 1).
     pub fn class_names(self) -> &'static [&'static str] {
         match self {
-            DatasetKind::RafBasic | DatasetKind::Sfew => &aue_core::EXPRESSIONS_BASIC,
-            DatasetKind::RafCompound => &aue_core::EXPRESSIONS_COMPOUND,
+            DatasetKind::Rafdb | DatasetKind::Sfew => &aue_core::EXPRESSIONS_BASIC,
+            DatasetKind::RafdbCompound => &aue_core::EXPRESSIONS_COMPOUND,
         }
     }
 
@@ -66,17 +73,25 @@ impl DatasetKind {
     /// The box enlargement factor (0.15 for RAF-DB, 0.20 for SFEW).
     pub fn enlarge_factor(self) -> f64 {
         match self {
-            DatasetKind::RafBasic | DatasetKind::RafCompound => ENLARGE_RAF,
+            DatasetKind::Rafdb | DatasetKind::RafdbCompound => ENLARGE_RAF,
             DatasetKind::Sfew => ENLARGE_SFEW,
         }
     }
 
-    /// The name used on command lines and in configs.
-    pub fn as_str(self) -> &'static str {
+    /// The name used on command lines, in configs and in checkpoint metadata.
+    pub fn name(self) -> &'static str {
         match self {
-            DatasetKind::RafBasic => "raf-basic",
-            DatasetKind::RafCompound => "raf-compound",
+            DatasetKind::Rafdb => "rafdb",
+            DatasetKind::RafdbCompound => "rafdb-compound",
             DatasetKind::Sfew => "sfew",
+        }
+    }
+
+    /// Where the dataset is looked for when no root is given.
+    pub fn default_root(self) -> PathBuf {
+        match self {
+            DatasetKind::Rafdb | DatasetKind::RafdbCompound => PathBuf::from("data/rafdb"),
+            DatasetKind::Sfew => PathBuf::from("data/sfew"),
         }
     }
 }
@@ -85,20 +100,30 @@ impl std::str::FromStr for DatasetKind {
     type Err = DataError;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "raf-basic" | "raf" | "synthetic" => Ok(DatasetKind::RafBasic),
-            "raf-compound" => Ok(DatasetKind::RafCompound),
-            "sfew" => Ok(DatasetKind::Sfew),
-            other => Err(DataError::Options(format!(
-                "unknown dataset kind `{other}` (expected raf-basic, raf-compound or sfew)"
-            ))),
-        }
+        DatasetKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            DataError::Options(format!(
+                "unknown dataset `{s}` (expected rafdb, rafdb-compound or sfew)"
+            ))
+        })
+    }
+}
+
+impl TryFrom<String> for DatasetKind {
+    type Error = DataError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<DatasetKind> for String {
+    fn from(k: DatasetKind) -> String {
+        k.name().to_string()
     }
 }
 
 impl std::fmt::Display for DatasetKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.name())
     }
 }
 
@@ -131,7 +156,7 @@ impl std::fmt::Display for Split {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetOptions {
     /// Input side S (a multiple of 32, at least 32); the AU grid is S / 4. Default 224.
-    pub image_size: u32,
+    pub input_size: u32,
     /// RAF-DB: read `Image/aligned/` instead of `Image/original/`. Default false.
     pub aligned: bool,
     /// Skip (and count) malformed samples instead of failing. Default false.
@@ -144,7 +169,7 @@ pub struct DatasetOptions {
 impl Default for DatasetOptions {
     fn default() -> Self {
         DatasetOptions {
-            image_size: 224,
+            input_size: 224,
             aligned: false,
             skip_bad: false,
             swap_flip_landmarks: false,
@@ -154,10 +179,10 @@ impl Default for DatasetOptions {
 
 impl DatasetOptions {
     pub(crate) fn check(&self) -> Result<()> {
-        if self.image_size < 32 || !self.image_size.is_multiple_of(32) {
+        if self.input_size < 32 || !self.input_size.is_multiple_of(32) {
             return Err(DataError::Options(format!(
-                "image_size {} must be a multiple of 32 (at least 32)",
-                self.image_size
+                "input_size {} must be a multiple of 32 (at least 32)",
+                self.input_size
             )));
         }
         Ok(())
@@ -261,7 +286,7 @@ impl Dataset {
             return Err(DataError::missing(&root, "dataset root folder"));
         }
         let (results, listed, has_au_gt) = match kind {
-            DatasetKind::RafBasic | DatasetKind::RafCompound => {
+            DatasetKind::Rafdb | DatasetKind::RafdbCompound => {
                 open_raf(kind, &root, split, options)?
             }
             DatasetKind::Sfew => open_sfew(&root, split, options)?,
@@ -333,7 +358,7 @@ impl Dataset {
                 kind,
                 split,
                 root,
-                grid: AuGrid::new(options.image_size),
+                grid: AuGrid::new(options.input_size),
                 options: options.clone(),
                 samples,
                 has_au_gt,
@@ -373,8 +398,8 @@ impl Dataset {
     }
 
     /// Input side S.
-    pub fn image_size(&self) -> u32 {
-        self.inner.options.image_size
+    pub fn input_size(&self) -> u32 {
+        self.inner.options.input_size
     }
 
     /// The AU grid of S.
@@ -471,7 +496,7 @@ impl Dataset {
     /// Writes sample `index`'s normalised `[3, S, S]` image into `out` and returns its AU
     /// locations.
     pub fn prepare_into(&self, index: usize, augment: &Augment, out: &mut [f32]) -> Result<AuLoc> {
-        let size = self.image_size() as usize;
+        let size = self.input_size() as usize;
         if out.len() != 3 * size * size {
             return Err(DataError::Options(format!(
                 "output buffer holds {} values, need 3 x {size} x {size}",
@@ -485,7 +510,7 @@ impl Dataset {
 
     /// Sample `index` prepared under `augment` (allocates; the loader writes in place instead).
     pub fn prepare(&self, index: usize, augment: &Augment) -> Result<Prepared> {
-        let size = self.image_size() as usize;
+        let size = self.input_size() as usize;
         let mut image = vec![0.0; 3 * size * size];
         let au_loc = self.prepare_into(index, augment, &mut image)?;
         let s = self.get(index)?;
@@ -549,23 +574,31 @@ fn open_raf(
     split: Split,
     options: &DatasetOptions,
 ) -> Result<Opened> {
-    let sub = root.join(if kind == DatasetKind::RafBasic { "basic" } else { "compound" });
-    let list = sub.join("EmoLabel/list_patition_label.txt");
+    let sub = root.join(if kind == DatasetKind::Rafdb {
+        layout::RAF_BASIC
+    } else {
+        layout::RAF_COMPOUND
+    });
+    let list = sub.join(layout::RAF_LABEL_LIST);
     if !list.is_file() {
         return Err(DataError::missing(&list, format!("{kind} label list")));
     }
     let entries = annotations::read_label_list(&list, split.as_str(), kind.num_classes())?;
     let listed = entries.len();
-    let au_dir = sub.join("Annotation/AU_gt");
+    let au_dir = sub.join(layout::RAF_AU_GT);
     let has_au_gt = au_dir.is_dir();
     let dirs = RafDirs {
-        images: sub.join("Image").join(if options.aligned { "aligned" } else { "original" }),
-        boxes: sub.join("Annotation/boundingbox"),
-        landmarks: sub.join("Annotation/Landmarks_68_FAN_bbox"),
+        images: sub.join(if options.aligned {
+            layout::RAF_IMAGES_ALIGNED
+        } else {
+            layout::RAF_IMAGES_ORIGINAL
+        }),
+        boxes: sub.join(layout::RAF_BOXES),
+        landmarks: sub.join(layout::RAF_LANDMARKS),
         au_gt: has_au_gt.then_some(au_dir),
         aligned: options.aligned,
     };
-    let grid = AuGrid::new(options.image_size);
+    let grid = AuGrid::new(options.input_size);
     let results = entries
         .into_par_iter()
         .map(|entry| entry.and_then(|e| read_raf_entry(kind, &dirs, &e, &grid)))
@@ -650,18 +683,18 @@ fn read_raf_entry(
 
 fn open_sfew(root: &Path, split: Split, options: &DatasetOptions) -> Result<Opened> {
     let (folder, list_name) = match split {
-        Split::Train => ("Train", "id_train_list.txt"),
-        Split::Test => ("Val", "id_val_list.txt"),
+        Split::Train => (layout::SFEW_SPLITS[0], "id_train_list.txt"),
+        Split::Test => (layout::SFEW_SPLITS[1], "id_val_list.txt"),
     };
     let base = root.join(folder);
-    let list = root.join("list_experiment").join(list_name);
+    let list = root.join(layout::SFEW_LIST_DIR).join(list_name);
     let entries = if list.is_file() {
         annotations::read_sfew_list(&list)?
     } else {
-        list_sfew_images(&base.join("imgs"))?
+        list_sfew_images(&base.join(layout::SFEW_IMAGES))?
     };
     let listed = entries.len();
-    let grid = AuGrid::new(options.image_size);
+    let grid = AuGrid::new(options.input_size);
     let results = entries
         .into_par_iter()
         .map(|entry| entry.and_then(|e| read_sfew_entry(&base, &e, &grid)))
@@ -699,10 +732,8 @@ fn list_sfew_images(imgs: &Path) -> Result<Vec<Result<SfewEntry>>> {
 }
 
 fn read_sfew_entry(base: &Path, entry: &SfewEntry, grid: &AuGrid) -> Result<Entry> {
-    let lm_path = base
-        .join("Annotations/Landmarks_68_FAN")
-        .join(&entry.class)
-        .join(format!("{}.txt", entry.id));
+    let lm_path =
+        base.join(layout::SFEW_LANDMARKS).join(&entry.class).join(format!("{}.txt", entry.id));
     if !lm_path.is_file() {
         return Ok(Entry::NoLandmarks(entry.name.clone()));
     }
@@ -710,7 +741,7 @@ fn read_sfew_entry(base: &Path, entry: &SfewEntry, grid: &AuGrid) -> Result<Entr
         LandmarkFile::Points(p) => *p,
         LandmarkFile::TooFew(_) => return Ok(Entry::NoLandmarks(entry.name.clone())),
     };
-    let dir = base.join("imgs").join(&entry.class);
+    let dir = base.join(layout::SFEW_IMAGES).join(&entry.class);
     let jpg = dir.join(format!("{}.jpg", entry.id));
     let image = if jpg.is_file() { jpg } else { dir.join(format!("{}.png", entry.id)) };
     if !image.is_file() {

@@ -11,7 +11,7 @@
 //! ```no_run
 //! use aue_data::{Dataset, DatasetKind, DatasetOptions, Loader, LoaderOptions, Split};
 //! # fn main() -> aue_data::Result<()> {
-//! let train = Dataset::open(DatasetKind::RafBasic, "data/RAF", Split::Train, &DatasetOptions::default())?;
+//! let train = Dataset::open(DatasetKind::Rafdb, "data/RAF", Split::Train, &DatasetOptions::default())?;
 //! let loader = Loader::new(&train, LoaderOptions::train(64, 0))?;
 //! for batch in loader.epoch(0) {
 //!     let batch = batch?;

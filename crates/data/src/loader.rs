@@ -343,7 +343,7 @@ impl BatchJob<'_> {
     /// Loads the samples in parallel, each into its own slice of the batch buffer. `None` when
     /// every sample was skipped.
     fn run(&self, epoch: usize, indices: &[usize]) -> Result<Option<Batch>> {
-        let size = self.dataset.image_size() as usize;
+        let size = self.dataset.input_size() as usize;
         let per = 3 * size * size;
         let mut images = vec![0.0f32; indices.len() * per];
         let outcomes: Vec<Result<AuLoc>> = images

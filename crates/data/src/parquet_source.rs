@@ -71,7 +71,7 @@ impl Dataset {
         options.check()?;
         let source = source.as_ref().to_path_buf();
         let several = readers.len() > 1;
-        let grid = AuGrid::new(options.image_size);
+        let grid = AuGrid::new(options.input_size);
         let mut opened: Opened = (Vec::new(), 0, false);
         for (k, reader) in readers.iter().enumerate() {
             let name = if several {

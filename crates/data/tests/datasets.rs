@@ -21,7 +21,7 @@ const BASIC: &[(&str, usize)] = &[
 ];
 
 fn opts() -> DatasetOptions {
-    DatasetOptions { image_size: 64, ..DatasetOptions::default() }
+    DatasetOptions { input_size: 64, ..DatasetOptions::default() }
 }
 
 fn skip_bad() -> DatasetOptions {
@@ -29,7 +29,7 @@ fn skip_bad() -> DatasetOptions {
 }
 
 fn open_basic(root: &Path, split: Split, options: &DatasetOptions) -> aue_data::Result<Dataset> {
-    Dataset::open(DatasetKind::RafBasic, root, split, options)
+    Dataset::open(DatasetKind::Rafdb, root, split, options)
 }
 
 /// Asserts that `err` names `file` (and `line`).
@@ -69,7 +69,8 @@ fn raf_compound_has_eleven_classes() {
         "compound",
         &[("train_0001.jpg", 11), ("train_0002.jpg", 9), ("test_0001.jpg", 1)],
     );
-    let train = Dataset::open(DatasetKind::RafCompound, dir.path(), Split::Train, &opts()).unwrap();
+    let train =
+        Dataset::open(DatasetKind::RafdbCompound, dir.path(), Split::Train, &opts()).unwrap();
     assert_eq!(train.num_classes(), 11);
     assert_eq!(train.class_names()[10], "Disgustedly Surprised");
     assert_eq!(train.samples()[0].label, 10);
@@ -361,6 +362,6 @@ fn bad_options_and_missing_folders_are_errors() {
     assert!(err.to_string().contains("list_patition_label.txt"), "{err}");
     let err = open_basic(&dir.path().join("nope"), Split::Train, &opts()).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
-    let bad = DatasetOptions { image_size: 100, ..opts() };
+    let bad = DatasetOptions { input_size: 100, ..opts() };
     assert!(matches!(open_basic(dir.path(), Split::Train, &bad), Err(DataError::Options(_))));
 }

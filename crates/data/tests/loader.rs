@@ -18,8 +18,8 @@ fn dataset(dir: &std::path::Path) -> Dataset {
     let entries: Vec<(&str, usize)> =
         names.iter().enumerate().map(|(i, n)| (n.as_str(), i % 7 + 1)).collect();
     make_raf(dir, "basic", &entries);
-    let options = DatasetOptions { image_size: 64, ..DatasetOptions::default() };
-    Dataset::open(DatasetKind::RafBasic, dir, Split::Train, &options).unwrap()
+    let options = DatasetOptions { input_size: 64, ..DatasetOptions::default() };
+    Dataset::open(DatasetKind::Rafdb, dir, Split::Train, &options).unwrap()
 }
 
 /// Everything a batch holds, as plain vectors.

@@ -39,8 +39,8 @@ fn expected() -> HashMap<String, Tensor> {
 }
 
 fn open(size: u32) -> Dataset {
-    let options = DatasetOptions { image_size: size, ..DatasetOptions::default() };
-    Dataset::open(DatasetKind::RafBasic, fixtures().join("raf"), Split::Test, &options).unwrap()
+    let options = DatasetOptions { input_size: size, ..DatasetOptions::default() };
+    Dataset::open(DatasetKind::Rafdb, fixtures().join("raf"), Split::Test, &options).unwrap()
 }
 
 fn draws(t: &Tensor) -> Augment {

@@ -12,15 +12,15 @@ fn fixtures() -> PathBuf {
 }
 
 fn opts() -> DatasetOptions {
-    DatasetOptions { image_size: 64, ..DatasetOptions::default() }
+    DatasetOptions { input_size: 64, ..DatasetOptions::default() }
 }
 
 #[test]
 fn rows_load_like_the_folder_layout() {
     let path = fixtures().join("parquet/fer.parquet");
-    let table = Dataset::open_parquet(DatasetKind::RafBasic, &path, Split::Test, &opts()).unwrap();
+    let table = Dataset::open_parquet(DatasetKind::Rafdb, &path, Split::Test, &opts()).unwrap();
     let folder =
-        Dataset::open(DatasetKind::RafBasic, fixtures().join("parity/raf"), Split::Test, &opts())
+        Dataset::open(DatasetKind::Rafdb, fixtures().join("parity/raf"), Split::Test, &opts())
             .unwrap();
     assert_eq!(table.len(), 4);
     assert_eq!(table.report().listed, 5);
@@ -46,7 +46,7 @@ fn rows_load_like_the_folder_layout() {
     assert_eq!(batches[0].au_gt.as_ref().unwrap().dims(), &[3, 17]);
 
     // The train row: no box column value, so the box is the landmarks' extent.
-    let train = Dataset::open_parquet(DatasetKind::RafBasic, &path, Split::Train, &opts()).unwrap();
+    let train = Dataset::open_parquet(DatasetKind::Rafdb, &path, Split::Train, &opts()).unwrap();
     assert_eq!(train.len(), 1);
     let s = &train.samples()[0];
     assert_eq!(s.name, "train_row.jpg");
@@ -58,23 +58,21 @@ fn rows_load_like_the_folder_layout() {
 #[test]
 fn bad_rows_name_the_file_and_row() {
     let path = fixtures().join("parquet/bad.parquet");
-    let err =
-        Dataset::open_parquet(DatasetKind::RafBasic, &path, Split::Train, &opts()).unwrap_err();
+    let err = Dataset::open_parquet(DatasetKind::Rafdb, &path, Split::Train, &opts()).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("bad.parquet: row 2: label 9 is out of range"), "{text}");
     // Compound has 11 classes: label 9 is fine there, and the next bad row is reported.
-    let err =
-        Dataset::open_parquet(DatasetKind::RafCompound, &path, Split::Train, &opts()).unwrap_err();
+    let err = Dataset::open_parquet(DatasetKind::RafdbCompound, &path, Split::Train, &opts())
+        .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("bad.parquet: row 3: `landmarks` element 0 is not finite"), "{text}");
     // skip_bad keeps the good row and counts the two bad ones.
     let options = DatasetOptions { skip_bad: true, ..opts() };
-    let ds = Dataset::open_parquet(DatasetKind::RafBasic, &path, Split::Train, &options).unwrap();
+    let ds = Dataset::open_parquet(DatasetKind::Rafdb, &path, Split::Train, &options).unwrap();
     assert_eq!(ds.len(), 1);
     assert_eq!(ds.report().bad.len(), 2);
     // A file that is not parquet.
     let not = fixtures().join("parity/raf/basic/EmoLabel/list_patition_label.txt");
-    let err =
-        Dataset::open_parquet(DatasetKind::RafBasic, &not, Split::Train, &opts()).unwrap_err();
+    let err = Dataset::open_parquet(DatasetKind::Rafdb, &not, Split::Train, &opts()).unwrap_err();
     assert!(err.to_string().contains("list_patition_label.txt: not a readable parquet file"));
 }

@@ -5,9 +5,7 @@
 //! REFERENCE.md sections 2-4 and 8 are what this crate implements; CONTRACT.md fixes its
 //! interfaces. Start with [`AueModel`], [`ForwardOptions`] and [`loss::stage_loss`].
 
-pub mod alloc;
 mod branches;
-pub mod checkpoint;
 pub mod config;
 pub mod crops;
 pub mod error;

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use aue_model::checkpoint::read_safetensors;
+use aue_contract::format::read_safetensors;
 use aue_model::init::fill_parity;
 use aue_model::state::{expand, gradients_by_key};
 use aue_model::{

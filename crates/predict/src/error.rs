@@ -9,8 +9,12 @@ pub enum PredictError {
     #[error("checkpoint {}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
 
+    /// The stage contract refused the checkpoint (its message names the file and key).
+    #[error(transparent)]
+    Contract(#[from] aue_contract::ContractError),
+
     /// aue-model refused the checkpoint or the forward pass (its message names the file/key).
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Model {
         op: String,
         #[source]
@@ -18,7 +22,7 @@ pub enum PredictError {
     },
 
     /// The face detector or landmark net failed.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Landmarks {
         op: String,
         #[source]
@@ -26,7 +30,7 @@ pub enum PredictError {
     },
 
     /// A tensor operation failed.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Candle {
         op: String,
         #[source]
@@ -34,7 +38,7 @@ pub enum PredictError {
     },
 
     /// A file or folder could not be read or written.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,

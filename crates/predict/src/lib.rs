@@ -10,7 +10,6 @@
 //!   backbone statistics moved during stage 2);
 //! - stage 1: expression = softmax of `pred_em` (pred1); the AU branch is untrained, so no AUs.
 
-pub mod checkpoint;
 pub mod error;
 pub mod font;
 pub mod output;
@@ -24,7 +23,7 @@ use aue_model::{AueModel, ForwardOptions, OutputSet, Preset, Stage};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
-pub use checkpoint::CheckpointInfo;
+pub use aue_contract::CheckpointInfo;
 pub use error::{PredictError, Result};
 pub use output::{Format, Row, Status};
 
@@ -70,8 +69,8 @@ pub struct Predictor {
 impl Predictor {
     /// Reads the checkpoint's metadata, loads it strictly, and loads the landmarker.
     pub fn new(cfg: &PredictorConfig) -> Result<Self> {
-        let info = checkpoint::inspect(&cfg.checkpoint, cfg.preset)?;
-        let model = checkpoint::load(&cfg.checkpoint, &info, &cfg.device)?;
+        let info = CheckpointInfo::read(&cfg.checkpoint, cfg.preset)?;
+        let model = info.load_model(&cfg.device)?;
         let mut lcfg = LandmarkerConfig::default();
         lcfg.detector.score_threshold = cfg.min_score;
         let landmarker = Landmarker::new(&lcfg).map_err(|source| PredictError::Landmarks {
@@ -81,8 +80,8 @@ impl Predictor {
         let grid = AuGrid::new(info.config.input_size as u32);
         tracing::info!(
             checkpoint = %cfg.checkpoint.display(),
-            stage = info.stage.number(),
-            preset = %info.preset,
+            stage = info.stage().number(),
+            preset = %info.meta.preset,
             input_size = info.config.input_size,
             "model loaded"
         );
@@ -96,17 +95,17 @@ impl Predictor {
 
     /// Whether rows carry expression probabilities (stages 1 and 3).
     pub fn has_expression(&self) -> bool {
-        self.info.stage != Stage::Au
+        self.info.stage() != Stage::Au
     }
 
     /// Whether rows carry AU probabilities (stages 2 and 3).
     pub fn has_aus(&self) -> bool {
-        self.info.stage != Stage::Em
+        self.info.stage() != Stage::Em
     }
 
     /// Whether rows carry attention weights (stage 3).
     pub fn has_attention(&self) -> bool {
-        self.info.stage == Stage::Fuse
+        self.info.stage() == Stage::Fuse
     }
 
     /// Runs one image. Never fails: an unreadable image is an `error` row, an image without a
@@ -206,7 +205,7 @@ impl Predictor {
                         .iter()
                         .enumerate()
                         .fold(0, |m, (i, &p)| if p > probs[m] { i } else { m });
-                    row.expression = self.info.labels.get(best).cloned();
+                    row.expression = self.info.labels().get(best).cloned();
                     row.probs = Some(probs);
                 }
                 row.aus = pred.aus;
@@ -230,7 +229,7 @@ impl Predictor {
             Tensor::from_vec(pixels, (n, 3, s, s), dev).map_err(candle_err("image batch"))?; // [n, 3, S, S]
         let au_loc =
             Tensor::from_vec(locs, (n, NUM_AUS, 4), dev).map_err(candle_err("AU locations"))?; // [n, 17, 4]
-        let outputs = match self.info.stage {
+        let outputs = match self.info.stage() {
             Stage::Em => OutputSet { em: true, au: false, fusion: false },
             Stage::Au => OutputSet { em: false, au: true, fusion: false },
             Stage::Fuse => OutputSet::ALL,
@@ -242,7 +241,7 @@ impl Predictor {
         let rows = |t: &Option<Tensor>, what: &str| -> Result<Option<Vec<Vec<f32>>>> {
             t.as_ref().map(|t| t.to_vec2::<f32>().map_err(candle_err(what))).transpose()
         };
-        let logits = match self.info.stage {
+        let logits = match self.info.stage() {
             Stage::Em => rows(&out.pred_em, "pred_em")?,
             Stage::Au => None,
             Stage::Fuse => rows(&out.pred2, "pred2")?,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use aue_cli::DeviceSpec;
 use aue_model::Preset;
 use aue_predict::output::RowWriter;
 use aue_predict::{Format, Predictor, PredictorConfig, Status, collect_images, overlay};
@@ -54,9 +55,9 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     overlay_dir: Option<PathBuf>,
 
-    /// Device to run the model on (only `cpu` in this build).
+    /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 
     /// Minimum detector score of a face, in (0, 1).
     #[arg(long, default_value_t = 0.5)]
@@ -74,10 +75,7 @@ struct Config {
 
 impl Config {
     fn from_args(a: Args) -> anyhow::Result<Config> {
-        let device = match a.device.as_str() {
-            "cpu" => candle_core::Device::Cpu,
-            other => bail!("--device {other}: this build runs on the CPU only (--device cpu)"),
-        };
+        let device = a.device.open()?;
         if !(a.min_score > 0.0 && a.min_score < 1.0) {
             bail!("--min-score {} must be in (0, 1)", a.min_score);
         }
@@ -105,7 +103,7 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
     if let Some(dir) = &cfg.overlay_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut writer = RowWriter::create(&cfg.out, cfg.format, &predictor.info().labels)?;
+    let mut writer = RowWriter::create(&cfg.out, cfg.format, predictor.info().labels())?;
     let bar = ProgressBar::new(images.len() as u64).with_style(
         ProgressStyle::with_template(
             "{bar:40} {pos}/{len} images [{elapsed_precise} < {eta_precise}] {msg}",
@@ -172,21 +170,5 @@ fn save_png(img: &image::RgbImage, path: &std::path::Path) -> anyhow::Result<()>
 }
 
 fn main() -> ExitCode {
-    // Reuse freed tensor buffers instead of faulting fresh pages in on every pass.
-    aue_model::alloc::keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = Config::from_args(Args::parse()).and_then(|cfg| run(&cfg));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    aue_cli::main("warn", || run(&Config::from_args(Args::parse())?))
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use aue_contract::meta::{ModelMeta, SELECTION_LAST};
 use aue_model::{AueModel, ModelConfig, Preset, Stage};
-use aue_train::checkpoints::{ModelMeta, SELECTION_LAST};
 use candle_core::Device;
 
 const BIN: &str = env!("CARGO_BIN_EXE_aue-predict");
@@ -35,7 +35,7 @@ fn tiny_checkpoint(dir: &Path, stage: Stage, with_meta: bool) -> PathBuf {
         best: None,
     };
     let map = if with_meta { meta.to_map() } else { BTreeMap::new() };
-    aue_model::checkpoint::save(model.varmap(), &path, &map).unwrap();
+    aue_contract::format::save(model.varmap(), &path, &map).unwrap();
     path
 }
 

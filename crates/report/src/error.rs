@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use aue_train::paths::METRICS_FILE;
+use aue_contract::layout::METRICS_FILE;
 
 /// Everything that can go wrong while reading run folders and writing the report.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +35,6 @@ pub enum ReportError {
     #[error("{} holds no test-split record: no epoch was evaluated", path.display())]
     NoTestRecord { path: PathBuf },
 
-    /// A checkpoint written by another stage than the one asked for.
-    #[error("checkpoint {}: written by stage {found}, but {expected} is needed here", path.display())]
-    WrongStage { path: PathBuf, found: u8, expected: String },
-
     /// Two sources disagree about the class names.
     #[error("label sets differ: {left} has [{}], {right} has [{}]", left_labels.join(", "), right_labels.join(", "))]
     LabelMismatch {
@@ -69,13 +65,13 @@ pub enum ReportError {
         source: std::io::Error,
     },
 
-    /// The training engine reported an error (checkpoint metadata, atomic writes, evaluation).
-    #[error("{op}")]
-    Train {
-        op: &'static str,
-        #[source]
-        source: aue_train::TrainError,
-    },
+    /// The stage contract reported an error (checkpoints, atomic writes, evaluation).
+    #[error(transparent)]
+    Contract(#[from] aue_contract::ContractError),
+
+    /// The device could not be opened.
+    #[error("{0}")]
+    Device(String),
 
     /// The model crate failed while building, loading or running a model (`--checkpoint`).
     /// Boxed, as the data error: both are large, and rare.
@@ -113,9 +109,4 @@ pub(crate) fn io_err(
 ) -> impl FnOnce(std::io::Error) -> ReportError {
     let path = path.into();
     move |source| ReportError::Io { op, path, source }
-}
-
-/// Wraps an aue-train error.
-pub(crate) fn train_err(op: &'static str) -> impl FnOnce(aue_train::TrainError) -> ReportError {
-    move |source| ReportError::Train { op, source }
 }

@@ -1,20 +1,18 @@
-//! Evaluating a checkpoint on a dataset's test split (REFERENCE.md section 6's evaluation: eval
-//! mode, every test sample, batch 64 by default), for checkpoints whose run folder is gone or
-//! for another copy of the data. Unlike the rest of the report this loads the model; the pass
-//! itself is aue-train's (its `Trainer::eval_step` and `SplitAccumulator`), so the numbers are
+//! Evaluating a checkpoint on a dataset's test split (docs/METHOD.md section 6's evaluation:
+//! eval mode, every test sample, batch 64 by default), for checkpoints whose run folder is gone
+//! or for another copy of the data. Unlike the rest of the report this loads the model; the pass
+//! itself is the stage contract's `evaluate`, the one the training loop calls, so the numbers are
 //! computed exactly as during training.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use aue_data::{DatasetOptions, Loader, LoaderOptions, Split};
-use aue_model::{AueModel, Stage, checkpoint};
-use aue_train::engine::{DeviceBatch, RecordInfo, SplitAccumulator, SplitName, Trainer};
-use aue_train::{Dataset, DeviceSpec, StageConfig};
-use candle_nn::VarMap;
+use aue_cli::DeviceSpec;
+use aue_contract::{CheckpointInfo, DeviceBatch, RecordInfo, RecordSpec, evaluate};
+use aue_data::{DatasetKind, DatasetOptions, Loader, LoaderOptions, Split};
+use aue_model::Stage;
+use serde::Deserialize;
 
-use crate::checkpoint::CheckpointInfo;
-use crate::error::{ReportError, Result, train_err};
+use crate::error::{ReportError, Result};
 use crate::runs::{RunConfig, StageRun};
 
 /// What to evaluate and how.
@@ -26,8 +24,8 @@ pub struct EvalOptions {
     pub expect_stage: Option<Stage>,
     /// Dataset root [default: the one the checkpoint was trained on].
     pub data_root: Option<PathBuf>,
-    /// Dataset kind [default: the checkpoint's]; its classes must be the checkpoint's.
-    pub dataset: Option<Dataset>,
+    /// Dataset [default: the checkpoint's]; its classes must be the checkpoint's.
+    pub dataset: Option<DatasetKind>,
     /// Where tensors live.
     pub device: DeviceSpec,
     /// Test batch size.
@@ -40,25 +38,39 @@ fn data_err(op: &'static str) -> impl FnOnce(aue_data::DataError) -> ReportError
     move |source| ReportError::Data { op, source: Box::new(source) }
 }
 
-fn model_err(op: &'static str) -> impl FnOnce(aue_model::ModelError) -> ReportError {
-    move |source| ReportError::Model { op, source: Box::new(source) }
+/// The settings of the checkpoint's training configuration an evaluation uses (the metadata's
+/// `config`; other keys are ignored).
+#[derive(Debug, Clone, Deserialize)]
+struct TrainedWith {
+    dataset: DatasetKind,
+    data_root: PathBuf,
+    input_size: usize,
+    #[serde(default)]
+    eiau_weight: Option<f64>,
 }
 
 /// The checked inputs of an evaluation, before any tensor is loaded.
 struct Plan {
     info: CheckpointInfo,
-    cfg: StageConfig,
+    cfg: TrainedWith,
     labels: Vec<String>,
 }
 
-/// Reads the checkpoint's metadata and checks it against `opts`: the stage asked for, the
-/// configuration it was trained with, and the dataset's class names.
+/// Reads the checkpoint's header and checks it against `opts`: the stage asked for, the tensors
+/// against the model its metadata claims, and the dataset's class names.
 fn plan(opts: &EvalOptions) -> Result<Plan> {
-    let info = CheckpointInfo::read(&opts.checkpoint)?;
-    if let Some(stage) = opts.expect_stage {
-        info.expect_stage(&[stage], "asked for with --stage")?;
+    let info = CheckpointInfo::read(&opts.checkpoint, None)?;
+    if info.foreign {
+        return Err(ReportError::Checkpoint {
+            path: opts.checkpoint.clone(),
+            msg: "has no training metadata (stage, labels, dataset): not written by the aue stages"
+                .into(),
+        });
     }
-    let mut cfg: StageConfig =
+    if let Some(stage) = opts.expect_stage {
+        info.expect_stage(&[stage], "--stage")?;
+    }
+    let mut cfg: TrainedWith =
         serde_json::from_str(&info.meta.config_json).map_err(|e| ReportError::Json {
             what: "training configuration (checkpoint metadata `config`)",
             path: opts.checkpoint.clone(),
@@ -70,7 +82,7 @@ fn plan(opts: &EvalOptions) -> Result<Plan> {
     if let Some(root) = &opts.data_root {
         cfg.data_root = root.clone();
     }
-    let labels: Vec<String> = cfg.dataset.labels().iter().map(|s| s.to_string()).collect();
+    let labels: Vec<String> = cfg.dataset.class_names().iter().map(|s| s.to_string()).collect();
     info.expect_labels(&labels, &format!("dataset `{}`", cfg.dataset))?;
     Ok(Plan { info, cfg, labels })
 }
@@ -83,18 +95,11 @@ pub fn evaluate_checkpoint(
 ) -> Result<StageRun> {
     let Plan { info, cfg, labels } = plan(opts)?;
     let stage = info.stage();
-    let device = aue_train::run::open_device(opts.device).map_err(train_err("open the device"))?;
-    let varmap = VarMap::new();
-    let model_cfg =
-        cfg.model_config().map_err(train_err("model configuration of the checkpoint"))?;
-    let model = AueModel::with_varmap(&varmap, &model_cfg, &device)
-        .map_err(model_err("build the model"))?;
-    checkpoint::load(&varmap, &opts.checkpoint).map_err(model_err("load the checkpoint"))?;
-    let trainer = Trainer::new(stage, model, cfg.momentum, cfg.frozen_eval)
-        .map_err(train_err("prepare the evaluation"))?;
+    let device = opts.device.open().map_err(|e| ReportError::Device(format!("{e:#}")))?;
+    let model = info.load_model(&device)?;
     let data_opts =
-        DatasetOptions { image_size: cfg.input_size as u32, ..DatasetOptions::default() };
-    let test = aue_data::Dataset::open(cfg.dataset.kind(), &cfg.data_root, Split::Test, &data_opts)
+        DatasetOptions { input_size: cfg.input_size as u32, ..DatasetOptions::default() };
+    let test = aue_data::Dataset::open(cfg.dataset, &cfg.data_root, Split::Test, &data_opts)
         .map_err(data_err("open the test split"))?;
     let loader = Loader::new(
         &test,
@@ -110,26 +115,31 @@ pub fn evaluate_checkpoint(
         cfg.data_root.display()
     );
     let names: Vec<&str> = labels.iter().map(String::as_str).collect();
-    let mut acc = SplitAccumulator::new(stage, SplitName::Test, names.len(), &device)
-        .map_err(train_err("evaluation"))?;
     let total = loader.batches_per_epoch();
-    let t0 = Instant::now();
-    let mut steps = 0;
-    for batch in loader.epoch(0) {
-        let batch = batch.map_err(data_err("load a test batch"))?;
-        let batch = DeviceBatch::new(&batch, &device).map_err(train_err("evaluation"))?;
-        trainer.eval_step(&batch, &mut acc).map_err(train_err("evaluation step"))?;
-        steps += 1;
-        progress(steps, total);
-    }
-    let info_rec = RecordInfo {
-        stage,
-        epoch: info.meta.epoch,
-        lr: 0.0,
-        steps,
-        seconds: t0.elapsed().as_secs_f64(),
+    // The reference's stage records and loss, as the stage binaries compute them.
+    let spec = RecordSpec::reference(stage);
+    let eiau = cfg.eiau_weight.unwrap_or_else(|| aue_model::reference_eiau_weight(stage));
+    let loss = |out: &aue_model::Outputs, b: &DeviceBatch| {
+        aue_model::stage_loss_weighted(stage, out, &b.labels, model.knowledge(), eiau)
     };
-    let mut record = acc.finish(&names, info_rec).map_err(train_err("evaluation"))?;
+    let batches = loader.epoch(0).map(|b| {
+        let b = b.map_err(|e| aue_contract::ContractError::Data {
+            op: "load a test batch",
+            source: Box::new(e),
+        })?;
+        DeviceBatch::new(&b, &device)
+    });
+    let info_rec = RecordInfo { stage, epoch: info.meta.epoch, lr: 0.0, steps: 0, seconds: 0.0 };
+    let mut record = evaluate(
+        &model,
+        spec,
+        &spec.eval_options(),
+        &loss,
+        batches,
+        &names,
+        info_rec,
+        &mut |done| progress(done, total),
+    )?;
     record.best = Some(true);
     Ok(StageRun {
         dir: opts.checkpoint.clone(),
@@ -138,7 +148,7 @@ pub fn evaluate_checkpoint(
             stage: Some(stage.number()),
             dataset: Some(cfg.dataset.name().to_string()),
             data_root: Some(cfg.data_root.clone()),
-            preset: Some(cfg.preset.name().to_string()),
+            preset: Some(info.meta.preset.name().to_string()),
             epochs: Some(info.meta.epoch),
             input_size: Some(cfg.input_size),
             select_by: None,

@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use aue_train::fsio::write_atomic;
+use aue_contract::fsio::write_atomic;
 
 use crate::document::to_markdown;
-use crate::error::{Result, io_err, train_err};
+use crate::error::{Result, io_err};
 use crate::plots::{confusion_svg, curves_svg, prior_svg};
 use crate::report::{EpochResult, Images, Report, RunImages, RunReport};
 
@@ -32,7 +32,7 @@ pub fn reorder(confusion: &[Vec<u64>], order: &[usize]) -> Vec<Vec<u64>> {
 }
 
 fn write(path: &Path, text: &str, written: &mut Vec<PathBuf>) -> Result<()> {
-    write_atomic(path, text.as_bytes()).map_err(train_err("write report file"))?;
+    write_atomic(path, text.as_bytes())?;
     tracing::debug!(file = %path.display(), "written");
     written.push(path.to_owned());
     Ok(())

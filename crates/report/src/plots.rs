@@ -10,7 +10,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{ReportError, Result};
 use crate::report::{CurvePoint, PriorReport};
-use aue_train::engine::SplitName;
+use aue_contract::SplitName;
 
 const FONT: &str = "sans-serif";
 const TITLE_SIZE: f64 = 22.0;

@@ -10,10 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
+use aue_contract::metrics::AuMetrics;
+use aue_contract::{SplitName, SplitRecord};
 use aue_core::{AU_NAMES, EXPRESSIONS_BASIC, NUM_AUS};
 use aue_model::Stage;
-use aue_train::engine::{SplitName, SplitRecord};
-use aue_train::metrics::AuMetrics;
 use serde::Serialize;
 
 use crate::checkpoint::{PriorTable, read_prior_table};
@@ -288,7 +288,7 @@ pub const LAST_SELECTION: &str = "last epoch";
 fn run_report(run: &StageRun) -> Result<RunReport> {
     let (Some(best), Some(last)) = (run.best(), run.last()) else {
         return Err(ReportError::NoTestRecord {
-            path: run.dir.join(aue_train::paths::METRICS_FILE),
+            path: run.dir.join(aue_contract::layout::METRICS_FILE),
         });
     };
     let f1 = |m: &Option<AuMetrics>| m.as_ref().and_then(|m| m.mean_f1);

@@ -8,10 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
+use aue_contract::layout::{BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE};
+use aue_contract::{SplitName, SplitRecord};
+use aue_data::DatasetKind;
 use aue_model::Stage;
-use aue_train::Dataset;
-use aue_train::engine::{SplitName, SplitRecord};
-use aue_train::paths::{BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE};
 use serde::Deserialize;
 
 use crate::checkpoint::CheckpointInfo;
@@ -167,8 +167,8 @@ fn read_config(dir: &Path) -> Result<Option<RunConfig>> {
 
 /// The class names of a dataset flag value, if the value is known.
 pub fn dataset_labels(name: &str) -> Option<Vec<String>> {
-    let d: Dataset = serde_json::from_value(serde_json::Value::String(name.to_string())).ok()?;
-    Some(d.labels().iter().map(|s| s.to_string()).collect())
+    let d: DatasetKind = name.parse().ok()?;
+    Some(d.class_names().iter().map(|s| s.to_string()).collect())
 }
 
 impl StageRun {
@@ -211,11 +211,15 @@ impl StageRun {
             && let Some(expected) = dataset_labels(name)
             && expected != labels
         {
-            return Err(ReportError::LabelMismatch {
-                left: format!("{} (dataset `{name}`)", dir.join(CONFIG_FILE).display()),
-                left_labels: expected,
-                right: metrics_path.display().to_string(),
-                right_labels: labels,
+            return Err(ReportError::Inconsistent {
+                dir: dir.to_owned(),
+                msg: format!(
+                    "{} says dataset `{name}` ({}), but {} records the classes {}",
+                    dir.join(CONFIG_FILE).display(),
+                    expected.join(", "),
+                    metrics_path.display(),
+                    labels.join(", ")
+                ),
             });
         }
         let mut warnings = Vec::new();
@@ -224,7 +228,7 @@ impl StageRun {
             if !path.exists() {
                 return Ok(None);
             }
-            match CheckpointInfo::read(&path) {
+            match CheckpointInfo::read_metadata(&path) {
                 Ok(info) => {
                     info.expect_stage(
                         &[stage],

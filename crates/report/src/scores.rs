@@ -7,7 +7,7 @@
 //! without test samples has no recall and is left out of the mean (never counted as 0, never
 //! divided by zero). Precision and F1 are added here.
 
-use aue_train::metrics::ClassMetrics;
+use aue_contract::metrics::ClassMetrics;
 use serde::{Deserialize, Serialize};
 
 /// The cell text of a recall (per-class accuracy) for a class without samples.

@@ -6,12 +6,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use aue_model::Stage;
 use aue_report::checkpoint::read_prior_table;
 use aue_report::output::write_report;
 use aue_report::published::{Benchmark, RAFDB, SFEW};
 use aue_report::report::display_columns;
 use aue_report::{Compare, Report, ReportOptions, StageRun, build_report, default_out_dir};
-use aue_train::Stage;
 use common::*;
 
 /// REFERENCE.md section 7, copied verbatim: every published row must come out of the report
@@ -213,7 +213,7 @@ fn prior_table_from_a_tiny_checkpoint() {
     );
     let (info, read) = read_prior_table(&s3.join("best.safetensors")).unwrap();
     assert_eq!(read, table);
-    assert_eq!(info.format.as_deref(), Some(aue_model::checkpoint::FORMAT_VERSION));
+    assert_eq!(info.format.as_deref(), Some(aue_contract::format::FORMAT_VERSION));
     assert_eq!(info.meta.epoch, 2);
     let report = load(&[s1, s3.clone()], Compare::Auto);
     let p = report.prior_table.as_ref().unwrap();

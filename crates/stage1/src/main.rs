@@ -1,27 +1,5 @@
-//! `aue-stage1`: AUE-CRL training stage 1 (EM, REFERENCE.md section 4): the backbone and the
-//! expression branch, trained with cross-entropy.
-//! A thin shell: flags -> checked config -> `aue_train::run`; see `--help`.
+//! `aue-stage1`: a thin shell over the stage's library; see `--help`.
 
-use std::process::ExitCode;
-
-use aue_train::{Stage, StageConfig};
-
-fn main() -> ExitCode {
-    // Reuse freed tensor buffers instead of faulting fresh pages in every step (see the docs).
-    aue_train::alloc::keep_freed_memory();
-    let args = aue_train::cli::parse(Stage::Em);
-    aue_train::logging::init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: aue_train::StageArgs) -> anyhow::Result<()> {
-    let cfg = StageConfig::resolve(Stage::Em, args)?;
-    aue_train::run(&cfg)?;
-    Ok(())
+fn main() -> std::process::ExitCode {
+    aue_train::cli::main(&aue_stage1::STAGE)
 }

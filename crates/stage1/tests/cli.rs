@@ -23,7 +23,7 @@ fn help_shows_stage_1_flags() {
 
 #[test]
 fn bad_flags_are_errors() {
-    let out = stage1(&["--backbone", "vgg16"]);
+    let out = stage1(&["--preset", "vgg16"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("resnet101"), "{}", text(&out));
 

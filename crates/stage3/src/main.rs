@@ -1,27 +1,5 @@
-//! `aue-stage3`: AUE-CRL training stage 3 (Fuse, REFERENCE.md section 4): the fusion branch and
-//! the EM head on everything else frozen, starting from stage 2's checkpoint.
-//! A thin shell: flags -> checked config -> `aue_train::run`; see `--help`.
+//! `aue-stage3`: a thin shell over the stage's library; see `--help`.
 
-use std::process::ExitCode;
-
-use aue_train::{Stage, StageConfig};
-
-fn main() -> ExitCode {
-    // Reuse freed tensor buffers instead of faulting fresh pages in every step (see the docs).
-    aue_train::alloc::keep_freed_memory();
-    let args = aue_train::cli::parse(Stage::Fuse);
-    aue_train::logging::init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: aue_train::StageArgs) -> anyhow::Result<()> {
-    let cfg = StageConfig::resolve(Stage::Fuse, args)?;
-    aue_train::run(&cfg)?;
-    Ok(())
+fn main() -> std::process::ExitCode {
+    aue_train::cli::main(&aue_stage3::STAGE)
 }

@@ -22,7 +22,9 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use aue_core::layout;
 use aue_core::{AU_NAMES, EXPRESSIONS_BASIC, NUM_AUS, NUM_BASIC};
+use const_format::concatcp;
 use rayon::prelude::*;
 
 use crate::difficulty::Difficulty;
@@ -32,15 +34,17 @@ use crate::random::{Split, image_rng, split_rng};
 use crate::render::{RenderedFace, render_face};
 
 /// The RAF-DB label file, relative to the set's root.
-pub const LABEL_FILE: &str = "basic/EmoLabel/list_patition_label.txt";
+pub const LABEL_FILE: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_LABEL_LIST);
+/// The folder of [`LABEL_FILE`].
+pub const LABEL_DIR: &str = concatcp!(layout::RAF_BASIC, "/EmoLabel");
 /// Image folder.
-pub const IMAGE_DIR: &str = "basic/Image/original";
+pub const IMAGE_DIR: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_IMAGES_ORIGINAL);
 /// Face boxes.
-pub const BOX_DIR: &str = "basic/Annotation/boundingbox";
+pub const BOX_DIR: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_BOXES);
 /// 68-point landmarks relative to the box.
-pub const LANDMARK_DIR: &str = "basic/Annotation/Landmarks_68_FAN_bbox";
+pub const LANDMARK_DIR: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_LANDMARKS);
 /// Ground-truth AU intensities.
-pub const AU_DIR: &str = "basic/Annotation/AU_gt";
+pub const AU_DIR: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_AU_GT);
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +156,7 @@ pub fn generate_with_progress(
 ) -> Result<SynthSummary> {
     cfg.validate()?;
     let root = &cfg.out;
-    for dir in [IMAGE_DIR, BOX_DIR, LANDMARK_DIR, AU_DIR, "basic/EmoLabel"] {
+    for dir in [IMAGE_DIR, BOX_DIR, LANDMARK_DIR, AU_DIR, LABEL_DIR] {
         let path = root.join(dir);
         fs::create_dir_all(&path).map_err(|source| SynthError::CreateDir { path, source })?;
     }

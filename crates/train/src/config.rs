@@ -5,32 +5,20 @@
 //! configuration is written to the stage folder (`config.json`) before the first step and into
 //! every checkpoint's metadata.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use aue_cli::DeviceSpec;
+use aue_contract::StagePaths;
+use aue_contract::layout::{self, stage_label};
 use aue_data::DatasetKind;
 use aue_model::{ModelConfig, Preset, Stage};
+use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError, io_err};
-use crate::paths::{self, StagePaths};
-
-/// The stage whose checkpoint `stage` starts from (none for stage 1).
-pub fn previous_stage(stage: Stage) -> Option<Stage> {
-    match stage {
-        Stage::Em => None,
-        Stage::Au => Some(Stage::Em),
-        Stage::Fuse => Some(Stage::Au),
-    }
-}
-
-/// "stage 2 (au)": how messages name a stage.
-pub fn stage_label(stage: Stage) -> String {
-    format!("stage {} ({})", stage.number(), stage.name())
-}
+use crate::stage::StageDef;
 
 /// Serialises a stage as its number (1, 2, 3), as config.json and the metadata write it.
 mod stage_number {
@@ -48,65 +36,15 @@ mod stage_number {
     }
 }
 
-/// Parses `--backbone` with the preset names of aue-model as the possible values.
+/// Parses `--preset` with the preset names of aue-model as the possible values.
 fn preset_parser() -> impl TypedValueParser<Value = Preset> {
     PossibleValuesParser::new(Preset::ALL.map(Preset::name)).try_map(|s| s.parse::<Preset>())
 }
 
-/// The datasets the reference trains on (REFERENCE.md section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Dataset {
-    /// RAF-DB basic, 7 classes (also the layout of the synthetic set).
-    Rafdb,
-    /// RAF-DB compound, 11 classes.
-    RafdbCompound,
-    /// SFEW 2.0, 7 classes; the test split is `Val`.
-    Sfew,
-}
-
-impl Dataset {
-    /// The flag value (`rafdb`, `rafdb-compound`, `sfew`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Dataset::Rafdb => "rafdb",
-            Dataset::RafdbCompound => "rafdb-compound",
-            Dataset::Sfew => "sfew",
-        }
-    }
-
-    /// The data crate's dataset kind (the synthetic set is a RAF-DB basic layout).
-    pub fn kind(self) -> DatasetKind {
-        match self {
-            Dataset::Rafdb => DatasetKind::RafBasic,
-            Dataset::RafdbCompound => DatasetKind::RafCompound,
-            Dataset::Sfew => DatasetKind::Sfew,
-        }
-    }
-
-    /// Class names in label-index order (REFERENCE.md section 1).
-    pub fn labels(self) -> &'static [&'static str] {
-        self.kind().class_names()
-    }
-
-    /// Number of expression classes.
-    pub fn num_classes(self) -> usize {
-        self.labels().len()
-    }
-
-    /// Where the dataset is looked for when `--data-root` is not given.
-    pub fn default_root(self) -> PathBuf {
-        match self {
-            Dataset::Rafdb | Dataset::RafdbCompound => PathBuf::from("data/rafdb"),
-            Dataset::Sfew => PathBuf::from("data/sfew"),
-        }
-    }
-}
-
-impl fmt::Display for Dataset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// Parses `--dataset` with the dataset names of aue-data as the possible values.
+fn dataset_parser() -> impl TypedValueParser<Value = DatasetKind> {
+    PossibleValuesParser::new(DatasetKind::ALL.map(DatasetKind::name))
+        .try_map(|s| s.parse::<DatasetKind>())
 }
 
 /// Which test epoch becomes `best.safetensors`.
@@ -158,53 +96,6 @@ impl From<SelectBy> for String {
     }
 }
 
-/// Where tensors live: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum DeviceSpec {
-    /// The CPU.
-    Cpu,
-    /// CUDA device by ordinal.
-    Cuda(usize),
-}
-
-impl FromStr for DeviceSpec {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "cpu" => Ok(DeviceSpec::Cpu),
-            "cuda" => Ok(DeviceSpec::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device `{s}` (use cpu, cuda or cuda:N)")),
-        }
-    }
-}
-
-impl TryFrom<String> for DeviceSpec {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<DeviceSpec> for String {
-    fn from(d: DeviceSpec) -> String {
-        d.to_string()
-    }
-}
-
-impl fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceSpec::Cpu => f.write_str("cpu"),
-            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
 /// Raw settings, from flags or from the `--config` TOML file (same names, `_` for `-`).
 /// Every field is optional: what neither gives takes its default in [`StageConfig::resolve`].
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -215,18 +106,17 @@ pub struct StageArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// Dataset kind.
-    #[arg(long, value_enum)]
-    pub dataset: Option<Dataset>,
+    /// Dataset [default: rafdb].
+    #[arg(long, value_parser = dataset_parser())]
+    pub dataset: Option<DatasetKind>,
 
     /// Dataset root folder [default: data/rafdb, or data/sfew for sfew].
     #[arg(long, value_name = "DIR")]
     pub data_root: Option<PathBuf>,
 
-    /// Model preset [default: resnet101].
-    #[arg(long, visible_alias = "preset", value_parser = preset_parser())]
-    #[serde(alias = "preset")]
-    pub backbone: Option<Preset>,
+    /// Model preset: the backbone and the branch widths [default: resnet101].
+    #[arg(long, value_parser = preset_parser())]
+    pub preset: Option<Preset>,
 
     /// Input image side in pixels, a multiple of 32 [default: the preset's].
     #[arg(long, value_name = "PIXELS")]
@@ -234,7 +124,7 @@ pub struct StageArgs {
 
     /// Width of the fusion branch, the reference's `Dim` [default: the preset's].
     #[arg(long)]
-    pub dim: Option<usize>,
+    pub fuse_dim: Option<usize>,
 
     /// Number of epochs [default: 40].
     #[arg(long)]
@@ -286,7 +176,7 @@ pub struct StageArgs {
     pub threads: Option<usize>,
 
     /// Experiment folder; each stage writes into `<run-dir>/stage<N>`
-    /// [default: runs/<dataset>-<backbone>].
+    /// [default: checkpoints/<dataset>-<preset>].
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
 
@@ -348,9 +238,9 @@ impl StageArgs {
         pick!(
             dataset,
             data_root,
-            backbone,
+            preset,
             input_size,
-            dim,
+            fuse_dim,
             epochs,
             lr,
             lr_milestones,
@@ -380,8 +270,8 @@ pub struct StageConfig {
     /// Which stage this run trains (1, 2 or 3).
     #[serde(with = "stage_number")]
     pub stage: Stage,
-    /// Dataset kind.
-    pub dataset: Dataset,
+    /// Dataset.
+    pub dataset: DatasetKind,
     /// Dataset root folder.
     pub data_root: PathBuf,
     /// Model preset.
@@ -389,7 +279,7 @@ pub struct StageConfig {
     /// Input image side in pixels.
     pub input_size: usize,
     /// Fusion width `Dim`.
-    pub dim: usize,
+    pub fuse_dim: usize,
     /// Number of epochs.
     pub epochs: usize,
     /// Initial learning rate.
@@ -448,7 +338,8 @@ fn bad(key: &'static str, msg: impl Into<String>) -> TrainError {
 impl StageConfig {
     /// Resolves flags (over the `--config` file, over defaults) into a checked configuration.
     /// `preset_defaults` gives a preset's input side and fusion width.
-    pub fn resolve(stage: Stage, args: StageArgs) -> Result<Self> {
+    pub fn resolve(def: &dyn StageDef, args: StageArgs) -> Result<Self> {
+        let stage = def.stage();
         let args = match &args.config {
             Some(path) => {
                 let file = StageArgs::from_toml_file(path)?;
@@ -456,13 +347,15 @@ impl StageConfig {
             }
             None => args,
         };
-        let dataset = args.dataset.unwrap_or(Dataset::Rafdb);
-        let preset = args.backbone.unwrap_or(Preset::Resnet101);
+        let dataset = args.dataset.unwrap_or(DatasetKind::Rafdb);
+        let preset = args.preset.unwrap_or(Preset::Resnet101);
         let defaults = ModelConfig::preset(preset);
-        let run_dir = args.run_dir.unwrap_or_else(|| paths::default_run_dir(dataset, preset));
-        let resume_model = match stage {
-            Stage::Em => None,
-            _ => args.resume_model.clone().or_else(|| paths::default_resume_model(&run_dir, stage)),
+        let run_dir = args.run_dir.unwrap_or_else(|| layout::default_run_dir(dataset, preset));
+        let resume_model = match def.parent() {
+            None => None,
+            Some(parent) => {
+                args.resume_model.clone().or_else(|| Some(StagePaths::new(&run_dir, parent).best()))
+            }
         };
         let cfg = StageConfig {
             stage,
@@ -470,7 +363,7 @@ impl StageConfig {
             data_root: args.data_root.unwrap_or_else(|| dataset.default_root()),
             preset,
             input_size: args.input_size.unwrap_or(defaults.input_size),
-            dim: args.dim.unwrap_or(defaults.fuse_dim),
+            fuse_dim: args.fuse_dim.unwrap_or(defaults.fuse_dim),
             epochs: args.epochs.unwrap_or(40),
             lr: args.lr.unwrap_or(0.01),
             lr_milestones: args.lr_milestones.unwrap_or_else(|| vec![15, 30]),
@@ -482,7 +375,7 @@ impl StageConfig {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
             seed: args.seed.unwrap_or(0),
-            device: args.device.unwrap_or(DeviceSpec::Cpu),
+            device: args.device.unwrap_or_default(),
             max_steps: args.max_steps,
             threads: args.threads,
             run_dir,
@@ -495,7 +388,7 @@ impl StageConfig {
             overwrite: args.overwrite,
         };
         // Flags that make no sense for this stage are errors rather than silently ignored.
-        if stage != Stage::Em && cfg.pretrained.is_some() {
+        if def.parent().is_some() && cfg.pretrained.is_some() {
             return Err(bad(
                 "pretrained",
                 format!(
@@ -504,27 +397,34 @@ impl StageConfig {
                 ),
             ));
         }
-        if stage == Stage::Em && cfg.eiau_weight.is_some() {
-            return Err(bad("eiau_weight", "stage 1's loss has no EIAU term"));
+        if def.default_eiau_weight().is_none() && cfg.eiau_weight.is_some() {
+            return Err(bad(
+                "eiau_weight",
+                format!("{}'s loss has no EIAU term", stage_label(stage)),
+            ));
         }
         if let Some(w) = cfg.eiau_weight
             && !(w.is_finite() && w >= 0.0)
         {
             return Err(bad("eiau_weight", format!("must be a number >= 0, not {w}")));
         }
-        if stage != Stage::Au && cfg.select_by == SelectBy::AuF1 {
+        if !def.records().au && cfg.select_by == SelectBy::AuF1 {
             return Err(bad(
                 "select_by",
-                format!("au-f1 selects stage 2 runs; {} has no AU F1", stage_label(stage)),
+                format!("au-f1 selects AU-trained runs; {} has no AU F1", stage_label(stage)),
             ));
         }
-        if stage == Stage::Em && args.resume_model.is_some() {
+        if def.parent().is_none() && args.resume_model.is_some() {
             return Err(bad(
                 "resume_model",
-                "stage 1 has no previous stage; use --pretrained for ImageNet weights",
+                format!(
+                    "{} has no previous stage; use --pretrained for ImageNet weights",
+                    stage_label(stage)
+                ),
             ));
         }
         cfg.check()?;
+        def.check(&cfg)?;
         Ok(cfg)
     }
 
@@ -563,8 +463,8 @@ impl StageConfig {
                 format!("must be a positive multiple of 32, not {}", self.input_size),
             ));
         }
-        if self.dim == 0 {
-            return Err(bad("dim", "must be at least 1"));
+        if self.fuse_dim == 0 {
+            return Err(bad("fuse_dim", "must be at least 1"));
         }
         if self.workers == 0 {
             return Err(bad("workers", "must be at least 1"));
@@ -589,7 +489,7 @@ impl StageConfig {
         if let Some(p) = &self.resume_model
             && !p.is_file()
         {
-            let prev = previous_stage(self.stage).map_or(0, Stage::number);
+            let prev = layout::previous_stage(self.stage).map_or(0, Stage::number);
             return Err(bad(
                 "resume_model",
                 format!(
@@ -597,17 +497,6 @@ impl StageConfig {
                      same --run-dir) or pass --resume-model FILE",
                     stage_label(self.stage),
                     p.display()
-                ),
-            ));
-        }
-        if self.stage == Stage::Au && self.dataset.num_classes() != aue_core::NUM_BASIC {
-            return Err(bad(
-                "dataset",
-                format!(
-                    "stage 2's AU pseudo-targets come from the 7-row prior table (REFERENCE.md \
-                     section 2), so it needs basic-expression labels; {} has {} classes",
-                    self.dataset,
-                    self.dataset.num_classes()
                 ),
             ));
         }
@@ -622,15 +511,27 @@ impl StageConfig {
         let mut m = ModelConfig::preset(self.preset)
             .with_input_size(self.input_size)
             .and_then(|m| m.with_num_classes(self.dataset.num_classes()))
-            .map_err(|e| bad("backbone", e.to_string()))?;
-        m.fuse_dim = self.dim;
-        m.validate().map_err(|e| bad("dim", e.to_string()))?;
+            .map_err(|e| bad("preset", e.to_string()))?;
+        m.fuse_dim = self.fuse_dim;
+        m.validate().map_err(|e| bad("fuse_dim", e.to_string()))?;
         Ok(m)
     }
 
     /// The files of this stage's run.
     pub fn paths(&self) -> StagePaths {
         StagePaths::new(&self.run_dir, self.stage)
+    }
+
+    /// What this run needs of the checkpoint it starts from (stages with a parent).
+    pub fn parent_requirements(&self, parent: Stage) -> aue_contract::ParentRequirements {
+        aue_contract::ParentRequirements {
+            stage: self.stage,
+            parent,
+            preset: self.preset,
+            dataset: self.dataset,
+            fuse_dim: self.fuse_dim,
+            input_size: self.input_size,
+        }
     }
 
     /// The configuration as pretty JSON (config.json and checkpoint metadata).
@@ -668,150 +569,5 @@ impl StageConfig {
                 ),
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args_in(dir: &Path) -> StageArgs {
-        StageArgs {
-            data_root: Some(dir.to_owned()),
-            backbone: Some(Preset::Tiny),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn defaults_are_the_reference_protocol() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(io_err("tempdir", "/tmp"))?;
-        let cfg = StageConfig::resolve(Stage::Em, args_in(tmp.path()))?;
-        assert_eq!(cfg.epochs, 40);
-        assert_eq!(cfg.lr, 0.01);
-        assert_eq!(cfg.lr_milestones, [15, 30]);
-        assert_eq!(cfg.lr_gamma, 0.1);
-        assert_eq!(cfg.momentum, 0.9);
-        assert_eq!((cfg.train_batch_size, cfg.test_batch_size), (64, 64));
-        assert_eq!(cfg.run_dir, Path::new("runs/rafdb-tiny"));
-        assert!(!cfg.frozen_eval);
-        Ok(())
-    }
-
-    #[test]
-    fn flags_override_file_over_defaults() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(io_err("tempdir", "/tmp"))?;
-        let file = tmp.path().join("c.toml");
-        std::fs::write(&file, "epochs = 7\nlr = 0.5\nlr_milestones = [2]\npreset = \"tiny\"\n")
-            .map_err(io_err("write", &file))?;
-        let args = StageArgs {
-            config: Some(file),
-            data_root: Some(tmp.path().to_owned()),
-            lr: Some(0.25),
-            ..Default::default()
-        };
-        let cfg = StageConfig::resolve(Stage::Em, args)?;
-        assert_eq!(cfg.epochs, 7);
-        assert_eq!(cfg.lr, 0.25);
-        assert_eq!(cfg.lr_milestones, [2]);
-        assert_eq!(cfg.preset, Preset::Tiny);
-        Ok(())
-    }
-
-    #[test]
-    fn bad_values_name_the_setting() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cases: [(&str, StageArgs); 5] = [
-            ("lr", StageArgs { lr: Some(f64::NAN), ..args_in(tmp.path()) }),
-            ("train_batch_size", StageArgs { train_batch_size: Some(0), ..args_in(tmp.path()) }),
-            ("input_size", StageArgs { input_size: Some(100), ..args_in(tmp.path()) }),
-            ("lr_milestones", StageArgs { lr_milestones: Some(vec![5, 3]), ..args_in(tmp.path()) }),
-            (
-                "data_root",
-                StageArgs { data_root: Some(tmp.path().join("nope")), ..args_in(tmp.path()) },
-            ),
-        ];
-        for (key, args) in cases {
-            let err = StageConfig::resolve(Stage::Em, args).unwrap_err().to_string();
-            assert!(err.contains(key), "{key}: {err}");
-        }
-        // Options that belong to other stages, or out of range.
-        let ckpt = tmp.path().join("from.safetensors");
-        std::fs::write(&ckpt, b"x").unwrap();
-        let later = |a: StageArgs| StageArgs { resume_model: Some(ckpt.clone()), ..a };
-        let cases: [(Stage, &str, StageArgs); 4] = [
-            (Stage::Em, "eiau_weight", StageArgs { eiau_weight: Some(0.1), ..args_in(tmp.path()) }),
-            (
-                Stage::Au,
-                "eiau_weight",
-                later(StageArgs { eiau_weight: Some(-1.0), ..args_in(tmp.path()) }),
-            ),
-            (
-                Stage::Em,
-                "select_by",
-                StageArgs { select_by: Some(SelectBy::AuF1), ..args_in(tmp.path()) },
-            ),
-            (
-                Stage::Fuse,
-                "select_by",
-                later(StageArgs { select_by: Some(SelectBy::AuF1), ..args_in(tmp.path()) }),
-            ),
-        ];
-        for (stage, key, args) in cases {
-            let err = StageConfig::resolve(stage, args).unwrap_err().to_string();
-            assert!(err.contains(key), "{stage} {key}: {err}");
-        }
-        let ok = later(StageArgs {
-            eiau_weight: Some(0.0),
-            select_by: Some(SelectBy::AuF1),
-            ..args_in(tmp.path())
-        });
-        let cfg = StageConfig::resolve(Stage::Au, ok).unwrap();
-        assert_eq!((cfg.eiau_weight, cfg.select_by), (Some(0.0), SelectBy::AuF1));
-        assert_eq!("last".parse::<SelectBy>(), Ok(SelectBy::Last));
-        assert!("best".parse::<SelectBy>().is_err());
-    }
-
-    #[test]
-    fn unknown_file_key_is_an_error_naming_the_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("c.toml");
-        std::fs::write(&file, "epoch = 7\n").unwrap();
-        let args = StageArgs { config: Some(file.clone()), ..args_in(tmp.path()) };
-        let err = StageConfig::resolve(Stage::Em, args).unwrap_err().to_string();
-        assert!(err.contains("c.toml") && err.contains("epoch"), "{err}");
-    }
-
-    #[test]
-    fn missing_previous_stage_checkpoint_says_what_to_do() {
-        let tmp = tempfile::tempdir().unwrap();
-        let args = StageArgs { run_dir: Some(tmp.path().join("run")), ..args_in(tmp.path()) };
-        let err = StageConfig::resolve(Stage::Au, args).unwrap_err().to_string();
-        assert!(
-            err.contains("stage1/best.safetensors") && err.contains("run stage 1 first"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn json_round_trip_and_resume_check() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(io_err("tempdir", "/tmp"))?;
-        let cfg = StageConfig::resolve(Stage::Em, args_in(tmp.path()))?;
-        let back: StageConfig = serde_json::from_str(&cfg.to_json()).unwrap();
-        assert_eq!(back, cfg);
-        let more_epochs = StageConfig { epochs: 80, ..cfg.clone() };
-        more_epochs.check_resumes(&cfg, Path::new("config.json"))?;
-        let other_lr = StageConfig { lr: 0.1, ..cfg.clone() };
-        let err = other_lr.check_resumes(&cfg, Path::new("config.json")).unwrap_err().to_string();
-        assert!(err.contains("lr: 0.01 in the run, 0.1 now"), "{err}");
-        Ok(())
-    }
-
-    #[test]
-    fn device_parsing() {
-        assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
-        assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
-        assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
-        assert!("gpu".parse::<DeviceSpec>().is_err());
     }
 }

@@ -61,6 +61,14 @@ pub enum TrainError {
         source: Box<aue_model::ModelError>,
     },
 
+    /// The stage contract reported an error (a checkpoint, the run folder, an evaluation).
+    #[error(transparent)]
+    Contract(#[from] aue_contract::ContractError),
+
+    /// The device could not be opened.
+    #[error("{0}")]
+    Device(String),
+
     /// The data crate reported an error (opening a dataset, loading a batch).
     #[error("{op}")]
     Data {
@@ -72,18 +80,6 @@ pub enum TrainError {
 
 /// Result alias of the training engine.
 pub type Result<T> = std::result::Result<T, TrainError>;
-
-/// The error and its sources, joined by ": " (as `anyhow`'s `{:#}` prints them).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
 
 /// Attaches an operation name to a Candle error.
 pub(crate) trait CandleContext<T> {

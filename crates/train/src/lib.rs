@@ -1,28 +1,27 @@
-//! The shared AUE-CRL training engine (REFERENCE.md sections 4 and 6), used by the three thin
-//! stage binaries `aue-stage1`, `aue-stage2` and `aue-stage3`.
+//! The AUE-CRL training engine (docs/METHOD.md sections 4 and 6): it runs any stage that
+//! implements [`StageDef`]; the three reference stages are the crates `aue-stage1`,
+//! `aue-stage2` and `aue-stage3`.
 //!
+//! - [`stage`]: the [`StageDef`] trait, what differs between stages;
 //! - [`config`]: flags and `--config` TOML resolved into a checked [`StageConfig`];
-//! - [`paths`]: the run-folder layout, the one place that names files;
 //! - [`optim`] and [`schedule`]: SGD with momentum (PyTorch semantics) and the step schedule;
-//! - [`engine`]: one training step / evaluation pass of a stage and the per-epoch records;
-//! - [`metrics`]: per-class and mean class accuracy, confusion matrix, AU precision/recall/F1;
-//! - [`checkpoints`]: checkpoint metadata, the checks on a starting checkpoint, optimizer state;
-//! - [`run()`]: a whole stage run with `--resume`; [`logging`]: terminal + `train.log`.
+//! - [`engine`]: the [`engine::Trainer`]: one training step and the evaluation pass;
+//! - [`run()`]: a whole stage run, `--resume` and `--overwrite` included; [`cli`]: the command
+//!   line of a stage binary.
+//!
+//! Files on disk (run folders, checkpoints, metric records) are the stage contract's,
+//! `aue-contract`.
 
-pub mod checkpoints;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod fsio;
-pub mod logging;
-pub mod metrics;
 pub mod optim;
-pub mod paths;
 pub mod run;
 pub mod schedule;
+pub mod stage;
 
-pub use aue_model::{Preset, Stage, alloc};
-pub use config::{Dataset, DeviceSpec, StageArgs, StageConfig};
+pub use config::{SelectBy, StageArgs, StageConfig};
 pub use error::{Result, TrainError};
 pub use run::{RunSummary, run};
+pub use stage::{Origin, StageDef};

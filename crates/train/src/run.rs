@@ -1,26 +1,33 @@
-//! A whole stage run: run folder, starting weights, the epoch loop of REFERENCE.md section 6
-//! (train, evaluate on the test split, keep `best` by test mean class accuracy and `last`),
-//! metrics, checkpoints, and `--resume`.
+//! A whole stage run (docs/METHOD.md section 6: train, evaluate on the test split, keep the best
+//! and the last epoch), in four parts:
+//!
+//! - [`prepare`]: every input checked and every starting weight loaded before anything on disk
+//!   changes (datasets, the parent checkpoint or `--pretrained` file, the run folder's state);
+//! - one epoch of training ([`train_epoch`]);
+//! - evaluation and selection ([`evaluate_epoch`], [`select`]);
+//! - the commit of the epoch ([`commit_epoch`]): the epoch's files first, then `commit.json`,
+//!   the one write that makes the epoch count (docs/CONTRACT.md).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use aue_data::{Dataset, DatasetOptions, Loader, LoaderOptions, Split};
-use aue_model::{AueModel, Preset, Stage, checkpoint};
-use candle_core::Device;
-use candle_nn::VarMap;
-use indicatif::{ProgressBar, ProgressStyle};
-
-use crate::checkpoints::{
-    self, ModelMeta, OptimizerMeta, SELECTION_BEST, SELECTION_LAST, sha256_file,
+use aue_cli::logging;
+use aue_contract::layout::stage_label;
+use aue_contract::meta::{self, BestEpoch, Commit, ModelMeta, OptimizerMeta};
+use aue_contract::{
+    CheckpointInfo, DeviceBatch, RecordInfo, SplitAccumulator, SplitName, SplitRecord, StagePaths,
+    format, fsio,
 };
-use crate::config::{DeviceSpec, SelectBy, StageConfig, stage_label};
-use crate::engine::{DeviceBatch, RecordInfo, SplitAccumulator, SplitName, SplitRecord, Trainer};
-use crate::error::{CandleContext, Result, TrainError, data_err, error_chain, io_err, model_err};
-use crate::fsio::{remove_stale_temp_files, write_atomic};
-use crate::logging;
-use crate::paths::StagePaths;
+use aue_data::{Dataset, DatasetOptions, Loader, LoaderOptions, Split};
+use aue_model::AueModel;
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+
+use crate::config::{SelectBy, StageConfig};
+use crate::engine::Trainer;
+use crate::error::{CandleContext, Result, TrainError, data_err, io_err, model_err};
 use crate::schedule::StepSchedule;
+use crate::stage::{Origin, StageDef};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -33,87 +40,52 @@ pub struct RunSummary {
     pub last: Option<SplitRecord>,
 }
 
-/// Runs one stage as `cfg` says. The stage folder receives config.json before the first step,
-/// then per epoch metrics.jsonl lines and the checkpoints.
-pub fn run(cfg: &StageConfig) -> Result<RunSummary> {
+/// Runs the stage `def` as `cfg` says. The stage folder receives config.json before the first
+/// step, then per epoch its metrics lines, its files and the commit.
+pub fn run(def: &dyn StageDef, cfg: &StageConfig) -> Result<RunSummary> {
     if let Some(n) = cfg.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global()
     {
         tracing::warn!("--threads {n} not applied: {e}");
     }
-    let device = open_device(cfg.device)?;
+    let device = cfg.device.open().map_err(|e| TrainError::Device(format!("{e:#}")))?;
+    let prepared = prepare(def, cfg, &device)?;
     let paths = cfg.paths();
-    prepare_folder(cfg, &paths)?;
-    logging::attach_file(&paths.log())?;
-    let result = run_in_folder(cfg, &paths, &device);
+    if let Err(e) = logging::attach_file(&paths.log()) {
+        tracing::warn!("cannot write the log file {}: {e}", paths.log().display());
+    }
+    let result = train(def, cfg, &device, prepared);
     if let Err(e) = &result {
-        logging::write_file_only(&format!("error: {}", error_chain(e)));
+        logging::write_file_only(&format!("error: {}", aue_contract::error::error_chain(e)));
     }
     logging::detach_file();
     result
 }
 
-/// The tensor device of a device setting.
-pub fn open_device(spec: DeviceSpec) -> Result<Device> {
-    match spec {
-        DeviceSpec::Cpu => Ok(Device::Cpu),
-        DeviceSpec::Cuda(n) => Device::new_cuda(n)
-            .op("open the CUDA device (aue must be built with `--features cuda` for GPUs)"),
-    }
+/// Everything a run needs, checked and loaded; the run folder is ready for the first epoch.
+struct Prepared {
+    train_set: Dataset,
+    test_set: Dataset,
+    varmap: VarMap,
+    model: AueModel,
+    start: Start,
 }
 
-/// Creates the stage folder; refuses to clobber an existing run unless told.
-fn prepare_folder(cfg: &StageConfig, paths: &StagePaths) -> Result<()> {
-    let dir = paths.dir();
-    std::fs::create_dir_all(dir).map_err(io_err("cannot create run folder", dir))?;
-    let existing: Vec<PathBuf> = [paths.config(), paths.metrics(), paths.best(), paths.last()]
-        .into_iter()
-        .filter(|p| p.exists())
-        .collect();
-    if !existing.is_empty() && !cfg.resume {
-        if !cfg.overwrite {
-            let names: Vec<String> = existing
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect();
-            return Err(TrainError::RunFolder {
-                path: dir.to_owned(),
-                msg: format!(
-                    "already holds a run ({}): pass --resume to continue it, --overwrite to \
-                     replace it, or choose another --run-dir",
-                    names.join(", ")
-                ),
-            });
-        }
-        for p in [
-            paths.config(),
-            paths.metrics(),
-            paths.best(),
-            paths.last(),
-            paths.last_optimizer(),
-            paths.log(),
-        ] {
-            if p.exists() {
-                std::fs::remove_file(&p).map_err(io_err("cannot remove", &p))?;
-            }
-        }
-    }
-    remove_stale_temp_files(dir);
-    Ok(())
-}
-
-/// Where training starts: fresh (epoch 0) or from `last`.
+/// Where training starts: fresh (epoch 0) or after the last committed epoch.
 struct Start {
     epoch: usize,
     global_step: usize,
-    best: Option<(f64, usize)>,
+    best: Option<BestEpoch>,
     parent_sha256: String,
-    /// `metrics.jsonl` lines kept from before (one JSON object each, in the trainer's field order).
+    /// `metrics.jsonl` lines kept from before (one JSON object each, in the trainer's order).
     records: Vec<String>,
-    optimizer: Option<std::collections::HashMap<String, candle_core::Tensor>>,
+    optimizer: Option<std::collections::HashMap<String, Tensor>>,
 }
 
-fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Result<RunSummary> {
+/// Checks every input and loads the starting weights, then (and only then) changes the run
+/// folder: `--overwrite` moves the old run aside, and config.json is written.
+fn prepare(def: &dyn StageDef, cfg: &StageConfig, device: &Device) -> Result<Prepared> {
+    let paths = cfg.paths();
     tracing::info!(
         "{} on {} ({}), preset {}, device {}, run folder {}",
         stage_label(cfg.stage),
@@ -123,10 +95,28 @@ fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Resu
         cfg.device,
         paths.dir().display()
     );
+    let existing = paths.run_files();
+    let commit = Commit::read(&paths.commit())?;
+    if !existing.is_empty() && !cfg.resume && !cfg.overwrite {
+        let names: Vec<String> = existing
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        return Err(TrainError::RunFolder {
+            path: paths.dir().to_owned(),
+            msg: format!(
+                "already holds a run ({}): pass --resume to continue it, --overwrite to replace \
+                 it, or choose another --run-dir",
+                names.join(", ")
+            ),
+        });
+    }
+    check_folder_writable(paths.dir())?;
+
     let open = |split| {
         let opts =
-            DatasetOptions { image_size: cfg.input_size as u32, ..DatasetOptions::default() };
-        Dataset::open(cfg.dataset.kind(), &cfg.data_root, split, &opts)
+            DatasetOptions { input_size: cfg.input_size as u32, ..DatasetOptions::default() };
+        Dataset::open(cfg.dataset, &cfg.data_root, split, &opts)
             .map_err(|e| data_err("open dataset", e))
     };
     let train_set = open(Split::Train)?;
@@ -137,37 +127,197 @@ fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Resu
         test_set.len(),
         train_set.num_classes()
     );
-    if cfg.stage == Stage::Au && !test_set.has_au_gt() {
+    if def.records().au && !test_set.has_au_gt() {
         tracing::info!(
             "the dataset has no ground-truth AUs: AU metrics are against the pseudo-targets only"
         );
     }
 
     let varmap = VarMap::new();
-    let model_cfg = cfg.model_config()?;
-    let model = AueModel::with_varmap(&varmap, &model_cfg, device)
+    let model = AueModel::with_varmap(&varmap, &cfg.model_config()?, device)
         .map_err(|e| model_err("build the model", e))?;
-    let start = starting_point(cfg, paths, &varmap, device)?;
-    write_atomic(&paths.config(), cfg.to_json().as_bytes())?;
+    let start = match (&commit, cfg.resume) {
+        (Some(commit), true) => resume_point(cfg, &paths, commit, &varmap, device)?,
+        (None, true) if !existing.is_empty() => {
+            tracing::warn!(
+                "--resume: {} has no committed epoch yet (killed during the first epoch?): \
+                 starting afresh",
+                paths.dir().display()
+            );
+            fresh_start(def, cfg, &varmap)?
+        }
+        _ => fresh_start(def, cfg, &varmap)?,
+    };
 
-    let mut trainer = Trainer::new(cfg.stage, model, cfg.momentum, cfg.frozen_eval)?;
+    // Every input is good: now the folder may change.
+    fsio::remove_stale_temp_files(paths.dir());
+    if start.epoch == 0 && !existing.is_empty() {
+        set_aside(&paths, commit.is_some())?;
+    }
+    fsio::write_atomic(&paths.config(), cfg.to_json().as_bytes())?;
+    Ok(Prepared { train_set, test_set, varmap, model, start })
+}
+
+/// Creates the stage folder if needed and checks that files can be made in it.
+fn check_folder_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err("cannot create run folder", dir))?;
+    let probe = dir.join(format!(".write-test.tmp.{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(io_err("cannot write into run folder", dir))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Moves an earlier run out of the way of a fresh one (`--overwrite`, or an uncommitted first
+/// epoch): into `replaced/`, which goes once the new run commits its first epoch. A run that
+/// never committed has nothing to keep, and an earlier `replaced/` run is kept unless a
+/// committed run has replaced it since.
+fn set_aside(paths: &StagePaths, committed: bool) -> Result<()> {
+    let replaced = paths.replaced();
+    if !committed {
+        for f in paths.run_files() {
+            fsio::remove_file(&f)?;
+        }
+        return Ok(());
+    }
+    fsio::remove_dir_all(&replaced)?;
+    std::fs::create_dir_all(&replaced).map_err(io_err("cannot create", &replaced))?;
+    for f in paths.run_files() {
+        if let Some(name) = f.file_name() {
+            fsio::rename(&f, &replaced.join(name))?;
+        }
+    }
+    tracing::info!(
+        "--overwrite: the earlier run is kept in {} until this one commits its first epoch",
+        replaced.display()
+    );
+    Ok(())
+}
+
+/// Fresh weights: the stage's own initialisation, or its parent checkpoint, checked first.
+fn fresh_start(def: &dyn StageDef, cfg: &StageConfig, varmap: &VarMap) -> Result<Start> {
+    let origin = match def.parent() {
+        None => def.init_weights(cfg, varmap)?,
+        Some(parent) => {
+            let path = cfg.resume_model.as_ref().ok_or_else(|| TrainError::Config {
+                key: "resume_model",
+                msg: format!("{} needs a starting checkpoint", stage_label(cfg.stage)),
+            })?;
+            let info = CheckpointInfo::read(path, Some(cfg.preset))?;
+            info.check_parent(&cfg.parent_requirements(parent))?;
+            format::load(varmap, path)?;
+            tracing::info!("weights from {}", path.display());
+            Origin { path: Some(path.clone()), sha256: meta::sha256_file(path)? }
+        }
+    };
+    Ok(Start {
+        epoch: 0,
+        global_step: 0,
+        best: None,
+        parent_sha256: origin.sha256,
+        records: Vec::new(),
+        optimizer: None,
+    })
+}
+
+/// Restores the model, optimizer and counters of the last committed epoch for `--resume`.
+fn resume_point(
+    cfg: &StageConfig,
+    paths: &StagePaths,
+    commit: &Commit,
+    varmap: &VarMap,
+    device: &Device,
+) -> Result<Start> {
+    let config_path = paths.config();
+    let text =
+        std::fs::read_to_string(&config_path).map_err(io_err("cannot read", &config_path))?;
+    let saved: StageConfig = serde_json::from_str(&text).map_err(|e| TrainError::Json {
+        what: "configuration",
+        path: config_path.clone(),
+        msg: e.to_string(),
+    })?;
+    cfg.check_resumes(&saved, &config_path)?;
+    let commit_path = paths.commit();
+    let bad = |msg: String| TrainError::RunFolder { path: commit_path.clone(), msg };
+    if commit.stage != cfg.stage.number() {
+        return Err(bad(format!(
+            "is a stage {} run; this is {}",
+            commit.stage,
+            stage_label(cfg.stage)
+        )));
+    }
+    let last = paths.dir().join(&commit.last);
+    let meta = ModelMeta::read(&last)?
+        .ok_or_else(|| bad(format!("names {}, which has no training metadata", commit.last)))?;
+    if meta.epoch != commit.epoch || meta.stage != cfg.stage || meta.preset != cfg.preset {
+        return Err(bad(format!(
+            "names {} (stage {} {} epoch {}), which is not the committed stage {} {} epoch {}",
+            commit.last,
+            meta.stage.number(),
+            meta.preset,
+            meta.epoch,
+            cfg.stage.number(),
+            cfg.preset,
+            commit.epoch
+        )));
+    }
+    format::load(varmap, &last)?;
+    let optimizer = paths.dir().join(&commit.optimizer);
+    let (opt, buffers) = meta::load_optimizer(&optimizer, device)?;
+    if opt.epoch != commit.epoch {
+        return Err(bad(format!(
+            "names {} of epoch {}, not the committed epoch {}",
+            commit.optimizer, opt.epoch, commit.epoch
+        )));
+    }
+    // Repair what a kill between the commit and its links left undone.
+    publish(paths, commit)?;
+    let records = read_metrics(&paths.metrics(), commit.epoch)?;
+    tracing::info!(
+        "resuming after epoch {} (step {}, lr {:.3e}) from {}",
+        commit.epoch,
+        commit.global_step,
+        opt.lr,
+        last.display()
+    );
+    Ok(Start {
+        epoch: commit.epoch,
+        global_step: commit.global_step,
+        best: commit.best.clone(),
+        parent_sha256: meta.parent_sha256,
+        records,
+        optimizer: Some(buffers),
+    })
+}
+
+/// The epoch loop over what [`prepare`] made ready.
+fn train(
+    def: &dyn StageDef,
+    cfg: &StageConfig,
+    device: &Device,
+    prepared: Prepared,
+) -> Result<RunSummary> {
+    let Prepared { train_set, test_set, varmap, model, start } = prepared;
+    let paths = cfg.paths();
+    let mut trainer = Trainer::new(def, model, cfg.momentum, cfg.frozen_eval);
     if let Some(w) = cfg.eiau_weight {
         tracing::info!(
-            "EIAU loss weight {w} (the reference's: {})",
-            aue_model::reference_eiau_weight(cfg.stage)
+            "EIAU loss weight {w} (the stage's default: {})",
+            def.default_eiau_weight().unwrap_or(0.0)
         );
         trainer = trainer.with_eiau_weight(w);
     }
     if let Some(buffers) = start.optimizer {
         trainer.optimizer_mut().load_state(buffers)?;
     }
+    let trainable: usize = crate::engine::trainable_vars(trainer.model(), def)
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .sum();
     tracing::info!(
-        "{} trainable tensors ({} parameters); frozen parts {}",
+        "{} trainable tensors ({trainable} parameters); frozen parts {}",
         trainer.optimizer().param_names().count(),
-        trainable_count(&varmap, cfg.stage),
         if cfg.frozen_eval { "in eval mode (--frozen-eval)" } else { "in the reference's modes" }
     );
-
     let train_loader = Loader::new(
         &train_set,
         LoaderOptions {
@@ -186,265 +336,237 @@ fn run_in_folder(cfg: &StageConfig, paths: &StagePaths, device: &Device) -> Resu
         milestones: cfg.lr_milestones.clone(),
         gamma: cfg.lr_gamma,
     };
-    let labels = cfg.dataset.labels();
-    let mut records = start.records;
-    let mut best = start.best;
-    let mut global_step = start.global_step;
-    let mut summary = RunSummary { dir: paths.dir().to_owned(), best: None, last: None };
+    let mut state = EpochState {
+        records: start.records,
+        best: start.best,
+        global_step: start.global_step,
+        parent_sha256: start.parent_sha256,
+    };
     if start.epoch >= cfg.epochs {
         tracing::info!("all {} epochs are done; nothing to train", cfg.epochs);
     }
-
     for epoch in start.epoch..cfg.epochs {
         let lr = schedule.lr(epoch);
-        let shown = epoch + 1;
-        // Train.
-        let mut acc = SplitAccumulator::new(cfg.stage, SplitName::Train, labels.len(), device)?;
-        let steps_planned = cfg
-            .max_steps
-            .map_or(train_loader.batches_per_epoch(), |m| m.min(train_loader.batches_per_epoch()));
-        let bar = progress_bar(steps_planned, format!("epoch {shown}/{}", cfg.epochs));
-        let t0 = Instant::now();
-        let mut steps = 0;
-        let mut loss_sum = 0.0f64;
-        for batch in train_loader.epoch(epoch).take(steps_planned) {
-            let batch = batch.map_err(|e| data_err("load a train batch", e))?;
-            let batch = DeviceBatch::new(&batch, device)?;
-            let loss = trainer.train_step(&batch, lr, &mut acc)?;
-            // The one host synchronisation per step: the loss, for the bar and the NaN check.
-            let value = loss.to_scalar::<f32>().op("read the loss")?;
-            if !value.is_finite() {
-                bar.abandon();
-                return Err(TrainError::NonFiniteLoss {
-                    value,
-                    epoch: shown,
-                    step: steps + 1,
-                    lr,
-                    last: if paths.last().exists() {
-                        paths.last().display().to_string()
-                    } else {
-                        "none written yet".into()
-                    },
-                });
-            }
-            steps += 1;
-            global_step += 1;
-            loss_sum += f64::from(value);
-            let rate = acc.samples() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {:.4} | {rate:.0} img/s", loss_sum / steps as f64));
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let info =
-            |steps, seconds| RecordInfo { stage: cfg.stage, epoch: shown, lr, steps, seconds };
-        let train_record = acc.finish(labels, info(steps, t0.elapsed().as_secs_f64()))?;
-
-        // Evaluate on the test split.
-        let mut acc = SplitAccumulator::new(cfg.stage, SplitName::Test, labels.len(), device)?;
-        let bar = progress_bar(test_loader.batches_per_epoch(), "test".into());
-        let t0 = Instant::now();
-        let mut test_steps = 0;
-        for batch in test_loader.epoch(epoch) {
-            let batch = batch.map_err(|e| data_err("load a test batch", e))?;
-            trainer.eval_step(&DeviceBatch::new(&batch, device)?, &mut acc)?;
-            test_steps += 1;
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let mut test_record = acc.finish(labels, info(test_steps, t0.elapsed().as_secs_f64()))?;
-        let m = match cfg.select_by {
-            SelectBy::MeanClassAcc => test_record.mean_class_acc(),
-            SelectBy::AuF1 => {
-                test_record.au_pseudo.as_ref().and_then(|a| a.mean_f1).unwrap_or(f64::NAN)
-            }
-            SelectBy::Last => shown as f64,
-        };
-        // Ties go to the later epoch: with --frozen-eval the stage-2 EM head's accuracy does not
-        // change, and the later AU branch is the better one to hand to stage 3.
-        let improved = !m.is_nan() && best.is_none_or(|(b, _)| m >= b);
-        test_record.best = Some(improved);
-        if improved {
-            best = Some((m, shown));
-        }
+        let train_record = train_epoch(cfg, &mut trainer, &train_loader, epoch, lr, &mut state)?;
+        let mut test_record = evaluate_epoch(cfg, &trainer, &test_loader, epoch, lr, device)?;
+        let improved = select(cfg, &mut test_record, &state.best);
         tracing::info!(
-            "epoch {shown}/{} lr {lr:.3e} train: {}",
+            "epoch {}/{} lr {lr:.3e} train: {}",
+            epoch + 1,
             cfg.epochs,
             train_record.summary()
         );
         tracing::info!(
-            "epoch {shown}/{} test: {}{}",
+            "epoch {}/{} test: {}{}",
+            epoch + 1,
             cfg.epochs,
             test_record.summary(),
-            if improved { " [best]" } else { "" }
+            if improved.is_some() { " [best]" } else { "" }
         );
-
-        // Persist: metrics first, then best, the optimizer state and last. A kill in between
-        // leaves metrics ahead of `last`; --resume drops those lines.
-        for r in [&train_record, &test_record] {
-            records.push(serde_json::to_string(r).unwrap_or_default());
-        }
-        write_metrics(&paths.metrics(), &records)?;
-        let meta = |selection: &str| ModelMeta {
-            stage: cfg.stage,
-            preset: cfg.preset,
-            config_json: cfg.to_json(),
-            epoch: shown,
-            metrics_json: serde_json::to_string(&test_record).unwrap_or_default(),
-            dataset: cfg.dataset.name().into(),
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            parent_sha256: start.parent_sha256.clone(),
-            selection: selection.into(),
-            best,
-        };
-        if improved {
-            checkpoints::save_model(&varmap, &paths.best(), &meta(SELECTION_BEST))?;
-        }
-        let opt_meta = OptimizerMeta {
-            stage: cfg.stage,
-            epoch: shown,
-            global_step,
+        commit_epoch(
+            cfg,
+            &paths,
+            &varmap,
+            &trainer,
+            &mut state,
+            [train_record, test_record],
+            improved,
             lr,
-            momentum: cfg.momentum,
-        };
-        checkpoints::save_optimizer(
-            &trainer.optimizer().state(),
-            &paths.last_optimizer(),
-            &opt_meta,
         )?;
-        checkpoints::save_model(&varmap, &paths.last(), &meta(SELECTION_LAST))?;
     }
-    report(cfg, paths, &records, &mut summary);
+    let summary = summarise(cfg, &paths, &state.records);
     Ok(summary)
 }
 
-/// Loads or initialises the weights and says where the epoch loop starts.
-fn starting_point(
-    cfg: &StageConfig,
-    paths: &StagePaths,
-    varmap: &VarMap,
-    device: &Device,
-) -> Result<Start> {
-    let config_path = paths.config();
-    if cfg.resume && config_path.exists() {
-        let text =
-            std::fs::read_to_string(&config_path).map_err(io_err("cannot read", &config_path))?;
-        let saved: StageConfig = serde_json::from_str(&text).map_err(|e| TrainError::Json {
-            what: "configuration",
-            path: config_path.clone(),
-            msg: e.to_string(),
-        })?;
-        cfg.check_resumes(&saved, &config_path)?;
-    }
-    if cfg.resume && paths.last().exists() {
-        return resume_point(cfg, paths, varmap, device);
-    }
-    if cfg.resume {
-        tracing::warn!(
-            "--resume: {} has no {} yet (killed during the first epoch?): starting afresh",
-            paths.dir().display(),
-            crate::paths::LAST_CHECKPOINT
-        );
-    }
-    let fresh = |parent_sha256| Start {
-        epoch: 0,
-        global_step: 0,
-        best: None,
-        parent_sha256,
-        records: Vec::new(),
-        optimizer: None,
-    };
-    match (cfg.stage, &cfg.resume_model) {
-        (Stage::Em, _) => {
-            aue_model::init::init_default(varmap, cfg.seed)
-                .map_err(|e| model_err("initialise the model", e))?;
-            match &cfg.pretrained {
-                Some(path) => {
-                    let summary = checkpoint::import_torchvision(varmap, path)
-                        .map_err(|e| model_err("import torchvision weights", e))?;
-                    tracing::info!("backbone from {} ({} tensors)", path.display(), summary.loaded);
-                    Ok(fresh(sha256_file(path)?))
-                }
-                None if cfg.preset == Preset::Tiny => {
-                    tracing::info!(
-                        "the tiny preset has no ImageNet weights: training from scratch"
-                    );
-                    Ok(fresh(String::new()))
-                }
-                None => {
-                    tracing::warn!(
-                        "no --pretrained: the backbone starts from random weights; the paper's \
-                         numbers need torchvision's ImageNet weights (e.g. --pretrained \
-                         resnet101-63fe2227.pth)"
-                    );
-                    Ok(fresh(String::new()))
-                }
-            }
-        }
-        (_, Some(path)) => {
-            checkpoints::check_parent(cfg, path)?;
-            checkpoint::load(varmap, path)
-                .map_err(|e| model_err("load the starting checkpoint", e))?;
-            tracing::info!("weights from {}", path.display());
-            Ok(fresh(sha256_file(path)?))
-        }
-        (stage, None) => Err(TrainError::Config {
-            key: "resume_model",
-            msg: format!("{} needs a starting checkpoint", stage_label(stage)),
-        }),
-    }
+/// What the epochs carry from one to the next.
+struct EpochState {
+    records: Vec<String>,
+    best: Option<BestEpoch>,
+    global_step: usize,
+    parent_sha256: String,
 }
 
-/// Restores the model, optimizer and counters from `last` for `--resume`.
-fn resume_point(
+/// One epoch of optimizer steps; the train split's record.
+fn train_epoch(
+    cfg: &StageConfig,
+    trainer: &mut Trainer<'_>,
+    loader: &Loader,
+    epoch: usize,
+    lr: f64,
+    state: &mut EpochState,
+) -> Result<SplitRecord> {
+    let shown = epoch + 1;
+    let labels = cfg.dataset.class_names();
+    let device = trainer.model().device().clone();
+    let mut acc =
+        SplitAccumulator::new(trainer.def().records(), SplitName::Train, labels.len(), &device)?;
+    let steps_planned =
+        cfg.max_steps.map_or(loader.batches_per_epoch(), |m| m.min(loader.batches_per_epoch()));
+    let bar = logging::progress_bar(steps_planned, format!("epoch {shown}/{}", cfg.epochs));
+    let t0 = Instant::now();
+    let mut steps = 0;
+    let mut loss_sum = 0.0f64;
+    for batch in loader.epoch(epoch).take(steps_planned) {
+        let batch = batch.map_err(|e| data_err("load a train batch", e))?;
+        let batch = DeviceBatch::new(&batch, &device)?;
+        let loss = trainer.train_step(&batch, lr, &mut acc)?;
+        // The one host synchronisation per step: the loss, for the bar and the NaN check.
+        let value = loss.to_scalar::<f32>().op("read the loss")?;
+        if !value.is_finite() {
+            bar.abandon();
+            let last = cfg.paths().last();
+            return Err(TrainError::NonFiniteLoss {
+                value,
+                epoch: shown,
+                step: steps + 1,
+                lr,
+                last: if last.exists() {
+                    last.display().to_string()
+                } else {
+                    "none written yet".into()
+                },
+            });
+        }
+        steps += 1;
+        state.global_step += 1;
+        loss_sum += f64::from(value);
+        let rate = acc.samples() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("loss {:.4} | {rate:.0} img/s", loss_sum / steps as f64));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let info = RecordInfo {
+        stage: cfg.stage,
+        epoch: shown,
+        lr,
+        steps,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok(acc.finish(labels, info)?)
+}
+
+/// The test split in eval mode after `epoch`.
+fn evaluate_epoch(
+    cfg: &StageConfig,
+    trainer: &Trainer<'_>,
+    loader: &Loader,
+    epoch: usize,
+    lr: f64,
+    device: &Device,
+) -> Result<SplitRecord> {
+    let bar = logging::progress_bar(loader.batches_per_epoch(), "test".into());
+    let batches = loader.epoch(epoch).map(|b| {
+        let b = b.map_err(|e| aue_contract::ContractError::Data {
+            op: "load a test batch",
+            source: Box::new(e),
+        })?;
+        DeviceBatch::new(&b, device)
+    });
+    let info = RecordInfo { stage: cfg.stage, epoch: epoch + 1, lr, steps: 0, seconds: 0.0 };
+    let record = trainer.evaluate(batches, cfg.dataset.class_names(), info, &mut |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(record)
+}
+
+/// Applies the run's selection rule to the test record: `Some(metric)` when this epoch becomes
+/// the best (ties go to the later epoch: with --frozen-eval the stage-2 EM head's accuracy does
+/// not change, and the later AU branch is the better one to hand on).
+fn select(cfg: &StageConfig, test: &mut SplitRecord, best: &Option<BestEpoch>) -> Option<f64> {
+    let m = match cfg.select_by {
+        SelectBy::MeanClassAcc => test.mean_class_acc(),
+        SelectBy::AuF1 => test.au_pseudo.as_ref().and_then(|a| a.mean_f1).unwrap_or(f64::NAN),
+        SelectBy::Last => test.epoch as f64,
+    };
+    let improved = !m.is_nan() && best.as_ref().is_none_or(|b| m >= b.metric);
+    test.best = Some(improved);
+    improved.then_some(m)
+}
+
+/// Makes the epoch count: its metrics lines, model and optimizer files, then `commit.json`;
+/// then the `best` / `last` links and the removal of files no commit names any more.
+#[allow(clippy::too_many_arguments)]
+fn commit_epoch(
     cfg: &StageConfig,
     paths: &StagePaths,
     varmap: &VarMap,
-    device: &Device,
-) -> Result<Start> {
-    let last = paths.last();
-    let bad = |msg: String| TrainError::Checkpoint { path: last.clone(), msg };
-    let meta = ModelMeta::read(&last)?
-        .ok_or_else(|| bad("has no training metadata; cannot resume from it".into()))?;
-    if meta.stage != cfg.stage || meta.preset != cfg.preset {
-        return Err(bad(format!(
-            "is a {} {} checkpoint; this run is {} {}",
-            stage_label(meta.stage),
-            meta.preset,
-            stage_label(cfg.stage),
-            cfg.preset
-        )));
+    trainer: &Trainer<'_>,
+    state: &mut EpochState,
+    records: [SplitRecord; 2],
+    improved: Option<f64>,
+    lr: f64,
+) -> Result<()> {
+    let epoch = records[1].epoch;
+    for r in &records {
+        state.records.push(serde_json::to_string(r).unwrap_or_default());
     }
-    checkpoint::load(varmap, &last).map_err(|e| model_err("load last checkpoint", e))?;
-    let (opt, buffers) = checkpoints::load_optimizer(&paths.last_optimizer(), device)?;
-    if opt.epoch != meta.epoch {
-        return Err(bad(format!(
-            "is from epoch {} but {} is from epoch {}: the run was killed while saving; \
-             start afresh with --overwrite",
-            meta.epoch,
-            paths.last_optimizer().display(),
-            opt.epoch
-        )));
+    write_metrics(&paths.metrics(), &state.records)?;
+    let best_after = match improved {
+        Some(metric) => Some((metric, epoch)),
+        None => state.best.as_ref().map(|b| (b.metric, b.epoch)),
+    };
+    let model_meta = ModelMeta {
+        stage: cfg.stage,
+        preset: cfg.preset,
+        config_json: cfg.to_json(),
+        epoch,
+        metrics_json: serde_json::to_string(&records[1]).unwrap_or_default(),
+        dataset: cfg.dataset.name().into(),
+        labels: cfg.dataset.class_names().iter().map(|s| s.to_string()).collect(),
+        parent_sha256: state.parent_sha256.clone(),
+        selection: if improved.is_some() { meta::SELECTION_BEST } else { meta::SELECTION_LAST }
+            .into(),
+        best: best_after,
+    };
+    let model_file = paths.epoch_model(epoch);
+    meta::save_model(varmap, &model_file, &model_meta)?;
+    let optim_file = paths.epoch_optimizer(epoch);
+    let opt_meta = OptimizerMeta {
+        stage: cfg.stage,
+        epoch,
+        global_step: state.global_step,
+        lr,
+        momentum: cfg.momentum,
+    };
+    meta::save_optimizer(&trainer.optimizer().state(), &optim_file, &opt_meta)?;
+    let name =
+        |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let best = match improved {
+        Some(metric) => Some(BestEpoch { file: name(&model_file), epoch, metric }),
+        None => state.best.clone(),
+    };
+    let commit = Commit {
+        stage: cfg.stage.number(),
+        epoch,
+        global_step: state.global_step,
+        last: name(&model_file),
+        optimizer: name(&optim_file),
+        best: best.clone(),
+    };
+    commit.write(&paths.commit())?;
+    state.best = best;
+    publish(paths, &commit)
+}
+
+/// Points `best.safetensors` and `last.safetensors` at the commit's files, and removes epoch
+/// files it no longer names and the run `--overwrite` set aside.
+fn publish(paths: &StagePaths, commit: &Commit) -> Result<()> {
+    if let Some(best) = &commit.best {
+        fsio::link_atomic(&paths.dir().join(&best.file), &paths.best())?;
     }
-    let records = read_metrics(&paths.metrics(), meta.epoch)?;
-    tracing::info!(
-        "resuming after epoch {} (step {}, lr {:.3e}) from {}",
-        meta.epoch,
-        opt.global_step,
-        opt.lr,
-        last.display()
-    );
-    Ok(Start {
-        epoch: meta.epoch,
-        global_step: opt.global_step,
-        best: meta.best,
-        parent_sha256: meta.parent_sha256,
-        records,
-        optimizer: Some(buffers),
-    })
+    fsio::link_atomic(&paths.dir().join(&commit.last), &paths.last())?;
+    let keep = commit.files();
+    for f in paths.epoch_files() {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !keep.contains(&name.as_str()) {
+            fsio::remove_file(&f)?;
+        }
+    }
+    fsio::remove_dir_all(&paths.replaced())?;
+    Ok(())
 }
 
 /// Reads `metrics.jsonl`, keeping the lines of epochs `<= up_to` (a killed run may have
-/// written the lines of an epoch whose checkpoint it did not finish).
+/// written the lines of an epoch it did not commit).
 fn read_metrics(path: &Path, up_to: usize) -> Result<Vec<String>> {
     if !path.exists() {
         return Ok(Vec::new());
@@ -457,8 +579,7 @@ fn read_metrics(path: &Path, up_to: usize) -> Result<Vec<String>> {
             path: path.to_owned(),
             msg: format!("line {}: {e}", i + 1),
         })?;
-        let epoch = v.get("epoch").and_then(serde_json::Value::as_u64);
-        match epoch {
+        match v.get("epoch").and_then(serde_json::Value::as_u64) {
             Some(e) if e as usize <= up_to => out.push(line.to_string()),
             Some(_) => {}
             None => {
@@ -480,35 +601,21 @@ fn write_metrics(path: &Path, records: &[String]) -> Result<()> {
         text.push_str(r);
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes())
+    Ok(fsio::write_atomic(path, text.as_bytes())?)
 }
 
-/// Number of scalar parameters the stage trains.
-fn trainable_count(varmap: &VarMap, stage: Stage) -> usize {
-    aue_model::trainable_vars(varmap, stage).iter().map(|(_, v)| v.elem_count()).sum()
-}
-
-/// A progress bar in the shared group (hidden when stderr is not a terminal).
-fn progress_bar(len: usize, prefix: String) -> ProgressBar {
-    let bar = logging::bars().add(ProgressBar::new(len as u64));
-    let style =
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(prefix);
-    bar
-}
-
-/// Logs the final results: the best epoch (test-set selection) and the last epoch beside it.
-fn report(cfg: &StageConfig, paths: &StagePaths, records: &[String], summary: &mut RunSummary) {
+/// Logs the final results: the best epoch and the last epoch beside it.
+fn summarise(cfg: &StageConfig, paths: &StagePaths, records: &[String]) -> RunSummary {
     let tests: Vec<SplitRecord> = records
         .iter()
         .filter_map(|r| serde_json::from_str::<SplitRecord>(r).ok())
         .filter(|r| r.split == SplitName::Test)
         .collect();
-    summary.last = tests.last().cloned();
-    summary.best = tests.iter().rfind(|r| r.best == Some(true)).cloned();
+    let summary = RunSummary {
+        dir: paths.dir().to_owned(),
+        last: tests.last().cloned(),
+        best: tests.iter().rfind(|r| r.best == Some(true)).cloned(),
+    };
     if let Some(best) = &summary.best {
         let rule = match cfg.select_by {
             SelectBy::MeanClassAcc => String::new(),
@@ -530,4 +637,5 @@ fn report(cfg: &StageConfig, paths: &StagePaths, records: &[String], summary: &m
         );
     }
     tracing::info!("checkpoints and metrics in {}", paths.dir().display());
+    summary
 }

@@ -6,15 +6,16 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use aue_model::checkpoint;
-use aue_train::checkpoints::sha256_file;
-use aue_train::{Stage, StageArgs, StageConfig};
+use aue_contract::format as checkpoint;
+use aue_contract::meta::sha256_file;
+use aue_model::Stage;
+use aue_train::{StageArgs, StageConfig};
 use candle_core::{DType, Device, Var};
 use candle_nn::VarMap;
 use common::{args, config, metadata, synth};
 
 fn chain(e: &aue_train::TrainError) -> String {
-    aue_train::error::error_chain(e)
+    common::chain(e)
 }
 
 #[test]
@@ -25,7 +26,7 @@ fn metadata_and_starting_checkpoint_checks() {
 
     // Stage 1, and what its checkpoints say about themselves.
     let cfg1 = config(Stage::Em, args(&data, &run, 1, 1));
-    aue_train::run(&cfg1).unwrap();
+    common::run(&cfg1).unwrap();
     let best1 = run.join("stage1/best.safetensors");
     let m = metadata(&best1);
     assert_eq!(m["aue_format"], "1");
@@ -43,10 +44,11 @@ fn metadata_and_starting_checkpoint_checks() {
     let metrics: serde_json::Value = serde_json::from_str(&m["metrics"]).unwrap();
     assert_eq!(metrics["split"], "test");
     assert!(metrics["mean_class_acc"].as_f64().is_some(), "{metrics}");
-    assert_eq!(metadata(&run.join("stage1/last.safetensors"))["selection"], "last epoch");
+    // One epoch: it is both the best and the last, one file under two names.
+    assert_eq!(metadata(&run.join("stage1/last.safetensors"))["epoch"], "1");
 
     // Stage 2 from it records the parent's hash.
-    aue_train::run(&config(Stage::Au, args(&data, &run, 1, 1))).unwrap();
+    common::run(&config(Stage::Au, args(&data, &run, 1, 1))).unwrap();
     let best2 = run.join("stage2/best.safetensors");
     let m2 = metadata(&best2);
     assert_eq!(m2["stage"], "2");
@@ -58,7 +60,9 @@ fn metadata_and_starting_checkpoint_checks() {
     let from = |stage: Stage, path: &std::path::Path, extra: StageArgs| {
         let other = tmp.path().join(format!("other-{}", stage.number()));
         let a = StageArgs { resume_model: Some(path.to_owned()), run_dir: Some(other), ..extra };
-        StageConfig::resolve(stage, a).and_then(|cfg| aue_train::run(&cfg)).map_err(|e| chain(&e))
+        StageConfig::resolve(common::def(stage), a)
+            .and_then(|cfg| common::run(&cfg))
+            .map_err(|e| chain(&e))
     };
     let base = || args(&data, &run, 1, 1);
 
@@ -73,8 +77,8 @@ fn metadata_and_starting_checkpoint_checks() {
     assert!(err.contains("written by stage 2 (au)"), "{err}");
 
     // Other fusion width than the stages before.
-    let err = from(Stage::Fuse, &best2, StageArgs { dim: Some(16), ..base() }).unwrap_err();
-    assert!(err.contains("dim = 32") && err.contains("--dim 32"), "{err}");
+    let err = from(Stage::Fuse, &best2, StageArgs { fuse_dim: Some(16), ..base() }).unwrap_err();
+    assert!(err.contains("fuse_dim = 32") && err.contains("--fuse-dim 32"), "{err}");
 
     // Wrong preset: refused from the metadata alone (this file holds one small tensor).
     let fake = tmp.path().join("resnet18-stage1.safetensors");
@@ -134,7 +138,7 @@ fn pretrained_backbone_is_imported() {
     // A negligible learning rate: after one step the backbone is still the imported one.
     let a =
         StageArgs { pretrained: Some(weights.clone()), lr: Some(1e-12), ..args(&data, &run, 1, 1) };
-    aue_train::run(&config(Stage::Em, a)).unwrap();
+    common::run(&config(Stage::Em, a)).unwrap();
     let last = run.join("stage1/last.safetensors");
     assert_eq!(metadata(&last)["parent_sha256"], sha256_file(&weights).unwrap());
     let got = common::tensors(&last);

@@ -1,12 +1,15 @@
-//! Freezing rules of REFERENCE.md section 4, checked on one real training step per stage of the
+//! Freezing rules of docs/METHOD.md section 4, checked on one real training step per stage of the
 //! tiny model: the trainable tensors change, every other parameter stays bit-identical, and the
 //! BatchNorm running statistics of frozen parts follow the reference's modes (quirk) or, with
 //! `frozen_eval`, stay put.
 
 use std::collections::BTreeMap;
 
-use aue_model::{AueModel, ModelConfig, Preset, Stage, is_bn_buffer, is_trainable};
-use aue_train::engine::{DeviceBatch, SplitAccumulator, SplitName, Trainer};
+mod common;
+
+use aue_contract::{DeviceBatch, SplitAccumulator, SplitName};
+use aue_model::{AueModel, ModelConfig, Preset, Stage, is_bn_buffer};
+use aue_train::engine::Trainer;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
@@ -46,8 +49,9 @@ fn changed_after_step(
 ) -> (Vec<String>, BTreeMap<String, Vec<f32>>) {
     let (map, model, batch) = setup();
     let before = snapshot(&map);
-    let mut trainer = Trainer::new(stage, model, 0.9, frozen_eval).unwrap();
-    let mut acc = SplitAccumulator::new(stage, SplitName::Train, 7, &Device::Cpu).unwrap();
+    let def = common::def(stage);
+    let mut trainer = Trainer::new(def, model, 0.9, frozen_eval);
+    let mut acc = SplitAccumulator::new(def.records(), SplitName::Train, 7, &Device::Cpu).unwrap();
     let loss = trainer.train_step(&batch, 0.1, &mut acc).unwrap();
     assert!(loss.to_scalar::<f32>().unwrap().is_finite());
     let after = snapshot(&map);
@@ -80,7 +84,7 @@ fn check_parameters(stage: Stage, changed: &[String], all: &BTreeMap<String, Vec
     }
     for key in all.keys().filter(|k| !is_bn_buffer(k)) {
         let moved = changed.contains(key);
-        let trainable = is_trainable(key, stage);
+        let trainable = common::def(stage).trainable(key);
         if !trainable {
             assert!(!moved, "stage {}: frozen `{key}` changed", stage.number());
         } else if !unused(key) && !behind_relu(key) {

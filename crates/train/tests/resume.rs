@@ -1,15 +1,16 @@
 //! `--resume` after a kill, and the NaN-loss stop, on a tiny synthetic set (stage 1: no dropout,
 //! so the run is a pure function of the seed).
 //!
-//! A kill mid-epoch leaves on disk exactly what the last finished epoch saved, plus possibly a
-//! temp file of an interrupted checkpoint write and metrics lines of an epoch whose checkpoints
-//! were not written. The test builds that state (a run stopped after epoch 1, a stale temp file,
+//! A kill mid-epoch leaves on disk exactly what the last committed epoch saved, plus possibly a
+//! temp file of an interrupted checkpoint write, files of the uncommitted epoch and metrics lines
+//! of it. (tests/faults.rs at the top level kills the real binaries at every file operation.) The test builds that state (a run stopped after epoch 1, a stale temp file,
 //! a metrics line of epoch 2) and checks that resuming ends with the same weights, momentum
 //! buffers and metrics as an uninterrupted run.
 
 mod common;
 
-use aue_train::{Stage, StageArgs, TrainError};
+use aue_model::Stage;
+use aue_train::{StageArgs, TrainError};
 use common::{args, config, metadata, metrics, synth, tensors};
 
 /// Metrics without the wall-time fields, which differ between any two runs.
@@ -27,32 +28,33 @@ fn resumed_run_equals_uninterrupted_run() {
     let data = synth(tmp.path(), 24, 8);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
 
-    aue_train::run(&config(Stage::Em, args(&data, &a, 3, 2))).unwrap();
+    common::run(&config(Stage::Em, args(&data, &a, 3, 2))).unwrap();
 
-    aue_train::run(&config(Stage::Em, args(&data, &b, 1, 2))).unwrap();
+    common::run(&config(Stage::Em, args(&data, &b, 1, 2))).unwrap();
     let stage_b = b.join("stage1");
     // What a kill during epoch 2 can leave behind.
-    std::fs::write(stage_b.join(".last.safetensors.tmp-4242"), b"partial").unwrap();
+    std::fs::write(stage_b.join(".epoch-0002.safetensors.tmp.4242"), b"partial").unwrap();
+    std::fs::write(stage_b.join("epoch-0002.optim.safetensors"), b"uncommitted").unwrap();
     let mut lines = std::fs::read_to_string(stage_b.join("metrics.jsonl")).unwrap();
     lines.push_str("{\"split\":\"train\",\"stage\":1,\"epoch\":2,\"loss\":9.0}\n");
     std::fs::write(stage_b.join("metrics.jsonl"), lines).unwrap();
 
     // Without --resume the folder is protected.
-    let err = aue_train::run(&config(Stage::Em, args(&data, &b, 3, 2))).unwrap_err();
+    let err = common::run(&config(Stage::Em, args(&data, &b, 3, 2))).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
     // --resume with another learning rate is refused.
     let other_lr = StageArgs { lr: Some(0.5), resume: true, ..args(&data, &b, 3, 2) };
-    let err = aue_train::run(&config(Stage::Em, other_lr)).unwrap_err();
+    let err = common::run(&config(Stage::Em, other_lr)).unwrap_err();
     assert!(err.to_string().contains("lr: 0.01 in the run, 0.5 now"), "{err}");
 
     let resume = StageArgs { resume: true, ..args(&data, &b, 3, 2) };
-    let summary = aue_train::run(&config(Stage::Em, resume)).unwrap();
+    let summary = common::run(&config(Stage::Em, resume)).unwrap();
     assert_eq!(summary.last.map(|r| r.epoch), Some(3));
     assert!(summary.best.is_some(), "the best epoch is known after resuming");
 
-    assert!(!stage_b.join(".last.safetensors.tmp-4242").exists(), "stale temp file kept");
+    assert!(!stage_b.join(".epoch-0002.safetensors.tmp.4242").exists(), "stale temp file kept");
     let stage_a = a.join("stage1");
-    for file in ["last.safetensors", "last.optim.safetensors", "best.safetensors"] {
+    for file in ["last.safetensors", "epoch-0003.optim.safetensors", "best.safetensors"] {
         let (ta, tb) = (tensors(&stage_a.join(file)), tensors(&stage_b.join(file)));
         assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "{file}");
         for (key, va) in &ta {
@@ -81,7 +83,7 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     // Epoch 1 at lr 0.01, then lr 1e28 from epoch 2: the weights overflow within a few steps.
     let blow_up =
         StageArgs { lr_milestones: Some(vec![1]), lr_gamma: Some(1e30), ..args(&data, &run, 2, 2) };
-    let err = aue_train::run(&config(Stage::Em, blow_up)).unwrap_err();
+    let err = common::run(&config(Stage::Em, blow_up)).unwrap_err();
     match &err {
         TrainError::NonFiniteLoss { epoch, .. } => assert_eq!(*epoch, 2, "{err}"),
         other => panic!("expected a non-finite loss error, got: {other}"),

@@ -4,7 +4,7 @@
 use crate::{Context, DType, Error as E, Layout, Result, Tensor};
 use byteorder::{LittleEndian, ReadBytesExt};
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 const VERBOSE: bool = false;
 
@@ -481,8 +481,13 @@ impl Stack {
             }
             OpCode::BinUnicode => {
                 let len = r.read_u32::<LittleEndian>()?;
-                let mut data = vec![0u8; len as usize];
-                r.read_exact(&mut data)?;
+                // aue: grow the buffer as bytes arrive instead of allocating the declared length
+                // up front (a forged length must not allocate more than the file holds).
+                let mut data = Vec::new();
+                r.by_ref().take(len as u64).read_to_end(&mut data)?;
+                if data.len() != len as usize {
+                    crate::bail!("pickle string of {len} bytes ends after {}", data.len())
+                }
                 let data = String::from_utf8(data).map_err(E::wrap)?;
                 self.push(Object::Unicode(data))
             }
@@ -763,7 +768,6 @@ impl PthTensors {
     }
 
     pub fn get(&self, name: &str) -> Result<Option<Tensor>> {
-        use std::io::Read;
         let tensor_info = match self.tensor_infos.get(name) {
             None => return Ok(None),
             Some(tensor_info) => tensor_info,
@@ -784,6 +788,26 @@ impl PthTensors {
             )
         }
         let start_offset = tensor_info.layout.start_offset();
+        // aue: check the declared size against the bytes the archive entry holds before
+        // allocating it (a forged shape must not make a 40 GB allocation abort the process).
+        let elem_size = tensor_info.dtype.size_in_bytes() as u64;
+        let needed = tensor_info
+            .layout
+            .dims()
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .and_then(|n| n.checked_add(start_offset as u64))
+            .and_then(|n| n.checked_mul(elem_size));
+        match needed {
+            Some(n) if n <= reader.size() => {}
+            _ => crate::bail!(
+                "tensor {name}: shape {:?} at offset {start_offset} needs more bytes than its \
+                 storage {} holds ({} bytes)",
+                tensor_info.layout.dims(),
+                tensor_info.path,
+                reader.size()
+            ),
+        }
         if start_offset > 0 {
             std::io::copy(
                 &mut reader.by_ref().take(start_offset as u64),

@@ -104,19 +104,8 @@ impl Config {
     }
 }
 
-fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = Config::from_args(Args::parse()).and_then(|cfg| run(&cfg));
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    aue_cli::main("warn", || run(&Config::from_args(Args::parse())?))
 }
 
 fn run(cfg: &Config) -> anyhow::Result<()> {
@@ -133,8 +122,8 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
             temp.path()
         }
     };
-    let options = DatasetOptions { image_size: cfg.size, ..DatasetOptions::default() };
-    let dataset = Dataset::open(DatasetKind::RafBasic, root, Split::Train, &options)
+    let options = DatasetOptions { input_size: cfg.size, ..DatasetOptions::default() };
+    let dataset = Dataset::open(DatasetKind::Rafdb, root, Split::Train, &options)
         .with_context(|| format!("opening {}", root.display()))?;
 
     match &cfg.root {

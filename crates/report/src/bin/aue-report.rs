@@ -1,4 +1,4 @@
-//! `aue-report`: prints the results of AUE-CRL runs beside the paper's (REFERENCE.md sections 6
+//! `aue-report`: prints the results of AUE-CRL runs beside the paper's (docs/METHOD.md sections 6
 //! and 7) and writes them as `report.md`, `report.json` and SVG charts.
 //! A thin shell: flags -> checked config -> `run`; the work is in the aue-report library.
 
@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use aue_cli::DeviceSpec;
+use aue_data::DatasetKind;
+use aue_model::Stage;
 use aue_report::eval::{EvalOptions, evaluate_checkpoint};
 use aue_report::output::write_report;
 use aue_report::{
     Compare, Report, ReportOptions, StageRun, default_out_dir, document, expand_run_dirs,
 };
-use aue_train::{Dataset, DeviceSpec, Stage};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -41,8 +43,8 @@ struct Args {
 
     /// With --checkpoint: dataset kind [default: the checkpoint's]; its classes must be the
     /// checkpoint's.
-    #[arg(long, value_enum, requires = "checkpoints")]
-    dataset: Option<Dataset>,
+    #[arg(long, value_parser = parse_dataset, requires = "checkpoints")]
+    dataset: Option<DatasetKind>,
 
     /// With --checkpoint: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -69,6 +71,10 @@ struct Args {
     /// Print the report only; write no files.
     #[arg(long)]
     no_files: bool,
+}
+
+fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
+    s.parse().map_err(|e: aue_data::DataError| e.to_string())
 }
 
 /// Where the files go.
@@ -168,22 +174,8 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    // Reuse freed tensor buffers instead of faulting fresh pages in on every pass.
-    aue_model::alloc::keep_freed_memory();
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = Config::resolve(args).and_then(|cfg| run(&cfg));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    aue_cli::main("warn", || {
+        let args = Args::parse();
+        run(&Config::resolve(args)?)
+    })
 }

@@ -1,5 +1,5 @@
 //! Helpers of the report tests: hand-made run folders written in the trainer's own formats
-//! (aue-train's `SplitRecord` and `ModelMeta`), and tiny checkpoints holding only the prior
+//! (aue-contract's `SplitRecord` and `ModelMeta`), and tiny checkpoints holding only the prior
 //! table and metadata.
 
 #![allow(dead_code)] // each test binary uses a different subset
@@ -7,11 +7,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use aue_contract::meta::{ModelMeta, SELECTION_BEST};
+use aue_contract::metrics::ClassMetrics;
+use aue_contract::{SplitName, SplitRecord};
 use aue_core::{EXPRESSIONS_BASIC, NUM_AUS, NUM_BASIC};
-use aue_train::checkpoints::{ModelMeta, SELECTION_BEST};
-use aue_train::engine::{SplitName, SplitRecord};
-use aue_train::metrics::ClassMetrics;
-use aue_train::{Preset, Stage};
+use aue_model::{Preset, Stage};
 
 /// The 7 basic class names, label order.
 pub fn basic() -> Vec<String> {
@@ -181,8 +181,8 @@ pub fn write_prior_checkpoint(path: &Path, table: &[[f32; NUM_AUS]; NUM_BASIC], 
     .unwrap();
     let mut map: HashMap<String, String> = meta.to_map().into_iter().collect();
     map.insert(
-        aue_model::checkpoint::FORMAT_KEY.into(),
-        aue_model::checkpoint::FORMAT_VERSION.into(),
+        aue_contract::format::FORMAT_KEY.into(),
+        aue_contract::format::FORMAT_VERSION.into(),
     );
     safetensors::serialize_to_file([("PriorKnowledgeTable", view)], Some(map), path).unwrap();
 }

@@ -48,33 +48,22 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
-    let cfg = SynthConfig {
-        out: args.out,
-        train: args.train,
-        test: args.test,
-        seed: args.seed,
-        size: args.size,
-        difficulty: Difficulty::preset(args.difficulty),
-        balance: args.balance,
-        jpeg_quality: args.quality,
-        threads: args.threads,
-        command_line: std::env::args().collect::<Vec<_>>().join(" "),
-    };
-    match run(&cfg) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    aue_cli::main("warn", || {
+        let args = Args::parse();
+        let cfg = SynthConfig {
+            out: args.out,
+            train: args.train,
+            test: args.test,
+            seed: args.seed,
+            size: args.size,
+            difficulty: Difficulty::preset(args.difficulty),
+            balance: args.balance,
+            jpeg_quality: args.quality,
+            threads: args.threads,
+            command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        run(&cfg)
+    })
 }
 
 fn run(cfg: &SynthConfig) -> anyhow::Result<()> {

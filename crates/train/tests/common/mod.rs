@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use aue_train::{Preset, Stage, StageArgs, StageConfig};
+use aue_model::{Preset, Stage};
+use aue_train::{RunSummary, StageArgs, StageConfig, StageDef};
 use candle_core::Device;
 
 /// Writes a synthetic set of `train` / `test` images at 64 px under `dir/synth`.
@@ -23,7 +24,7 @@ pub fn args(data: &Path, run: &Path, epochs: usize, steps: usize) -> StageArgs {
     StageArgs {
         data_root: Some(data.to_owned()),
         run_dir: Some(run.to_owned()),
-        backbone: Some(Preset::Tiny),
+        preset: Some(Preset::Tiny),
         epochs: Some(epochs),
         max_steps: Some(steps),
         train_batch_size: Some(8),
@@ -33,15 +34,33 @@ pub fn args(data: &Path, run: &Path, epochs: usize, steps: usize) -> StageArgs {
     }
 }
 
+/// The stage crate that trains `stage`.
+pub fn def(stage: Stage) -> &'static dyn StageDef {
+    match stage {
+        Stage::Em => &aue_stage1::STAGE,
+        Stage::Au => &aue_stage2::STAGE,
+        Stage::Fuse => &aue_stage3::STAGE,
+    }
+}
+
 /// Resolves `args` for `stage`, panicking with the error chain.
 pub fn config(stage: Stage, args: StageArgs) -> StageConfig {
-    StageConfig::resolve(stage, args)
-        .unwrap_or_else(|e| panic!("{}", aue_train::error::error_chain(&e)))
+    StageConfig::resolve(def(stage), args).unwrap_or_else(|e| panic!("{}", chain(&e)))
+}
+
+/// Runs `cfg` with its stage's crate.
+pub fn run(cfg: &StageConfig) -> aue_train::Result<RunSummary> {
+    aue_train::run(def(cfg.stage), cfg)
+}
+
+/// The error and its sources.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    aue_contract::error::error_chain(e)
 }
 
 /// Every tensor of a safetensors file, as f64 values.
 pub fn tensors(path: &Path) -> BTreeMap<String, Vec<f64>> {
-    let (_, tensors) = aue_model::checkpoint::read_safetensors(path, &Device::Cpu)
+    let (_, tensors) = aue_contract::format::read_safetensors(path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     tensors
         .into_iter()
@@ -54,7 +73,7 @@ pub fn tensors(path: &Path) -> BTreeMap<String, Vec<f64>> {
 
 /// The `__metadata__` of a checkpoint.
 pub fn metadata(path: &Path) -> BTreeMap<String, String> {
-    aue_model::checkpoint::read_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    aue_contract::format::read_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The lines of `metrics.jsonl` as JSON values.

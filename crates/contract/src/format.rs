@@ -1,12 +1,13 @@
-//! Checkpoint I/O (CONTRACT.md "Model state"): safetensors files holding the model's [`VarMap`]
-//! under the reference state-dict keys, plus a `__metadata__` string map. A group variable
-//! (`crate::state`: the stacked crop nets and fusion heads) is written and read as its members,
-//! one reference key each, so files interchange with the reference's `state_dict`.
+//! The checkpoint file format (docs/CONTRACT.md "Checkpoints"): safetensors files holding the
+//! model's [`VarMap`] under the reference state-dict keys, plus a `__metadata__` string map. A
+//! group variable (aue-model's `state`: the stacked crop nets and fusion heads) is written and
+//! read as its members, one reference key each, so files interchange with the reference's
+//! `state_dict`. This is the one reader and writer of checkpoint files in the workspace.
 //!
 //! - [`save`]: atomic (temp file in the same folder, fsync, rename, fsync of the folder).
 //! - [`read_metadata`]: the `__metadata__` map, reading only the header.
-//! - [`load`]: strict: a missing key, an extra key, a wrong shape or dtype is an error naming the
-//!   key, and nothing is changed unless every check passes. Tensors are read one at a time, so
+//! - [`load`]: strict: a missing key, an extra key, a wrong shape or dtype, or a NaN or infinite
+//!   value is an error naming the key, and nothing is changed unless every check passes. Tensors are read one at a time, so
 //!   loading needs little memory beyond the model itself.
 //! - [`import_torchvision`]: a torchvision ResNet state dict (`.pth` pickle or `.safetensors`,
 //!   keys with or without a `backbone.` prefix) into the backbone; `fc.*` is ignored.
@@ -16,14 +17,15 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use crate::error::{ModelError, Result};
-use crate::state::{self, StateEntry, state_entries};
+use aue_model::state::{self, StateEntry, state_entries};
+
+use crate::error::{ContractError, Result, io_err};
 
 /// Metadata key holding the checkpoint format version written by [`save`].
 pub const FORMAT_KEY: &str = "aue_format";
@@ -77,9 +79,9 @@ fn dtype_name(d: DType) -> String {
 /// Read and check a safetensors header (and that every tensor lies inside the file).
 fn read_header(path: &Path, file: &mut File) -> Result<Header> {
     let bad = |reason: String| {
-        ModelError::bad_file(path, format!("not a valid safetensors file: {reason}"))
+        ContractError::bad_file(path, format!("not a valid safetensors file: {reason}"))
     };
-    let io = |e| ModelError::io(path, e);
+    let io = |e| ContractError::Io { op: "cannot read", path: path.to_owned(), source: e };
     let file_len = file.metadata().map_err(io)?.len();
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(|_| bad("shorter than 8 bytes".into()))?;
@@ -133,22 +135,85 @@ fn read_header(path: &Path, file: &mut File) -> Result<Header> {
 }
 
 fn open(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| ModelError::io(path, e))
+    File::open(path).map_err(io_err("cannot open", path))
 }
 
-/// Read one tensor's bytes from the file.
+/// Read one tensor's bytes from the file, refusing NaN and infinite values.
 fn read_entry(
     path: &Path,
     file: &mut File,
     header: &Header,
+    key: &str,
     entry: &Entry,
     device: &Device,
 ) -> Result<Tensor> {
-    let io = |e| ModelError::io(path, e);
+    let bytes = read_entry_bytes(path, file, header, key, entry)?;
+    Ok(Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, device)?)
+}
+
+/// One tensor's bytes, checked to be finite when the dtype is a float.
+fn read_entry_bytes(
+    path: &Path,
+    file: &mut File,
+    header: &Header,
+    key: &str,
+    entry: &Entry,
+) -> Result<Vec<u8>> {
+    let io = |e| ContractError::Io { op: "cannot read", path: path.to_owned(), source: e };
     file.seek(SeekFrom::Start(header.data_start + entry.begin)).map_err(io)?;
     let mut bytes = vec![0u8; (entry.end - entry.begin) as usize];
     file.read_exact(&mut bytes).map_err(io)?;
-    Ok(Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, device)?)
+    check_finite(path, key, entry.dtype, &bytes)?;
+    Ok(bytes)
+}
+
+/// Errors when a float tensor's little-endian `bytes` hold a NaN or an infinity.
+fn check_finite(path: &Path, key: &str, dtype: DType, bytes: &[u8]) -> Result<()> {
+    let values: Box<dyn Iterator<Item = f64>> = match dtype {
+        DType::F32 => Box::new(
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64),
+        ),
+        DType::F64 => Box::new(
+            bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
+        ),
+        DType::F16 => {
+            Box::new(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64()))
+        }
+        DType::BF16 => Box::new(
+            bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64()),
+        ),
+        _ => return Ok(()),
+    };
+    let mut count = 0;
+    let mut first = 0.0;
+    for v in values.filter(|v| !v.is_finite()) {
+        if count == 0 {
+            first = v;
+        }
+        count += 1;
+    }
+    if count > 0 {
+        return Err(ContractError::NonFinite { path: path.into(), key: key.into(), count, first });
+    }
+    Ok(())
+}
+
+/// Errors when a float tensor holds a NaN or an infinity (tensors from other readers).
+fn check_tensor_finite(path: &Path, key: &str, t: &Tensor) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Ok(());
+    }
+    let v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let bad: Vec<f64> = v.into_iter().filter(|x| !x.is_finite()).collect();
+    match bad.first() {
+        Some(&first) => Err(ContractError::NonFinite {
+            path: path.into(),
+            key: key.into(),
+            count: bad.len(),
+            first,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The `__metadata__` map of a safetensors file, without reading its tensors.
@@ -167,9 +232,22 @@ pub fn read_safetensors(
     let header = read_header(path, &mut file)?;
     let mut tensors = BTreeMap::new();
     for (key, entry) in &header.entries {
-        tensors.insert(key.clone(), read_entry(path, &mut file, &header, entry, device)?);
+        tensors.insert(key.clone(), read_entry(path, &mut file, &header, key, entry, device)?);
     }
     Ok((header.metadata, tensors))
+}
+
+/// One tensor of a safetensors file by key (header and that tensor's bytes only).
+pub fn read_tensor(path: impl AsRef<Path>, key: &str, device: &Device) -> Result<Tensor> {
+    let path = path.as_ref();
+    let mut file = open(path)?;
+    let header = read_header(path, &mut file)?;
+    let entry = header.entries.get(key).ok_or_else(|| ContractError::MissingKey {
+        path: path.into(),
+        key: key.into(),
+        more: 0,
+    })?;
+    read_entry(path, &mut file, &header, key, entry, device)
 }
 
 /// A variable's tensor as the safetensors crate sees it; its bytes are produced while the file is
@@ -253,34 +331,21 @@ pub fn write_safetensors(
             DType::I64 => safetensors::Dtype::I64,
             other => {
                 let reason = format!("cannot write `{key}`: dtype {other:?} (only F32 and I64)");
-                return Err(ModelError::bad_file(path, reason));
+                return Err(ContractError::bad_file(path, reason));
             }
         };
         views.push((key.clone(), View { tensor: tensor.clone(), dtype, failure: failure.clone() }));
     }
     let meta: HashMap<String, String> =
         metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = folder.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        safetensors::tensor::serialize_to_file(views, Some(meta), &tmp)
-            .map_err(|e| ModelError::bad_file(&tmp, format!("writing safetensors: {e}")))?;
-        if let Some(e) = failure.borrow_mut().take() {
-            return Err(ModelError::bad_file(&tmp, format!("reading a tensor to save: {e}")));
+    crate::fsio::write_atomic_with(path, |tmp| {
+        safetensors::tensor::serialize_to_file(views, Some(meta), tmp)
+            .map_err(|e| std::io::Error::other(format!("writing safetensors: {e}")))?;
+        match failure.borrow_mut().take() {
+            Some(e) => Err(std::io::Error::other(format!("reading a tensor to save: {e}"))),
+            None => Ok(()),
         }
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| ModelError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))?;
-        // Make the rename itself durable.
-        File::open(&folder).and_then(|f| f.sync_all()).map_err(|e| ModelError::io(&folder, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    })
 }
 
 /// The dtype and shape of every tensor of a safetensors file, reading only its header.
@@ -298,7 +363,7 @@ fn first_and_more(keys: &BTreeSet<&String>) -> Option<(String, usize)> {
 /// Check that `entry` can fill the state entry `var` (shape and dtype).
 fn check_entry(path: &Path, key: &str, entry: &Entry, var: &StateEntry) -> Result<()> {
     if entry.shape != var.dims() {
-        return Err(ModelError::ShapeMismatch {
+        return Err(ContractError::ShapeMismatch {
             path: path.into(),
             key: key.into(),
             found: entry.shape.clone(),
@@ -306,7 +371,7 @@ fn check_entry(path: &Path, key: &str, entry: &Entry, var: &StateEntry) -> Resul
         });
     }
     if entry.dtype != var.dtype() {
-        return Err(ModelError::DTypeMismatch {
+        return Err(ContractError::DTypeMismatch {
             path: path.into(),
             key: key.into(),
             found: dtype_name(entry.dtype),
@@ -327,7 +392,7 @@ pub fn load(varmap: &VarMap, path: impl AsRef<Path>) -> Result<BTreeMap<String, 
     check_key_sets(path, &vars, &header)?;
     for (key, entry) in &header.entries {
         let var = &vars[key];
-        var.set(&read_entry(path, &mut file, &header, entry, var.var.device())?)?;
+        var.set(&read_entry(path, &mut file, &header, key, entry, var.var.device())?)?;
     }
     tracing::debug!(path = %path.display(), tensors = header.entries.len(), "checkpoint loaded");
     Ok(header.metadata)
@@ -338,13 +403,11 @@ fn read_entry_var(
     path: &Path,
     file: &mut File,
     header: &Header,
+    key: &str,
     entry: &Entry,
     device: &Device,
 ) -> Result<Var> {
-    let io = |e| ModelError::io(path, e);
-    file.seek(SeekFrom::Start(header.data_start + entry.begin)).map_err(io)?;
-    let mut bytes = vec![0u8; (entry.end - entry.begin) as usize];
-    file.read_exact(&mut bytes).map_err(io)?;
+    let bytes = read_entry_bytes(path, file, header, key, entry)?;
     let shape = entry.shape.as_slice();
     Ok(match entry.dtype {
         DType::F32 => Var::from_vec(
@@ -369,14 +432,14 @@ fn read_entry_var(
 /// existing model).
 pub fn load_model(
     path: impl AsRef<Path>,
-    config: &crate::ModelConfig,
+    config: &aue_model::ModelConfig,
     device: &Device,
-) -> Result<(crate::AueModel, BTreeMap<String, String>)> {
+) -> Result<(aue_model::AueModel, BTreeMap<String, String>)> {
     let path = path.as_ref();
     let mut file = open(path)?;
     let header = read_header(path, &mut file)?;
     // The expected state, from a model whose (zero) variables are never touched, so never paged in.
-    let probe = crate::AueModel::new(config, device)?;
+    let probe = aue_model::AueModel::new(config, device)?;
     let vars = entries_by_key(probe.varmap());
     check_key_sets(path, &vars, &header)?;
     // The variables to create: (variable key, shape, dtype), group variables once each.
@@ -396,26 +459,29 @@ pub fn load_model(
                     let member = state::member_key(key, i);
                     // (check_key_sets has seen every member; an error rather than a panic all
                     // the same.)
-                    let entry = header.entries.get(&member).ok_or_else(|| {
-                        ModelError::MissingKey { path: path.into(), key: member.clone(), more: 0 }
-                    })?;
-                    let slice = read_entry(path, &mut file, &header, entry, device)?;
+                    let entry =
+                        header.entries.get(&member).ok_or_else(|| ContractError::MissingKey {
+                            path: path.into(),
+                            key: member.clone(),
+                            more: 0,
+                        })?;
+                    let slice = read_entry(path, &mut file, &header, &member, entry, device)?;
                     var.as_tensor().slice_set(&slice.unsqueeze(0)?, 0, i)?;
                 }
                 var
             }
             None => {
-                let entry = header.entries.get(key).ok_or_else(|| ModelError::MissingKey {
+                let entry = header.entries.get(key).ok_or_else(|| ContractError::MissingKey {
                     path: path.into(),
                     key: key.clone(),
                     more: 0,
                 })?;
-                read_entry_var(path, &mut file, &header, entry, device)?
+                read_entry_var(path, &mut file, &header, key, entry, device)?
             }
         };
         loaded.data().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), var);
     }
-    let model = crate::AueModel::with_varmap(&loaded, config, device)?;
+    let model = aue_model::AueModel::with_varmap(&loaded, config, device)?;
     tracing::debug!(path = %path.display(), tensors = header.entries.len(), "model loaded");
     Ok((model, header.metadata))
 }
@@ -425,12 +491,12 @@ fn check_key_sets(path: &Path, vars: &BTreeMap<String, StateEntry>, header: &Hea
     let missing: BTreeSet<&String> =
         vars.keys().filter(|k| !header.entries.contains_key(*k)).collect();
     if let Some((key, more)) = first_and_more(&missing) {
-        return Err(ModelError::MissingKey { path: path.into(), key, more });
+        return Err(ContractError::MissingKey { path: path.into(), key, more });
     }
     let extra: BTreeSet<&String> =
         header.entries.keys().filter(|k| !vars.contains_key(*k)).collect();
     if let Some((key, more)) = first_and_more(&extra) {
-        return Err(ModelError::ExtraKey { path: path.into(), key, more });
+        return Err(ContractError::ExtraKey { path: path.into(), key, more });
     }
     for (key, entry) in &header.entries {
         check_entry(path, key, entry, &vars[key])?;
@@ -463,9 +529,16 @@ pub fn import_torchvision(varmap: &VarMap, path: impl AsRef<Path>) -> Result<Imp
         read_safetensors(path, &Device::Cpu)?.1.into_iter().collect()
     } else {
         candle_core::pickle::read_all(path).map_err(|e| {
-            ModelError::bad_file(path, format!("not a readable PyTorch state dict: {e}"))
+            ContractError::bad_file(path, format!("not a readable PyTorch state dict: {e}"))
         })?
     };
+    if raw.is_empty() {
+        return Err(ContractError::bad_file(
+            path,
+            "holds no tensors: expected a ResNet state dict (tensor names to tensors), as \
+             torchvision's resnet*.pth or `torch.save(model.state_dict(), ...)` writes",
+        ));
+    }
     let vars: BTreeMap<String, StateEntry> = entries_by_key(varmap)
         .into_iter()
         .filter(|(k, _)| k.starts_with("backbone.") && !k.starts_with("backbone.fc."))
@@ -480,7 +553,7 @@ pub fn import_torchvision(varmap: &VarMap, path: impl AsRef<Path>) -> Result<Imp
         }
         let key = format!("backbone.{bare}");
         if !vars.contains_key(&key) {
-            return Err(ModelError::ExtraKey { path: path.into(), key: name, more: 0 });
+            return Err(ContractError::ExtraKey { path: path.into(), key: name, more: 0 });
         }
         found.insert(key, tensor);
     }
@@ -490,11 +563,12 @@ pub fn import_torchvision(varmap: &VarMap, path: impl AsRef<Path>) -> Result<Imp
         .collect();
     if let Some((key, more)) = first_and_more(&missing) {
         let bare = key.trim_start_matches("backbone.").to_string();
-        return Err(ModelError::MissingKey { path: path.into(), key: bare, more });
+        return Err(ContractError::MissingKey { path: path.into(), key: bare, more });
     }
     for (key, t) in &found {
         let entry = Entry { dtype: t.dtype(), shape: t.dims().to_vec(), begin: 0, end: 0 };
         check_entry(path, key, &entry, &vars[key])?;
+        check_tensor_finite(path, key, t)?;
     }
     let mut zeroed = 0;
     for (key, var) in &vars {
@@ -508,4 +582,16 @@ pub fn import_torchvision(varmap: &VarMap, path: impl AsRef<Path>) -> Result<Imp
     }
     tracing::info!(path = %path.display(), loaded = found.len(), ignored_fc, zeroed, "torchvision weights imported");
     Ok(ImportSummary { loaded: found.len(), ignored_fc, zeroed_batch_counters: zeroed })
+}
+
+impl From<candle_core::Error> for ContractError {
+    fn from(source: candle_core::Error) -> Self {
+        ContractError::Candle { op: "tensor operation", source: Box::new(source) }
+    }
+}
+
+impl From<aue_model::ModelError> for ContractError {
+    fn from(source: aue_model::ModelError) -> Self {
+        ContractError::Model { op: "model", source: Box::new(source) }
+    }
 }

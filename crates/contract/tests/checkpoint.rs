@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use aue_model::checkpoint::{self, FORMAT_KEY, import_torchvision, load, read_metadata, save};
+use aue_contract::ContractError;
+use aue_contract::format::{
+    self as checkpoint, FORMAT_KEY, import_torchvision, load, read_metadata, save,
+};
 use aue_model::init::{fill_parity, init_default};
 use aue_model::state::{state_entries, state_tensors};
-use aue_model::{AueModel, BlockKind, ModelConfig, ModelError, Preset};
+use aue_model::{AueModel, BlockKind, ModelConfig, Preset};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
@@ -149,7 +152,8 @@ fn unreadable_files_are_errors_naming_the_file() {
     std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......").unwrap();
     let err = load(tiny().varmap(), &path).unwrap_err();
     assert!(
-        matches!(err, ModelError::BadFile { .. }) && err.to_string().contains("junk.safetensors"),
+        matches!(err, ContractError::BadFile { .. })
+            && err.to_string().contains("junk.safetensors"),
         "{err}"
     );
     let err = read_metadata(dir.path().join("absent.safetensors")).unwrap_err().to_string();

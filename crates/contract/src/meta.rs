@@ -1,20 +1,19 @@
-//! What the training engine writes into and reads from checkpoints: the `__metadata__` of model
-//! checkpoints (stage, preset, config, epoch, metrics, dataset, labels, parent hash), the checks a
-//! stage makes on the checkpoint it starts from before loading any tensor, and the optimizer
-//! state file used by `--resume`. The tensor I/O itself is aue-model's `checkpoint` module.
+//! What a checkpoint says about itself: the `__metadata__` keys of model checkpoints (stage,
+//! preset, config, epoch, metrics, dataset, labels, parent hash), the optimizer state file, the
+//! commit point of a run (`commit.json`), and file hashes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use aue_model::checkpoint;
 use aue_model::{Preset, Stage};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{StageConfig, previous_stage, stage_label};
-use crate::error::{CandleContext, Result, TrainError, io_err, model_err};
+use crate::error::{CandleContext, ContractError, Result, io_err};
+use crate::format;
 
 /// Metadata keys of a model checkpoint written by the trainer.
 pub mod keys {
@@ -112,7 +111,7 @@ impl ModelMeta {
     /// (a foreign checkpoint, e.g. converted from the reference's PyTorch weights).
     pub fn from_map(path: &Path, m: &BTreeMap<String, String>) -> Result<Option<Self>> {
         let Some(stage) = m.get(keys::STAGE) else { return Ok(None) };
-        let bad = |msg: String| TrainError::Checkpoint { path: path.to_owned(), msg };
+        let bad = |msg: String| ContractError::checkpoint(path, msg);
         let get = |k: &'static str| m.get(k).ok_or_else(|| bad(format!("metadata lacks `{k}`")));
         let stage = stage
             .parse::<u8>()
@@ -150,9 +149,7 @@ impl ModelMeta {
 
     /// Reads and parses the metadata of `path` without loading any tensor.
     pub fn read(path: &Path) -> Result<Option<Self>> {
-        let m = checkpoint::read_metadata(path)
-            .map_err(|source| model_err("read checkpoint metadata", source))?;
-        Self::from_map(path, &m)
+        Self::from_map(path, &format::read_metadata(path)?)
     }
 }
 
@@ -171,79 +168,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Checks that `path` is a checkpoint `cfg`'s stage may start from, reading only its metadata:
-/// written by the stage before (stage 2 needs a stage-1 checkpoint, stage 3 a stage-2 one), with
-/// the same preset, class count and fusion width. A checkpoint without trainer metadata (the
-/// reference's names only) is accepted with a warning. Returns the parsed metadata, if any.
-pub fn check_parent(cfg: &StageConfig, path: &Path) -> Result<Option<ModelMeta>> {
-    let bad = |msg: String| TrainError::Checkpoint { path: path.to_owned(), msg };
-    let Some(meta) = ModelMeta::read(path)? else {
-        tracing::warn!(
-            checkpoint = %path.display(),
-            "the checkpoint has no aue metadata (a foreign checkpoint with the reference's \
-             names?): its stage, preset and dataset cannot be checked; loading it strictly by \
-             tensor name"
-        );
-        return Ok(None);
-    };
-    let Some(want) = previous_stage(cfg.stage) else {
-        return Err(bad("stage 1 does not start from a stage checkpoint".into()));
-    };
-    if meta.stage != want {
-        return Err(bad(format!(
-            "it was written by {}, but {} starts from a {} checkpoint (pass --resume-model with \
-             the previous stage's best.safetensors)",
-            stage_label(meta.stage),
-            stage_label(cfg.stage),
-            stage_label(want),
-        )));
-    }
-    if meta.preset != cfg.preset {
-        return Err(bad(format!(
-            "it was trained with preset `{}`, this run uses `{}` (--backbone)",
-            meta.preset, cfg.preset
-        )));
-    }
-    if meta.labels.len() != cfg.dataset.num_classes() {
-        return Err(bad(format!(
-            "it has {} classes ({}), dataset `{}` has {}",
-            meta.labels.len(),
-            meta.dataset,
-            cfg.dataset,
-            cfg.dataset.num_classes()
-        )));
-    }
-    if meta.dataset != cfg.dataset.name() {
-        tracing::warn!(
-            checkpoint = %path.display(),
-            "the checkpoint was trained on `{}`, this run uses `{}`",
-            meta.dataset,
-            cfg.dataset
-        );
-    }
-    // The fusion width and input side fix tensor shapes: say which setting to change rather
-    // than let the strict load name a tensor.
-    if let Ok(parent) = serde_json::from_str::<serde_json::Value>(&meta.config_json) {
-        for (key, now) in [("dim", cfg.dim), ("input_size", cfg.input_size)] {
-            let then = parent.get(key).and_then(serde_json::Value::as_u64);
-            if let Some(then) = then
-                && then != now as u64
-            {
-                return Err(bad(format!(
-                    "it was trained with {key} = {then}, this run uses {now}: {key} must stay the \
-                     same across the stages (pass --{} {then})",
-                    key.replace('_', "-")
-                )));
-            }
-        }
-    }
-    Ok(Some(meta))
-}
-
 /// Saves the model's variables with `meta` (atomic, through aue-model).
 pub fn save_model(varmap: &VarMap, path: &Path, meta: &ModelMeta) -> Result<()> {
-    checkpoint::save(varmap, path, &meta.to_map())
-        .map_err(|source| model_err("save checkpoint", source))
+    format::save(varmap, path, &meta.to_map())
 }
 
 /// The optimizer state paired with `last.safetensors`.
@@ -288,7 +215,7 @@ pub fn save_optimizer(
     m.insert(keys::LR.to_string(), meta.lr.to_string());
     m.insert(keys::MOMENTUM.to_string(), meta.momentum.to_string());
     m.insert(keys::RNG.to_string(), RNG_NOTE.to_string());
-    checkpoint::save(&map, path, &m).map_err(|source| model_err("save optimizer state", source))
+    format::save(&map, path, &m)
 }
 
 /// Loads an optimizer file: its counters and momentum buffers (on `device`).
@@ -296,9 +223,8 @@ pub fn load_optimizer(
     path: &Path,
     device: &Device,
 ) -> Result<(OptimizerMeta, HashMap<String, Tensor>)> {
-    let (m, tensors) = checkpoint::read_safetensors(path, device)
-        .map_err(|source| model_err("read optimizer state", source))?;
-    let bad = |msg: String| TrainError::Checkpoint { path: path.to_owned(), msg };
+    let (m, tensors) = format::read_safetensors(path, device)?;
+    let bad = |msg: String| ContractError::checkpoint(path, msg);
     let get = |k: &'static str| {
         m.get(k).ok_or_else(|| bad(format!("optimizer state lacks metadata `{k}`")))
     };
@@ -308,7 +234,7 @@ pub fn load_optimizer(
     fn parse<T: std::str::FromStr>(
         v: &str,
         k: &str,
-        bad: &dyn Fn(String) -> TrainError,
+        bad: &dyn Fn(String) -> ContractError,
     ) -> Result<T> {
         v.parse().map_err(|_| bad(format!("metadata `{k}` is `{v}`")))
     }
@@ -323,13 +249,82 @@ pub fn load_optimizer(
     Ok((meta, tensors.into_iter().collect()))
 }
 
-/// Where a stage's starting weights came from, for the log and the metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// The file (pretrained weights or previous stage's checkpoint), if any.
-    pub path: Option<PathBuf>,
-    /// Its sha256 (empty when from scratch).
-    pub sha256: String,
+/// The commit point of a stage run (`commit.json`): the last finished epoch and the files that
+/// hold it. It is written last, atomically, after every file it names is complete, and files are
+/// removed only once a later commit no longer names them: whatever instant a run is killed at,
+/// `commit.json` names a consistent epoch (docs/CONTRACT.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commit {
+    /// Stage number.
+    pub stage: u8,
+    /// Epochs finished (1-based number of the last one).
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub global_step: usize,
+    /// The model of the last epoch (a file name in the stage folder).
+    pub last: String,
+    /// Its optimizer state (a file name in the stage folder).
+    pub optimizer: String,
+    /// The best epoch so far by the run's selection rule, if any epoch qualified.
+    pub best: Option<BestEpoch>,
+}
+
+/// The best epoch of a run, as [`Commit`] records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BestEpoch {
+    /// Its model (a file name in the stage folder).
+    pub file: String,
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// The value of the selection metric.
+    pub metric: f64,
+}
+
+impl Commit {
+    /// Reads `commit.json`; `Ok(None)` when there is none (no epoch committed yet).
+    pub fn read(path: &Path) -> Result<Option<Self>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("cannot read", path)(e)),
+        };
+        let commit: Commit = serde_json::from_str(&text).map_err(|e| ContractError::Json {
+            what: "commit point",
+            path: path.to_owned(),
+            msg: e.to_string(),
+        })?;
+        let names =
+            [Some(&commit.last), Some(&commit.optimizer), commit.best.as_ref().map(|b| &b.file)];
+        for name in names.into_iter().flatten() {
+            // Names, not paths: a forged commit must not point outside the stage folder.
+            if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.')
+            {
+                return Err(ContractError::Json {
+                    what: "commit point",
+                    path: path.to_owned(),
+                    msg: format!("`{name}` is not a file name in the stage folder"),
+                });
+            }
+        }
+        Ok(Some(commit))
+    }
+
+    /// Writes `commit.json` atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        crate::fsio::write_atomic(path, text.as_bytes())
+    }
+
+    /// Every file the commit names.
+    pub fn files(&self) -> Vec<&str> {
+        let mut v = vec![self.last.as_str(), self.optimizer.as_str()];
+        if let Some(b) = &self.best {
+            v.push(b.file.as_str());
+        }
+        v
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! ```
 //! I holds `image` f32 [B,3,S,S] (normalised), `au_loc` i64 [B,17,4], `label` i64 [B]. O receives
 //! `pred_em`, `pred1`, `pred2` [B,K], `pred_au`, `au_prob`, `au_target` [B,17] and the 0-d stage
-//! losses `loss_em`, `loss_au`, `loss_fuse` (REFERENCE.md section 4) on those outputs.
+//! losses `loss_em`, `loss_au`, `loss_fuse` (docs/METHOD.md section 4) on those outputs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use aue_model::checkpoint::{self, read_safetensors, tensor_infos, write_safetensors};
+use aue_cli::DeviceSpec;
+use aue_contract::format::{self as checkpoint, read_safetensors, tensor_infos, write_safetensors};
 use aue_model::{ForwardOptions, ModelConfig, Preset, Stage, stage_loss};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
@@ -36,9 +37,9 @@ struct Args {
     /// Model preset: resnet101, resnet50, resnet18 or tiny.
     #[arg(long, default_value = "resnet101")]
     preset: String,
-    /// Device: cpu or cuda.
+    /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 }
 
 /// The checked configuration.
@@ -59,20 +60,12 @@ impl Config {
             }
         }
         let preset = args.preset.parse::<Preset>()?;
-        let device = match args.device.as_str() {
-            "cpu" => Device::Cpu,
-            "cuda" => cuda_device()?,
-            other => bail!("--device {other}: expected cpu or cuda"),
-        };
+        let device = args.device.open()?;
         Ok(Config { weights: args.weights, inputs: args.inputs, out: args.out, preset, device })
     }
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_device() -> anyhow::Result<Device> {
-    Device::new_cuda(0).context("opening CUDA device 0")
-}
-
 #[cfg(not(feature = "cuda"))]
 fn cuda_device() -> anyhow::Result<Device> {
     bail!("--device cuda: this binary was built without cuda (cargo feature `cuda`)")
@@ -172,18 +165,5 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    // Reuse freed tensor buffers instead of faulting fresh pages in on every pass.
-    aue_model::alloc::keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let result = Config::from_args(Args::parse()).and_then(|cfg| run(&cfg));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aue-forward: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    aue_cli::main("warn", || run(&Config::from_args(Args::parse())?))
 }

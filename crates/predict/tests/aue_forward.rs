@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use aue_model::checkpoint::{read_safetensors, save, write_safetensors};
+use aue_contract::format::{read_safetensors, save, write_safetensors};
 use aue_model::init::fill_parity;
 use aue_model::{AueModel, ModelConfig, Preset};
 use candle_core::{DType, Device, Tensor};
 
 fn fixture() -> BTreeMap<String, Tensor> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity_tiny.safetensors");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures/parity_tiny.safetensors");
     read_safetensors(path, &Device::Cpu).unwrap().1
 }
 

@@ -1,7 +1,8 @@
-//! Logging for the stage binaries: `tracing` events go to the terminal (without tearing the
-//! progress bars) and, once the run folder is known, to its `train.log` as well.
+//! Logging for the binaries: `tracing` events go to the terminal (without tearing the progress
+//! bars; colours only when stderr is a terminal) and, once a run folder is known, to its log
+//! file as well.
 //!
-//! The library itself only emits events; a binary calls [`init`] once at start-up.
+//! Libraries only emit events; [`crate::main`] calls [`init`] once at start-up.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -14,8 +15,6 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::error::{Result, io_err};
-
 static BARS: OnceLock<MultiProgress> = OnceLock::new();
 static LOG_FILE: Mutex<Option<File>> = Mutex::new(None);
 
@@ -24,10 +23,11 @@ pub fn bars() -> &'static MultiProgress {
     BARS.get_or_init(MultiProgress::new)
 }
 
-/// Installs the global subscriber: terminal output at `info` (or `RUST_LOG`), plus the run's
-/// log file once [`attach_file`] names it. Calling it twice is harmless.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber: terminal output at `default_level` (or `RUST_LOG`), plus the
+/// run's log file once [`attach_file`] names it. Calling it twice is harmless.
+pub fn init(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let terminal = tracing_subscriber::fmt::layer()
         .with_writer(TerminalWriter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -40,12 +40,8 @@ pub fn init() {
 }
 
 /// Sends the log to `path` too (appending, so a resumed run keeps the killed run's log).
-pub fn attach_file(path: &Path) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err("cannot open log file", path))?;
+pub fn attach_file(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     if let Ok(mut slot) = LOG_FILE.lock() {
         *slot = Some(f);
     }
@@ -113,4 +109,17 @@ impl<'a> MakeWriter<'a> for FileWriter {
     fn make_writer(&'a self) -> Self::Writer {
         FileWriter
     }
+}
+
+/// A progress bar of `len` steps in the shared group (hidden when stderr is not a terminal).
+pub fn progress_bar(len: usize, prefix: String) -> indicatif::ProgressBar {
+    let bar = bars().add(indicatif::ProgressBar::new(len as u64));
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>12} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(prefix);
+    bar
 }

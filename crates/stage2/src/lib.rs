@@ -1,0 +1,145 @@
+//! AUE-CRL stage 2, AU (docs/METHOD.md section 4): the AU branch and the prior knowledge table,
+//! trained on the frozen stage-1 backbone against the table's AU pseudo-targets.
+//!
+//! What is this stage's own: it starts from a stage-1 checkpoint; it trains the AU decoder, the
+//! 34 crop nets, `pred_au` and `PriorKnowledgeTable`, with the reference's quirk of the frozen
+//! backbone's BatchNorm in train mode (`--frozen-eval` turns it off); its loss is WMSE + EIAU +
+//! TABLE (EIAU weighted 0.5 by default); it needs the 7 basic expressions, because the
+//! pseudo-targets are the table's 7 rows; and its records hold AU detection, against the
+//! pseudo-targets, against true AUs where the dataset has them, and three reference points.
+
+use aue_contract::RecordSpec;
+use aue_model::{AuKnowledge, ForwardOptions, Outputs, Stage, loss};
+use aue_train::config::StageConfig;
+use aue_train::{StageDef, TrainError};
+use candle_core::Tensor;
+
+/// Stage 2 as the engine runs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Au;
+
+/// The stage the `aue-stage2` binary runs.
+pub const STAGE: Au = Au;
+
+/// What stage 2 trains (docs/METHOD.md section 4's table): key prefixes, and the table itself.
+pub const TRAINS: [&str; 9] = [
+    "deconv_layer1.",
+    "deconv_layer2.",
+    "deconv_layer3.",
+    "reduce_dim_1_au.",
+    "reduce_dim_2_au.",
+    "reduce_dim_3_au.",
+    "Crop_Net_1.",
+    "Crop_Net_2.",
+    "pred_au.",
+];
+
+/// The trainable prior table's parameter name.
+pub const TABLE: &str = "PriorKnowledgeTable";
+
+/// The reference's weight of the EIAU term in stage 2.
+pub const EIAU_WEIGHT: f64 = 0.5;
+
+impl StageDef for Au {
+    fn stage(&self) -> Stage {
+        Stage::Au
+    }
+
+    fn command_name(&self) -> &'static str {
+        "aue-stage2"
+    }
+
+    fn about(&self) -> &'static str {
+        "AUE-CRL stage 2 (AU): trains the AU branch and the prior table on the frozen backbone, \
+         from stage 1's checkpoint"
+    }
+
+    fn parent(&self) -> Option<Stage> {
+        Some(Stage::Em)
+    }
+
+    fn trainable(&self, key: &str) -> bool {
+        key == TABLE || TRAINS.iter().any(|p| key.starts_with(p))
+    }
+
+    fn train_forward(&self, frozen_eval: bool) -> ForwardOptions {
+        let opts = ForwardOptions::stage(Stage::Au);
+        if frozen_eval { opts.frozen_eval() } else { opts }
+    }
+
+    fn records(&self) -> RecordSpec {
+        RecordSpec::reference(Stage::Au)
+    }
+
+    fn default_eiau_weight(&self) -> Option<f64> {
+        Some(EIAU_WEIGHT)
+    }
+
+    fn loss(
+        &self,
+        outputs: &Outputs,
+        labels: &Tensor,
+        knowledge: &AuKnowledge,
+        eiau_weight: f64,
+    ) -> aue_model::Result<Tensor> {
+        let p = outputs.pred_au()?;
+        let target = knowledge.au_target(labels)?;
+        // Summed in the reference's order: WMSE + EIAU + TABLE.
+        let mut total = loss::wmse(p, &target)?;
+        if eiau_weight != 0.0 {
+            total = (total + (knowledge.eiau_loss(p)? * eiau_weight)?)?;
+        }
+        Ok((total + knowledge.table_loss()?)?)
+    }
+
+    fn check(&self, cfg: &StageConfig) -> aue_train::Result<()> {
+        if cfg.dataset.num_classes() != aue_core::NUM_BASIC {
+            return Err(TrainError::Config {
+                key: "dataset",
+                msg: format!(
+                    "stage 2's AU pseudo-targets come from the 7-row prior table \
+                     (docs/METHOD.md section 2), so it needs basic-expression labels; {} has {} \
+                     classes",
+                    cfg.dataset,
+                    cfg.dataset.num_classes()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aue_model::{AueModel, ModelConfig, Preset};
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn trains_what_the_reference_trains() {
+        for key in ["deconv_layer1.0.weight", "Crop_Net_2.*.0.weight", TABLE, "pred_au.bias"] {
+            assert!(Au.trainable(key), "{key}");
+            assert!(aue_model::is_trainable(key, Stage::Au), "{key}");
+        }
+        for key in ["backbone.conv1.weight", "pred_em.weight", "PriorKnowledgeTable2"] {
+            assert!(!Au.trainable(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn loss_is_the_reference_stage_loss() -> aue_model::Result<()> {
+        let dev = Device::Cpu;
+        let model = AueModel::new(&ModelConfig::preset(Preset::Tiny), &dev)?;
+        let p = Tensor::rand(0f32, 1f32, (3, aue_core::NUM_AUS), &dev)?;
+        let labels = Tensor::new(&[0i64, 3, 6], &dev)?;
+        let out = Outputs { pred_au: Some(p), ..Outputs::default() };
+        for w in [0.0, EIAU_WEIGHT, 2.0] {
+            let ours = Au.loss(&out, &labels, model.knowledge(), w)?;
+            let reference =
+                aue_model::stage_loss_weighted(Stage::Au, &out, &labels, model.knowledge(), w)?;
+            let d = (ours - reference)?.abs()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            assert!(d == 0.0, "weight {w}: {d}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! AUE-CRL stage 3, Fuse (docs/METHOD.md section 4): the fusion branch and the EM head, trained
+//! on everything else frozen, from a stage-2 checkpoint.
+//!
+//! What is this stage's own: it starts from a stage-2 checkpoint; it trains the fusion layers
+//! and `pred_em`, with the reference's quirk of the frozen EM reduce and AU branch in train mode
+//! (`--frozen-eval` turns it off); its loss is CE(pred1) + CE(pred2) + EIAU on the AU
+//! probabilities (weight 0.05 by default); and its records are the fused prediction's metrics
+//! with the EM head's beside them.
+
+use aue_contract::RecordSpec;
+use aue_model::{AuKnowledge, ForwardOptions, Outputs, Stage, loss};
+use aue_train::StageDef;
+use candle_core::Tensor;
+
+/// Stage 3 as the engine runs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fuse;
+
+/// The stage the `aue-stage3` binary runs.
+pub const STAGE: Fuse = Fuse;
+
+/// What stage 3 trains (docs/METHOD.md section 4's table): key prefixes.
+pub const TRAINS: [&str; 5] =
+    ["fc_em_fuse_3.", "fc_au_fuse_3.", "fc_attention_fuse_3.", "pred_em_fuse_3.", "pred_em."];
+
+/// The reference's weight of the EIAU term in stage 3.
+pub const EIAU_WEIGHT: f64 = 0.05;
+
+impl StageDef for Fuse {
+    fn stage(&self) -> Stage {
+        Stage::Fuse
+    }
+
+    fn command_name(&self) -> &'static str {
+        "aue-stage3"
+    }
+
+    fn about(&self) -> &'static str {
+        "AUE-CRL stage 3 (Fuse): trains the fusion branch and the EM head on everything else \
+         frozen, from stage 2's checkpoint"
+    }
+
+    fn parent(&self) -> Option<Stage> {
+        Some(Stage::Au)
+    }
+
+    fn trainable(&self, key: &str) -> bool {
+        TRAINS.iter().any(|p| key.starts_with(p))
+    }
+
+    fn train_forward(&self, frozen_eval: bool) -> ForwardOptions {
+        let opts = ForwardOptions::stage(Stage::Fuse);
+        if frozen_eval { opts.frozen_eval() } else { opts }
+    }
+
+    fn records(&self) -> RecordSpec {
+        RecordSpec::reference(Stage::Fuse)
+    }
+
+    fn default_eiau_weight(&self) -> Option<f64> {
+        Some(EIAU_WEIGHT)
+    }
+
+    fn loss(
+        &self,
+        outputs: &Outputs,
+        labels: &Tensor,
+        knowledge: &AuKnowledge,
+        eiau_weight: f64,
+    ) -> aue_model::Result<Tensor> {
+        let mut total = (loss::cross_entropy(outputs.pred_em()?, labels)?
+            + loss::cross_entropy(outputs.pred2()?, labels)?)?;
+        if eiau_weight != 0.0 {
+            // Quirk: on the softmax AU probabilities, every value < 0.5, so the term is 0.
+            total = (total + (knowledge.eiau_loss(outputs.au_prob()?)? * eiau_weight)?)?;
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trains_what_the_reference_trains() {
+        for key in ["fc_au_fuse_3.*.1.weight", "pred_em.weight", "pred_em_fuse_3.bias"] {
+            assert!(Fuse.trainable(key), "{key}");
+            assert!(aue_model::is_trainable(key, Stage::Fuse), "{key}");
+        }
+        for key in ["backbone.conv1.weight", "pred_au.weight", "PriorKnowledgeTable"] {
+            assert!(!Fuse.trainable(key), "{key}");
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! What makes a stage a stage, as the engine sees it: the [`StageDef`] trait. The engine runs
+//! any implementation the same way (flags, run folder, epochs, evaluation, selection, commits);
+//! the three reference stages implement it in their own crates (`crates/stage1`, `stage2`,
+//! `stage3`), and a new stage (say, an AU trainer on real AU labels) is a new crate with one
+//! more implementation, not an edit of the engine. docs/STAGES.md shows one.
+
+use std::path::PathBuf;
+
+use aue_contract::RecordSpec;
+use aue_model::{AuKnowledge, ForwardOptions, Outputs, Stage};
+use candle_core::Tensor;
+use candle_nn::VarMap;
+
+use crate::config::StageConfig;
+use crate::error::Result;
+
+/// Where a stage's starting weights came from, for the log and the checkpoint metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// The file (pretrained weights or a parent checkpoint), if any.
+    pub path: Option<PathBuf>,
+    /// Its sha256 (empty when the weights were initialised here).
+    pub sha256: String,
+}
+
+/// One training stage of the pipeline.
+pub trait StageDef: Sync {
+    /// The pipeline position this stage fills: written into its checkpoints and records, and
+    /// what the next stage checks (`2` for any AU trainer that hands an AU branch to stage 3).
+    fn stage(&self) -> Stage;
+
+    /// The binary's name (`aue-stage1`).
+    fn command_name(&self) -> &'static str;
+
+    /// One paragraph for `--help`.
+    fn about(&self) -> &'static str;
+
+    /// The stage whose checkpoint this one starts from (`--resume-model`, by default the
+    /// previous stage folder's `best.safetensors`); `None` when it starts from weights it
+    /// makes itself ([`StageDef::init_weights`]).
+    fn parent(&self) -> Option<Stage>;
+
+    /// Whether this stage trains the variable `key` (a reference key or a group variable's
+    /// key); BatchNorm buffers are never trained whatever this says.
+    fn trainable(&self, key: &str) -> bool;
+
+    /// The forward modes of a training step; with `frozen_eval` every frozen part in eval mode.
+    fn train_forward(&self, frozen_eval: bool) -> ForwardOptions;
+
+    /// What the stage's records (and its evaluation pass) hold.
+    fn records(&self) -> RecordSpec;
+
+    /// The default weight of the loss's EIAU term; `None` when the loss has none (then
+    /// `--eiau-weight` is refused).
+    fn default_eiau_weight(&self) -> Option<f64>;
+
+    /// The loss of a batch (a 0-d tensor), from the outputs of [`StageDef::train_forward`] or
+    /// of the evaluation pass.
+    fn loss(
+        &self,
+        outputs: &Outputs,
+        labels: &Tensor,
+        knowledge: &AuKnowledge,
+        eiau_weight: f64,
+    ) -> aue_model::Result<Tensor>;
+
+    /// Checks of the resolved configuration that only this stage makes.
+    fn check(&self, _cfg: &StageConfig) -> Result<()> {
+        Ok(())
+    }
+
+    /// Fills `varmap` with the starting weights of a stage without a parent (stage 1:
+    /// initialisation, then `--pretrained`), after [`StageDef::check`] passed.
+    fn init_weights(&self, _cfg: &StageConfig, _varmap: &VarMap) -> Result<Origin> {
+        Err(crate::error::TrainError::Config {
+            key: "resume_model",
+            msg: format!("{} needs a starting checkpoint", self.command_name()),
+        })
+    }
+}
