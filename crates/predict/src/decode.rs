@@ -237,17 +237,18 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
 /// Which decoded frames to keep.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
-    /// Keep every N-th frame (>= 1), counted from the first frame at or after `start`.
+    /// Keep every N-th frame (>= 1), counted from the first frame kept by `start`.
     pub every: u64,
-    /// First timestamp kept, in seconds (frames before it are decoded and skipped).
-    pub start: f64,
+    /// First timestamp kept, in seconds (frames before it are decoded and skipped); `None`
+    /// keeps from the first frame, also one with a negative timestamp (some files have them).
+    pub start: Option<f64>,
     /// Last timestamp kept, in seconds; decoding stops after it.
     pub end: Option<f64>,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { every: 1, start: 0.0, end: None }
+        Sampling { every: 1, start: None, end: None }
     }
 }
 
@@ -636,7 +637,7 @@ impl Job {
                 }
             };
             last = Some(t);
-            if t < start {
+            if start.is_some_and(|s| t < s) {
                 continue;
             }
             if end.is_some_and(|e| t > e) {

@@ -80,9 +80,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     every: u64,
 
-    /// Video: first timestamp to run, in seconds (earlier frames are decoded and skipped).
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
-    start: f64,
+    /// Video: first timestamp to run, in seconds (earlier frames are decoded and skipped;
+    /// default: the first frame).
+    #[arg(long, value_name = "SECONDS")]
+    start: Option<f64>,
 
     /// Video: last timestamp to run, in seconds.
     #[arg(long, value_name = "SECONDS")]
@@ -122,13 +123,15 @@ impl Config {
         if a.every == 0 {
             bail!("--every must be at least 1");
         }
-        if !(a.start.is_finite() && a.start >= 0.0) {
-            bail!("--start {} must be a time in seconds >= 0", a.start);
+        if let Some(start) = a.start
+            && !start.is_finite()
+        {
+            bail!("--start {start} must be a time in seconds");
         }
         if let Some(end) = a.end
-            && !(end.is_finite() && end >= a.start)
+            && !(end.is_finite() && end >= a.start.unwrap_or(f64::NEG_INFINITY))
         {
-            bail!("--end {end} must be a time in seconds >= --start ({})", a.start);
+            bail!("--end {end} must be a time in seconds, not before --start");
         }
         if !(a.smooth.is_finite() && a.smooth >= 0.0) {
             bail!("--smooth {} must be a window in seconds >= 0", a.smooth);

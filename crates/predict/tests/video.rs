@@ -173,24 +173,32 @@ fn start_end_every_sample_and_smoothing_is_a_centred_mean() {
     let ckpt = tiny_checkpoint(tmp.path(), Stage::Fuse, true);
     let clip = make_clip(tmp.path(), "clip.mkv", FRAMES);
     let out = tmp.path().join("p.csv");
+    let jsonl = tmp.path().join("p.jsonl");
     // Matroska keeps milliseconds: frame k is at round(k * 1001 / 30) ms. Timestamps in
     // [0.09, 0.29] are frames 3..=8 (0.100 .. 0.267 s); every 2nd: 3, 5, 7.
-    let args = |extra: &[&'static str]| {
-        let mut a = vec!["--checkpoint", s(&ckpt), s(&clip), "--out", s(&out)];
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["--checkpoint", s(&ckpt), s(&clip), "--out", s(out)];
         a.extend_from_slice(extra);
-        a.into_iter().map(String::from).collect::<Vec<_>>()
-    };
-    let go = |a: Vec<String>| {
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
         ok(&run_bounded(&a, None));
-        parse_csv(&std::fs::read_to_string(&out).unwrap()).1
+        std::fs::read_to_string(out).unwrap()
     };
-    let rows = go(args(&["--start", "0.09", "--end", "0.29", "--every", "2"]));
-    let frames: Vec<&str> = rows.iter().map(|r| r["frame"].as_str()).collect();
-    assert_eq!(frames, ["3", "5", "7"]);
+    let go = |extra: &[&str]| parse_csv(&run(&out, extra)).1;
+    let text =
+        run(&jsonl, &["--start", "0.09", "--end", "0.29", "--every", "2", "--format", "jsonl"]);
+    let rows: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let frames: Vec<u64> = rows.iter().map(|r| r["frame"].as_u64().unwrap()).collect();
+    assert_eq!(frames, [3, 5, 7]);
+    for r in &rows {
+        let k = r["frame"].as_u64().unwrap();
+        let t = r["timestamp"].as_f64().unwrap();
+        assert!((t - (timestamp(k) * 1000.0).round() / 1000.0).abs() < 1e-9, "{r}");
+        assert_eq!((r["face"].as_u64(), r["status"].as_str()), (Some(0), Some("ok")));
+        assert_eq!(r["aus"].as_object().unwrap().len(), 17);
+    }
     // Smoothing over 0.2 s: each value is the mean of the raw values within 0.1 s of it.
-    let raw = go(args(&[]));
-    let smooth = go(args(&["--smooth", "0.2"]));
+    let raw = go(&[]);
+    let smooth = go(&["--smooth", "0.2"]);
     assert_eq!((raw.len(), smooth.len()), (FRAMES, FRAMES));
     let mut changed = 0;
     for (r, sm) in raw.iter().zip(&smooth) {
