@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -13,8 +14,8 @@ use aue_predict::output::RowWriter;
 use aue_predict::plot::Recorder;
 use aue_predict::track::TrackerConfig;
 use aue_predict::{
-    DeviceSpec, Format, Predictor, PredictorConfig, Sampling, Status, VideoOptions, collect_inputs,
-    is_video, overlay,
+    DeviceSpec, Format, Predictor, PredictorConfig, Sampling, Status, VideoFrame, VideoOptions,
+    collect_inputs, is_video, overlay,
 };
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -275,7 +276,7 @@ fn run_image(
     }
     if let (Some(dir), Some(img)) = (&cfg.overlay_dir, &result.image) {
         let out = dir.join(names.unique(&stem(path), ".png"));
-        save_png(&overlay(img, &result.faces, &result.rows), &out)?;
+        save_png(&overlay(img, &result.faces, &result.rows), &out, true)?;
     }
     Ok(())
 }
@@ -312,6 +313,7 @@ fn run_video(
         }
         None => None,
     };
+    let mut saver = frames_dir.as_ref().map(|_| OverlaySaver::new());
     let mut plots = Recorder::default();
     let file = path.display().to_string();
     let summary =
@@ -321,14 +323,17 @@ fn run_video(
                 writer.write(row)?;
                 plots.add(row);
             }
-            if let Some(dir) = &frames_dir {
-                let out = dir.join(format!("frame_{:06}.png", frame.index));
-                save_png(&overlay(&frame.image, &frame.faces, &frame.rows), &out)?;
-            }
             let of = info.frames.map(|n| format!("/{n}")).unwrap_or_default();
             bar.set_message(format!("{file}: frame {}{of}", frame.index + 1));
+            if let (Some(dir), Some(saver)) = (&frames_dir, &mut saver) {
+                let out = dir.join(format!("frame_{:06}.png", frame.index));
+                saver.save(frame, out)?;
+            }
             Ok(())
         })?;
+    if let Some(saver) = &mut saver {
+        saver.finish()?;
+    }
     totals.frames += summary.frames;
     if summary.frames > 0 {
         totals.read += 1;
@@ -359,17 +364,64 @@ fn run_video(
     Ok(())
 }
 
-/// Writes a PNG atomically (temp file in the same folder, fsync, rename).
-fn save_png(img: &image::RgbImage, path: &std::path::Path) -> anyhow::Result<()> {
+/// Draws and writes a video's overlay frames on a thread of its own, so that drawing and PNG
+/// encoding overlap with the model instead of adding to each frame's time.
+struct OverlaySaver {
+    tx: Option<mpsc::SyncSender<(VideoFrame, PathBuf)>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl OverlaySaver {
+    fn new() -> OverlaySaver {
+        let (tx, rx) = mpsc::sync_channel::<(VideoFrame, PathBuf)>(4);
+        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+            for (frame, path) in rx {
+                // Frames are many and can be redone: atomic, but not fsynced one by one.
+                save_png(&overlay(&frame.image, &frame.faces, &frame.rows), &path, false)?;
+            }
+            Ok(())
+        });
+        OverlaySaver { tx: Some(tx), thread: Some(thread) }
+    }
+
+    fn save(&mut self, frame: VideoFrame, path: PathBuf) -> anyhow::Result<()> {
+        if let Some(tx) = &self.tx
+            && tx.send((frame, path)).is_ok()
+        {
+            return Ok(());
+        }
+        // The thread has stopped, so it met an error: report it.
+        self.finish()?;
+        bail!("the overlay writer stopped")
+    }
+
+    /// Waits for the frames in flight; the first error of the thread, if any.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.tx = None;
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| anyhow::anyhow!("the overlay writer panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes a PNG atomically (temp file in the same folder, rename), fsynced first if `sync`.
+fn save_png(img: &image::RgbImage, path: &std::path::Path, sync: bool) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".aue-predict-")
         .suffix(".png")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
-    img.write_to(&mut std::io::BufWriter::new(tmp.as_file_mut()), image::ImageFormat::Png)
+    let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+    img.write_to(&mut w, image::ImageFormat::Png)
         .with_context(|| format!("cannot encode {}", path.display()))?;
-    tmp.as_file().sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+    // A BufWriter dropped with bytes in it loses its write error: flush explicitly.
+    std::io::Write::flush(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
+    drop(w);
+    if sync {
+        tmp.as_file().sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+    }
     tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
