@@ -43,6 +43,9 @@ pub use video::{VideoFrame, VideoOptions, VideoSummary};
 
 use crate::error::{candle_err, io_err};
 
+/// Most faces the model runs in one forward pass.
+const MAX_FACES_PER_PASS: usize = 32;
+
 /// Image file extensions looked for inside folders (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
@@ -232,7 +235,16 @@ impl Predictor {
             per_image.push((rows, faces));
         }
         if !ran.is_empty() {
-            let preds = self.forward(pixels, locs, ran.len())?;
+            // At most MAX_FACES_PER_PASS faces per forward pass, so that a crowded batch of
+            // frames cannot ask a large model for unbounded activation memory.
+            let (px, lc) = (3 * s * s, NUM_AUS * 4);
+            let mut preds = Vec::with_capacity(ran.len());
+            for start in (0..ran.len()).step_by(MAX_FACES_PER_PASS) {
+                let n = MAX_FACES_PER_PASS.min(ran.len() - start);
+                let chunk_px = pixels[start * px..(start + n) * px].to_vec();
+                let chunk_loc = locs[start * lc..(start + n) * lc].to_vec();
+                preds.extend(self.forward(chunk_px, chunk_loc, n)?);
+            }
             for ((i, k, b), pred) in ran.into_iter().zip(preds) {
                 let mut row = Row::status(images[i].0, Status::Ok);
                 row.face = Some(k);
