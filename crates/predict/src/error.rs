@@ -48,7 +48,7 @@ pub enum PredictError {
 
     /// A program aue-predict runs (ffmpeg, ffprobe) is not installed.
     #[error(
-        "the `{program}` program was not found on PATH ({source}): aue-predict decodes video \
+        "the `{program}` program was not found on PATH: aue-predict decodes video \
          with FFmpeg's command-line programs; install FFmpeg with the system package manager \
          (`apt-get install ffmpeg`, `dnf install ffmpeg`, `brew install ffmpeg`, \
          `winget install ffmpeg`)"

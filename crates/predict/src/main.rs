@@ -349,6 +349,9 @@ fn run_video(
         let stem = plot_names.unique(&name, "");
         plots.write(dir, &stem, &file, &predictor.info().labels)?;
     }
+    if summary.frames == 0 && summary.error.is_some() {
+        return Ok(());
+    }
     bar.suspend(|| {
         eprintln!(
             "{file}: {} frames run{} in {:.1} s ({:.2} frames/s); {} faces in {} track{}",
