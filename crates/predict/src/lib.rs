@@ -44,7 +44,7 @@ pub use video::{VideoFrame, VideoOptions, VideoSummary};
 use crate::error::{candle_err, io_err};
 
 /// Most faces the model runs in one forward pass.
-const MAX_FACES_PER_PASS: usize = 32;
+pub const MAX_FACES_PER_PASS: usize = 32;
 
 /// Image file extensions looked for inside folders (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -158,9 +158,9 @@ impl Predictor {
         Ok(out.pop().unwrap_or_default())
     }
 
-    /// [`Self::predict_rgb`] for several images at once: the detector runs on the images in
-    /// parallel (one forward pass each, which is how it uses several cores), then the landmark
-    /// net and the model each run once on all their faces. One result per image, in order.
+    /// [`Self::predict_rgb`] for several images at once: one detector pass per image (over the
+    /// images in parallel), then the landmark net once on all their faces and the model on them
+    /// at most [`MAX_FACES_PER_PASS`] at a time. One result per image, in order.
     pub fn predict_batch(&self, images: &[(&str, &RgbImage)]) -> Result<Vec<Faces>> {
         let lm_err = |op: &str| {
             let op = op.to_string();

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use aue_landmarks::FaceBox;
 use image::RgbImage;
 
-use crate::decode::{Frame, Sampling, VideoInfo, VideoReader};
+use crate::decode::{Sampling, VideoInfo, VideoReader};
 use crate::error::PredictError;
 use crate::output::{Row, Status};
 use crate::smooth::Smoother;
 use crate::track::{Tracker, TrackerConfig};
-use crate::{Face, Faces, Predictor};
+use crate::{Face, Predictor};
 
 /// How a video is run.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -71,31 +71,7 @@ impl VideoSummary {
     }
 }
 
-/// Frames run together: the detector runs on a batch's frames in parallel, one per thread.
-fn frames_per_batch() -> usize {
-    rayon::current_num_threads().clamp(2, 16)
-}
-
 impl Predictor {
-    /// The rows and faces of each frame, in order. A batch that fails as a whole is run again
-    /// frame by frame, so that an error is reported on the frame that caused it.
-    fn predict_frames(&self, file: &str, frames: Vec<Frame>) -> Vec<(Frame, Faces)> {
-        let items: Vec<(&str, &RgbImage)> = frames.iter().map(|f| (file, &f.image)).collect();
-        let results: Vec<Faces> = match self.predict_batch(&items) {
-            Ok(r) if r.len() == frames.len() => r,
-            _ => frames
-                .iter()
-                .map(|f| {
-                    self.predict_rgb(file, &f.image).unwrap_or_else(|e| {
-                        let msg = format!("{file}: frame {}: {e}", f.index);
-                        (vec![Row::status(file, Status::Error(msg))], vec![])
-                    })
-                })
-                .collect(),
-        };
-        frames.into_iter().zip(results).collect()
-    }
-
     /// Runs the kept frames of the video at `path`, calling `on_frame` with each frame's results
     /// in order. A video that cannot be read (or breaks off) is reported in
     /// [`VideoSummary::error`]; only an error of `on_frame` stops the run with `Err`.
@@ -133,51 +109,45 @@ impl Predictor {
             summary.faces += frame.rows.iter().filter(|r| r.status == Status::Ok).count() as u64;
             on_frame(&info, frame)
         };
-        let batch = frames_per_batch();
-        let mut done = false;
-        while !done {
-            let mut frames = Vec::with_capacity(batch);
-            while frames.len() < batch {
-                match reader.next() {
-                    Some(Ok(f)) => frames.push(f),
-                    Some(Err(e)) => {
-                        summary.error = Some(e);
-                        done = true;
-                        break;
-                    }
-                    None => {
-                        done = true;
-                        break;
-                    }
+        // One frame at a time (the detector's pass uses the threads itself): running several
+        // frames through `predict_batch` showed no gain on the 2-core development machine.
+        for item in reader.by_ref() {
+            let frame = match item {
+                Ok(f) => f,
+                Err(e) => {
+                    summary.error = Some(e);
+                    break;
+                }
+            };
+            let (mut rows, faces) = self.predict_rgb(&file, &frame.image).unwrap_or_else(|e| {
+                let msg = format!("{file}: frame {}: {e}", frame.index);
+                (vec![Row::status(&file, Status::Error(msg))], vec![])
+            });
+            let boxes: Vec<FaceBox> = rows
+                .iter()
+                .filter_map(|r| {
+                    let [x1, y1, x2, y2] = r.face_box?;
+                    Some(FaceBox { x1, y1, x2, y2, score: r.score.unwrap_or(0.0) })
+                })
+                .collect();
+            let mut ids = tracker.assign(&boxes, frame.timestamp).into_iter();
+            for row in &mut rows {
+                row.frame = Some(frame.index);
+                row.timestamp = Some(frame.timestamp);
+                if row.face_box.is_some() {
+                    row.face = ids.next();
                 }
             }
-            for (frame, (mut rows, faces)) in self.predict_frames(&file, frames) {
-                let boxes: Vec<FaceBox> = rows
-                    .iter()
-                    .filter_map(|r| {
-                        let [x1, y1, x2, y2] = r.face_box?;
-                        Some(FaceBox { x1, y1, x2, y2, score: r.score.unwrap_or(0.0) })
-                    })
-                    .collect();
-                let mut ids = tracker.assign(&boxes, frame.timestamp).into_iter();
-                for row in &mut rows {
-                    row.frame = Some(frame.index);
-                    row.timestamp = Some(frame.timestamp);
-                    if row.face_box.is_some() {
-                        row.face = ids.next();
-                    }
-                }
-                rows.sort_by_key(|r| r.face);
-                let frame = VideoFrame {
-                    index: frame.index,
-                    timestamp: frame.timestamp,
-                    rows,
-                    image: frame.image,
-                    faces,
-                };
-                for f in smoother.push(frame) {
-                    hand_on(f, &mut summary)?;
-                }
+            rows.sort_by_key(|r| r.face);
+            let frame = VideoFrame {
+                index: frame.index,
+                timestamp: frame.timestamp,
+                rows,
+                image: frame.image,
+                faces,
+            };
+            for f in smoother.push(frame) {
+                hand_on(f, &mut summary)?;
             }
         }
         for f in smoother.finish() {
