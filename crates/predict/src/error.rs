@@ -46,6 +46,27 @@ pub enum PredictError {
         source: std::io::Error,
     },
 
+    /// A video could not be probed or decoded (the message says what ffmpeg / ffprobe said).
+    #[error("video {}: {msg}", path.display())]
+    Video { path: PathBuf, msg: String },
+
+    /// A program aue-predict runs (ffmpeg, ffprobe) is not installed.
+    #[error(
+        "the `{program}` program was not found on PATH: aue-predict decodes video \
+         with FFmpeg's command-line programs; install FFmpeg with the system package manager \
+         (`apt-get install ffmpeg`, `dnf install ffmpeg`, `brew install ffmpeg`, \
+         `winget install ffmpeg`)"
+    )]
+    MissingProgram {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A plot could not be drawn.
+    #[error("plot {}: {msg}", path.display())]
+    Plot { path: PathBuf, msg: String },
+
     /// A setting is invalid.
     #[error("invalid setting: {0}")]
     Config(String),

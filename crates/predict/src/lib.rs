@@ -9,10 +9,19 @@
 //! - stage 2: AU probabilities only (the expression head of a stage-2 file is stage 1's, and its
 //!   backbone statistics moved during stage 2);
 //! - stage 1: expression = softmax of `pred_em` (pred1); the AU branch is untrained, so no AUs.
+//!
+//! Videos ([`video`]) go through the same per-image path frame by frame (decoded by FFmpeg,
+//! [`decode`]), with faces tracked across frames ([`track`]), optional smoothing over time
+//! ([`smooth`]) and a plot per track ([`plot`]).
 
+pub mod decode;
 pub mod error;
 pub mod font;
 pub mod output;
+pub mod plot;
+pub mod smooth;
+pub mod track;
+pub mod video;
 
 use std::path::{Path, PathBuf};
 
@@ -24,10 +33,15 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 
 pub use aue_contract::CheckpointInfo;
+pub use decode::{Sampling, VIDEO_EXTENSIONS, is_video};
 pub use error::{PredictError, Result};
 pub use output::{Format, Row, Status};
+pub use video::{VideoFrame, VideoOptions, VideoSummary};
 
 use crate::error::{candle_err, io_err};
+
+/// Most faces the model runs in one forward pass.
+pub const MAX_FACES_PER_PASS: usize = 32;
 
 /// Image file extensions looked for inside folders (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -47,6 +61,9 @@ pub struct PredictorConfig {
 
 /// A detected face: its box and 68 landmarks, in image pixels.
 pub type Face = (FaceBox, Landmarks68);
+
+/// What one picture gave: its rows (one per face, or one `no_face` row) and every detected face.
+pub type Faces = (Vec<Row>, Vec<Face>);
 
 /// What one image gave: its rows, and (when it could be read) the picture and the faces found.
 pub struct ImageResult {
@@ -133,7 +150,15 @@ impl Predictor {
     }
 
     /// Detects, crops and runs every face of a decoded image.
-    pub fn predict_rgb(&self, file: &str, image: &RgbImage) -> Result<(Vec<Row>, Vec<Face>)> {
+    pub fn predict_rgb(&self, file: &str, image: &RgbImage) -> Result<Faces> {
+        let mut out = self.predict_batch(&[(file, image)])?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// [`Self::predict_rgb`] for several images at once: one detector pass per image (over the
+    /// images in parallel), then the landmark net once on all their faces and the model on them
+    /// at most [`MAX_FACES_PER_PASS`] at a time. One result per image, in order.
+    pub fn predict_batch(&self, images: &[(&str, &RgbImage)]) -> Result<Vec<Faces>> {
         let lm_err = |op: &str| {
             let op = op.to_string();
             move |source: aue_landmarks::LandmarkError| PredictError::Landmarks {
@@ -141,63 +166,85 @@ impl Predictor {
                 source: Box::new(source),
             }
         };
-        let boxes = self.landmarker.detect_faces(image).map_err(lm_err("detect faces"))?;
-        if boxes.is_empty() {
-            return Ok((vec![Row::status(file, Status::NoFace)], vec![]));
-        }
-        let pairs: Vec<(&RgbImage, FaceBox)> = boxes.iter().map(|b| (image, *b)).collect();
-        let points = self.landmarker.landmarks_batch(&pairs).map_err(lm_err("landmarks"))?;
-        let s = self.grid.size as usize;
-        let mut pixels = Vec::with_capacity(boxes.len() * 3 * s * s);
-        let mut locs: Vec<i64> = Vec::with_capacity(boxes.len() * NUM_AUS * 4);
-        let mut faces = Vec::with_capacity(boxes.len());
-        let mut failed = Vec::new();
-        for (k, (b, p)) in boxes.iter().zip(points.iter()).enumerate() {
-            // Test mode of section 5: detected box, no offset, no flip.
-            let face_box = aue_data::FaceBox {
-                x1: b.x1.into(),
-                y1: b.y1.into(),
-                x2: b.x2.into(),
-                y2: b.y2.into(),
-            };
-            let mut lm = [[0.0f64; 2]; 68];
-            for (o, q) in lm.iter_mut().zip(p.iter()) {
-                *o = [q[0].into(), q[1].into()];
-            }
-            match preprocess::prepare_rgb(
-                image,
-                &face_box,
-                &lm,
-                ENLARGE_RAF,
-                &Augment::NONE,
-                false,
-                &self.grid,
-            ) {
-                Ok((bytes, plan)) => {
-                    let start = pixels.len();
-                    pixels.resize(start + 3 * s * s, 0.0);
-                    preprocess::normalise_into(&bytes, &mut pixels[start..]);
-                    locs.extend(plan.au_loc.iter().flatten());
-                    faces.push((k, *b, *p));
-                }
-                Err(msg) => failed.push((k, *b, msg)),
-            }
-        }
-        let mut rows: Vec<(usize, Row)> = failed
-            .into_iter()
-            .map(|(k, b, msg)| {
-                let mut row = Row::status(file, Status::Error(format!("{file}: face {k}: {msg}")));
-                row.face = Some(k);
-                row.face_box = Some([b.x1, b.y1, b.x2, b.y2]);
-                row.score = Some(b.score);
-                (k, row)
-            })
+        let pictures: Vec<&RgbImage> = images.iter().map(|(_, img)| *img).collect();
+        let boxes =
+            self.landmarker.detect_faces_batch(&pictures).map_err(lm_err("detect faces"))?;
+        let pairs: Vec<(&RgbImage, FaceBox)> = images
+            .iter()
+            .zip(&boxes)
+            .flat_map(|((_, img), bs)| bs.iter().map(move |b| (*img, *b)))
             .collect();
-        if !faces.is_empty() {
-            let preds = self.forward(pixels, locs, faces.len())?;
-            for ((k, b, _), pred) in faces.iter().zip(preds) {
-                let mut row = Row::status(file, Status::Ok);
-                row.face = Some(*k);
+        let mut points =
+            self.landmarker.landmarks_batch(&pairs).map_err(lm_err("landmarks"))?.into_iter();
+        let s = self.grid.size as usize;
+        let n_faces = pairs.len();
+        let mut pixels = Vec::with_capacity(n_faces * 3 * s * s);
+        let mut locs: Vec<i64> = Vec::with_capacity(n_faces * NUM_AUS * 4);
+        // Per image: its rows keyed by face index, its faces, and which crops it sent to the model.
+        let mut per_image: Vec<KeyedFaces> = Vec::with_capacity(images.len());
+        let mut ran: Vec<(usize, usize, FaceBox)> = Vec::new(); // (image, face index, box)
+        for (i, ((file, image), bs)) in images.iter().zip(&boxes).enumerate() {
+            let mut rows = Vec::new();
+            let mut faces = Vec::with_capacity(bs.len());
+            if bs.is_empty() {
+                rows.push((0, Row::status(file, Status::NoFace)));
+            }
+            for (k, b) in bs.iter().enumerate() {
+                let p = points.next().unwrap_or([[0.0; 2]; 68]);
+                faces.push((*b, p));
+                // Test mode of section 5: detected box, no offset, no flip.
+                let face_box = aue_data::FaceBox {
+                    x1: b.x1.into(),
+                    y1: b.y1.into(),
+                    x2: b.x2.into(),
+                    y2: b.y2.into(),
+                };
+                let mut lm = [[0.0f64; 2]; 68];
+                for (o, q) in lm.iter_mut().zip(p.iter()) {
+                    *o = [q[0].into(), q[1].into()];
+                }
+                match preprocess::prepare_rgb(
+                    image,
+                    &face_box,
+                    &lm,
+                    ENLARGE_RAF,
+                    &Augment::NONE,
+                    false,
+                    &self.grid,
+                ) {
+                    Ok((bytes, plan)) => {
+                        let start = pixels.len();
+                        pixels.resize(start + 3 * s * s, 0.0);
+                        preprocess::normalise_into(&bytes, &mut pixels[start..]);
+                        locs.extend(plan.au_loc.iter().flatten());
+                        ran.push((i, k, *b));
+                    }
+                    Err(msg) => {
+                        let status = Status::Error(format!("{file}: face {k}: {msg}"));
+                        let mut row = Row::status(file, status);
+                        row.face = Some(k);
+                        row.face_box = Some([b.x1, b.y1, b.x2, b.y2]);
+                        row.score = Some(b.score);
+                        rows.push((k, row));
+                    }
+                }
+            }
+            per_image.push((rows, faces));
+        }
+        if !ran.is_empty() {
+            // At most MAX_FACES_PER_PASS faces per forward pass, so that a crowded batch of
+            // frames cannot ask a large model for unbounded activation memory.
+            let (px, lc) = (3 * s * s, NUM_AUS * 4);
+            let mut preds = Vec::with_capacity(ran.len());
+            for start in (0..ran.len()).step_by(MAX_FACES_PER_PASS) {
+                let n = MAX_FACES_PER_PASS.min(ran.len() - start);
+                let chunk_px = pixels[start * px..(start + n) * px].to_vec();
+                let chunk_loc = locs[start * lc..(start + n) * lc].to_vec();
+                preds.extend(self.forward(chunk_px, chunk_loc, n)?);
+            }
+            for ((i, k, b), pred) in ran.into_iter().zip(preds) {
+                let mut row = Row::status(images[i].0, Status::Ok);
+                row.face = Some(k);
                 row.face_box = Some([b.x1, b.y1, b.x2, b.y2]);
                 row.score = Some(b.score);
                 if let Some(probs) = pred.probs {
@@ -210,12 +257,16 @@ impl Predictor {
                 }
                 row.aus = pred.aus;
                 row.attention = pred.attention;
-                rows.push((*k, row));
+                per_image[i].0.push((k, row));
             }
         }
-        rows.sort_by_key(|(k, _)| *k);
-        let faces = boxes.into_iter().zip(points).collect();
-        Ok((rows.into_iter().map(|(_, r)| r).collect(), faces))
+        Ok(per_image
+            .into_iter()
+            .map(|(mut rows, faces)| {
+                rows.sort_by_key(|(k, _)| *k);
+                (rows.into_iter().map(|(_, r)| r).collect(), faces)
+            })
+            .collect())
     }
 
     /// The model on a batch of normalised faces.
@@ -263,6 +314,9 @@ impl Predictor {
     }
 }
 
+/// [`Faces`] with each row keyed by its face index (for sorting).
+type KeyedFaces = (Vec<(usize, Row)>, Vec<Face>);
+
 /// One face's model outputs.
 struct FacePred {
     probs: Option<Vec<f32>>,
@@ -281,11 +335,23 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 /// The image files named by `inputs`: files as given, folders walked recursively for
 /// [`IMAGE_EXTENSIONS`], each folder's files in name order.
 pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    collect(inputs, &IMAGE_EXTENSIONS)
+}
+
+/// The image and video files named by `inputs`: files as given, folders walked recursively for
+/// [`IMAGE_EXTENSIONS`] and [`VIDEO_EXTENSIONS`], each folder's files in name order. A file is
+/// run as a video when [`is_video`] says so, else as an image.
+pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let exts: Vec<&str> = IMAGE_EXTENSIONS.iter().chain(VIDEO_EXTENSIONS.iter()).copied().collect();
+    collect(inputs, &exts)
+}
+
+fn collect(inputs: &[PathBuf], exts: &[&str]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for input in inputs {
         let meta = std::fs::metadata(input).map_err(io_err("cannot read", input))?;
         if meta.is_dir() {
-            walk(input, &mut out)?;
+            walk(input, exts, &mut out)?;
         } else {
             out.push(input.clone());
         }
@@ -293,7 +359,7 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_err("cannot list", dir))?
         .map(|e| e.map(|e| e.path()))
@@ -302,11 +368,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     entries.sort();
     for path in entries {
         if path.is_dir() {
-            walk(&path, out)?;
+            walk(&path, exts, out)?;
         } else if path
             .extension()
             .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            .is_some_and(|e| exts.contains(&e.to_ascii_lowercase().as_str()))
         {
             out.push(path);
         }
@@ -314,16 +380,23 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Draws the faces, their landmarks, the top expression and the top 3 AUs on a copy of `image`.
+/// Draws the faces, their landmarks, the top expression and the top 3 AUs on a copy of `image`
+/// (for a video frame, with the face's track id first).
 pub fn overlay(image: &RgbImage, faces: &[(FaceBox, Landmarks68)], rows: &[Row]) -> RgbImage {
     let mut img = aue_landmarks::overlay::draw(image, faces, None);
     let scale = (image.width().max(image.height()) / 250).max(1);
     for row in rows {
         let Some([x1, y1, _, y2]) = row.face_box else { continue };
         let mut lines = Vec::new();
+        let track = match (row.frame, row.face) {
+            (Some(_), Some(id)) => format!("#{id} "),
+            _ => String::new(),
+        };
         if let (Some(name), Some(p)) = (&row.expression, &row.probs) {
             let top = p.iter().copied().fold(0.0f32, f32::max);
-            lines.push(format!("{name} {top:.2}"));
+            lines.push(format!("{track}{name} {top:.2}"));
+        } else if !track.is_empty() {
+            lines.push(track.trim_end().to_string());
         }
         if let Some(aus) = &row.aus {
             let mut idx: Vec<usize> = (0..NUM_AUS).collect();

@@ -1,9 +1,14 @@
 //! Prediction rows and their files: CSV (default) or JSON Lines, written to a temp file in the
 //! output's folder, fsynced and renamed into place.
 //!
-//! CSV columns: `file, face, status, x1, y1, x2, y2, score, expression`, one `p_<label>` per
-//! class, `AU01..AU26` (AU probabilities, OpenFace's names) and `att_AU01..att_AU26` (fusion
-//! attention). A value the checkpoint's stage does not give, or a `no_face` / `error` row, is empty.
+//! CSV columns: `file, frame, timestamp, face, status, x1, y1, x2, y2, score, expression`, one
+//! `p_<label>` per class, `AU01..AU26` (AU probabilities, OpenFace's names) and
+//! `att_AU01..att_AU26` (fusion attention). A value the checkpoint's stage does not give, or a
+//! `no_face` / `error` row, is empty. `frame` (0-based index of the decoded frame) and
+//! `timestamp` (seconds, from the video's time base) are empty for still images; for a video,
+//! `face` is the face's track id (stable across frames) instead of its index in the image.
+//! JSON Lines objects have the same keys (`box` for the four coordinates, `probs`, `aus` and
+//! `attention` as objects keyed by name, `null` for an absent value).
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -45,9 +50,13 @@ impl std::fmt::Display for Status {
 /// One output row: a face, or an image without a usable face.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    /// The image path as given / found.
+    /// The image or video path as given / found.
     pub file: String,
-    /// Face index in the image (detector order, best score first).
+    /// Video frame index (0-based, decoded frames in presentation order); `None` for an image.
+    pub frame: Option<u64>,
+    /// Video frame timestamp in seconds (from the stream's time base); `None` for an image.
+    pub timestamp: Option<f64>,
+    /// Face index in the image (detector order, best score first); in a video, the track id.
     pub face: Option<usize>,
     /// Outcome.
     pub status: Status,
@@ -70,6 +79,8 @@ impl Row {
     pub fn status(file: &str, status: Status) -> Row {
         Row {
             file: file.to_string(),
+            frame: None,
+            timestamp: None,
             face: None,
             status,
             face_box: None,
@@ -85,9 +96,10 @@ impl Row {
 /// The CSV header for these class names.
 pub fn csv_header(labels: &[String]) -> Vec<String> {
     let mut h: Vec<String> =
-        ["file", "face", "status", "x1", "y1", "x2", "y2", "score", "expression"]
+        ["file", "frame", "timestamp", "face", "status", "x1", "y1", "x2", "y2", "score"]
             .map(String::from)
             .to_vec();
+    h.push("expression".into());
     h.extend(labels.iter().map(|l| format!("p_{l}")));
     h.extend(AU_NAMES.iter().map(|a| a.to_string()));
     h.extend(AU_NAMES.iter().map(|a| format!("att_{a}")));
@@ -112,6 +124,8 @@ pub fn csv_record(row: &Row, labels: &[String]) -> Vec<String> {
     let b = row.face_box;
     let mut r = vec![
         row.file.clone(),
+        opt(row.frame),
+        opt(row.timestamp),
         opt(row.face),
         row.status.to_string(),
         opt(b.map(|b| b[0])),
@@ -136,6 +150,8 @@ pub fn json_record(row: &Row, labels: &[String]) -> serde_json::Value {
     };
     json!({
         "file": row.file,
+        "frame": row.frame,
+        "timestamp": row.timestamp,
         "face": row.face,
         "status": row.status.to_string(),
         "box": row.face_box,
@@ -229,6 +245,6 @@ mod tests {
         row.probs = Some(vec![0.25, 0.75]);
         row.aus = Some([0.5; NUM_AUS]);
         assert_eq!(csv_record(&row, &labels).len(), csv_header(&labels).len());
-        assert_eq!(csv_header(&labels).len(), 9 + 2 + 34);
+        assert_eq!(csv_header(&labels).len(), 11 + 2 + 34);
     }
 }

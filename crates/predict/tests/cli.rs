@@ -1,43 +1,13 @@
 //! Runs the real `aue-predict` binary on a tiny stage-3 checkpoint (saved with the trainer's
 //! metadata keys) and a real face photo, a blank image and a non-image file.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use aue_contract::meta::{ModelMeta, SELECTION_LAST};
-use aue_model::{AueModel, ModelConfig, Preset, Stage};
-use candle_core::Device;
+use aue_model::Stage;
 
-const BIN: &str = env!("CARGO_BIN_EXE_aue-predict");
-const FACE: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../landmarks/tests/fixtures/astronaut_face.png");
+mod common;
 
-/// A tiny model with default init, saved as the trainer saves a checkpoint of `stage`.
-fn tiny_checkpoint(dir: &Path, stage: Stage, with_meta: bool) -> PathBuf {
-    let config = ModelConfig::preset(Preset::Tiny);
-    let model = AueModel::new(&config, &Device::Cpu).unwrap();
-    aue_model::init::init_default(model.varmap(), 7).unwrap();
-    let path = dir.join(format!("stage{}.safetensors", stage.number()));
-    let meta = ModelMeta {
-        stage,
-        preset: Preset::Tiny,
-        config_json: format!(
-            "{{\"input_size\": {}, \"dim\": {}}}",
-            config.input_size, config.fuse_dim
-        ),
-        epoch: 1,
-        metrics_json: "{}".into(),
-        dataset: "rafdb".into(),
-        labels: aue_core::EXPRESSIONS_BASIC.iter().map(|s| s.to_string()).collect(),
-        parent_sha256: String::new(),
-        selection: SELECTION_LAST.into(),
-        best: None,
-    };
-    let map = if with_meta { meta.to_map() } else { BTreeMap::new() };
-    aue_contract::format::save(model.varmap(), &path, &map).unwrap();
-    path
-}
+use common::{FACE, parse_csv, run, s, tiny_checkpoint};
 
 /// Image inputs: the astronaut face, a blank grey image, a text file named .jpg.
 fn inputs(dir: &Path) -> Vec<PathBuf> {
@@ -50,40 +20,6 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
     std::fs::write(imgs.join("sub/broken.jpg"), "not an image").unwrap();
     std::fs::write(imgs.join("notes.txt"), "ignored: not an image extension").unwrap();
     vec![imgs]
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn parse_csv(text: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
-    // Fields here hold no quotes except the error message; split on commas outside quotes.
-    let split = |line: &str| {
-        let (mut out, mut cur, mut q) = (Vec::new(), String::new(), false);
-        for c in line.chars() {
-            match c {
-                '"' => q = !q,
-                ',' if !q => out.push(std::mem::take(&mut cur)),
-                _ => cur.push(c),
-            }
-        }
-        out.push(cur);
-        out
-    };
-    let mut lines = text.lines();
-    let header = split(lines.next().unwrap());
-    let rows = lines
-        .map(|l| {
-            let f = split(l);
-            assert_eq!(f.len(), header.len(), "{l}");
-            header.iter().cloned().zip(f).collect()
-        })
-        .collect();
-    (header, rows)
 }
 
 #[test]
@@ -105,9 +41,10 @@ fn stage3_csv_has_face_no_face_and_error_rows() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (header, rows) = parse_csv(&std::fs::read_to_string(&out).unwrap());
     let mut want: Vec<String> =
-        ["file", "face", "status", "x1", "y1", "x2", "y2", "score", "expression"]
+        ["file", "frame", "timestamp", "face", "status", "x1", "y1", "x2", "y2", "score"]
             .map(String::from)
             .to_vec();
+    want.push("expression".into());
     want.extend(aue_core::EXPRESSIONS_BASIC.iter().map(|e| format!("p_{e}")));
     want.extend(aue_core::AU_NAMES.iter().map(|a| a.to_string()));
     want.extend(aue_core::AU_NAMES.iter().map(|a| format!("att_{a}")));
@@ -135,6 +72,8 @@ fn stage3_csv_has_face_no_face_and_error_rows() {
     let empty = |k: &str| blank[0][k].is_empty();
     assert!(aue_core::EXPRESSIONS_BASIC.iter().all(|e| empty(&format!("p_{e}"))));
     assert!(empty("AU12") && empty("att_AU12") && empty("x1") && empty("face"));
+    // Still images have no frame or timestamp.
+    assert!(rows.iter().all(|r| r["frame"].is_empty() && r["timestamp"].is_empty()));
     let broken: Vec<_> = rows.iter().filter(|r| r["file"].ends_with("broken.jpg")).collect();
     assert_eq!(broken.len(), 1);
     assert!(
@@ -164,6 +103,7 @@ fn jsonl_and_stage1_leave_au_and_attention_empty() {
     let sum: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
     assert!((sum - 1.0).abs() < 1e-4);
     assert!(r["aus"].is_null() && r["attention"].is_null());
+    assert!(r["frame"].is_null() && r["timestamp"].is_null() && r["face"] == 0);
 }
 
 #[test]
@@ -221,4 +161,26 @@ fn nothing_readable_exits_non_zero_but_writes_the_rows() {
     let (_, rows) = parse_csv(&std::fs::read_to_string(&out).unwrap());
     assert_eq!(rows.len(), 1);
     assert!(rows[0]["status"].starts_with("error: "));
+}
+
+#[test]
+fn device_flag_is_parsed_and_cuda_needs_a_cuda_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tiny_checkpoint(tmp.path(), Stage::Fuse, true);
+    let out = tmp.path().join("p.csv");
+    let err = |device: &str| {
+        let o = run(&["--checkpoint", s(&ckpt), FACE, "--out", s(&out), "--device", device]);
+        assert!(!o.status.success(), "--device {device} should fail here");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    for bad in ["gpu", "cuda:x", "cuda:"] {
+        let e = err(bad);
+        assert!(e.contains(&format!("unknown device `{bad}`")), "{e}");
+    }
+    if !cfg!(feature = "cuda") {
+        let e = err("cuda:1");
+        assert!(e.contains("no CUDA support") && e.contains("--features cuda"), "{e}");
+    }
+    let o = run(&["--checkpoint", s(&ckpt), FACE, "--out", s(&out), "--device", "cpu"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
