@@ -348,18 +348,31 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 fn collect(inputs: &[PathBuf], exts: &[&str]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    // Real (canonical) folders and files already taken: a symbolic-link loop, or two links to
+    // one folder, are walked once, and each real file gives one input.
+    let mut seen = std::collections::HashSet::new();
     for input in inputs {
         let meta = std::fs::metadata(input).map_err(io_err("cannot read", input))?;
         if meta.is_dir() {
-            walk(input, exts, &mut out)?;
-        } else {
+            walk(input, exts, &mut seen, &mut out)?;
+        } else if seen.insert(std::fs::canonicalize(input).unwrap_or_else(|_| input.clone())) {
             out.push(input.clone());
         }
     }
     Ok(out)
 }
 
-fn walk(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(
+    dir: &Path,
+    exts: &[&str],
+    seen: &mut std::collections::HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let real = std::fs::canonicalize(dir).map_err(io_err("cannot resolve", dir))?;
+    if !seen.insert(real) {
+        tracing::debug!(folder = %dir.display(), "already walked (a link to a folder seen before)");
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_err("cannot list", dir))?
         .map(|e| e.map(|e| e.path()))
@@ -368,11 +381,12 @@ fn walk(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) -> Result<()> {
     entries.sort();
     for path in entries {
         if path.is_dir() {
-            walk(&path, exts, out)?;
+            walk(&path, exts, seen, out)?;
         } else if path
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| exts.contains(&e.to_ascii_lowercase().as_str()))
+            && seen.insert(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()))
         {
             out.push(path);
         }
@@ -428,6 +442,21 @@ pub fn overlay(image: &RgbImage, faces: &[(FaceBox, Landmarks68)], rows: &[Row])
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn folder_walks_visit_each_real_folder_and_file_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        std::fs::create_dir_all(a.join("b")).unwrap();
+        std::fs::write(a.join("one.jpg"), b"x").unwrap();
+        std::fs::write(a.join("b/two.png"), b"x").unwrap();
+        // Two loops (a link to the folder itself and one to its parent) and a second link to a file.
+        std::os::unix::fs::symlink(&a, a.join("b/loop")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), a.join("up")).unwrap();
+        std::os::unix::fs::symlink(a.join("one.jpg"), a.join("again.jpg")).unwrap();
+        let found = collect_images(&[a.clone(), a.join("one.jpg")]).unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
+
     use super::*;
 
     #[test]

@@ -328,8 +328,9 @@ pub struct StageConfig {
 
 /// Settings that may differ between a run and its `--resume`: they do not change the numbers
 /// (or, for `epochs` and `max_steps`, only which epochs and steps are run).
-const RESUMABLE_CHANGES: [&str; 6] =
-    ["epochs", "max_steps", "device", "threads", "workers", "test_batch_size"];
+/// (`run_dir` too: a run folder may be moved or copied and resumed where it now is.)
+const RESUMABLE_CHANGES: [&str; 7] =
+    ["epochs", "max_steps", "device", "threads", "workers", "test_batch_size", "run_dir"];
 
 fn bad(key: &'static str, msg: impl Into<String>) -> TrainError {
     TrainError::Config { key, msg: msg.into() }

@@ -95,6 +95,7 @@ fn prepare(def: &dyn StageDef, cfg: &StageConfig, device: &Device) -> Result<Pre
         cfg.device,
         paths.dir().display()
     );
+    restore_interrupted_set_aside(&paths)?;
     let existing = paths.run_files();
     let commit = Commit::read(&paths.commit())?;
     if !existing.is_empty() && !cfg.resume && !cfg.overwrite {
@@ -170,27 +171,49 @@ fn check_folder_writable(dir: &Path) -> Result<()> {
 /// Moves an earlier run out of the way of a fresh one (`--overwrite`, or an uncommitted first
 /// epoch): into `replaced/`, which goes once the new run commits its first epoch. A run that
 /// never committed has nothing to keep, and an earlier `replaced/` run is kept unless a
-/// committed run has replaced it since.
+/// committed run has replaced it since. The files are gathered in `replaced.tmp/` first and the
+/// folder renamed, so a kill in the middle leaves every file in one of the two places, and
+/// [`restore_interrupted_set_aside`] puts them back on the next start.
 fn set_aside(paths: &StagePaths, committed: bool) -> Result<()> {
-    let replaced = paths.replaced();
     if !committed {
         for f in paths.run_files() {
             fsio::remove_file(&f)?;
         }
         return Ok(());
     }
+    let replaced = paths.replaced();
+    let gathering = replaced.with_extension("tmp");
     fsio::remove_dir_all(&replaced)?;
-    std::fs::create_dir_all(&replaced).map_err(io_err("cannot create", &replaced))?;
+    std::fs::create_dir_all(&gathering).map_err(io_err("cannot create", &gathering))?;
     for f in paths.run_files() {
         if let Some(name) = f.file_name() {
-            fsio::rename(&f, &replaced.join(name))?;
+            fsio::rename(&f, &gathering.join(name))?;
         }
     }
+    fsio::rename(&gathering, &replaced)?;
     tracing::info!(
         "--overwrite: the earlier run is kept in {} until this one commits its first epoch",
         replaced.display()
     );
     Ok(())
+}
+
+/// Puts back the files of a set-aside that a kill interrupted (`replaced.tmp/`).
+fn restore_interrupted_set_aside(paths: &StagePaths) -> Result<()> {
+    let gathering = paths.replaced().with_extension("tmp");
+    let Ok(entries) = std::fs::read_dir(&gathering) else { return Ok(()) };
+    for e in entries.flatten() {
+        let to = paths.dir().join(e.file_name());
+        if !to.exists() {
+            fsio::rename(&e.path(), &to)?;
+        }
+    }
+    tracing::warn!(
+        "{} held files of an interrupted --overwrite: they are back in {}",
+        gathering.display(),
+        paths.dir().display()
+    );
+    Ok(fsio::remove_dir_all(&gathering)?)
 }
 
 /// Fresh weights: the stage's own initialisation, or its parent checkpoint, checked first.
