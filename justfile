@@ -33,10 +33,12 @@ demo:
 
 # The report: the paper's tables beside ours, curves, confusion matrices (default: the demo's runs).
 report *args:
-    if [ "$#" -eq 0 ]; then set -- --run runs/demo; fi; cargo run --release -p aue-report -- "$@"
+    if [ "$#" -eq 0 ]; then set -- --run checkpoints/demo; fi; cargo run --release -p aue-report -- "$@"
 
-# The test suite, as CI runs it.
+# The checks and the test suite, as CI runs them.
 test:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --release -- -D warnings
     cargo test --workspace --release
 
 # Flags go to aue-bench; it needs python3 with torch, or --no-torch. Results: docs/PERFORMANCE.md.

@@ -131,7 +131,7 @@ say ""
 DATA=$WORK/synth
 RUN=$WORK/runs
 "$BIN/aue-synth" --out "$DATA" --train 384 --test 128 --seed 0 --size 224 > "$WORK/synth.log" 2>&1 || fail=1
-common=(--dataset rafdb --data-root "$DATA" --backbone "$PRESET" --device "$DEV" --run-dir "$RUN"
+common=(--dataset rafdb --data-root "$DATA" --preset "$PRESET" --device "$DEV" --run-dir "$RUN"
         --epochs 2 --max-steps 3 --train-batch-size "$BATCH" --test-batch-size "$BATCH" --overwrite)
 say '```'
 for n in 1 2 3; do

@@ -1,11 +1,11 @@
-"""PyTorch reference implementation of AUE-CRL, written from /work/shared/REFERENCE.md.
+"""PyTorch reference implementation of AUE-CRL, written from docs/METHOD.md.
 
 This module is the Python side of the parity tests: it builds the reference model with exactly the
-reference state-dict keys, computes the losses and stage objectives of REFERENCE.md section 4, and
-fills weights with the deterministic parity rule of CONTRACT.md ("Golden parity fixtures") so that the
+reference state-dict keys, computes the losses and stage objectives of docs/METHOD.md section 4, and
+fills weights with the deterministic parity rule of docs/CONTRACT.md ("Golden parity fixtures") so that the
 Rust crate can regenerate the very same weights without storing them.
 
-Sections below follow REFERENCE.md: labels and prior (1, 2), model (3, generalised per 8), losses and
+Sections below follow docs/METHOD.md: labels and prior (1, 2), model (3, generalised per 8), losses and
 stages (4). Reference quirks are reproduced and marked "quirk:".
 
 Public API (imported by make_parity_fixtures.py, check_forward.py, and later by benchmarks):
@@ -196,7 +196,7 @@ PRESETS = {
 def grid_and_crop(input_size: int):
     """Grid G = S/4 and crop side L = 2 * round(G * 12 / 56) (Python round: half to even)."""
     if input_size % 32 != 0:
-        raise ValueError(f"input size {input_size} is not a multiple of 32 (REFERENCE.md section 8)")
+        raise ValueError(f"input size {input_size} is not a multiple of 32 (docs/METHOD.md section 8)")
     g = input_size // 4
     return g, 2 * round(g * 12 / 56)
 
@@ -605,7 +605,7 @@ def eval_outputs(model: AueCrl, image, au_loc, label):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Deterministic parity filler (CONTRACT.md "Golden parity fixtures").
+# Deterministic parity filler (docs/CONTRACT.md "Golden parity fixtures").
 # ---------------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the aue-data parity fixtures: a tiny RAF-DB-basic layout and the tensors the
-reference's preprocessing (PIL + torchvision + numpy, REFERENCE.md section 5) makes of it.
+reference's preprocessing (PIL + torchvision + numpy, docs/METHOD.md section 5) makes of it.
 
     python3 tools/make_data_fixtures.py            # writes crates/data/tests/fixtures/parity/
     python3 tools/make_data_fixtures.py --parquet  # then crates/data/tests/fixtures/parquet/
@@ -44,7 +44,7 @@ from torchvision import transforms
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 OUT = os.path.join(ROOT, "crates", "data", "tests", "fixtures", "parity")
 
-# iBUG-68 indices of the two centres of each AU, in the AU order of REFERENCE.md section 1.
+# iBUG-68 indices of the two centres of each AU, in the AU order of docs/METHOD.md section 1.
 # A pair is a midpoint.
 AU_CENTRES = [
     (21, 22), (18, 25), ((21, 22), (19, 24)), ((37, 38), (43, 44)), (41, 46), (38, 43),

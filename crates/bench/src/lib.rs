@@ -1,4 +1,4 @@
-//! `aue-bench`: time per training step of each stage (REFERENCE.md section 4) and of eval-mode
+//! `aue-bench`: time per training step of each stage (docs/METHOD.md section 4) and of eval-mode
 //! inference, for aue (Candle) and the PyTorch reference (`tools/aue_reference.py`) on the same
 //! weights and inputs, with each one's peak memory.
 //!

@@ -1,4 +1,4 @@
-//! Evaluation metrics (REFERENCE.md section 6): per-class accuracy (recall), the paper's
+//! Evaluation metrics (docs/METHOD.md section 6): per-class accuracy (recall), the paper's
 //! "Ave. acc" (mean over classes of per-class recall), overall accuracy, the confusion matrix,
 //! mean loss, and AU precision / recall / F1.
 //!

@@ -1,4 +1,4 @@
-//! Checkpoint I/O: atomic save with metadata, strict load, torchvision import (CONTRACT.md
+//! Checkpoint I/O: atomic save with metadata, strict load, torchvision import (docs/CONTRACT.md
 //! "Model state").
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! Label sets, action units and the expression-AU prior knowledge of AUE-CRL.
 //!
-//! These are the facts of REFERENCE.md sections 1 and 2 that more than one crate needs: the data
+//! These are the facts of docs/METHOD.md sections 1 and 2 that more than one crate needs: the data
 //! crate (label files), the synthetic face generator (which AUs an expression shows), the model
 //! (the initial `PriorKnowledgeTable` and its masks) and the report (class names). Keeping them in
 //! one dependency-free crate means there is exactly one copy of each table.
@@ -55,7 +55,7 @@ pub fn au_index(number: u8) -> Option<usize> {
     AU_NUMBERS.iter().position(|&n| n == number)
 }
 
-/// How strongly the prior ties an AU to an expression (REFERENCE.md section 2).
+/// How strongly the prior ties an AU to an expression (docs/METHOD.md section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PriorLevel {
     /// Initial value 1.0: the AU is a defining cue of the expression (mask A).
@@ -104,7 +104,7 @@ pub fn prior_level(expression: usize, au: usize) -> PriorLevel {
     }
 }
 
-/// The initial 7 x 17 `PriorKnowledgeTable` (REFERENCE.md section 2), row-major.
+/// The initial 7 x 17 `PriorKnowledgeTable` (docs/METHOD.md section 2), row-major.
 pub fn prior_table_init() -> [[f32; NUM_AUS]; NUM_BASIC] {
     let mut table = [[0.0; NUM_AUS]; NUM_BASIC];
     for (e, row) in table.iter_mut().enumerate() {
@@ -129,7 +129,7 @@ pub fn prior_mask(level: PriorLevel) -> [[f32; NUM_AUS]; NUM_BASIC] {
 /// A pair of AU indices.
 pub type AuPair = (usize, usize);
 
-/// AU pairs of the expression-independent relation loss (REFERENCE.md section 4), as AU indices:
+/// AU pairs of the expression-independent relation loss (docs/METHOD.md section 4), as AU indices:
 /// `(positive, negative)`. Positive pairs tend to occur together; negative pairs tend not to.
 pub fn eiau_pairs() -> (Vec<AuPair>, Vec<AuPair>) {
     const POSITIVE: [(u8, u8); 10] =

@@ -1,4 +1,4 @@
-//! Readers for the annotation text files of REFERENCE.md section 5: label lists, face boxes,
+//! Readers for the annotation text files of docs/METHOD.md section 5: label lists, face boxes,
 //! landmark files and ground-truth AU files.
 //!
 //! The reference reads these with `np.loadtxt` / `pandas.read_csv(delim_whitespace=True)`, so we
@@ -93,7 +93,7 @@ pub struct FaceBox {
 }
 
 impl FaceBox {
-    /// The extent of a set of points (SFEW's box, REFERENCE.md section 5).
+    /// The extent of a set of points (SFEW's box, docs/METHOD.md section 5).
     pub fn extent(points: &[Point]) -> FaceBox {
         let mut b = FaceBox {
             x1: f64::INFINITY,
@@ -147,7 +147,7 @@ pub(crate) fn read_box(path: &Path) -> Result<FaceBox> {
 }
 
 /// Reads a ground-truth AU file: one line of 17 intensities in [0, 1], AU order of
-/// REFERENCE.md section 1.
+/// docs/METHOD.md section 1.
 pub(crate) fn read_au_gt(path: &Path) -> Result<[f32; aue_core::NUM_AUS]> {
     let text = read_text(path)?;
     let mut lines = data_lines(&text);
@@ -257,7 +257,7 @@ pub(crate) struct SfewEntry {
     pub class: String,
     /// The id within the class folder (file stem).
     pub id: String,
-    /// 0-based label (REFERENCE.md section 1's folder map).
+    /// 0-based label (docs/METHOD.md section 1's folder map).
     pub label: usize,
 }
 

@@ -1,10 +1,10 @@
-//! Opening RAF-DB (basic, compound) and SFEW 2.0 in the layouts of REFERENCE.md section 5.
+//! Opening RAF-DB (basic, compound) and SFEW 2.0 in the layouts of docs/METHOD.md section 5.
 //!
 //! All annotations are parsed when a dataset is opened (text, fast) and each image's header is
 //! read for its size, so that a bad file is reported before training starts; the pixels are
 //! decoded later, by the loader.
 //!
-//! Layouts under the root folder (REFERENCE.md section 5, CONTRACT "Data"):
+//! Layouts under the root folder (docs/METHOD.md section 5, CONTRACT "Data"):
 //! - RAF-DB basic: `basic/EmoLabel/list_patition_label.txt` ("train_00001.jpg 5"; the split is
 //!   the name prefix), images `basic/Image/original/<name>` (or `aligned/<name>`, also found as
 //!   `<stem>_aligned.<ext>`, the name RAF-DB ships them under), boxes

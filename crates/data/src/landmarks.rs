@@ -1,5 +1,5 @@
 //! Facial landmarks: the iBUG 68-point layout, the 66-point variant, the mirror permutation and
-//! the AU centre table of REFERENCE.md section 5.
+//! the AU centre table of docs/METHOD.md section 5.
 
 /// One landmark, `[x, y]` in pixels. `f64` because the reference computes with numpy float64
 /// and the AU locations are rounded: a tie (x.5) must fall the same way.
@@ -72,7 +72,7 @@ pub enum Centre {
 
 use Centre::{Mid, Point as P};
 
-/// The two centres of each AU, in the AU order of REFERENCE.md section 1 (table of section 5).
+/// The two centres of each AU, in the AU order of docs/METHOD.md section 1 (table of section 5).
 pub const AU_CENTRES: [(Centre, Centre); aue_core::NUM_AUS] = [
     (P(21), P(22)),             // AU1
     (P(18), P(25)),             // AU2

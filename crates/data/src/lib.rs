@@ -1,4 +1,4 @@
-//! Dataset readers, preprocessing and the batch loader of aue (REFERENCE.md sections 1 and 5).
+//! Dataset readers, preprocessing and the batch loader of aue (docs/METHOD.md sections 1 and 5).
 //!
 //! - [`Dataset::open`] reads RAF-DB basic / compound or SFEW 2.0 (the synthetic set is a
 //!   RAF-DB-basic layout with ground-truth AUs), parsing every annotation up front.

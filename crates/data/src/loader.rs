@@ -7,7 +7,7 @@
 //! depends on which thread loads which sample, so the same seed gives the same batches, bit
 //! for bit, whatever the thread count.
 //!
-//! Train batches follow REFERENCE.md section 6: shuffled, the last partial batch dropped
+//! Train batches follow docs/METHOD.md section 6: shuffled, the last partial batch dropped
 //! (`drop_last`, an option keeps it). The reference also shuffles its test loader; that changes
 //! nothing in the metric, so [`LoaderOptions::eval`] does not.
 

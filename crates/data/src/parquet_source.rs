@@ -1,6 +1,6 @@
 //! An extra dataset source (cargo feature `parquet`): a FER set stored as parquet, one row per
 //! image, read with the `parquet` crate that candle-datasets brings. The samples then go through
-//! the same preprocessing and loader as the folder layouts (REFERENCE.md section 5).
+//! the same preprocessing and loader as the folder layouts (docs/METHOD.md section 5).
 //!
 //! candle-datasets has no reader for images with landmarks; what it adds is
 //! `candle_datasets::hub::from_hub`, which fetches a Hugging Face dataset's parquet files as
@@ -14,7 +14,7 @@
 //! | column | type | meaning |
 //! |---|---|---|
 //! | `image` | binary, or a struct with a binary field `bytes` (the Hugging Face `datasets` image feature) | the encoded image file (JPEG or PNG). Required. |
-//! | `label` | integer | 0-based class index in the order of REFERENCE.md section 1 for the dataset kind given (7 basic or 11 compound classes). Required. |
+//! | `label` | integer | 0-based class index in the order of docs/METHOD.md section 1 for the dataset kind given (7 basic or 11 compound classes). Required. |
 //! | `landmarks` | list of float or double | `x0 y0 x1 y1 ...` of 68 (iBUG) or 66 points in image pixels. Required column; a null value, or fewer than 2 points, skips the row as an image without a landmark file. |
 //! | `box` | list of 4 float or double | the face box `x1 y1 x2 y2` in image pixels. Optional; absent or null: the landmarks' extent. The enlargement factor is the kind's (0.15 RAF-DB, 0.20 SFEW). |
 //! | `name` | string | the sample name in batches. Optional; default `row<N>`. |

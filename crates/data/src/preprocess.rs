@@ -1,5 +1,5 @@
 //! Face crop, training augmentation, resize, ImageNet normalisation and AU locations
-//! (REFERENCE.md section 5, generalised to any input side S by section 8).
+//! (docs/METHOD.md section 5, generalised to any input side S by section 8).
 //!
 //! The geometry is computed in `f64` in the reference's order of operations, because the AU
 //! locations are rounded half to even at the end and a different order could move a tie:
@@ -25,7 +25,7 @@
 //!    scaled by `G / S`, a midpoint taken of the scaled points, rounded half to even, clamped to
 //!    `[L/2, G - L/2]` with `L = 2 * round(G * 12 / 56)` (12..=44 at S = 224).
 //!
-//! Choices where REFERENCE.md is silent, all matching the reference implementation:
+//! Choices where docs/METHOD.md is silent, all matching the reference implementation:
 //! - The random draws happen in the order dx, dy, flip, each from the sample's own generator
 //!   (see [`crate::Loader`]); the offset draws happen even when `half = 0`.
 //! - `flip` is "uniform `[0, 1)` draw `> 0.5`" (the reference's `random.random() > 0.5`).
@@ -157,7 +157,7 @@ impl PixelRect {
     }
 }
 
-/// The AU grid of an input side S (REFERENCE.md section 8).
+/// The AU grid of an input side S (docs/METHOD.md section 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuGrid {
     /// Input side S.

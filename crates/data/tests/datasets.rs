@@ -1,4 +1,4 @@
-//! Opening RAF-DB basic / compound and SFEW 2.0 layouts (REFERENCE.md section 5): what is read,
+//! Opening RAF-DB basic / compound and SFEW 2.0 layouts (docs/METHOD.md section 5): what is read,
 //! what is skipped as the reference skips it, and an error naming the file (and line) for each
 //! kind of malformed input, or a count under `skip_bad`.
 

@@ -1,4 +1,4 @@
-//! The batch loader: batch shapes (CONTRACT "Data"), REFERENCE.md section 6's batching (shuffled,
+//! The batch loader: batch shapes (CONTRACT "Data"), docs/METHOD.md section 6's batching (shuffled,
 //! last partial train batch dropped), and determinism of order and augmentation whatever the
 //! thread count.
 

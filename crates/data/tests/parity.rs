@@ -1,4 +1,4 @@
-//! Parity of the preprocessing with the reference (REFERENCE.md section 5): crops against PIL's
+//! Parity of the preprocessing with the reference (docs/METHOD.md section 5): crops against PIL's
 //! `Image.crop` + torchvision's `Resize((S, S))`, normalised images against `ToTensor` +
 //! `Normalize`, AU locations against the reference's numpy rule.
 //!

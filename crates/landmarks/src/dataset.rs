@@ -1,5 +1,5 @@
 //! Where the landmark files go for each dataset layout, and the resumable parallel run that writes
-//! them (REFERENCE.md section 5, "Dataset layouts the reference reads").
+//! them (docs/METHOD.md section 5, "Dataset layouts the reference reads").
 //!
 //! - RAF-DB basic / compound: images `<sub>/Image/original/<name>` from
 //!   `<sub>/EmoLabel/list_patition_label.txt`, boxes `<sub>/Annotation/boundingbox/<stem>.txt`

@@ -1,6 +1,6 @@
 //! Accuracy of predicted landmarks against known ones: the normalised mean error (NME, by the
 //! inter-ocular distance of the outer eye corners 36-45) and the error of the 34 AU centres on the
-//! model's grid (REFERENCE.md section 5), which is what AUE-CRL actually consumes.
+//! model's grid (docs/METHOD.md section 5), which is what AUE-CRL actually consumes.
 //!
 //! The AU-centre error follows section 5's test-time geometry: the box enlarged by half of
 //! `factor` x its width on every side (factor 0.15 for RAF-DB, 0.20 for SFEW, integer pixels),
@@ -25,7 +25,7 @@ pub enum Centre {
 
 use Centre::{Mid, Point};
 
-/// REFERENCE.md section 5: the two centres of each AU, in the AU order of section 1.
+/// docs/METHOD.md section 5: the two centres of each AU, in the AU order of section 1.
 pub const AU_CENTRES: [(Centre, Centre); 17] = [
     (Point(21), Point(22)),     // AU1
     (Point(18), Point(25)),     // AU2

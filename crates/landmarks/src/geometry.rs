@@ -1,4 +1,4 @@
-//! Face boxes and 68-point landmark sets in image pixels (iBUG 68 layout, REFERENCE.md section 5).
+//! Face boxes and 68-point landmark sets in image pixels (iBUG 68 layout, docs/METHOD.md section 5).
 
 /// 68 points `[x, y]` in image pixels, iBUG order (0-16 jaw, 17-26 brows, 27-35 nose, 36-47 eyes,
 /// 48-67 mouth).
@@ -42,7 +42,7 @@ impl FaceBox {
         if union > 0.0 { inter / union } else { 0.0 }
     }
 
-    /// The smallest box holding all points (the SFEW convention of REFERENCE.md section 5).
+    /// The smallest box holding all points (the SFEW convention of docs/METHOD.md section 5).
     pub fn around(points: &Landmarks68) -> Self {
         let mut b = Self::from_corners(f32::MAX, f32::MAX, f32::MIN, f32::MIN);
         for &[x, y] in points {

@@ -1,7 +1,7 @@
 //! face-api's 68-point landmark regressors (`FaceLandmark68Net`, `FaceLandmark68TinyNet`) on Candle.
 //!
 //! Both read a 112 x 112 face crop (padded to a square, see `preprocess`) and regress 136 numbers,
-//! the x, y of the 68 iBUG points (REFERENCE.md section 5's layout) as fractions of the padded
+//! the x, y of the 68 iBUG points (docs/METHOD.md section 5's layout) as fractions of the padded
 //! square. The feature extractor is a stack of "dense blocks" of depthwise separable convolutions
 //! whose outputs are summed (face-api `faceFeatureExtractor/denseBlock.ts`); the full net has four
 //! blocks (32, 64, 128, 256 channels) and a 7 x 7 average pool, the tiny one three (32, 64, 128)

@@ -1,6 +1,6 @@
 //! 68-point facial landmarks (iBUG layout) for the aue datasets, computed on the CPU with Candle.
 //!
-//! AUE-CRL places its 17 action-unit crops at landmark-derived centres (REFERENCE.md section 5),
+//! AUE-CRL places its 17 action-unit crops at landmark-derived centres (docs/METHOD.md section 5),
 //! and the reference reads landmark files made by the FAN detector, which RAF-DB and SFEW 2.0 do
 //! not ship. This crate makes them: face-api's tiny face detector finds the face where the dataset
 //! has no box, and face-api's 68-point landmark net (both from the npm package

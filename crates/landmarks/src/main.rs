@@ -1,4 +1,4 @@
-//! `aue-landmarks`: writes the 68-point landmark files the aue loader reads (REFERENCE.md
+//! `aue-landmarks`: writes the 68-point landmark files the aue loader reads (docs/METHOD.md
 //! section 5), measures landmark accuracy against known points, and draws overlays.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! The expression (EM), AU and fusion branches of AUE-CRL (REFERENCE.md section 3, generalised to
+//! The expression (EM), AU and fusion branches of AUE-CRL (docs/METHOD.md section 3, generalised to
 //! the widths of section 8).
 
 use aue_core::NUM_AUS;

@@ -1,7 +1,7 @@
-//! Model configurations and the presets of CONTRACT.md (REFERENCE.md sections 3 and 8).
+//! Model configurations and the presets of docs/CONTRACT.md (docs/METHOD.md sections 3 and 8).
 //!
 //! A [`ModelConfig`] fixes every width of the model; the branch widths follow the backbone's stage
-//! widths C1..C4 as REFERENCE.md section 8 says. The input side S sets the AU grid G = S/4 and the
+//! widths C1..C4 as docs/METHOD.md section 8 says. The input side S sets the AU grid G = S/4 and the
 //! crop side L = 2 * round(G * 12 / 56).
 
 use std::fmt;
@@ -31,7 +31,7 @@ impl BlockKind {
     }
 }
 
-/// The named presets of CONTRACT.md.
+/// The named presets of docs/CONTRACT.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
@@ -166,7 +166,7 @@ impl ModelConfig {
         let bad = |msg: String| Err(ModelError::Config(msg));
         if self.input_size < 32 || !self.input_size.is_multiple_of(32) {
             return bad(format!(
-                "input size {} is not a positive multiple of 32 (REFERENCE.md section 8)",
+                "input size {} is not a positive multiple of 32 (docs/METHOD.md section 8)",
                 self.input_size
             ));
         }
@@ -213,7 +213,7 @@ impl ModelConfig {
         2 * round_half_even_ratio(self.grid() * 12, 56)
     }
 
-    /// Valid AU centre range on the grid: [L/2, G - L/2] (REFERENCE.md section 8).
+    /// Valid AU centre range on the grid: [L/2, G - L/2] (docs/METHOD.md section 8).
     pub fn centre_range(&self) -> (usize, usize) {
         let half = self.crop_side() / 2;
         (half, self.grid() - half)

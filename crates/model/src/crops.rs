@@ -1,4 +1,4 @@
-//! The 34 AU crops and their crop nets, batched (REFERENCE.md section 3, AU branch steps 5-6).
+//! The 34 AU crops and their crop nets, batched (docs/METHOD.md section 3, AU branch steps 5-6).
 //!
 //! The reference runs 34 separate `Crop_Net_1.{k}` (Conv2d 3x3 + ReLU) and `Crop_Net_2.{k}`
 //! (Linear + ReLU + Dropout) modules on 34 crops of the AU map M. Here:

@@ -1,5 +1,5 @@
 //! The prior knowledge table's AU pseudo-target and the four losses of AUE-CRL
-//! (REFERENCE.md sections 2 and 4), vectorised: no loop over samples or AU pairs.
+//! (docs/METHOD.md sections 2 and 4), vectorised: no loop over samples or AU pairs.
 
 use aue_core::{NUM_AUS, NUM_BASIC, PriorLevel, eiau_pairs, prior_mask};
 use candle_core::{DType, Device, Tensor};

@@ -12,7 +12,7 @@
 //!   dropped. The model uses `candle_nn::ops::softmax`, which is made of differentiable ops.
 //! - `Tensor::clamp` is `maximum` then `minimum`, whose backward gives half the gradient where the
 //!   value sits exactly on a bound (PyTorch gives all of it): [`clamp_exact`].
-//! - no local response norm: [`lrn_quirk`] writes the reference's (REFERENCE.md section 3, step 2).
+//! - no local response norm: [`lrn_quirk`] writes the reference's (docs/METHOD.md section 3, step 2).
 //! - `candle_nn::SGD` has no momentum; the trainer implements SGD with momentum itself.
 //! - candle-transformers' ResNet is inference-only; `crate::resnet` is ours.
 //!
@@ -483,7 +483,7 @@ pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
     Ok(taps.reshape((b, c, ho, wo, 9))?.max(4)?)
 }
 
-/// quirk: the reference's local response norm (REFERENCE.md section 3, step 2): size 2, alpha 1e-4,
+/// quirk: the reference's local response norm (docs/METHOD.md section 3, step 2): size 2, alpha 1e-4,
 /// beta 0.75, k 1, with the window SUMMED (it multiplies the average by the size):
 /// y_c = x_c / (1 + 1e-4 (x_{c-1}^2 + x_c^2))^0.75 with x_{-1} = 0. Not PyTorch's nn.LocalResponseNorm.
 ///

@@ -1,5 +1,5 @@
 //! torchvision's ResNet (v1.5: the bottleneck's stride sits on its 3x3 conv) with torchvision's
-//! module names, returning the four stage maps f1..f4 (REFERENCE.md section 3, "Backbone").
+//! module names, returning the four stage maps f1..f4 (docs/METHOD.md section 3, "Backbone").
 //!
 //! Candle's own ResNet (candle-transformers) is inference-only; this one trains: its BatchNorm has
 //! a train mode and its stem max pool has an exact backward (see `crate::nn`).

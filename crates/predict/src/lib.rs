@@ -1,7 +1,7 @@
 //! `aue-predict`'s library: runs a trained AUE-CRL checkpoint on photos.
 //!
 //! For each image: detect faces and 68 landmarks (aue-landmarks), crop and normalise each face
-//! exactly as the reference's test mode (REFERENCE.md section 5: the detected box enlarged by
+//! exactly as the reference's test mode (docs/METHOD.md section 5: the detected box enlarged by
 //! half of 15% of its width per side, clipped, rounded half to even, resized to S x S, ImageNet
 //! normalisation; AU locations from the landmarks on the G grid, section 8), run the model in
 //! eval mode (section 3) and turn its outputs into one [`Row`] per face:

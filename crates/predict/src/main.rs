@@ -1,5 +1,5 @@
 //! `aue-predict`: expression, AU and attention predictions of an AUE-CRL checkpoint on photos
-//! and videos (faces found by aue-landmarks, cropped as the reference's test mode, REFERENCE.md
+//! and videos (faces found by aue-landmarks, cropped as the reference's test mode, docs/METHOD.md
 //! section 5; videos decoded by FFmpeg, faces tracked across frames).
 
 use std::collections::HashSet;

@@ -23,7 +23,7 @@ impl Table {
     }
 
     /// Pipe-table Markdown, one line per row, cells separated by ` | ` (the form of
-    /// REFERENCE.md's tables).
+    /// docs/METHOD.md's tables).
     pub fn to_markdown(&self) -> String {
         let line = |cells: &[String]| {
             let escaped: Vec<String> = cells.iter().map(|c| c.replace('|', "\\|")).collect();

@@ -1,6 +1,6 @@
 //! `aue-report`: reads AUE-CRL run folders (the files aue-train writes: `config.json`,
 //! `metrics.jsonl`, checkpoint metadata) and reports them: the paper's table for the dataset
-//! with our rows beside the published ones (REFERENCE.md section 7), best (test-set selection)
+//! with our rows beside the published ones (docs/METHOD.md section 7), best (test-set selection)
 //! and last epochs with overall and mean class accuracy and per-class precision / recall / F1
 //! (section 6), the stage 1 / stage 3 ablation, stage 2's AU detection, and the learned prior
 //! table (section 2). It never loads a model: the only tensor it reads is the 7 x 17 prior table.
@@ -36,7 +36,7 @@ pub fn build_report(paths: &[PathBuf], opts: &ReportOptions) -> Result<(Vec<Stag
     Ok((runs, report))
 }
 
-/// The default output folder: `<first run's parent>/report` (for `runs/x/stage1`, `runs/x/report`).
+/// The default output folder: `<first run's parent>/report` (for `checkpoints/x/stage1`, `checkpoints/x/report`).
 pub fn default_out_dir(first_run: &Path) -> PathBuf {
     first_run
         .parent()

@@ -1,6 +1,6 @@
 //! SVG charts drawn with plotters' SVG backend (text is left to the SVG viewer's fonts, so no
 //! system font is needed to draw): confusion matrices, training curves, and the 7 x 17 prior
-//! table (REFERENCE.md section 2) learned beside its initial value.
+//! table (docs/METHOD.md section 2) learned beside its initial value.
 //!
 //! Each function returns the SVG text; the caller writes it.
 
@@ -533,7 +533,7 @@ pub fn prior_svg(p: &PriorReport) -> Result<String> {
     };
     let seq = sequential(RGBColor(166, 54, 3));
     let ticks01 = vec![(0.0, "0".to_string()), (0.5, "0.5".to_string()), (1.0, "1".to_string())];
-    let initial_title = "Initial table (REFERENCE.md section 2)".to_string();
+    let initial_title = "Initial table (docs/METHOD.md section 2)".to_string();
     let learned_title = format!("Learned table (stage {}, epoch {})", p.stage, p.epoch);
     let diff: Vec<Vec<f32>> = p
         .learned

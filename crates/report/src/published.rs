@@ -1,4 +1,4 @@
-//! The paper's published results (REFERENCE.md section 7) and the column order of its tables.
+//! The paper's published results (docs/METHOD.md section 7) and the column order of its tables.
 //!
 //! The tables list the classes alphabetically (Angry, Disgust, Fear, Happy, Neutral, Sad,
 //! Surprised), which is not the label index order of section 1 (Surprise, Fear, Disgust,
@@ -10,7 +10,7 @@ use serde::Serialize;
 pub const PAPER_COLUMNS: [&str; 7] =
     ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprised"];
 
-/// For each paper column, the label index (REFERENCE.md section 1) of its class.
+/// For each paper column, the label index (docs/METHOD.md section 1) of its class.
 pub const PAPER_COLUMN_LABELS: [usize; 7] = [5, 2, 1, 3, 6, 4, 0];
 
 /// The header of the average column.
@@ -83,7 +83,7 @@ const fn row(method: &'static str, c: [f64; 7], ave: f64) -> PublishedRow {
     }
 }
 
-/// RAF-DB (REFERENCE.md section 7).
+/// RAF-DB (docs/METHOD.md section 7).
 pub const RAFDB: [PublishedRow; 8] = [
     row("DCNN-DA", [78.4, 64.4, 62.2, 91.1, 80.6, 81.2, 84.5], 77.5),
     row("WSLGRN", [75.3, 56.9, 63.5, 93.8, 85.4, 83.5, 85.4], 77.7),
@@ -95,7 +95,7 @@ pub const RAFDB: [PublishedRow; 8] = [
     row("AUE-CRL (paper)", [80.5, 67.6, 68.9, 94.1, 85.8, 83.6, 86.4], 81.0),
 ];
 
-/// SFEW 2.0 (REFERENCE.md section 7).
+/// SFEW 2.0 (docs/METHOD.md section 7).
 pub const SFEW: [PublishedRow; 5] = [
     row("CP", [66.0, 0.0, 14.0, 90.0, 86.0, 66.0, 29.0], 50.1),
     PublishedRow { method: "DLP-CNN", classes: [None; 7], ave: 51.1 },

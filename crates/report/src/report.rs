@@ -1,7 +1,7 @@
 //! The report: from read stage runs to one [`Report`] (serialised as `report.json`) and its
 //! document (printed, and written as `report.md`).
 //!
-//! Sections: the paper's table for the dataset (REFERENCE.md section 7, in the paper's column
+//! Sections: the paper's table for the dataset (docs/METHOD.md section 7, in the paper's column
 //! order) with our rows beside the published ones; per run the best epoch (test-set selection,
 //! the reference's protocol of section 6, labelled as such) and the last epoch, overall accuracy
 //! beside mean class accuracy, per-class precision / recall / F1; the ablation the method rests
@@ -188,7 +188,7 @@ pub struct PriorReport {
     pub expressions: Vec<String>,
     /// Column names (AUs).
     pub aus: Vec<String>,
-    /// REFERENCE.md section 2's initial table.
+    /// docs/METHOD.md section 2's initial table.
     pub initial: Vec<Vec<f32>>,
     /// The learned table.
     pub learned: Vec<Vec<f32>>,
@@ -211,7 +211,7 @@ pub struct Report {
     pub columns: Vec<String>,
     /// Label index of each column.
     pub column_labels: Vec<usize>,
-    /// Published rows (REFERENCE.md section 7).
+    /// Published rows (docs/METHOD.md section 7).
     pub published: Vec<PublishedRow>,
     /// Per run.
     pub runs: Vec<RunReport>,
@@ -554,7 +554,7 @@ impl Report {
         };
         doc.push(Block::Text(format!(
             "Per-class accuracy (%) = recall on the test split; Ave. = mean class accuracy (the \
-             mean over classes of per-class accuracy, REFERENCE.md section 6; a class without \
+             mean over classes of per-class accuracy, docs/METHOD.md section 6; a class without \
              test samples shows \"{NO_SAMPLES}\" and is left out of the mean). \"Best epoch\" is \
              the epoch with the best test mean class accuracy: test-set selection, as the \
              reference does; the last epoch is shown beside it. {classes_note}"
@@ -849,7 +849,7 @@ fn prior_blocks(p: &PriorReport, image: Option<&str>) -> Vec<Block> {
         Block::Heading(2, "Prior knowledge table (7 x 17)".into()),
         Block::Text(format!(
             "Learned `PriorKnowledgeTable` from {} (stage {}, epoch {}) beside its initial value \
-             (REFERENCE.md section 2); largest change of an entry: {:.3}.",
+             (docs/METHOD.md section 2); largest change of an entry: {:.3}.",
             p.checkpoint.display(),
             p.stage,
             p.epoch,

@@ -2,7 +2,7 @@
 //! them): `config.json`, `metrics.jsonl` (one [`SplitRecord`] per epoch and split) and the
 //! metadata of `best.safetensors` / `last.safetensors`. No tensor is loaded here.
 //!
-//! The best epoch is the reference's selection (REFERENCE.md section 6): the test epoch with the
+//! The best epoch is the reference's selection (docs/METHOD.md section 6): the test epoch with the
 //! best mean class accuracy, which is test-set selection; the report shows it as such, with the
 //! last epoch beside it.
 

@@ -1,4 +1,4 @@
-//! Classification scores from a confusion matrix (REFERENCE.md section 6): overall accuracy, the
+//! Classification scores from a confusion matrix (docs/METHOD.md section 6): overall accuracy, the
 //! paper's "Ave. acc" (mean over classes of per-class accuracy = recall), and per-class
 //! precision, recall and F1; plus the number formats of the report.
 //!

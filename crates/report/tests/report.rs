@@ -14,7 +14,7 @@ use aue_report::report::display_columns;
 use aue_report::{Compare, Report, ReportOptions, StageRun, build_report, default_out_dir};
 use common::*;
 
-/// REFERENCE.md section 7, copied verbatim: every published row must come out of the report
+/// docs/METHOD.md section 7, copied verbatim: every published row must come out of the report
 /// exactly like this.
 const REFERENCE_RAFDB: &str = "\
 | Method | Angry | Disgust | Fear | Happy | Neutral | Sad | Surprised | Ave. |
@@ -71,7 +71,7 @@ fn the_main_table_holds_the_published_rows_verbatim_then_ours() {
     assert_eq!(report.benchmark, Some(Benchmark::RafDb));
     let md = report.main_table().to_markdown();
     let lines: Vec<&str> = md.lines().collect();
-    // Header, separator and all eight published rows, in order, exactly as REFERENCE.md.
+    // Header, separator and all eight published rows, in order, exactly as docs/METHOD.md.
     for (i, want) in REFERENCE_RAFDB.lines().enumerate() {
         assert_eq!(lines[i], want, "line {i}");
     }

@@ -4,7 +4,7 @@
 //! last columns show faces as the dataset draws them (AUs from the sampler, random identity).
 //!
 //! With `crop`, each cell shows what a model at 64 px input sees: the face box enlarged by 7.5% per
-//! side (REFERENCE.md section 5), resized to 64 x 64, then enlarged to the cell for viewing.
+//! side (docs/METHOD.md section 5), resized to 64 x 64, then enlarged to the cell for viewing.
 //!
 //! `cargo run --release -p aue-synth --example contact_sheet -- OUT.png [SIZE] [easy|medium|hard] [crop]`
 

@@ -1,4 +1,4 @@
-//! Writes a synthetic set in the RAF-DB *basic* layout (REFERENCE.md section 5, plus the AU
+//! Writes a synthetic set in the RAF-DB *basic* layout (docs/METHOD.md section 5, plus the AU
 //! ground truth that only this set has), in parallel and byte-for-byte reproducibly.
 //!
 //! Layout under `out`:

@@ -1,6 +1,6 @@
 //! Every knob that makes the synthetic set easier or harder, in one struct, with three presets.
 //!
-//! The expression -> AU probabilities follow the prior of REFERENCE.md section 2 (Strong / Weak /
+//! The expression -> AU probabilities follow the prior of docs/METHOD.md section 2 (Strong / Weak /
 //! Absent entries of `aue_core::prior_level`); the rest sets how much identity, pose, scene clutter
 //! and image degradation hide the AUs. Tuning the set for a model means editing one of these values.
 
@@ -56,7 +56,7 @@ pub struct Difficulty {
     /// The preset these values started from (recorded in the README).
     pub level: DifficultyLevel,
 
-    // Expression -> AUs (REFERENCE.md section 2).
+    // Expression -> AUs (docs/METHOD.md section 2).
     /// Probability that a Strong (1.0) prior entry is active.
     pub p_strong: f32,
     /// Probability that a Weak (0.5) prior entry is active.

@@ -1,6 +1,6 @@
 //! Which expression each image shows, which AUs that expression activates, and label noise.
 //!
-//! The expression -> AU sampler follows the prior knowledge table of REFERENCE.md section 2 (via
+//! The expression -> AU sampler follows the prior knowledge table of docs/METHOD.md section 2 (via
 //! `aue_core::prior_level`): an AU whose prior entry is Strong (1.0) is active with probability
 //! `p_strong`, Weak (0.5) with `p_weak`, Absent (0.1) with `p_absent` (`p_neutral` on the all-Absent
 //! Neutral row). Active AUs get a random intensity in [intensity_min, intensity_max] within [0.3, 1];
@@ -11,7 +11,7 @@ use aue_core::{NUM_AUS, NUM_BASIC, PriorLevel, prior_level};
 use crate::difficulty::Difficulty;
 use crate::random::Draw;
 
-/// Index of Neutral among the basic expressions (REFERENCE.md section 1).
+/// Index of Neutral among the basic expressions (docs/METHOD.md section 1).
 pub const NEUTRAL: usize = 6;
 
 /// How many images of each class a split gets.

@@ -3,7 +3,7 @@
 //!
 //! Face units: x to the image right, y down, origin between the eye corners; the jaw's half-width
 //! at eye level is about 1 and the chin sits about 1.64 below the eye line. The template uses the
-//! iBUG-68 point order of REFERENCE.md section 5 (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47,
+//! iBUG-68 point order of docs/METHOD.md section 5 (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47,
 //! outer lips 48-59, inner lips 60-67), with "left" meaning image-left (the subject's right).
 
 use std::ops::{Add, Mul, Sub};

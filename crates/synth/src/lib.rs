@@ -1,4 +1,4 @@
-//! Synthetic faces with FACS action units, written as a RAF-DB *basic* dataset (REFERENCE.md
+//! Synthetic faces with FACS action units, written as a RAF-DB *basic* dataset (docs/METHOD.md
 //! sections 1, 2 and 5) plus ground-truth AU intensities, so that the whole AUE-CRL pipeline can be
 //! trained, tested and demonstrated without the licensed datasets.
 //!

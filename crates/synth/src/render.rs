@@ -3,7 +3,7 @@
 //! returns the image with its true landmarks, face box and AU intensities.
 //!
 //! The landmarks written for an image are exactly the points the features were drawn through
-//! (after pose), so they are ground truth for the REFERENCE.md section 5 crop and AU centres.
+//! (after pose), so they are ground truth for the docs/METHOD.md section 5 crop and AU centres.
 
 use aue_core::{NUM_AUS, au_index};
 use image::RgbImage;
@@ -33,7 +33,7 @@ const FACE_CENTRE: Pt = Pt::new(0.0, 0.66);
 pub struct FaceParams {
     /// Image side in pixels (square images).
     pub size: u32,
-    /// AU intensities in AU order (REFERENCE.md section 1), 0 = absent.
+    /// AU intensities in AU order (docs/METHOD.md section 1), 0 = absent.
     pub aus: [f32; NUM_AUS],
     pub shape: FaceShape,
     pub look: Appearance,

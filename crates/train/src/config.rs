@@ -1,5 +1,5 @@
 //! Stage configuration: raw flags and an optional TOML file become one checked [`StageConfig`]
-//! with every default filled in (REFERENCE.md section 6 gives the defaults).
+//! with every default filled in (docs/METHOD.md section 6 gives the defaults).
 //!
 //! Precedence: command-line flag, then the `--config` file, then the default. The resolved
 //! configuration is written to the stage folder (`config.json`) before the first step and into

@@ -1,4 +1,4 @@
-//! SGD with momentum, written by hand with PyTorch's semantics (REFERENCE.md section 6: momentum
+//! SGD with momentum, written by hand with PyTorch's semantics (docs/METHOD.md section 6: momentum
 //! 0.9, no weight decay, no dampening, no Nesterov). Candle's own `SGD` has no momentum.
 //!
 //! PyTorch's `torch.optim.SGD` step for a parameter `p` with gradient `g`:

@@ -1,4 +1,4 @@
-//! The step learning-rate schedule of REFERENCE.md section 6: lr 0.01, x0.1 after epoch 15 and
+//! The step learning-rate schedule of docs/METHOD.md section 6: lr 0.01, x0.1 after epoch 15 and
 //! again after epoch 30 (PyTorch `MultiStepLR(milestones=[15, 30], gamma=0.1)` stepped per epoch).
 
 use serde::{Deserialize, Serialize};

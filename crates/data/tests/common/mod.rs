@@ -1,4 +1,4 @@
-//! Tiny dataset layouts (REFERENCE.md section 5) written into temp folders for the tests.
+//! Tiny dataset layouts (docs/METHOD.md section 5) written into temp folders for the tests.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
