@@ -585,6 +585,12 @@ fn open_raf(
     }
     let entries = annotations::read_label_list(&list, split.as_str(), kind.num_classes())?;
     let listed = entries.len();
+    if listed == 0 {
+        return Err(DataError::Dataset {
+            root: list.clone(),
+            message: format!("lists no {split} image (names start with `{split}_`)"),
+        });
+    }
     let au_dir = sub.join(layout::RAF_AU_GT);
     let has_au_gt = au_dir.is_dir();
     let dirs = RafDirs {
@@ -694,6 +700,10 @@ fn open_sfew(root: &Path, split: Split, options: &DatasetOptions) -> Result<Open
         list_sfew_images(&base.join(layout::SFEW_IMAGES))?
     };
     let listed = entries.len();
+    if listed == 0 {
+        let source = if list.is_file() { list.clone() } else { base.join(layout::SFEW_IMAGES) };
+        return Err(DataError::Dataset { root: source, message: format!("lists no {split} image") });
+    }
     let grid = AuGrid::new(options.input_size);
     let results = entries
         .into_par_iter()

@@ -71,7 +71,7 @@ pub enum DataError {
     /// The dataset as a whole cannot be used (for example, no sample in the split).
     #[error("dataset {}: {message}", root.display())]
     Dataset {
-        /// The dataset root folder.
+        /// The dataset root folder, or the list file or folder at fault.
         root: PathBuf,
         /// What is wrong.
         message: String,

@@ -365,3 +365,14 @@ fn bad_options_and_missing_folders_are_errors() {
     let bad = DatasetOptions { input_size: 100, ..opts() };
     assert!(matches!(open_basic(dir.path(), Split::Train, &bad), Err(DataError::Options(_))));
 }
+
+#[test]
+fn an_empty_label_list_is_reported_against_the_list_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("basic/EmoLabel/list_patition_label.txt");
+    std::fs::create_dir_all(list.parent().unwrap()).unwrap();
+    std::fs::write(&list, "").unwrap();
+    let err = Dataset::open(DatasetKind::Rafdb, tmp.path(), Split::Train, &opts()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("list_patition_label.txt") && text.contains("lists no train"), "{text}");
+}
