@@ -50,6 +50,7 @@ fn detector_matches_face_api() {
     let lm = Landmarker::new(&LandmarkerConfig {
         net: LandmarkNetKind::Full,
         detector: DetectorOptions {
+            kind: aue_landmarks::DetectorKind::Tiny,
             input_size: doc["detector"]["input_size"].as_u64().unwrap() as usize,
             score_threshold: f(&doc["detector"]["score_threshold"]),
         },
