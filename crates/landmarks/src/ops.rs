@@ -6,6 +6,10 @@
 //!
 //! Candle's grouped convolution runs one convolution per group, which for a depthwise layer with
 //! 256 channels means 256 tiny convolutions; [`depthwise_conv2d`] is a direct CPU kernel instead.
+//!
+//! The direct kernels are CPU-only custom ops. On any other device (CUDA) every function here
+//! computes the same thing with Candle's generic operations instead (the `generic` module, tested
+//! against the kernels on the CPU).
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail,
@@ -79,6 +83,9 @@ pub fn conv2d_tf(
     } else {
         x.clone()
     };
+    if !x.device().is_cpu() {
+        return generic::conv2d_bias(&x, weight, bias, stride);
+    }
     let (x, weight, bias) = (contiguous(&x)?, contiguous(weight)?, contiguous(bias)?);
     x.apply_op3_no_bwd(&weight, &bias, &DenseConv { stride }).op("conv2d")
 }
@@ -162,6 +169,9 @@ pub enum Activation {
 /// # Shapes
 /// `x`: [b, c, h, w], `bias`: [c] -> [b, c, h, w]
 pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return generic::bias_act(x, bias, act);
+    }
     let (x, bias) = (contiguous(x)?, contiguous(bias)?);
     x.apply_op2_no_bwd(&bias, &BiasAct { act }).op("bias + activation")
 }
@@ -187,6 +197,9 @@ pub fn max_pool_same(x: &Tensor, stride: usize) -> Result<Tensor> {
     let (_, top, bottom) = same_padding(h, 2, stride);
     let (_, left, right) = same_padding(w, 2, stride);
     let x = pad_hw(x, (top, bottom), (left, right), f32::NEG_INFINITY)?;
+    if !x.device().is_cpu() {
+        return x.max_pool2d_with_stride((2, 2), (stride, stride)).op("maxpool");
+    }
     contiguous(&x)?.apply_op1_no_bwd(&MaxPool2 { stride }).op("maxpool")
 }
 
@@ -201,6 +214,9 @@ pub fn depthwise_conv2d(
     stride: usize,
     ((top, bottom), (left, right)): ((usize, usize), (usize, usize)),
 ) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return generic::depthwise(x, kernel, stride, ((top, bottom), (left, right)));
+    }
     let (x, kernel) = (contiguous(x)?, contiguous(kernel)?);
     let op = DepthwiseConv { stride, top, bottom, left, right };
     x.apply_op2_no_bwd(&kernel, &op).op("depthwise conv")
@@ -211,8 +227,60 @@ pub fn depthwise_conv2d(
 /// # Shapes
 /// `a`, `b`: the same shape -> that shape
 pub fn add(a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    if !a.device().is_cpu() {
+        return generic::add(a, b, relu);
+    }
     let (a, b) = (contiguous(a)?, contiguous(b)?);
     a.apply_op2_no_bwd(&b, &Add { relu }).op("add")
+}
+
+/// The same layers with Candle's generic operations, for devices without this file's kernels.
+mod generic {
+    use candle_core::Tensor;
+
+    use super::{Activation, pad_hw};
+    use crate::error::{CandleContext, Result};
+
+    fn per_channel(bias: &Tensor) -> Result<Tensor> {
+        bias.reshape((1, (), 1, 1)).op("bias: reshape") // [1, c, 1, 1]
+    }
+
+    /// 'valid' dense convolution plus bias.
+    pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize) -> Result<Tensor> {
+        let y = x.conv2d(w, 0, stride, 1, 1).op("conv2d")?;
+        y.broadcast_add(&per_channel(bias)?).op("conv2d: bias")
+    }
+
+    /// Depthwise convolution with explicit zero padding (a grouped convolution, one group per
+    /// channel).
+    pub fn depthwise(
+        x: &Tensor,
+        kernel: &Tensor,
+        stride: usize,
+        (rows, cols): ((usize, usize), (usize, usize)),
+    ) -> Result<Tensor> {
+        let c = x.dim(1).op("depthwise conv: input rank")?;
+        let x = pad_hw(x, rows, cols, 0.0)?;
+        x.conv2d(kernel, 0, stride, 1, c).op("depthwise conv")
+    }
+
+    pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+        let v = x.broadcast_add(&per_channel(bias)?).op("bias")?;
+        match act {
+            Activation::None => Ok(v),
+            // face-api's relu(x - 0.1 x) + 0.1 x, in the same order.
+            Activation::Leaky => {
+                let min = v.affine(0.1, 0.0).op("leaky")?;
+                (&v - &min).and_then(|d| d.relu()).and_then(|r| r + &min).op("leaky")
+            }
+            Activation::Relu6 => v.clamp(0f32, 6f32).op("relu6"),
+        }
+    }
+
+    pub fn add(a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+        let s = (a + b).op("add")?;
+        if relu { s.relu().op("add: relu") } else { Ok(s) }
+    }
 }
 
 fn contiguous(x: &Tensor) -> Result<Tensor> {
@@ -553,6 +621,39 @@ mod tests {
         let y = max_pool_same(&x, 2).unwrap();
         assert_eq!(y.dims(), &[1, 1, 2, 2]);
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![-5.0; 4]);
+    }
+
+    /// The generic path (what CUDA runs) against the CPU kernels, on the CPU.
+    #[test]
+    fn generic_path_matches_the_cpu_kernels() {
+        let dev = Device::Cpu;
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            assert_eq!(a.dims(), b.dims());
+            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        let x = Tensor::randn(0f32, 3.0, (2, 5, 9, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (5, 1, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        for pads in [((1, 1), (1, 1)), ((0, 1), (0, 1))] {
+            for stride in [1, 2] {
+                let want = depthwise_conv2d(&x, &k, stride, pads).unwrap();
+                let got = generic::depthwise(&x, &k, stride, pads).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5);
+            }
+        }
+        for act in [Activation::None, Activation::Leaky, Activation::Relu6] {
+            let want = bias_act(&x, &bias, act).unwrap();
+            assert!(max_diff(&generic::bias_act(&x, &bias, act).unwrap(), &want) < 1e-6);
+        }
+        let w = Tensor::randn(0f32, 1.0, (4, 5, 3, 3), &dev).unwrap();
+        let b4 = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+        let want = conv2d_tf(&x, &w, &b4, 2, false).unwrap();
+        assert!(max_diff(&generic::conv2d_bias(&x, &w, &b4, 2).unwrap(), &want) < 1e-4);
+        let y = Tensor::randn(0f32, 1.0, (2, 5, 9, 8), &dev).unwrap();
+        for relu in [false, true] {
+            let want = add(&x, &y, relu).unwrap();
+            assert_eq!(max_diff(&generic::add(&x, &y, relu).unwrap(), &want), 0.0);
+        }
     }
 
     #[test]
