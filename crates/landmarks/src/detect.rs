@@ -100,7 +100,7 @@ impl FaceDetector {
                         faces
                             .into_iter()
                             .filter(|f| tile.keeps(f, image.width(), image.height()))
-                            .map(|f| tile.to_image(f)),
+                            .map(|f| tile.in_image(f)),
                     );
                 }
                 Ok(merge(whole, extra).iter().map(tiny_framing).collect())
@@ -131,7 +131,7 @@ impl Tile {
         small && !(cut_left || cut_top || cut_right || cut_bottom)
     }
 
-    fn to_image(&self, f: FaceBox) -> FaceBox {
+    fn in_image(&self, f: FaceBox) -> FaceBox {
         let (dx, dy) = (self.x as f32, self.y as f32);
         FaceBox { x1: f.x1 + dx, y1: f.y1 + dy, x2: f.x2 + dx, y2: f.y2 + dy, score: f.score }
     }
