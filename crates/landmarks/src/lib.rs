@@ -2,10 +2,11 @@
 //!
 //! AUE-CRL places its 17 action-unit crops at landmark-derived centres (REFERENCE.md section 5),
 //! and the reference reads landmark files made by the FAN detector, which RAF-DB and SFEW 2.0 do
-//! not ship. This crate makes them: face-api's tiny face detector finds the face where the dataset
-//! has no box, and face-api's 68-point landmark net (both from the npm package
-//! `@vladmandic/face-api` 1.7.15, MIT; converted once by `tools/landmarks/convert_faceapi.py`,
-//! embedded in the library) regresses the points. See README.md for provenance and accuracy.
+//! not ship. This crate makes them: face-api's SSD MobileNet v1 face detector (or its tiny face
+//! detector, [`DetectorKind`]) finds the faces where the dataset has no box, and face-api's
+//! 68-point landmark net (all from the npm package `@vladmandic/face-api` 1.7.15, MIT; converted
+//! once by `tools/landmarks/convert_faceapi.py`, embedded in the library) regresses the points.
+//! See README.md for provenance and accuracy, on synthetic and on real photos.
 //!
 //! ```no_run
 //! use aue_landmarks::{Landmarker, LandmarkerConfig, load_image};

@@ -5,7 +5,9 @@
 //! aue-landmarks --dataset rafdb|rafdb-compound|sfew --root DIR [--overwrite] [--box dataset|detect|matched]
 //! aue-landmarks --images DIR --out DIR
 //! aue-landmarks eval --root DIR [--split test] | --pts DIR   [--overlays DIR]
+//! aue-landmarks eval --faces DIR [--all-detectors]
 //! aue-landmarks overlay --out DIR IMAGE...
+//! (every command: [--detector ssd|ssd-whole|tiny] [--device cpu|cuda|cuda:N] [--net full|tiny])
 //! ```
 
 use std::path::{Path, PathBuf};
