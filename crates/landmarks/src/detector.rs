@@ -59,7 +59,7 @@ pub enum DetectorKind {
     #[default]
     Ssd,
     /// SSD MobileNet v1 on the whole image only (about 5 times faster than [`Self::Ssd`] on large
-    /// photos; misses faces under about a 25th of the longer side).
+    /// photos; can miss faces under about a tenth of the longer side).
     SsdWhole,
     /// The tiny face detector (190 KB; about 5 times faster than one SSD pass; misses faces that
     /// fill most of the frame, turned faces and many grey ones).
