@@ -9,7 +9,7 @@
 //! score; boxes above the score threshold are kept after NMS (IoU 0.5, at most 100 faces).
 //!
 //! Names are the TensorFlow ones in face-api's manifest (`MobilenetV1.Conv2d_3_depthwise...`).
-//! It was trained on WIDER FACE (face-api's TUTORIAL.md), so unlike the tiny detector it finds
+//! It was trained on WIDER FACE (face-api's documentation), so unlike the tiny detector it finds
 //! faces filling the frame, turned faces and grey photos (measured in README.md).
 
 use candle_core::{Device, Tensor};
