@@ -3,9 +3,10 @@
 //! The SSD detector sees the image resized to 512 x 512 and its smallest anchors are a tenth of
 //! that, so small faces of large photos are hard for it (measured: Einstein's tilted 85 px face in
 //! a 1024 px archival photo was missed, a frontal 45 px face in the same photo found). For images
-//! whose longer side exceeds [`TILE_ABOVE`], [`DetectorKind::Ssd`] also runs the network on four overlapping tiles (each 60% of the width and height, so every
-//! face under a fifth of the side lies wholly inside one tile) in the same forward pass, and
-//! merges what they find with the whole-image faces. A tile keeps only faces that do not touch
+//! whose longer side exceeds [`TILE_ABOVE`], [`DetectorKind::Ssd`] also runs the network on four
+//! overlapping tiles (each 60% of the width and height, so every face under a fifth of the side
+//! lies wholly inside one tile) in the same forward pass, and merges what they find with the
+//! whole-image faces. A tile keeps only faces that do not touch
 //! one of its inner edges (those are cut faces, found whole by another tile or the whole image)
 //! and that are small for the tile (larger faces are the whole-image pass's job).
 //!
