@@ -405,9 +405,10 @@ fn run_eval_faces(a: &EvalArgs, dir: &Path) -> anyhow::Result<()> {
         cpu_name()
     );
     println!(
-        "\n| detector | faces expected | found | false positives | NME face_landmark_68 | NME face_landmark_68_tiny | ms / image |"
+        "\n| detector | faces expected | found | false positives | NME face_landmark_68 | NME face_landmark_68_tiny | ms / image | CPU ms / image |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
+    let fmt_ms = |v: Option<f64>| v.map_or("-".to_string(), |t| format!("{t:.0}"));
     let mean_nme = |out: &[real::ImageOutcome], k: usize| {
         let v: Vec<f32> = out.iter().filter_map(|o| o.nme[k]).collect();
         if v.is_empty() {
@@ -421,27 +422,31 @@ fn run_eval_faces(a: &EvalArgs, dir: &Path) -> anyhow::Result<()> {
         let fp: usize = out.iter().map(|o| o.false_positives).sum();
         let ms = out.iter().map(|o| o.ms).sum::<f64>() / out.len() as f64;
         println!(
-            "| {} | {expected} | {found} | {fp} | {} | {} | {ms:.0} |",
+            "| {} | {expected} | {found} | {fp} | {} | {} | {ms:.0} | {} |",
             kind.name(),
             mean_nme(out, 0),
-            mean_nme(out, 1)
+            mean_nme(out, 1),
+            fmt_ms(out.iter().map(|o| o.cpu_ms).sum::<Option<f64>>().map(|t| t / out.len() as f64))
         );
     }
     let fmt_nme = |v: Option<f32>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
     for (kind, out) in &rows {
         println!("\nper image, detector {}:\n", kind.name());
-        println!("| image | faces | found | false positives | NME 68 | NME 68 tiny | ms |");
-        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| image | faces | found | false positives | NME 68 | NME 68 tiny | ms | CPU ms |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
         for o in out {
             println!(
-                "| {} | {} | {} | {} | {} | {} | {:.0} |",
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {} |",
                 o.image.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
                 o.expected,
                 o.found,
                 o.false_positives,
                 fmt_nme(o.nme[0]),
                 fmt_nme(o.nme[1]),
-                o.ms
+                o.ms,
+                fmt_ms(o.cpu_ms)
             );
         }
     }

@@ -183,6 +183,15 @@ pub fn leaky(x: &Tensor) -> Result<Tensor> {
     bias_act(x, &zeros, Activation::Leaky)
 }
 
+/// `v = act(v + bias)` over one plane.
+fn apply_bias_act(o: &mut [f32], bias: f32, act: Activation) {
+    match act {
+        Activation::None => o.iter_mut().for_each(|v| *v += bias),
+        Activation::Leaky => o.iter_mut().for_each(|v| *v = leaky_value(*v + bias)),
+        Activation::Relu6 => o.iter_mut().for_each(|v| *v = (*v + bias).clamp(0.0, 6.0)),
+    }
+}
+
 fn leaky_value(v: f32) -> f32 {
     let min = v * 0.1f32;
     (v - min).max(0.0) + min
@@ -218,7 +227,29 @@ pub fn depthwise_conv2d(
         return generic::depthwise(x, kernel, stride, ((top, bottom), (left, right)));
     }
     let (x, kernel) = (contiguous(x)?, contiguous(kernel)?);
-    let op = DepthwiseConv { stride, top, bottom, left, right };
+    let op = DepthwiseConv { stride, top, bottom, left, right, epilogue: None };
+    x.apply_op2_no_bwd(&kernel, &op).op("depthwise conv")
+}
+
+/// [`depthwise_conv2d`] followed by `act(y + bias[c])`, in one pass over the output on the CPU.
+///
+/// # Shapes
+/// `x`: [b, c, h, w], `kernel`: [c, 1, kh, kw], `bias`: [c] -> [b, c, h', w']
+pub fn depthwise_conv2d_bias_act(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    ((top, bottom), (left, right)): ((usize, usize), (usize, usize)),
+    act: Activation,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        let y = generic::depthwise(x, kernel, stride, ((top, bottom), (left, right)))?;
+        return generic::bias_act(&y, bias, act);
+    }
+    let (x, kernel) = (contiguous(x)?, contiguous(kernel)?);
+    let bias = bias.to_vec1::<f32>().op("depthwise conv: bias")?;
+    let op = DepthwiseConv { stride, top, bottom, left, right, epilogue: Some((bias, act)) };
     x.apply_op2_no_bwd(&kernel, &op).op("depthwise conv")
 }
 
@@ -389,6 +420,8 @@ struct DepthwiseConv {
     bottom: usize,
     left: usize,
     right: usize,
+    /// Per-channel bias and activation applied to each finished plane.
+    epilogue: Option<(Vec<f32>, Activation)>,
 }
 
 impl CustomOp2 for DepthwiseConv {
@@ -415,6 +448,11 @@ impl CustomOp2 for DepthwiseConv {
         let (xs, ks) = (f32_slice(s1, l1, "depthwise conv")?, f32_slice(s2, l2, "depthwise conv")?);
         let mut out = vec![0f32; b * c * oh * ow];
         let (top, left) = (self.top, self.left);
+        if let Some((bias, _)) = &self.epilogue
+            && bias.len() != c
+        {
+            bail!("depthwise conv: {} biases for {c} channels", bias.len());
+        }
         out.par_chunks_mut(oh * ow).enumerate().for_each_init(
             || vec![0f32; hp * wp],
             |padded, (plane, o)| {
@@ -431,6 +469,9 @@ impl CustomOp2 for DepthwiseConv {
                             axpy_strided(orow, &row[kx..], kp[ky * kw + kx], s);
                         }
                     }
+                }
+                if let Some((bias, act)) = &self.epilogue {
+                    apply_bias_act(o, bias[plane % c], *act);
                 }
             },
         );
@@ -496,12 +537,7 @@ impl CustomOp2 for BiasAct {
         let mut out = xs.to_vec();
         let act = self.act;
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, o)| {
-            let bias = bs[plane % c];
-            match act {
-                Activation::None => o.iter_mut().for_each(|v| *v += bias),
-                Activation::Leaky => o.iter_mut().for_each(|v| *v = leaky_value(*v + bias)),
-                Activation::Relu6 => o.iter_mut().for_each(|v| *v = (*v + bias).clamp(0.0, 6.0)),
-            }
+            apply_bias_act(o, bs[plane % c], act);
         });
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
@@ -642,6 +678,10 @@ mod tests {
             }
         }
         for act in [Activation::None, Activation::Leaky, Activation::Relu6] {
+            let pads = ((0, 1), (1, 1));
+            let want = bias_act(&depthwise_conv2d(&x, &k, 2, pads).unwrap(), &bias, act).unwrap();
+            let fused = depthwise_conv2d_bias_act(&x, &k, &bias, 2, pads, act).unwrap();
+            assert_eq!(max_diff(&fused, &want), 0.0, "{act:?}");
             let want = bias_act(&x, &bias, act).unwrap();
             assert!(max_diff(&generic::bias_act(&x, &bias, act).unwrap(), &want) < 1e-6);
         }

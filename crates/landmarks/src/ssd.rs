@@ -121,9 +121,15 @@ impl DepthwiseConv {
         let (_, _, h, w) = x.dims4().op("ssd depthwise: input rank")?;
         let (_, top, bottom) = ops::same_padding(h, 3, self.stride);
         let (_, left, right) = ops::same_padding(w, 3, self.stride);
-        let y =
-            ops::depthwise_conv2d(x, &self.filters, self.stride, ((top, bottom), (left, right)))?;
-        bias_act(&y, &self.bias, Activation::Relu6)
+        let pads = ((top, bottom), (left, right));
+        ops::depthwise_conv2d_bias_act(
+            x,
+            &self.filters,
+            &self.bias,
+            self.stride,
+            pads,
+            Activation::Relu6,
+        )
     }
 }
 
