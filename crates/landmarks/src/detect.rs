@@ -71,7 +71,8 @@ impl FaceDetector {
         })
     }
 
-    /// Faces in `image`, best score first, in image pixels.
+    /// Faces in `image`, best score first, in image pixels. For the SSD network `options.kind`
+    /// says whether to add the tiles ([`DetectorKind::Ssd`]) or not.
     pub fn detect(&self, image: &RgbImage, options: &DetectorOptions) -> Result<Vec<FaceBox>> {
         options.check()?;
         match self {
@@ -162,6 +163,8 @@ fn merge(whole: Vec<FaceBox>, mut extra: Vec<FaceBox>) -> Vec<FaceBox> {
             kept.push(f);
         }
     }
+    // Best first, as every detector returns its faces.
+    kept.sort_by(|a, b| b.score.total_cmp(&a.score));
     kept
 }
 
@@ -213,5 +216,10 @@ mod tests {
         ];
         let scores: Vec<f32> = merge(whole, extra).iter().map(|f| f.score).collect();
         assert_eq!(scores, vec![0.8, 0.6]);
+        // A tile's face that scores above the whole image's comes first.
+        let whole = vec![b(0.0, 0.0, 100.0, 100.0, 0.6)];
+        let extra = vec![b(300.0, 0.0, 400.0, 100.0, 0.9)];
+        let scores: Vec<f32> = merge(whole, extra).iter().map(|f| f.score).collect();
+        assert_eq!(scores, vec![0.9, 0.6]);
     }
 }
