@@ -310,10 +310,7 @@ impl SsdMobilenetV1 {
         }
         let x = Tensor::from_vec(data, (images.len(), 3, s, s), &self.device).op("ssd input")?;
         let (boxes, classes) = self.forward(&x)?;
-        let boxes = boxes
-            .to_dtype(candle_core::DType::F32)
-            .and_then(|t| t.to_vec3::<f32>())
-            .op("ssd output")?;
+        let boxes = boxes.to_vec3::<f32>().op("ssd output")?;
         let classes = classes.to_vec3::<f32>().op("ssd output")?;
         Ok(images
             .iter()
