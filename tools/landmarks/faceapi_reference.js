@@ -4,6 +4,7 @@
 // kernels, no native code) over PNG images and writes, per image:
 //   - the tiny face detector's faces (inputSize 416, scoreThreshold 0.5): box x, y, width, height in
 //     image pixels and score;
+//   - the SSD MobileNet v1 detector's faces (minConfidence 0.5), the same way (`ssd_faces`);
 //   - for each landmark net (face_landmark_68, face_landmark_68_tiny) and each face crop (the first
 //     detection, and any fixed boxes given with --box), the 68 points in the crop's pixel frame
 //     (face-api's `unshiftedLandmarks`), with the crop face-api actually cut (box clipped to the image
@@ -25,6 +26,7 @@ const faceapi = require('@vladmandic/face-api/dist/face-api.node-wasm.js');
 const MODEL_DIR = path.join(path.dirname(require.resolve('@vladmandic/face-api/package.json')), 'model');
 const INPUT_SIZE = 416;
 const SCORE_THRESHOLD = 0.5;
+const SSD_MIN_CONFIDENCE = 0.5;
 
 function parseArgs(argv) {
   const args = { out: null, boxes: [], images: [] };
@@ -75,6 +77,7 @@ async function main() {
   await tf.setBackend('cpu');
   await tf.ready();
   await faceapi.nets.tinyFaceDetector.loadFromDisk(MODEL_DIR);
+  await faceapi.nets.ssdMobilenetv1.loadFromDisk(MODEL_DIR);
   await faceapi.nets.faceLandmark68Net.loadFromDisk(MODEL_DIR);
   await faceapi.nets.faceLandmark68TinyNet.loadFromDisk(MODEL_DIR);
   const nets = { face_landmark_68: faceapi.nets.faceLandmark68Net, face_landmark_68_tiny: faceapi.nets.faceLandmark68TinyNet };
@@ -85,13 +88,15 @@ async function main() {
     const image = readPng(file);
     const detections = await faceapi.detectAllFaces(image, options);
     const faces = detections.map((d) => ({ box: [d.box.x, d.box.y, d.box.width, d.box.height], score: d.score }));
+    const ssd = await faceapi.detectAllFaces(image, new faceapi.SsdMobilenetv1Options({ minConfidence: SSD_MIN_CONFIDENCE }));
+    const ssdFaces = ssd.map((d) => ({ box: [d.box.x, d.box.y, d.box.width, d.box.height], score: d.score }));
     const boxes = faces.length > 0 ? [faces[0].box, ...args.boxes] : [...args.boxes];
     const landmarks = {};
     for (const [name, net] of Object.entries(nets)) {
       landmarks[name] = [];
       for (const box of boxes) landmarks[name].push(await landmarksFor(net, image, box));
     }
-    results.push({ image: path.basename(file), width: image.shape[1], height: image.shape[0], faces, landmarks });
+    results.push({ image: path.basename(file), width: image.shape[1], height: image.shape[0], faces, ssd_faces: ssdFaces, landmarks });
     image.dispose();
   }
   const doc = {
@@ -100,6 +105,7 @@ async function main() {
     tfjs: tf.version_core,
     backend: tf.getBackend(),
     detector: { input_size: INPUT_SIZE, score_threshold: SCORE_THRESHOLD },
+    ssd: { min_confidence: SSD_MIN_CONFIDENCE },
     results,
   };
   // One line per point list keeps the fixture readable and diffable.

@@ -4,7 +4,10 @@
 
 use std::path::PathBuf;
 
-use aue_landmarks::{FaceBox, LandmarkNetKind, Landmarker, LandmarkerConfig, load_image};
+use aue_landmarks::{
+    DetectorKind, DetectorOptions, FaceBox, LandmarkNetKind, Landmarker, LandmarkerConfig,
+    load_image,
+};
 
 fn f(v: &serde_json::Value) -> f32 {
     v.as_f64().unwrap_or(f64::NAN) as f32
@@ -15,9 +18,10 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.len() == 3, "usage: faceapi_compare REF.json IMAGE_DIR");
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&args[1])?)?;
     let dir = PathBuf::from(&args[2]);
-    let full = Landmarker::new(&LandmarkerConfig::default())?;
-    let tiny =
-        Landmarker::new(&LandmarkerConfig { net: LandmarkNetKind::Tiny, ..Default::default() })?;
+    // The reference's `faces` are the tiny detector's.
+    let detector = DetectorOptions { kind: DetectorKind::Tiny, ..Default::default() };
+    let full = Landmarker::new(&LandmarkerConfig { detector, ..Default::default() })?;
+    let tiny = Landmarker::new(&LandmarkerConfig { net: LandmarkNetKind::Tiny, detector })?;
     println!(
         "| image | faces (ours / face-api) | max box diff (px) | max score diff | max point diff full / tiny (px) |"
     );

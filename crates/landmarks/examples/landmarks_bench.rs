@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use aue_landmarks::preprocess::{DETECTOR_MEAN_RGB, Padding, PixelRect, square_input};
-use aue_landmarks::{FaceBox, LandmarkNetKind, Landmarker, LandmarkerConfig, load_image};
+use aue_landmarks::{
+    DetectorKind, DetectorOptions, FaceBox, LandmarkNetKind, Landmarker, LandmarkerConfig,
+    load_image,
+};
 
 fn time<F: FnMut()>(mut f: F, reps: usize) -> f64 {
     f();
@@ -33,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     let rect = PixelRect { x: 0, y: 0, width: img.width(), height: img.height() };
     let t = time(|| drop(square_input(&img, rect, 416, Padding::After, DETECTOR_MEAN_RGB)), 10);
-    println!("| detector preprocessing (416) | 1 | {:.1} | {:.1} |", t * 1e3, 1.0 / t);
+    println!("| tiny detector preprocessing (416) | 1 | {:.1} | {:.1} |", t * 1e3, 1.0 / t);
     for net in [LandmarkNetKind::Full, LandmarkNetKind::Tiny] {
         let lm = Landmarker::new(&LandmarkerConfig { net, ..Default::default() })?;
         let face = lm.detect_faces(&img)?.first().copied().unwrap_or(FaceBox::from_corners(
@@ -45,8 +48,20 @@ fn main() -> anyhow::Result<()> {
         for batch in [1, 16] {
             let imgs: Vec<_> = (0..batch).map(|_| &img).collect();
             if net == LandmarkNetKind::Full {
-                let t = time(|| drop(lm.detect_faces_batch(&imgs).unwrap()), 3);
-                println!("| detector 416 | {batch} | {:.1} | {:.1} |", t * 1e3, batch as f64 / t);
+                for kind in [DetectorKind::Ssd, DetectorKind::Tiny] {
+                    let cfg = LandmarkerConfig {
+                        detector: DetectorOptions { kind, ..Default::default() },
+                        ..Default::default()
+                    };
+                    let det = Landmarker::new(&cfg)?;
+                    let t = time(|| drop(det.detect_faces_batch(&imgs).unwrap()), 3);
+                    println!(
+                        "| detector {} | {batch} | {:.1} | {:.1} |",
+                        kind.name(),
+                        t * 1e3,
+                        batch as f64 / t
+                    );
+                }
             }
             let faces: Vec<_> = (0..batch).map(|_| (&img, face)).collect();
             let t = time(|| drop(lm.landmarks_batch(&faces).unwrap()), 5);

@@ -31,18 +31,62 @@ const IOU_THRESHOLD: f64 = 0.4;
 /// Channels of conv1..conv5 (conv0 has 16).
 const WIDTHS: [usize; 6] = [16, 32, 64, 128, 256, 512];
 
-/// Detector options (face-api `TinyFaceDetectorOptions`).
+/// Detector options: which detector, and face-api's `TinyFaceDetectorOptions` /
+/// `SsdMobilenetv1Options`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectorOptions {
-    /// Network input side, a multiple of 32 (face-api default 416).
+    /// Which detector runs (see [`DetectorKind`]; the default was chosen by measurement, README.md).
+    pub kind: DetectorKind,
+    /// The tiny detector's input side, a multiple of 32 (face-api default 416); the SSD detector's
+    /// input is always 512.
     pub input_size: usize,
-    /// Minimum sigmoid score of a face (face-api default 0.5).
+    /// Minimum score of a face (face-api default 0.5 for both detectors).
     pub score_threshold: f32,
 }
 
 impl Default for DetectorOptions {
     fn default() -> Self {
-        Self { input_size: 416, score_threshold: 0.5 }
+        Self { kind: DetectorKind::default(), input_size: 416, score_threshold: 0.5 }
+    }
+}
+
+/// The face detectors this crate ships (both face-api's, MIT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DetectorKind {
+    /// SSD MobileNet v1 on the whole image, plus four overlapping tiles when the image's longer
+    /// side exceeds [`crate::detect::TILE_ABOVE`] px, so that smaller faces of large photos are
+    /// seen at a higher resolution (`crate::detect`). The default.
+    #[default]
+    Ssd,
+    /// SSD MobileNet v1 on the whole image only (about 5 times faster than [`Self::Ssd`] on large
+    /// photos; can miss faces under about a tenth of the longer side).
+    SsdWhole,
+    /// The tiny face detector (190 KB; about 5 times faster than one SSD pass; misses faces that
+    /// fill most of the frame, turned faces and many grey ones).
+    Tiny,
+}
+
+impl DetectorKind {
+    /// The name used on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ssd => "ssd",
+            Self::SsdWhole => "ssd-whole",
+            Self::Tiny => "tiny",
+        }
+    }
+}
+
+impl std::str::FromStr for DetectorKind {
+    type Err = LandmarkError;
+    fn from_str(s: &str) -> Result<Self> {
+        [Self::Ssd, Self::SsdWhole, Self::Tiny].into_iter().find(|k| k.name() == s).ok_or_else(
+            || {
+                LandmarkError::Invalid(format!(
+                    "unknown detector {s:?} (use ssd, ssd-whole or tiny)"
+                ))
+            },
+        )
     }
 }
 
@@ -262,9 +306,19 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        assert!(DetectorOptions { input_size: 100, score_threshold: 0.5 }.check().is_err());
-        assert!(DetectorOptions { input_size: 416, score_threshold: 1.5 }.check().is_err());
-        assert!(DetectorOptions::default().check().is_ok());
+        let ok = DetectorOptions::default();
+        assert!(DetectorOptions { input_size: 100, ..ok }.check().is_err());
+        assert!(DetectorOptions { score_threshold: 1.5, ..ok }.check().is_err());
+        assert!(ok.check().is_ok());
+    }
+
+    #[test]
+    fn detector_names_round_trip() {
+        for k in [DetectorKind::Ssd, DetectorKind::SsdWhole, DetectorKind::Tiny] {
+            assert_eq!(k.name().parse::<DetectorKind>().unwrap(), k);
+        }
+        let e = "yolo".parse::<DetectorKind>().unwrap_err().to_string();
+        assert!(e.contains("yolo") && e.contains("ssd-whole"), "{e}");
     }
 
     #[test]
@@ -285,7 +339,7 @@ mod tests {
             set(0, k, 1, 1, 0.0);
         }
         set(0, 4, 1, 1, 1.0);
-        let opts = DetectorOptions { input_size: 64, score_threshold: 0.5 };
+        let opts = DetectorOptions { input_size: 64, ..DetectorOptions::default() };
         let faces = decode(&grid, cells, 64, 64, &opts);
         assert_eq!(faces.len(), 2, "{faces:?}");
         assert!((faces[0].score - sigmoid(3.0) as f32).abs() < 1e-6);

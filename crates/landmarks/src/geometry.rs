@@ -33,11 +33,26 @@ impl FaceBox {
         self.width().max(0.0) * self.height().max(0.0)
     }
 
-    /// Intersection over union with `other`.
-    pub fn iou(&self, other: &FaceBox) -> f32 {
+    /// Area of the overlap with `other`.
+    pub fn intersection(&self, other: &FaceBox) -> f32 {
         let w = (self.x2.min(other.x2) - self.x1.max(other.x1)).max(0.0);
         let h = (self.y2.min(other.y2) - self.y1.max(other.y1)).max(0.0);
-        let inter = w * h;
+        w * h
+    }
+
+    /// Whether `p` lies inside the box.
+    pub fn contains(&self, p: [f32; 2]) -> bool {
+        p[0] >= self.x1 && p[0] < self.x2 && p[1] >= self.y1 && p[1] < self.y2
+    }
+
+    /// The centre point.
+    pub fn centre(&self) -> [f32; 2] {
+        [(self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0]
+    }
+
+    /// Intersection over union with `other`.
+    pub fn iou(&self, other: &FaceBox) -> f32 {
+        let inter = self.intersection(other);
         let union = self.area() + other.area() - inter;
         if union > 0.0 { inter / union } else { 0.0 }
     }

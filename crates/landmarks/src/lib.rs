@@ -2,10 +2,11 @@
 //!
 //! AUE-CRL places its 17 action-unit crops at landmark-derived centres (docs/METHOD.md section 5),
 //! and the reference reads landmark files made by the FAN detector, which RAF-DB and SFEW 2.0 do
-//! not ship. This crate makes them: face-api's tiny face detector finds the face where the dataset
-//! has no box, and face-api's 68-point landmark net (both from the npm package
-//! `@vladmandic/face-api` 1.7.15, MIT; converted once by `tools/landmarks/convert_faceapi.py`,
-//! embedded in the library) regresses the points. See README.md for provenance and accuracy.
+//! not ship. This crate makes them: face-api's SSD MobileNet v1 face detector (or its tiny face
+//! detector, [`DetectorKind`]) finds the faces where the dataset has no box, and face-api's
+//! 68-point landmark net (all from the npm package `@vladmandic/face-api` 1.7.15, MIT; converted
+//! once by `tools/landmarks/convert_faceapi.py`, embedded in the library) regresses the points.
+//! See README.md for provenance and accuracy, on synthetic and on real photos.
 //!
 //! ```no_run
 //! use aue_landmarks::{Landmarker, LandmarkerConfig, load_image};
@@ -19,7 +20,9 @@
 //! ```
 
 pub mod dataset;
+pub mod detect;
 pub mod detector;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod geometry;
@@ -27,6 +30,8 @@ pub mod landmark_net;
 pub mod ops;
 pub mod overlay;
 pub mod preprocess;
+pub mod real;
+pub mod ssd;
 pub mod weights;
 
 use std::path::Path;
@@ -35,7 +40,8 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use rayon::prelude::*;
 
-pub use detector::{DetectorOptions, TinyFaceDetector};
+pub use detect::FaceDetector;
+pub use detector::{DetectorKind, DetectorOptions, TinyFaceDetector};
 pub use error::{LandmarkError, Result};
 pub use geometry::{FaceBox, Landmarks68};
 pub use landmark_net::{LandmarkNet, LandmarkNetKind};
@@ -52,22 +58,26 @@ pub struct LandmarkerConfig {
 
 /// Face detector plus landmark net, loaded once and shared across threads.
 pub struct Landmarker {
-    detector: TinyFaceDetector,
+    detector: FaceDetector,
     net: LandmarkNet,
     config: LandmarkerConfig,
     device: Device,
 }
 
 impl Landmarker {
-    /// Loads the embedded weights (about 0.6 MB, a few milliseconds).
+    /// Loads the embedded weights of the configured nets, on the CPU.
     pub fn new(config: &LandmarkerConfig) -> Result<Self> {
+        Self::on_device(config, &Device::Cpu)
+    }
+
+    /// [`Self::new`] on any Candle device (see [`device::open`]).
+    pub fn on_device(config: &LandmarkerConfig, device: &Device) -> Result<Self> {
         config.detector.check()?;
-        let device = Device::Cpu;
         Ok(Self {
-            detector: TinyFaceDetector::new(&device)?,
-            net: LandmarkNet::new(config.net, &device)?,
+            detector: FaceDetector::new(config.detector.kind, device)?,
+            net: LandmarkNet::new(config.net, device)?,
             config: *config,
-            device,
+            device: device.clone(),
         })
     }
 
@@ -85,16 +95,7 @@ impl Landmarker {
     /// Each image is its own forward pass: a 416 x 416 detector batch of 16 holds about 180 MB
     /// per layer and runs at half the speed per image of single images (measured on 2 cores).
     pub fn detect_faces_batch(&self, images: &[&RgbImage]) -> Result<Vec<Vec<FaceBox>>> {
-        images
-            .par_iter()
-            .map(|img| {
-                Ok(self
-                    .detector
-                    .detect_batch(&[img], &self.config.detector)?
-                    .pop()
-                    .unwrap_or_default())
-            })
-            .collect()
+        images.par_iter().map(|img| self.detector.detect(img, &self.config.detector)).collect()
     }
 
     /// The 68 points of the face in `face` (a detector box or a dataset box), in image pixels.

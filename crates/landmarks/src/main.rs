@@ -5,7 +5,9 @@
 //! aue-landmarks --dataset rafdb|rafdb-compound|sfew --root DIR [--overwrite] [--box dataset|detect|matched]
 //! aue-landmarks --images DIR --out DIR
 //! aue-landmarks eval --root DIR [--split test] | --pts DIR   [--overlays DIR]
+//! aue-landmarks eval --faces DIR [--all-detectors]
 //! aue-landmarks overlay --out DIR IMAGE...
+//! (every command: [--detector ssd|ssd-whole|tiny] [--device cpu|cuda|cuda:N] [--net full|tiny])
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -14,9 +16,11 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use aue_landmarks::dataset::{self, BoxSource, DatasetKind, RunOptions};
+use aue_landmarks::device::{self, DeviceSpec};
 use aue_landmarks::eval::{self, EvalOptions, Sample, Summary};
 use aue_landmarks::{
-    DetectorOptions, LandmarkNetKind, Landmarker, LandmarkerConfig, load_image, overlay,
+    DetectorKind, DetectorOptions, LandmarkNetKind, Landmarker, LandmarkerConfig, load_image,
+    overlay, real,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -48,7 +52,11 @@ struct NetArgs {
     /// Landmark net.
     #[arg(long, value_enum, default_value_t = NetChoice::Full)]
     net: NetChoice,
-    /// Detector input side (multiple of 32).
+    /// Face detector: ssd (SSD MobileNet v1, plus tiles on photos over 768 px), ssd-whole (one
+    /// SSD pass, faster on large photos) or tiny (fastest, misses large, turned and grey faces).
+    #[arg(long, default_value = "ssd", value_parser = parse_detector)]
+    detector: DetectorKind,
+    /// Tiny detector input side (multiple of 32; the SSD detector always reads 512 x 512).
     #[arg(long, default_value_t = 416)]
     input_size: usize,
     /// Minimum detector score of a face.
@@ -57,6 +65,17 @@ struct NetArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Where the nets run: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: DeviceSpec,
+}
+
+fn parse_detector(s: &str) -> Result<DetectorKind, String> {
+    s.parse().map_err(|e: aue_landmarks::LandmarkError| e.to_string())
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse().map_err(|e: aue_landmarks::LandmarkError| e.to_string())
 }
 
 #[derive(Args, Debug)]
@@ -86,8 +105,16 @@ struct WriteArgs {
 #[derive(Args, Debug)]
 struct EvalArgs {
     /// RAF-DB-layout dataset with known landmarks (e.g. the synthetic set).
-    #[arg(long, conflicts_with = "pts")]
+    #[arg(long, conflicts_with_all = ["pts", "faces"])]
     root: Option<PathBuf>,
+    /// Folder of real photos with hand-checked face boxes (<stem>.faces, optional <stem>.pts),
+    /// such as tests/fixtures/real: faces found, false positives, NME of both landmark nets and
+    /// time per image (set RAYON_NUM_THREADS=1 for one thread).
+    #[arg(long, conflicts_with = "pts")]
+    faces: Option<PathBuf>,
+    /// With --faces: one row per detector (ssd, ssd-whole, tiny) instead of --detector's only.
+    #[arg(long, requires = "faces")]
+    all_detectors: bool,
     /// Folder of image + iBUG .pts pairs instead (boxes = the points' extent).
     #[arg(long)]
     pts: Option<PathBuf>,
@@ -161,6 +188,7 @@ enum Target {
 struct WriteConfig {
     target: Target,
     landmarker: LandmarkerConfig,
+    device: DeviceSpec,
     run: RunOptions,
 }
 
@@ -170,7 +198,11 @@ fn landmarker_config(a: &NetArgs) -> anyhow::Result<LandmarkerConfig> {
             NetChoice::Full => LandmarkNetKind::Full,
             NetChoice::Tiny => LandmarkNetKind::Tiny,
         },
-        detector: DetectorOptions { input_size: a.input_size, score_threshold: a.min_score },
+        detector: DetectorOptions {
+            kind: a.detector,
+            input_size: a.input_size,
+            score_threshold: a.min_score,
+        },
     };
     cfg.detector.check()?;
     if a.batch == 0 {
@@ -207,6 +239,7 @@ fn write_config(a: &WriteArgs) -> anyhow::Result<WriteConfig> {
     Ok(WriteConfig {
         target,
         landmarker: landmarker_config(&a.net)?,
+        device: a.net.device,
         run: RunOptions {
             overwrite: a.overwrite,
             batch: a.net.batch,
@@ -240,7 +273,7 @@ fn run_write(cfg: &WriteConfig) -> anyhow::Result<()> {
         }
         Target::Folder { images, out } => (dataset::folder_jobs(images, out)?, out.clone()),
     };
-    let lm = Landmarker::new(&cfg.landmarker)?;
+    let lm = Landmarker::on_device(&cfg.landmarker, &device::open(cfg.device)?)?;
     let bar = progress_bar(jobs.len(), "landmarks");
     let start = Instant::now();
     let summary = dataset::run_jobs(&lm, &jobs, &cfg.run, &|n| bar.inc(n))?;
@@ -322,7 +355,108 @@ fn print_table(rows: &[Summary], title: &str) {
     }
 }
 
+/// The CPU's name (Linux), for timing tables.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn run_eval_faces(a: &EvalArgs, dir: &Path) -> anyhow::Result<()> {
+    let base = landmarker_config(&a.net)?;
+    let device = device::open(a.net.device)?;
+    let set = real::read_set(dir)?;
+    let kinds = if a.all_detectors {
+        vec![DetectorKind::Ssd, DetectorKind::SsdWhole, DetectorKind::Tiny]
+    } else {
+        vec![base.detector.kind]
+    };
+    let expected: usize = set.iter().map(|s| s.faces.len()).sum();
+    let annotated = set.iter().filter(|s| s.truth.is_some()).count();
+    let nets = [LandmarkNetKind::Full, LandmarkNetKind::Tiny];
+    let mut rows = Vec::new();
+    for kind in kinds {
+        let cfg =
+            |net| LandmarkerConfig { net, detector: DetectorOptions { kind, ..base.detector } };
+        let lms = nets
+            .iter()
+            .map(|&n| Landmarker::on_device(&cfg(n), &device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&Landmarker> = lms.iter().collect();
+        let bar = progress_bar(set.len(), kind.name());
+        let out = real::evaluate(&refs, &set, &|n| bar.inc(n))?;
+        bar.finish_and_clear();
+        rows.push((kind, out));
+    }
+    println!(
+        "real photos in {}: {} images, {expected} faces ({annotated} with 68-point annotations); \
+         detector min score {}; {} thread(s), device {}, {}",
+        dir.display(),
+        set.len(),
+        base.detector.score_threshold,
+        rayon::current_num_threads(),
+        a.net.device,
+        cpu_name()
+    );
+    println!(
+        "\n| detector | faces expected | found | false positives | NME face_landmark_68 | NME face_landmark_68_tiny | ms / image | CPU ms / image |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let fmt_ms = |v: Option<f64>| v.map_or("-".to_string(), |t| format!("{t:.0}"));
+    let mean_nme = |out: &[real::ImageOutcome], k: usize| {
+        let v: Vec<f32> = out.iter().filter_map(|o| o.nme[k]).collect();
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.4} ({} of {annotated})", v.iter().sum::<f32>() / v.len() as f32, v.len())
+        }
+    };
+    for (kind, out) in &rows {
+        let found: usize = out.iter().map(|o| o.found).sum();
+        let fp: usize = out.iter().map(|o| o.false_positives).sum();
+        let ms = out.iter().map(|o| o.ms).sum::<f64>() / out.len() as f64;
+        println!(
+            "| {} | {expected} | {found} | {fp} | {} | {} | {ms:.0} | {} |",
+            kind.name(),
+            mean_nme(out, 0),
+            mean_nme(out, 1),
+            fmt_ms(out.iter().map(|o| o.cpu_ms).sum::<Option<f64>>().map(|t| t / out.len() as f64))
+        );
+    }
+    let fmt_nme = |v: Option<f32>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+    for (kind, out) in &rows {
+        println!("\nper image, detector {}:\n", kind.name());
+        println!(
+            "| image | faces | found | false positives | NME 68 | NME 68 tiny | ms | CPU ms |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for o in out {
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+                o.image.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                o.expected,
+                o.found,
+                o.false_positives,
+                fmt_nme(o.nme[0]),
+                fmt_nme(o.nme[1]),
+                o.ms,
+                fmt_ms(o.cpu_ms)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &a.faces {
+        return run_eval_faces(a, dir);
+    }
     let cfg = landmarker_config(&a.net)?;
     if a.input_side == 0 || !a.input_side.is_multiple_of(32) {
         bail!("--input-side must be a positive multiple of 32, got {}", a.input_side);
@@ -339,7 +473,7 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
             )
         }
         (None, Some(dir)) => (eval::pts_samples(dir, a.limit)?, 0.20, dir.display().to_string()),
-        _ => bail!("eval needs --root DIR or --pts DIR"),
+        _ => bail!("eval needs --root DIR, --pts DIR or --faces DIR"),
     };
     let opts = EvalOptions { factor, input_side: a.input_side, batch: a.net.batch };
     if let Some(dir) = &a.pred_dir {
@@ -354,7 +488,7 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let lm = Landmarker::new(&cfg)?;
+    let lm = Landmarker::on_device(&cfg, &device::open(a.net.device)?)?;
     let bar = progress_bar(samples.len(), "eval");
     let start = Instant::now();
     let preds = eval::predict(&lm, &samples, a.net.batch, &|n| bar.inc(n))?;
@@ -397,7 +531,7 @@ fn stem(p: &Path) -> String {
 }
 
 fn run_overlay(a: &OverlayArgs) -> anyhow::Result<()> {
-    let lm = Landmarker::new(&landmarker_config(&a.net)?)?;
+    let lm = Landmarker::on_device(&landmarker_config(&a.net)?, &device::open(a.net.device)?)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     for path in &a.images {
         let img = load_image(path)?;

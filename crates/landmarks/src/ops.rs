@@ -6,6 +6,10 @@
 //!
 //! Candle's grouped convolution runs one convolution per group, which for a depthwise layer with
 //! 256 channels means 256 tiny convolutions; [`depthwise_conv2d`] is a direct CPU kernel instead.
+//!
+//! The direct kernels are CPU-only custom ops. On any other device (CUDA) every function here
+//! computes the same thing with Candle's generic operations instead (the `generic` module, tested
+//! against the kernels on the CPU).
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail,
@@ -79,8 +83,25 @@ pub fn conv2d_tf(
     } else {
         x.clone()
     };
+    if !x.device().is_cpu() {
+        return generic::conv2d_bias(&x, weight, bias, stride);
+    }
     let (x, weight, bias) = (contiguous(&x)?, contiguous(weight)?, contiguous(bias)?);
     x.apply_op3_no_bwd(&weight, &bias, &DenseConv { stride }).op("conv2d")
+}
+
+/// A dense convolution with TensorFlow "same" padding and no bias, by Candle's own convolution
+/// (im2col + matrix product), which beats [`conv2d_tf`]'s direct kernel when many channels come in.
+///
+/// # Shapes
+/// `x`: [b, c_in, h, w], `weight`: [c_out, c_in, k, k] -> [b, c_out, ceil(h / stride), ceil(w / stride)]
+pub fn conv2d_same(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4().op("conv2d: input rank")?;
+    let (_, _, kh, kw) = weight.dims4().op("conv2d: weight rank")?;
+    let (_, top, bottom) = same_padding(h, kh, stride);
+    let (_, left, right) = same_padding(w, kw, stride);
+    let x = pad_hw(x, (top, bottom), (left, right), 0.0)?;
+    x.conv2d(weight, 0, stride, 1, 1).op("conv2d")
 }
 
 /// A 1x1 convolution as one matrix product per image.
@@ -139,6 +160,8 @@ pub enum Activation {
     None,
     /// face-api's leaky ReLU (see [`leaky`]).
     Leaky,
+    /// `clip(x, 0, 6)` (MobileNet's ReLU6).
+    Relu6,
 }
 
 /// `act(x + bias[c])` in one pass.
@@ -146,6 +169,9 @@ pub enum Activation {
 /// # Shapes
 /// `x`: [b, c, h, w], `bias`: [c] -> [b, c, h, w]
 pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return generic::bias_act(x, bias, act);
+    }
     let (x, bias) = (contiguous(x)?, contiguous(bias)?);
     x.apply_op2_no_bwd(&bias, &BiasAct { act }).op("bias + activation")
 }
@@ -155,6 +181,15 @@ pub fn leaky(x: &Tensor) -> Result<Tensor> {
     let zeros = Tensor::zeros(x.dim(1).op("leaky: input rank")?, DType::F32, x.device())
         .op("leaky: zeros")?;
     bias_act(x, &zeros, Activation::Leaky)
+}
+
+/// `v = act(v + bias)` over one plane.
+fn apply_bias_act(o: &mut [f32], bias: f32, act: Activation) {
+    match act {
+        Activation::None => o.iter_mut().for_each(|v| *v += bias),
+        Activation::Leaky => o.iter_mut().for_each(|v| *v = leaky_value(*v + bias)),
+        Activation::Relu6 => o.iter_mut().for_each(|v| *v = (*v + bias).clamp(0.0, 6.0)),
+    }
 }
 
 fn leaky_value(v: f32) -> f32 {
@@ -171,6 +206,9 @@ pub fn max_pool_same(x: &Tensor, stride: usize) -> Result<Tensor> {
     let (_, top, bottom) = same_padding(h, 2, stride);
     let (_, left, right) = same_padding(w, 2, stride);
     let x = pad_hw(x, (top, bottom), (left, right), f32::NEG_INFINITY)?;
+    if !x.device().is_cpu() {
+        return x.max_pool2d_with_stride((2, 2), (stride, stride)).op("maxpool");
+    }
     contiguous(&x)?.apply_op1_no_bwd(&MaxPool2 { stride }).op("maxpool")
 }
 
@@ -185,8 +223,33 @@ pub fn depthwise_conv2d(
     stride: usize,
     ((top, bottom), (left, right)): ((usize, usize), (usize, usize)),
 ) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return generic::depthwise(x, kernel, stride, ((top, bottom), (left, right)));
+    }
     let (x, kernel) = (contiguous(x)?, contiguous(kernel)?);
-    let op = DepthwiseConv { stride, top, bottom, left, right };
+    let op = DepthwiseConv { stride, top, bottom, left, right, epilogue: None };
+    x.apply_op2_no_bwd(&kernel, &op).op("depthwise conv")
+}
+
+/// [`depthwise_conv2d`] followed by `act(y + bias[c])`, in one pass over the output on the CPU.
+///
+/// # Shapes
+/// `x`: [b, c, h, w], `kernel`: [c, 1, kh, kw], `bias`: [c] -> [b, c, h', w']
+pub fn depthwise_conv2d_bias_act(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    ((top, bottom), (left, right)): ((usize, usize), (usize, usize)),
+    act: Activation,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        let y = generic::depthwise(x, kernel, stride, ((top, bottom), (left, right)))?;
+        return generic::bias_act(&y, bias, act);
+    }
+    let (x, kernel) = (contiguous(x)?, contiguous(kernel)?);
+    let bias = bias.to_vec1::<f32>().op("depthwise conv: bias")?;
+    let op = DepthwiseConv { stride, top, bottom, left, right, epilogue: Some((bias, act)) };
     x.apply_op2_no_bwd(&kernel, &op).op("depthwise conv")
 }
 
@@ -195,8 +258,60 @@ pub fn depthwise_conv2d(
 /// # Shapes
 /// `a`, `b`: the same shape -> that shape
 pub fn add(a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    if !a.device().is_cpu() {
+        return generic::add(a, b, relu);
+    }
     let (a, b) = (contiguous(a)?, contiguous(b)?);
     a.apply_op2_no_bwd(&b, &Add { relu }).op("add")
+}
+
+/// The same layers with Candle's generic operations, for devices without this file's kernels.
+mod generic {
+    use candle_core::Tensor;
+
+    use super::{Activation, pad_hw};
+    use crate::error::{CandleContext, Result};
+
+    fn per_channel(bias: &Tensor) -> Result<Tensor> {
+        bias.reshape((1, (), 1, 1)).op("bias: reshape") // [1, c, 1, 1]
+    }
+
+    /// 'valid' dense convolution plus bias.
+    pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize) -> Result<Tensor> {
+        let y = x.conv2d(w, 0, stride, 1, 1).op("conv2d")?;
+        y.broadcast_add(&per_channel(bias)?).op("conv2d: bias")
+    }
+
+    /// Depthwise convolution with explicit zero padding (a grouped convolution, one group per
+    /// channel).
+    pub fn depthwise(
+        x: &Tensor,
+        kernel: &Tensor,
+        stride: usize,
+        (rows, cols): ((usize, usize), (usize, usize)),
+    ) -> Result<Tensor> {
+        let c = x.dim(1).op("depthwise conv: input rank")?;
+        let x = pad_hw(x, rows, cols, 0.0)?;
+        x.conv2d(kernel, 0, stride, 1, c).op("depthwise conv")
+    }
+
+    pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+        let v = x.broadcast_add(&per_channel(bias)?).op("bias")?;
+        match act {
+            Activation::None => Ok(v),
+            // face-api's relu(x - 0.1 x) + 0.1 x, in the same order.
+            Activation::Leaky => {
+                let min = v.affine(0.1, 0.0).op("leaky")?;
+                (&v - &min).and_then(|d| d.relu()).and_then(|r| r + &min).op("leaky")
+            }
+            Activation::Relu6 => v.clamp(0f32, 6f32).op("relu6"),
+        }
+    }
+
+    pub fn add(a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+        let s = (a + b).op("add")?;
+        if relu { s.relu().op("add: relu") } else { Ok(s) }
+    }
 }
 
 fn contiguous(x: &Tensor) -> Result<Tensor> {
@@ -305,6 +420,8 @@ struct DepthwiseConv {
     bottom: usize,
     left: usize,
     right: usize,
+    /// Per-channel bias and activation applied to each finished plane.
+    epilogue: Option<(Vec<f32>, Activation)>,
 }
 
 impl CustomOp2 for DepthwiseConv {
@@ -331,6 +448,11 @@ impl CustomOp2 for DepthwiseConv {
         let (xs, ks) = (f32_slice(s1, l1, "depthwise conv")?, f32_slice(s2, l2, "depthwise conv")?);
         let mut out = vec![0f32; b * c * oh * ow];
         let (top, left) = (self.top, self.left);
+        if let Some((bias, _)) = &self.epilogue
+            && bias.len() != c
+        {
+            bail!("depthwise conv: {} biases for {c} channels", bias.len());
+        }
         out.par_chunks_mut(oh * ow).enumerate().for_each_init(
             || vec![0f32; hp * wp],
             |padded, (plane, o)| {
@@ -347,6 +469,9 @@ impl CustomOp2 for DepthwiseConv {
                             axpy_strided(orow, &row[kx..], kp[ky * kw + kx], s);
                         }
                     }
+                }
+                if let Some((bias, act)) = &self.epilogue {
+                    apply_bias_act(o, bias[plane % c], *act);
                 }
             },
         );
@@ -412,11 +537,7 @@ impl CustomOp2 for BiasAct {
         let mut out = xs.to_vec();
         let act = self.act;
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, o)| {
-            let bias = bs[plane % c];
-            match act {
-                Activation::None => o.iter_mut().for_each(|v| *v += bias),
-                Activation::Leaky => o.iter_mut().for_each(|v| *v = leaky_value(*v + bias)),
-            }
+            apply_bias_act(o, bs[plane % c], act);
         });
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
@@ -536,6 +657,43 @@ mod tests {
         let y = max_pool_same(&x, 2).unwrap();
         assert_eq!(y.dims(), &[1, 1, 2, 2]);
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![-5.0; 4]);
+    }
+
+    /// The generic path (what CUDA runs) against the CPU kernels, on the CPU.
+    #[test]
+    fn generic_path_matches_the_cpu_kernels() {
+        let dev = Device::Cpu;
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            assert_eq!(a.dims(), b.dims());
+            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        let x = Tensor::randn(0f32, 3.0, (2, 5, 9, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (5, 1, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        for pads in [((1, 1), (1, 1)), ((0, 1), (0, 1))] {
+            for stride in [1, 2] {
+                let want = depthwise_conv2d(&x, &k, stride, pads).unwrap();
+                let got = generic::depthwise(&x, &k, stride, pads).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5);
+            }
+        }
+        for act in [Activation::None, Activation::Leaky, Activation::Relu6] {
+            let pads = ((0, 1), (1, 1));
+            let want = bias_act(&depthwise_conv2d(&x, &k, 2, pads).unwrap(), &bias, act).unwrap();
+            let fused = depthwise_conv2d_bias_act(&x, &k, &bias, 2, pads, act).unwrap();
+            assert_eq!(max_diff(&fused, &want), 0.0, "{act:?}");
+            let want = bias_act(&x, &bias, act).unwrap();
+            assert!(max_diff(&generic::bias_act(&x, &bias, act).unwrap(), &want) < 1e-6);
+        }
+        let w = Tensor::randn(0f32, 1.0, (4, 5, 3, 3), &dev).unwrap();
+        let b4 = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+        let want = conv2d_tf(&x, &w, &b4, 2, false).unwrap();
+        assert!(max_diff(&generic::conv2d_bias(&x, &w, &b4, 2).unwrap(), &want) < 1e-4);
+        let y = Tensor::randn(0f32, 1.0, (2, 5, 9, 8), &dev).unwrap();
+        for relu in [false, true] {
+            let want = add(&x, &y, relu).unwrap();
+            assert_eq!(max_diff(&generic::add(&x, &y, relu).unwrap(), &want), 0.0);
+        }
     }
 
     #[test]

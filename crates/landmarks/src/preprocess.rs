@@ -66,6 +66,25 @@ pub enum Padding {
     Centered,
 }
 
+/// How resized pixel values (0..255) become network inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Normalise {
+    /// `(v - mean[channel]) / 255`: the tiny detector and the landmark nets.
+    MeanOver255([f32; 3]),
+    /// `v / 127.5 - 1`: the SSD MobileNet v1 detector.
+    SignedUnit,
+}
+
+impl Normalise {
+    #[inline]
+    fn apply(self, v: f32, channel: usize) -> f32 {
+        match self {
+            Self::MeanOver255(mean) => (v - mean[channel]) / 255.0,
+            Self::SignedUnit => v / 127.5 - 1.0,
+        }
+    }
+}
+
 /// Pads `rect` of `image` to a square with zeros, resizes it to `size` x `size` with TensorFlow.js'
 /// bilinear rule, subtracts `mean` and divides by 255; returns CHW f32 values.
 ///
@@ -77,6 +96,20 @@ pub fn square_input(
     size: usize,
     padding: Padding,
     mean: [f32; 3],
+) -> Vec<f32> {
+    square_input_with(image, rect, size, padding, Normalise::MeanOver255(mean))
+}
+
+/// [`square_input`] with any [`Normalise`] rule.
+///
+/// # Shapes
+/// returns [3, size, size] flattened
+pub fn square_input_with(
+    image: &RgbImage,
+    rect: PixelRect,
+    size: usize,
+    padding: Padding,
+    norm: Normalise,
 ) -> Vec<f32> {
     let (w, h) = (rect.width as usize, rect.height as usize);
     let side = w.max(h);
@@ -112,13 +145,13 @@ pub fn square_input(
     let mut out = vec![0f32; 3 * plane];
     for (oy, &(y0, y1, fy)) in taps.iter().enumerate() {
         for (ox, &(x0, x1, fx)) in taps.iter().enumerate() {
-            for (ch, &m) in mean.iter().enumerate() {
+            for ch in 0..3 {
                 let (tl, tr) = (pixel(x0, y0, ch), pixel(x1, y0, ch));
                 let (bl, br) = (pixel(x0, y1, ch), pixel(x1, y1, ch));
                 let top = tl + (tr - tl) * fx;
                 let bottom = bl + (br - bl) * fx;
                 let v = (top + (bottom - top) * fy) as f32;
-                out[ch * plane + oy * size + ox] = (v - m) / 255.0;
+                out[ch * plane + oy * size + ox] = norm.apply(v, ch);
             }
         }
     }

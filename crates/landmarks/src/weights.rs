@@ -5,6 +5,9 @@
 //! `code * scale + min` in f64 and rounds to f32, exactly as TensorFlow.js does when it loads the
 //! manifest, so the float weights are bit-identical to the original implementation's.
 //!
+//! A few tensors are stored as plain f32 instead (the SSD detector's anchors, which face-api keeps
+//! unquantised); they load as they are.
+//!
 //! Loading is strict: a missing tensor, a wrong shape or a tensor the network does not use is an
 //! error naming the tensor.
 
@@ -22,6 +25,8 @@ pub const FACE_LANDMARK_68_TINY: &[u8] =
     include_bytes!("../weights/face_landmark_68_tiny.safetensors");
 /// The face-api tiny face detector (`tiny_face_detector_model`), converted.
 pub const TINY_FACE_DETECTOR: &[u8] = include_bytes!("../weights/tiny_face_detector.safetensors");
+/// The face-api SSD MobileNet v1 face detector (`ssd_mobilenetv1_model`), converted.
+pub const SSD_MOBILENETV1: &[u8] = include_bytes!("../weights/ssd_mobilenetv1.safetensors");
 
 /// Dequantised f32 tensors of one weights file, handed out once each by [`Weights::take`].
 pub struct Weights {
@@ -41,8 +46,22 @@ impl Weights {
         let metadata = header.metadata().clone().unwrap_or_default();
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
+            if view.dtype() == Dtype::F32 {
+                let values: Vec<f32> = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let tensor =
+                    Tensor::from_vec(values, view.shape(), device).op("weights: build tensor")?;
+                tensors.insert(name, tensor);
+                continue;
+            }
             if view.dtype() != Dtype::U8 {
-                return Err(err(format!("{name}: expected u8 codes, found {:?}", view.dtype())));
+                return Err(err(format!(
+                    "{name}: expected u8 codes or f32, found {:?}",
+                    view.dtype()
+                )));
             }
             let number = |key: &str| -> Result<f64> {
                 let text = metadata

@@ -141,3 +141,44 @@ fn unreadable_image_is_a_clear_error() {
     let e = aue_landmarks::load_image(&dir.path().join("missing.png")).unwrap_err().to_string();
     assert!(e.contains("missing.png"), "{e}");
 }
+
+/// `eval --faces` on a copy of two real photos: one face (annotated), one photo without a face.
+#[test]
+fn eval_on_real_photos_prints_found_false_positives_and_nme() {
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["takeo.png", "takeo.faces", "takeo.pts", "coffee.jpg", "coffee.faces"] {
+        fs::copy(real.join(f), dir.path().join(f)).unwrap();
+    }
+    let (ok, text) = run(bin().args(["eval", "--device", "cpu", "--faces"]).arg(dir.path()));
+    assert!(ok, "{text}");
+    assert!(text.contains("2 images, 1 faces (1 with 68-point annotations)"), "{text}");
+    // detector, expected, found, false positives, then NME of both nets (1 of 1 annotated).
+    let row = text.lines().find(|l| l.starts_with("| ssd |")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.starts_with("| ssd | 1 | 1 | 0 | 0.0"), "{row}");
+    assert_eq!(row.matches("(1 of 1)").count(), 2, "{row}");
+    assert!(text.contains("| takeo.png | 1 | 1 | 0 | 0.0"), "{text}");
+    assert!(text.contains("| coffee.jpg | 0 | 0 | 0 | - | - |"), "{text}");
+}
+
+#[test]
+fn device_and_detector_flags_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(FIXTURE, dir.path().join("a.png")).unwrap();
+    let out = dir.path().join("out");
+    let with = |args: &[&str]| {
+        run(bin().arg("--images").arg(dir.path()).arg("--out").arg(&out).args(args))
+    };
+    let (ok, text) = with(&["--device", "gpu"]);
+    assert!(!ok && text.contains("unknown device \"gpu\""), "{text}");
+    let (ok, text) = with(&["--detector", "yolo"]);
+    assert!(!ok && text.contains("unknown detector \"yolo\""), "{text}");
+    if !cfg!(feature = "cuda") {
+        let (ok, text) = with(&["--device", "cuda:1"]);
+        assert!(!ok && text.contains("built without CUDA"), "{text}");
+    }
+    for detector in ["tiny", "ssd-whole"] {
+        let (ok, text) = with(&["--device", "cpu", "--detector", detector, "--overwrite"]);
+        assert!(ok && text.contains("1 written"), "{detector}: {text}");
+    }
+}

@@ -9,6 +9,7 @@
 //!   --box 40,20,80,90 --box -10,30,70,61 ../../crates/landmarks/tests/fixtures/astronaut_face.png
 //! ```
 //!
+//! The SSD detector is compared before `detect`'s re-framing (its raw boxes, as face-api's).
 //! The image is a 160 x 160 downscale of scikit-image's `astronaut.png` (NASA, public domain).
 //! face-api reports landmarks in the crop's frame (`unshiftedLandmarks`); we add the crop corner.
 //! Both sides compute in f32 with different summation orders, so points agree to a few thousandths
@@ -16,9 +17,11 @@
 
 use std::path::Path;
 
+use aue_landmarks::ssd::SsdMobilenetV1;
 use aue_landmarks::{
     DetectorOptions, FaceBox, LandmarkNetKind, Landmarker, LandmarkerConfig, load_image,
 };
+use candle_core::Device;
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -50,6 +53,7 @@ fn detector_matches_face_api() {
     let lm = Landmarker::new(&LandmarkerConfig {
         net: LandmarkNetKind::Full,
         detector: DetectorOptions {
+            kind: aue_landmarks::DetectorKind::Tiny,
             input_size: doc["detector"]["input_size"].as_u64().unwrap() as usize,
             score_threshold: f(&doc["detector"]["score_threshold"]),
         },
@@ -57,6 +61,31 @@ fn detector_matches_face_api() {
     .unwrap();
     let faces = lm.detect_faces(&img).unwrap();
     let want = res["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), want.len(), "{faces:?}");
+    for (got, want) in faces.iter().zip(want) {
+        let wb = xywh_box(&want["box"]);
+        let d = [got.x1 - wb.x1, got.y1 - wb.y1, got.x2 - wb.x2, got.y2 - wb.y2];
+        assert!(d.iter().all(|v| v.abs() < BOX_TOL), "box {got:?} vs {wb:?}");
+        assert!(
+            (got.score - f(&want["score"])).abs() < 1e-4,
+            "score {} vs {}",
+            got.score,
+            want["score"]
+        );
+    }
+}
+
+/// The SSD MobileNet v1 port's raw boxes (before `detect`'s re-framing) against face-api's.
+#[test]
+fn ssd_detector_matches_face_api() {
+    let doc = reference();
+    let res = &doc["results"][0];
+    let img = load_image(&Path::new(FIXTURES).join(res["image"].as_str().unwrap())).unwrap();
+    let ssd = SsdMobilenetV1::new(&Device::Cpu).unwrap();
+    let min = f(&doc["ssd"]["min_confidence"]);
+    let faces = ssd.detect_batch(&[&img], min).unwrap().pop().unwrap();
+    let want = res["ssd_faces"].as_array().unwrap();
+    assert!(!want.is_empty(), "fixture should hold the SSD face");
     assert_eq!(faces.len(), want.len(), "{faces:?}");
     for (got, want) in faces.iter().zip(want) {
         let wb = xywh_box(&want["box"]);

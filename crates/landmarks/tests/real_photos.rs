@@ -1,0 +1,90 @@
+//! The default detector and landmark net on real photos of `tests/fixtures/real` (sources and
+//! licences in its README.md): every face a person sees is found, nothing is found where there is
+//! no face, the boxes sit on the faces, and the landmarks of the annotated faces stay within the
+//! NME measured when the detector was chosen (crates/landmarks/README.md, "Real photos").
+//!
+//! The NME bounds are the measured values (0.0502 lenna, 0.0494 takeo, 0.0584 einstein with
+//! face_landmark_68) plus 0.002 for float differences between CPUs.
+
+use std::path::Path;
+
+use aue_landmarks::real::{RealImage, match_faces, nme, read_set};
+use aue_landmarks::{DetectorKind, DetectorOptions, Landmarker, LandmarkerConfig, load_image};
+
+const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/real");
+
+fn set(names: &[&str]) -> Vec<RealImage> {
+    let all = read_set(Path::new(REAL)).unwrap();
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|s| s.image.file_stem().is_some_and(|x| x == *n))
+                .unwrap_or_else(|| panic!("{n} not in {REAL}"))
+                .clone()
+        })
+        .collect()
+}
+
+/// Runs `lm` on each image: (faces found, false positives, NME of the annotated face).
+fn run(lm: &Landmarker, item: &RealImage) -> (usize, usize, Option<f32>) {
+    let img = load_image(&item.image).unwrap();
+    let found = lm.detect_faces(&img).unwrap();
+    let matched = match_faces(&item.faces, &found);
+    // Each matched box is about the size of the face (the boxes differ in convention, not scale).
+    for (want, got) in item.faces.iter().zip(&matched) {
+        if let Some(d) = got {
+            let ratio = (found[*d].area() / want.area()).sqrt();
+            assert!(
+                (0.8..1.6).contains(&ratio),
+                "{}: box {:?} vs {want:?}",
+                item.image.display(),
+                found[*d]
+            );
+        }
+    }
+    let hits = matched.iter().filter(|m| m.is_some()).count();
+    let nme = item.truth.as_ref().and_then(|(i, truth)| {
+        matched[*i].map(|d| nme(truth, &lm.landmarks(&img, &found[d]).unwrap()))
+    });
+    (hits, found.len() - hits, nme)
+}
+
+#[test]
+fn default_detector_finds_large_grey_small_and_no_faces() {
+    let lm = Landmarker::new(&LandmarkerConfig::default()).unwrap();
+    // A face filling the frame, a grey close-up (tiled: 940 px), a grey archival photo with a
+    // tilted 85 px face and a 45 px one (tiled), two frontal annotated faces, two photos without
+    // a face.
+    let names =
+        ["grace_hopper_closeup", "tongue", "einstein", "lenna", "takeo", "coffee", "rocket"];
+    for item in set(&names) {
+        let (found, fp, _) = run(&lm, &item);
+        let name = item.image.display();
+        assert_eq!((found, fp), (item.faces.len(), 0), "{name}: found, false positives");
+    }
+}
+
+#[test]
+fn landmarks_on_detected_real_faces_stay_within_the_measured_nme() {
+    let lm = Landmarker::new(&LandmarkerConfig::default()).unwrap();
+    for (name, bound) in [("lenna", 0.0522), ("takeo", 0.0514), ("einstein", 0.0604)] {
+        let item = &set(&[name])[0];
+        let (_, _, nme) = run(&lm, item);
+        let nme = nme.unwrap_or_else(|| panic!("{name}: annotated face not found"));
+        assert!(nme <= bound, "{name}: NME {nme:.4} > {bound}");
+    }
+}
+
+#[test]
+fn the_tiny_detector_stays_available() {
+    let cfg = LandmarkerConfig {
+        detector: DetectorOptions { kind: DetectorKind::Tiny, ..Default::default() },
+        ..Default::default()
+    };
+    let lm = Landmarker::new(&cfg).unwrap();
+    for item in set(&["takeo", "coffee"]) {
+        let (found, fp, _) = run(&lm, &item);
+        assert_eq!((found, fp), (item.faces.len(), 0), "{}", item.image.display());
+    }
+}
