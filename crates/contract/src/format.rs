@@ -123,9 +123,8 @@ fn read_header(path: &Path, file: &mut File) -> Result<Header> {
         let [begin, end] = offsets[..] else {
             return Err(bad(format!("tensor `{key}`: data_offsets must hold 2 numbers")));
         };
-        let bytes = shape
-            .iter()
-            .try_fold(dtype.size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64));
+        let bytes =
+            shape.iter().try_fold(dtype.size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64));
         if end < begin
             || bytes != Some(end - begin)
             || data_start.checked_add(end).is_none_or(|e| e > file_len)

@@ -190,6 +190,113 @@ mod tests {
     }
 }
 
+/// A face box in image pixels: left, top, right, bottom (`x2 = x1 + width`), with a detector's
+/// score (1 for a box read from a dataset file). The one face-box type of the workspace: the
+/// detector and landmark nets compute in `f32` (`FaceBox`, the default), the data pipeline's crop
+/// arithmetic in `f64` (`FaceBox<f64>`), as the reference's Python floats do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceBox<T = f32> {
+    /// Left edge.
+    pub x1: T,
+    /// Top edge.
+    pub y1: T,
+    /// Right edge.
+    pub x2: T,
+    /// Bottom edge.
+    pub y2: T,
+    /// Detector score (1 for a box from a file).
+    pub score: f32,
+}
+
+impl FaceBox<f32> {
+    /// A box from its corners with score 1.
+    pub fn from_corners(x1: f32, y1: f32, x2: f32, y2: f32) -> Self {
+        Self { x1, y1, x2, y2, score: 1.0 }
+    }
+
+    /// Width.
+    pub fn width(&self) -> f32 {
+        self.x2 - self.x1
+    }
+
+    /// Height.
+    pub fn height(&self) -> f32 {
+        self.y2 - self.y1
+    }
+
+    /// Area (0 for an empty box).
+    pub fn area(&self) -> f32 {
+        self.width().max(0.0) * self.height().max(0.0)
+    }
+
+    /// Area of the overlap with `other`.
+    pub fn intersection(&self, other: &FaceBox) -> f32 {
+        let w = (self.x2.min(other.x2) - self.x1.max(other.x1)).max(0.0);
+        let h = (self.y2.min(other.y2) - self.y1.max(other.y1)).max(0.0);
+        w * h
+    }
+
+    /// Whether `p` lies inside the box.
+    pub fn contains(&self, p: [f32; 2]) -> bool {
+        p[0] >= self.x1 && p[0] < self.x2 && p[1] >= self.y1 && p[1] < self.y2
+    }
+
+    /// The centre point.
+    pub fn centre(&self) -> [f32; 2] {
+        [(self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0]
+    }
+
+    /// Intersection over union with `other`.
+    pub fn iou(&self, other: &FaceBox) -> f32 {
+        let inter = self.intersection(other);
+        let union = self.area() + other.area() - inter;
+        if union > 0.0 { inter / union } else { 0.0 }
+    }
+
+    /// The smallest box holding all points (the SFEW convention of docs/METHOD.md section 5).
+    pub fn around(points: &[[f32; 2]]) -> Self {
+        let mut b = Self::from_corners(f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+        for &[x, y] in points {
+            b.x1 = b.x1.min(x);
+            b.y1 = b.y1.min(y);
+            b.x2 = b.x2.max(x);
+            b.y2 = b.y2.max(y);
+        }
+        b
+    }
+
+    /// The same box in `f64`, for the data pipeline's crop arithmetic.
+    pub fn to_f64(&self) -> FaceBox<f64> {
+        FaceBox {
+            x1: self.x1.into(),
+            y1: self.y1.into(),
+            x2: self.x2.into(),
+            y2: self.y2.into(),
+            score: self.score,
+        }
+    }
+}
+
+impl FaceBox<f64> {
+    /// A box from its corners with score 1.
+    pub fn corners(x1: f64, y1: f64, x2: f64, y2: f64) -> Self {
+        Self { x1, y1, x2, y2, score: 1.0 }
+    }
+
+    /// The extent of a set of points (SFEW's box, docs/METHOD.md section 5).
+    pub fn extent(points: &[[f64; 2]]) -> Self {
+        let mut b =
+            Self::corners(f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY);
+        for p in points {
+            b.x1 = b.x1.min(p[0]);
+            b.y1 = b.y1.min(p[1]);
+            b.x2 = b.x2.max(p[0]);
+            b.y2 = b.y2.max(p[1]);
+        }
+        b
+    }
+}
+
 /// The file and folder names of the dataset layouts aue reads and writes (docs/METHOD.md
 /// section 5), defined once for the data readers, the synthetic set and the landmark tool.
 ///

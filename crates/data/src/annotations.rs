@@ -7,6 +7,7 @@
 //! label out of range, a non-finite value) is an error naming the file and the 1-based line,
 //! where the reference would crash or, worse, carry on with a wrong sample.
 
+use aue_core::FaceBox;
 use std::path::Path;
 
 use crate::error::{DataError, Result};
@@ -79,40 +80,8 @@ pub(crate) fn read_landmarks(path: &Path) -> Result<LandmarkFile> {
     }
 }
 
-/// A face box in image pixels, `x1 y1 x2 y2` (left, top, right, bottom; floats).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FaceBox {
-    /// Left edge.
-    pub x1: f64,
-    /// Top edge.
-    pub y1: f64,
-    /// Right edge.
-    pub x2: f64,
-    /// Bottom edge.
-    pub y2: f64,
-}
-
-impl FaceBox {
-    /// The extent of a set of points (SFEW's box, docs/METHOD.md section 5).
-    pub fn extent(points: &[Point]) -> FaceBox {
-        let mut b = FaceBox {
-            x1: f64::INFINITY,
-            y1: f64::INFINITY,
-            x2: f64::NEG_INFINITY,
-            y2: f64::NEG_INFINITY,
-        };
-        for p in points {
-            b.x1 = b.x1.min(p[0]);
-            b.y1 = b.y1.min(p[1]);
-            b.x2 = b.x2.max(p[0]);
-            b.y2 = b.y2.max(p[1]);
-        }
-        b
-    }
-}
-
 /// Reads a face box file: one line of four finite numbers with x1 < x2 and y1 < y2.
-pub(crate) fn read_box(path: &Path) -> Result<FaceBox> {
+pub(crate) fn read_box(path: &Path) -> Result<FaceBox<f64>> {
     let text = read_text(path)?;
     let mut lines = data_lines(&text);
     let Some((line, tokens)) = lines.next() else {
@@ -132,7 +101,7 @@ pub(crate) fn read_box(path: &Path) -> Result<FaceBox> {
     for (slot, (token, what)) in v.iter_mut().zip(tokens.iter().zip(["x1", "y1", "x2", "y2"])) {
         *slot = parse_finite(path, line, token, what)?;
     }
-    let b = FaceBox { x1: v[0], y1: v[1], x2: v[2], y2: v[3] };
+    let b = FaceBox::corners(v[0], v[1], v[2], v[3]);
     if b.x2 <= b.x1 || b.y2 <= b.y1 {
         return Err(DataError::parse(
             path,
@@ -360,7 +329,7 @@ mod tests {
     #[test]
     fn boxes() {
         let b = read_box(file("# comment\n 1.5 2 30 40.25 \n\n").path()).unwrap();
-        assert_eq!(b, FaceBox { x1: 1.5, y1: 2.0, x2: 30.0, y2: 40.25 });
+        assert_eq!(b, FaceBox::corners(1.5, 2.0, 30.0, 40.25));
         assert!(read_box(file("1 2 3\n").path()).is_err());
         assert!(read_box(file("1 2 3 4\n5 6 7 8\n").path()).is_err());
         assert!(read_box(file("10 2 3 4\n").path()).is_err());

@@ -27,11 +27,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use aue_core::FaceBox;
 use aue_core::layout;
 use rayon::prelude::*;
 
 use crate::annotations::{
-    self, FaceBox, LabelEntry, LandmarkFile, SfewEntry, read_au_gt, read_box, read_landmarks,
+    self, LabelEntry, LandmarkFile, SfewEntry, read_au_gt, read_box, read_landmarks,
 };
 use crate::error::{DataError, Result};
 use crate::landmarks::Landmarks;
@@ -199,7 +200,7 @@ pub struct SampleInfo {
     /// 0-based class index.
     pub label: usize,
     /// The face box in image pixels (SFEW: the landmarks' extent).
-    pub face_box: FaceBox,
+    pub face_box: FaceBox<f64>,
     /// The 68 landmarks in image pixels.
     pub landmarks: Landmarks,
     /// Ground-truth AU intensities, when the dataset has them.
@@ -523,7 +524,7 @@ impl Dataset {
 pub(crate) fn check_box(
     image: &Path,
     (w, h): (u32, u32),
-    face_box: &FaceBox,
+    face_box: &FaceBox<f64>,
     landmarks: &Landmarks,
     kind: DatasetKind,
     grid: &AuGrid,
@@ -555,7 +556,7 @@ pub(crate) fn check_box(
 /// [`check_box`] after reading the image size from its header.
 fn check_image(
     image: &Path,
-    face_box: &FaceBox,
+    face_box: &FaceBox<f64>,
     landmarks: &Landmarks,
     kind: DatasetKind,
     grid: &AuGrid,
@@ -702,7 +703,10 @@ fn open_sfew(root: &Path, split: Split, options: &DatasetOptions) -> Result<Open
     let listed = entries.len();
     if listed == 0 {
         let source = if list.is_file() { list.clone() } else { base.join(layout::SFEW_IMAGES) };
-        return Err(DataError::Dataset { root: source, message: format!("lists no {split} image") });
+        return Err(DataError::Dataset {
+            root: source,
+            message: format!("lists no {split} image"),
+        });
     }
     let grid = AuGrid::new(options.input_size);
     let results = entries

@@ -30,7 +30,7 @@ mod loader;
 mod parquet_source;
 pub mod preprocess;
 
-pub use annotations::FaceBox;
+pub use aue_core::FaceBox;
 pub use dataset::{Dataset, DatasetKind, DatasetOptions, OpenReport, Prepared, SampleInfo, Split};
 pub use error::{DataError, Result};
 pub use loader::{Batch, EpochIter, Loader, LoaderOptions, sample_augment};

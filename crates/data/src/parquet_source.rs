@@ -34,13 +34,13 @@ use candle_datasets::hub::FileReader;
 use parquet::file::reader::SerializedFileReader;
 use parquet::record::{Field, Row};
 
-use crate::annotations::FaceBox;
 use crate::dataset::{
     Dataset, DatasetKind, DatasetOptions, Entry, ImageBytes, Opened, SampleInfo, Split, check_box,
 };
 use crate::error::{DataError, Result};
 use crate::landmarks::{Point, from_66, from_68};
 use crate::preprocess::{self, AuGrid};
+use aue_core::FaceBox;
 
 impl Dataset {
     /// Opens the `split` of a FER set stored in the local parquet file `path` (schema in the
@@ -197,7 +197,7 @@ fn read_row(
     };
     let face_box = match numbers(field("box"), "box").map_err(&err)? {
         Some(b) if b.len() == 4 => {
-            let fb = FaceBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] };
+            let fb = FaceBox::corners(b[0], b[1], b[2], b[3]);
             if fb.x2 <= fb.x1 || fb.y2 <= fb.y1 {
                 return Err(err(format!("empty face box ({} {} {} {})", b[0], b[1], b[2], b[3])));
             }

@@ -38,9 +38,9 @@ use std::sync::LazyLock;
 use fast_image_resize as fr;
 use rand::Rng;
 
-use crate::annotations::FaceBox;
 use crate::error::{DataError, Result};
 use crate::landmarks::{AU_CENTRES, Centre, Landmarks, NUM_LANDMARKS, Point, swap_left_right};
+use aue_core::FaceBox;
 
 /// ImageNet mean (torchvision's `Normalize` of the reference), RGB.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -82,7 +82,7 @@ impl Augment {
 }
 
 /// `int(int(factor * width) / 2)`: the half padding of a box (step 1 of the module doc).
-pub fn half_padding(face_box: &FaceBox, factor: f64) -> i64 {
+pub fn half_padding(face_box: &FaceBox<f64>, factor: f64) -> i64 {
     let padding = ((face_box.x2 - face_box.x1) * factor).trunc().max(0.0);
     (padding * 0.5).trunc() as i64
 }
@@ -103,7 +103,14 @@ pub struct CropWindow {
 impl CropWindow {
     /// Enlarges `face_box` by `half` per side and shifts it by `(dx, dy)`, clipping each edge to
     /// a `width x height` image after each step as the reference does.
-    pub fn new(face_box: &FaceBox, half: i64, dx: i64, dy: i64, width: u32, height: u32) -> Self {
+    pub fn new(
+        face_box: &FaceBox<f64>,
+        half: i64,
+        dx: i64,
+        dy: i64,
+        width: u32,
+        height: u32,
+    ) -> Self {
         let (w, h, half) = (f64::from(width), f64::from(height), half as f64);
         let left = (face_box.x1 - half).max(0.0);
         let right = (face_box.x2 + half).min(w);
@@ -203,7 +210,7 @@ pub struct Plan {
 /// `landmarks` are in image pixels. Returns an error message when the rounded window is empty
 /// (the caller names the file).
 pub fn plan(
-    face_box: &FaceBox,
+    face_box: &FaceBox<f64>,
     landmarks: &Landmarks,
     factor: f64,
     augment: &Augment,
@@ -410,7 +417,7 @@ pub fn normalise_into(hwc: &[u8], out: &mut [f32]) {
 /// caller names the file.
 pub fn prepare_rgb(
     img: &image::RgbImage,
-    face_box: &FaceBox,
+    face_box: &FaceBox<f64>,
     landmarks: &Landmarks,
     factor: f64,
     augment: &Augment,
@@ -433,7 +440,7 @@ pub(crate) fn prepare_u8(
     path: &Path,
     bytes: Option<&[u8]>,
     expected: (u32, u32),
-    face_box: &FaceBox,
+    face_box: &FaceBox<f64>,
     landmarks: &Landmarks,
     factor: f64,
     augment: &Augment,
@@ -460,8 +467,8 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn fb(x1: f64, y1: f64, x2: f64, y2: f64) -> FaceBox {
-        FaceBox { x1, y1, x2, y2 }
+    fn fb(x1: f64, y1: f64, x2: f64, y2: f64) -> FaceBox<f64> {
+        FaceBox::corners(x1, y1, x2, y2)
     }
 
     #[test]

@@ -171,6 +171,7 @@ fn geometry_matches_the_reference_rule_on_ties_and_clipping() {
             y1: boxes[4 * c + 1],
             x2: boxes[4 * c + 2],
             y2: boxes[4 * c + 3],
+            score: 1.0,
         };
         let mut landmarks = [[0.0; 2]; 68];
         for (p, l) in landmarks.iter_mut().enumerate() {

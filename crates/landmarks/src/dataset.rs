@@ -12,6 +12,7 @@
 //! Files are written to a temporary file in the same folder, fsynced and renamed, so an interrupted
 //! run leaves only whole files, and a rerun skips them (unless told to overwrite).
 
+use aue_core::layout;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,21 +33,14 @@ pub const NOT_FOUND_FILE: &str = "aue-landmarks-not-found.txt";
 /// File listing the images that failed (unreadable image or box), "path\terror" per line.
 pub const FAILED_FILE: &str = "aue-landmarks-failed.txt";
 
-/// A dataset layout the tool writes landmarks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatasetKind {
-    RafdbBasic,
-    RafdbCompound,
-    Sfew,
-}
+pub use aue_data::DatasetKind;
 
-impl DatasetKind {
-    fn rafdb_subdir(self) -> Option<&'static str> {
-        match self {
-            Self::RafdbBasic => Some("basic"),
-            Self::RafdbCompound => Some("compound"),
-            Self::Sfew => None,
-        }
+/// The RAF-DB subset folder of a kind (`None` for SFEW).
+fn rafdb_subdir(kind: DatasetKind) -> Option<&'static str> {
+    match kind {
+        DatasetKind::Rafdb => Some(layout::RAF_BASIC),
+        DatasetKind::RafdbCompound => Some(layout::RAF_COMPOUND),
+        DatasetKind::Sfew => None,
     }
 }
 
@@ -82,9 +76,9 @@ pub struct Job {
 /// The jobs of a RAF-DB-layout dataset (`basic/` or `compound/` under `root`), in list order.
 pub fn rafdb_jobs(root: &Path, kind: DatasetKind) -> Result<Vec<Job>> {
     let sub =
-        kind.rafdb_subdir().ok_or_else(|| LandmarkError::Invalid("not a RAF-DB kind".into()))?;
+        rafdb_subdir(kind).ok_or_else(|| LandmarkError::Invalid("not a RAF-DB kind".into()))?;
     let base = root.join(sub);
-    let list = base.join("EmoLabel").join("list_patition_label.txt");
+    let list = base.join(layout::RAF_LABEL_LIST);
     let mut jobs = Vec::new();
     for name in read_label_list(&list)? {
         let stem = Path::new(&name)
@@ -502,7 +496,7 @@ mod tests {
         let list = dir.path().join("basic/EmoLabel/list_patition_label.txt");
         fs::create_dir_all(list.parent().unwrap()).unwrap();
         fs::write(&list, "train_00001.jpg 5\ntest_0001.jpg 1\n").unwrap();
-        let jobs = rafdb_jobs(dir.path(), DatasetKind::RafdbBasic).unwrap();
+        let jobs = rafdb_jobs(dir.path(), DatasetKind::Rafdb).unwrap();
         assert_eq!(jobs.len(), 2);
         assert!(jobs[0].image.ends_with("basic/Image/original/train_00001.jpg"));
         assert!(jobs[0].output.ends_with("basic/Annotation/Landmarks_68_FAN_bbox/train_00001.txt"));
@@ -511,7 +505,7 @@ mod tests {
             JobBox::File(dir.path().join("basic/Annotation/boundingbox/test_0001.txt"))
         );
         fs::write(&list, "train_00001.jpg\n").unwrap();
-        let e = rafdb_jobs(dir.path(), DatasetKind::RafdbBasic).unwrap_err().to_string();
+        let e = rafdb_jobs(dir.path(), DatasetKind::Rafdb).unwrap_err().to_string();
         assert!(e.contains("list_patition_label.txt:1"), "{e}");
     }
 

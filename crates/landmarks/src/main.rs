@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use aue_core::layout;
 use aue_landmarks::dataset::{self, BoxSource, DatasetKind, RunOptions};
 use aue_landmarks::device::{self, DeviceSpec};
 use aue_landmarks::eval::{self, EvalOptions, Sample, Summary};
@@ -75,14 +76,18 @@ fn parse_detector(s: &str) -> Result<DetectorKind, String> {
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    s.parse().map_err(|e: aue_landmarks::LandmarkError| e.to_string())
+    s.parse()
+}
+
+fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
+    s.parse().map_err(|e: aue_data::DataError| e.to_string())
 }
 
 #[derive(Args, Debug)]
 struct WriteArgs {
     /// Dataset layout under --root.
-    #[arg(long, value_enum, requires = "root", conflicts_with = "images")]
-    dataset: Option<DatasetChoice>,
+    #[arg(long, value_parser = parse_dataset, requires = "root", conflicts_with = "images")]
+    dataset: Option<DatasetKind>,
     /// Dataset root folder (holding basic/ or compound/ for RAF-DB, Train/ and Val/ for SFEW).
     #[arg(long)]
     root: Option<PathBuf>,
@@ -157,13 +162,6 @@ struct OverlayArgs {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-enum DatasetChoice {
-    Rafdb,
-    RafdbCompound,
-    Sfew,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum NetChoice {
     Full,
     Tiny,
@@ -218,12 +216,7 @@ fn write_config(a: &WriteArgs) -> anyhow::Result<WriteConfig> {
             if !root.is_dir() {
                 bail!("--root {} is not a folder", root.display());
             }
-            let kind = match d {
-                DatasetChoice::Rafdb => DatasetKind::RafdbBasic,
-                DatasetChoice::RafdbCompound => DatasetKind::RafdbCompound,
-                DatasetChoice::Sfew => DatasetKind::Sfew,
-            };
-            Target::Dataset { kind, root }
+            Target::Dataset { kind: *d, root }
         }
         (None, Some(images)) => {
             if !images.is_dir() {
@@ -268,7 +261,8 @@ fn run_write(cfg: &WriteConfig) -> anyhow::Result<()> {
             (dataset::sfew_jobs(root)?, root.clone())
         }
         Target::Dataset { kind, root } => {
-            let sub = if *kind == DatasetKind::RafdbBasic { "basic" } else { "compound" };
+            let sub =
+                if *kind == DatasetKind::Rafdb { layout::RAF_BASIC } else { layout::RAF_COMPOUND };
             (dataset::rafdb_jobs(root, *kind)?, root.join(sub))
         }
         Target::Folder { images, out } => (dataset::folder_jobs(images, out)?, out.clone()),
@@ -564,18 +558,5 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    aue_cli::main("warn", || run(&Cli::parse()))
 }

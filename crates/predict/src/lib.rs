@@ -193,12 +193,7 @@ impl Predictor {
                 let p = points.next().unwrap_or([[0.0; 2]; 68]);
                 faces.push((*b, p));
                 // Test mode of section 5: detected box, no offset, no flip.
-                let face_box = aue_data::FaceBox {
-                    x1: b.x1.into(),
-                    y1: b.y1.into(),
-                    x2: b.x2.into(),
-                    y2: b.y2.into(),
-                };
+                let face_box = b.to_f64();
                 let mut lm = [[0.0f64; 2]; 68];
                 for (o, q) in lm.iter_mut().zip(p.iter()) {
                     *o = [q[0].into(), q[1].into()];
