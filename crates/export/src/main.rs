@@ -97,7 +97,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         cfg.json_path().display()
     );
     if !args.verify {
-        bar.finish_with_message(summary);
+        bar.finish_and_clear();
+        eprintln!("{summary}");
         return Ok(());
     }
     bar.set_message(format!("verifying in tract, batch {}", args.verify_batch));
@@ -109,8 +110,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let tract_s = started.elapsed().as_secs_f64();
     let want = check::aue_outputs(&model, &spec, &batch)?;
     let diffs = check::compare(&got, &want)?;
-    bar.inc(1);
-    bar.finish_with_message(summary);
+    bar.finish_and_clear();
+    eprintln!("{summary}");
     eprintln!("tract load + run: {tract_s:.1} s; relative L2 against aue's forward pass:");
     let mut worst = 0f64;
     for d in &diffs {
