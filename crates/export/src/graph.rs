@@ -80,19 +80,20 @@ impl Output {
         }
     }
 
-    /// The outputs meaningful for a checkpoint of `stage`, as aue-predict reads them: stage 1
-    /// the EM branch (its AU branch is untrained), stage 2 the AU probabilities (its expression
-    /// head is stage 1's on moved backbone statistics), stage 3 everything the fusion gives.
+    /// The outputs meaningful for a checkpoint of `stage` (in graph order), as aue-predict reads
+    /// them: stage 1 the EM branch (its AU branch is untrained), stage 2 the AU probabilities (its
+    /// expression head is stage 1's on moved backbone statistics), stage 3 everything the fusion
+    /// gives.
     pub fn for_stage(stage: Stage) -> Vec<Output> {
         match stage {
             Stage::Em => vec![Output::PredEm, Output::ExpressionProb],
             Stage::Au => vec![Output::PredAu],
             Stage::Fuse => vec![
                 Output::PredEm,
-                Output::Pred2,
-                Output::ExpressionProb,
                 Output::PredAu,
+                Output::Pred2,
                 Output::AuProb,
+                Output::ExpressionProb,
             ],
         }
     }

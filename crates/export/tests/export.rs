@@ -154,6 +154,13 @@ fn each_stage_exports_its_own_outputs_and_inputs() {
         // Stage 1 gives only EM outputs: no AU branch, no au_loc input.
         let want = if stage == Stage::Em { vec!["image"] } else { vec!["image", "au_loc"] };
         assert_eq!(inputs, want, "stage {stage}");
+        let outputs: Vec<&str> = json["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(outputs, names(&Output::for_stage(stage)), "stage {stage}");
         assert_eq!(json["stage"], stage.number());
     }
 }
