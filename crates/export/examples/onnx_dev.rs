@@ -168,6 +168,7 @@ fn forward(
         preset: None,
         preprocess: false,
         all_outputs: true,
+        external_data: false,
     };
     let (_, model) = aue_export::load_checkpoint(&cfg)?;
     let (_, t) = read_safetensors(inputs, &Device::Cpu)?;

@@ -1,14 +1,16 @@
 //! Running an exported graph in tract (a pure-Rust ONNX runtime) and comparing its outputs with
 //! aue's own eval-mode forward pass on the same inputs, by relative L2 error per output.
 
+use std::path::Path;
+
 use aue_core::NUM_AUS;
 use aue_model::{AueModel, ForwardOptions, Outputs};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::{
-    Arc, Framework, InferenceModelExt, IntoRunnable, IntoTValue, TVec, Tensor as TractTensor,
-    TypedSimplePlan, tvec,
+    Arc, Framework, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, TVec,
+    Tensor as TractTensor, TypedSimplePlan, tvec,
 };
 
 use crate::error::{ExportError, Result};
@@ -72,11 +74,23 @@ fn runtime<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ExportError + 
 }
 
 impl TractModel {
-    /// Load and optimise the ONNX bytes of a graph built for `spec`.
+    /// Load and optimise the ONNX bytes of a graph built for `spec` (weights inside the file).
     pub fn load(onnx: &[u8], spec: &GraphSpec) -> Result<Self> {
         let model = tract_onnx::onnx()
             .model_for_read(&mut &onnx[..])
             .map_err(runtime("reading the ONNX file"))?;
+        Self::optimise(model, spec)
+    }
+
+    /// Load and optimise the ONNX file `path` of a graph built for `spec` (external weights are
+    /// read from its folder).
+    pub fn load_file(path: &Path, spec: &GraphSpec) -> Result<Self> {
+        let what = format!("reading {}", path.display());
+        let model = tract_onnx::onnx().model_for_path(path).map_err(runtime(&what))?;
+        Self::optimise(model, spec)
+    }
+
+    fn optimise(model: InferenceModel, spec: &GraphSpec) -> Result<Self> {
         let names = model
             .output_outlets()
             .map_err(runtime("listing outputs"))?

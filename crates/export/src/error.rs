@@ -23,10 +23,7 @@ pub enum ExportError {
         msg: String,
     },
     /// The serialised graph would exceed protobuf's 2 GiB message limit.
-    #[error(
-        "the ONNX file would be {bytes} bytes, over protobuf's 2 GiB limit on one message; \
-         no preset aue ships comes near it"
-    )]
+    #[error("the ONNX file would be {bytes} bytes, over protobuf's 2 GiB limit on one message")]
     TooLarge {
         /// Encoded size.
         bytes: u64,

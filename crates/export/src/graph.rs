@@ -753,7 +753,7 @@ mod tests {
         let x = b.g.input("x", Elem::F32, &dims).unwrap();
         let y = b.lrn_quirk(&x, "lrn", 5).unwrap();
         b.g.output(&y, "y", Elem::F32, &dims).unwrap();
-        let bytes = crate::encode(&b.g.finish("lrn", "", &[])).unwrap();
+        let bytes = prost::Message::encode_to_vec(&b.g.finish("lrn", "", &[]));
         let plan = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
             .unwrap()

@@ -48,12 +48,22 @@ pub struct ExportConfig {
     pub preprocess: bool,
     /// Every output of the eval forward pass, not only the stage's.
     pub all_outputs: bool,
+    /// Write the weights to [`ExportConfig::data_path`] (ONNX external data) instead of into the
+    /// ONNX file; done anyway when one file would pass protobuf's 2 GiB limit.
+    pub external_data: bool,
 }
 
 impl ExportConfig {
     /// The path of the JSON description: the ONNX path with the extension `json`.
     pub fn json_path(&self) -> PathBuf {
         self.out.with_extension("json")
+    }
+
+    /// The external weights file: the ONNX path with `.data` appended.
+    pub fn data_path(&self) -> PathBuf {
+        let mut name = self.out.file_name().unwrap_or_default().to_os_string();
+        name.push(".data");
+        self.out.with_file_name(name)
     }
 
     /// The graph to build for a checkpoint of `info.stage`.
@@ -73,6 +83,57 @@ pub struct Exported {
     pub proto: pb::ModelProto,
     /// Its description.
     pub json: ModelJson,
+}
+
+/// An encoded model: the ONNX file's bytes and, with external data, the weights file's.
+pub struct Encoded {
+    /// The ONNX file.
+    pub onnx: Vec<u8>,
+    /// The external weights file, if the weights are not inside `onnx`.
+    pub data: Option<Vec<u8>>,
+}
+
+/// Initializers at least this large go to the external data file (small ones, shapes and
+/// constants, stay inline, which ONNX allows).
+const EXTERNAL_MIN_BYTES: usize = 1024;
+/// Offsets in the external data file are aligned to this (so that a runtime may map it).
+const EXTERNAL_ALIGN: usize = 4096;
+
+impl Exported {
+    /// Encode the model. With `json.external_data` set, every initializer of at least 1 KiB is
+    /// moved into the data file, each at a 4 KiB-aligned offset, and described by ONNX's
+    /// external-data keys (`location`, `offset`, `length`). A single file over protobuf's
+    /// 2 GiB message limit is an error. Returns the description beside the bytes.
+    pub fn encode(mut self) -> Result<(Encoded, ModelJson)> {
+        let data = match (&self.json.external_data, self.proto.graph.as_mut()) {
+            (Some(location), Some(graph)) => {
+                let mut data = Vec::new();
+                for t in graph.initializer.iter_mut() {
+                    if t.raw_data.len() < EXTERNAL_MIN_BYTES {
+                        continue;
+                    }
+                    data.resize(data.len().next_multiple_of(EXTERNAL_ALIGN), 0);
+                    let (offset, length) = (data.len(), t.raw_data.len());
+                    data.append(&mut t.raw_data);
+                    let entry =
+                        |k: &str, v: String| pb::StringStringEntryProto { key: k.into(), value: v };
+                    t.external_data = vec![
+                        entry("location", location.clone()),
+                        entry("offset", offset.to_string()),
+                        entry("length", length.to_string()),
+                    ];
+                    t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+                }
+                Some(data)
+            }
+            _ => None,
+        };
+        let bytes = self.proto.encoded_len() as u64;
+        if bytes > PROTOBUF_LIMIT {
+            return Err(ExportError::TooLarge { bytes });
+        }
+        Ok((Encoded { onnx: self.proto.encode_to_vec(), data }, self.json))
+    }
 }
 
 /// Resolve the checkpoint (stage, preset, sizes, labels: aue-predict's reading) and load it on
@@ -106,8 +167,10 @@ fn file_name(path: &Path) -> String {
 pub fn export(model: &AueModel, info: &CheckpointInfo, cfg: &ExportConfig) -> Result<Exported> {
     let spec = cfg.spec(info);
     let built = graph::build(model, &spec)?;
+    // The weights decide the file size; the graph's structure adds well under a megabyte.
+    let external = cfg.external_data || built.graph.weight_bytes() + (64 << 20) > PROTOBUF_LIMIT;
     let sha = sha256_file(&cfg.checkpoint)?;
-    let json = ModelJson::new(
+    let mut json = ModelJson::new(
         info,
         &file_name(&cfg.out),
         (&file_name(&cfg.checkpoint), &sha),
@@ -115,6 +178,9 @@ pub fn export(model: &AueModel, info: &CheckpointInfo, cfg: &ExportConfig) -> Re
         built.inputs,
         built.outputs,
     );
+    if external {
+        json.external_data = Some(file_name(&cfg.data_path()));
+    }
     let text = serde_json::to_string(&json)
         .map_err(|e| ExportError::Invalid(format!("model.json: {e}")))?;
     let labels = serde_json::to_string(&json.labels)
@@ -139,15 +205,6 @@ pub fn export(model: &AueModel, info: &CheckpointInfo, cfg: &ExportConfig) -> Re
     Ok(Exported { proto, json })
 }
 
-/// Encode the model, refusing one over protobuf's 2 GiB message limit.
-pub fn encode(proto: &pb::ModelProto) -> Result<Vec<u8>> {
-    let bytes = proto.encoded_len() as u64;
-    if bytes > PROTOBUF_LIMIT {
-        return Err(ExportError::TooLarge { bytes });
-    }
-    Ok(proto.encode_to_vec())
-}
-
 /// Write `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let folder = match path.parent() {
@@ -167,8 +224,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
-/// Write the encoded model to `cfg.out` and its description to [`ExportConfig::json_path`].
-pub fn write(cfg: &ExportConfig, onnx: &[u8], json: &ModelJson) -> Result<()> {
+/// Write the encoded model to `cfg.out` (and its weights to [`ExportConfig::data_path`] when
+/// they are external) and its description to [`ExportConfig::json_path`].
+pub fn write(cfg: &ExportConfig, encoded: &Encoded, json: &ModelJson) -> Result<()> {
     let json_path = cfg.json_path();
     if json_path == cfg.out {
         return Err(ExportError::Invalid(format!(
@@ -179,6 +237,9 @@ pub fn write(cfg: &ExportConfig, onnx: &[u8], json: &ModelJson) -> Result<()> {
     let mut text = serde_json::to_string_pretty(json)
         .map_err(|e| ExportError::Invalid(format!("model.json: {e}")))?;
     text.push('\n');
-    write_atomic(&cfg.out, onnx)?;
+    if let Some(data) = &encoded.data {
+        write_atomic(&cfg.data_path(), data)?;
+    }
+    write_atomic(&cfg.out, &encoded.onnx)?;
     write_atomic(&json_path, text.as_bytes())
 }

@@ -40,6 +40,10 @@ struct Args {
     /// compare every output with aue's own forward pass; fail above relative L2 1e-4.
     #[arg(long)]
     verify: bool,
+    /// Write the weights to <out>.data (ONNX external data) instead of into the ONNX file; done
+    /// anyway when one file would pass protobuf's 2 GiB limit.
+    #[arg(long)]
+    external_data: bool,
     /// Batch size of the --verify run.
     #[arg(long, default_value_t = 2)]
     verify_batch: usize,
@@ -62,6 +66,7 @@ fn config(args: &Args) -> anyhow::Result<ExportConfig> {
         preset,
         preprocess: args.with_preprocess,
         all_outputs: args.all_outputs,
+        external_data: args.external_data,
     })
 }
 
@@ -79,23 +84,31 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let exported = aue_export::export(&model, &info, &cfg)?;
     bar.inc(1);
     bar.set_message("encoding");
-    let bytes = aue_export::encode(&exported.proto)?;
-    drop(exported.proto);
+    let (encoded, json) = exported.encode()?;
     bar.inc(1);
     bar.set_message(format!("writing {}", cfg.out.display()));
-    aue_export::write(&cfg, &bytes, &exported.json)
+    aue_export::write(&cfg, &encoded, &json)
         .with_context(|| format!("writing {}", cfg.out.display()))?;
     bar.inc(1);
-    let outputs: Vec<&str> = exported.json.outputs.iter().map(|o| o.name.as_str()).collect();
+    let outputs: Vec<&str> = json.outputs.iter().map(|o| o.name.as_str()).collect();
+    let weights = match &encoded.data {
+        Some(data) => format!(
+            ", weights in {} ({:.1} MB)",
+            cfg.data_path().display(),
+            data.len() as f64 / 1e6
+        ),
+        None => String::new(),
+    };
     let summary = format!(
-        "wrote {} ({:.1} MB, opset {}, stage {}, outputs {}) and {}",
+        "wrote {} ({:.1} MB{weights}, opset {}, stage {}, outputs {}) and {}",
         cfg.out.display(),
-        bytes.len() as f64 / 1e6,
+        encoded.onnx.len() as f64 / 1e6,
         aue_export::onnx::OPSET,
         info.stage.number(),
         outputs.join(", "),
         cfg.json_path().display()
     );
+    drop(encoded);
     if !args.verify {
         bar.finish_and_clear();
         eprintln!("{summary}");
@@ -104,7 +117,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     bar.set_message(format!("verifying in tract, batch {}", args.verify_batch));
     let spec = cfg.spec(&info);
     let started = Instant::now();
-    let tract = TractModel::load(&bytes, &spec)?;
+    let tract = TractModel::load_file(&cfg.out, &spec)?;
     let batch = Batch::random(args.verify_batch, info.config.input_size, info.config.grid(), 0);
     let got = tract.run(&batch)?;
     let tract_s = started.elapsed().as_secs_f64();

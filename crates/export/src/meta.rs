@@ -66,6 +66,9 @@ pub struct ModelJson {
     pub normalisation: Normalisation,
     /// How the face is cropped before resizing, as in training.
     pub face_crop: String,
+    /// The external weights file (ONNX external data, same folder), or `null` when the weights
+    /// are inside the ONNX file.
+    pub external_data: Option<String>,
     /// Graph inputs.
     pub inputs: Vec<TensorDesc>,
     /// Graph outputs.
@@ -117,6 +120,7 @@ impl ModelJson {
                  (docs/METHOD.md section 5, aue-data's preprocess)",
                 s = cfg.input_size
             ),
+            external_data: None,
             inputs,
             outputs,
         }

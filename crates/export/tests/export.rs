@@ -56,6 +56,7 @@ fn config(ckpt: &Path, out: &Path, preprocess: bool, all_outputs: bool) -> Expor
         preset: None,
         preprocess,
         all_outputs,
+        external_data: false,
     }
 }
 
@@ -63,13 +64,19 @@ fn config(ckpt: &Path, out: &Path, preprocess: bool, all_outputs: bool) -> Expor
 /// the worst relative L2 per output and the written model.json.
 fn export_and_compare(cfg: &ExportConfig, batches: &[usize]) -> (Vec<(String, f64)>, String) {
     let (info, model) = aue_export::load_checkpoint(cfg).unwrap();
-    let exported = aue_export::export(&model, &info, cfg).unwrap();
-    let bytes = aue_export::encode(&exported.proto).unwrap();
-    aue_export::write(cfg, &bytes, &exported.json).unwrap();
+    let (encoded, json) = aue_export::export(&model, &info, cfg).unwrap().encode().unwrap();
+    aue_export::write(cfg, &encoded, &json).unwrap();
     let on_disk = std::fs::read(&cfg.out).unwrap();
-    assert_eq!(on_disk, bytes);
+    assert_eq!(on_disk, encoded.onnx);
     let spec = cfg.spec(&info);
-    let tract = TractModel::load(&on_disk, &spec).unwrap();
+    // External weights are found beside the file; otherwise load from memory.
+    let tract = match &encoded.data {
+        Some(data) => {
+            assert_eq!(&std::fs::read(cfg.data_path()).unwrap(), data);
+            TractModel::load_file(&cfg.out, &spec).unwrap()
+        }
+        None => TractModel::load(&on_disk, &spec).unwrap(),
+    };
     let mut worst: Vec<(String, f64)> = Vec::new();
     for (i, &n) in batches.iter().enumerate() {
         let batch = Batch::random(n, info.config.input_size, info.config.grid(), 17 + i as u64);
@@ -176,6 +183,24 @@ fn preprocessing_in_the_graph_takes_rgb_bytes() {
     assert_eq!(json["inputs"][0]["dtype"], "uint8");
     assert_eq!(json["inputs"][0]["shape"], serde_json::json!(["N", 64, 64, 3]));
     assert_eq!(json["normalisation"]["in_graph"], true);
+}
+
+#[test]
+fn weights_can_go_to_an_external_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = checkpoint(dir.path(), Preset::Tiny, 64, Stage::Fuse, Init::Parity);
+    let mut cfg = config(&ckpt, &dir.path().join("ext.onnx"), false, false);
+    cfg.external_data = true;
+    let (worst, json) = export_and_compare(&cfg, &[2]);
+    assert_close("external data", &worst);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["external_data"], "ext.onnx.data");
+    // The graph file keeps only the structure and small constants.
+    let (onnx, data) = (
+        std::fs::metadata(&cfg.out).unwrap().len(),
+        std::fs::metadata(cfg.data_path()).unwrap().len(),
+    );
+    assert!(onnx < 64 << 10 && data > 1 << 20, "onnx {onnx} bytes, data {data} bytes");
 }
 
 #[test]
