@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from dataclasses import dataclass, replace
 
@@ -739,10 +740,12 @@ def _self_test():
         print(f"ok  {name}: {len(ours)} backbone keys equal torchvision's (names, shapes, dtypes)")
     with torch.device("meta"):
         tsv = keys_tsv(build_model("resnet101"))
-    ref = open("/work/shared/reference_keys.tsv").read() if _exists("/work/shared/reference_keys.tsv") else None
+    keys = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "model", "tests",
+                        "fixtures", "reference_keys.tsv")
+    ref = open(keys).read() if _exists(keys) else None
     if ref is not None:
-        assert tsv == ref, "resnet101 keys differ from /work/shared/reference_keys.tsv"
-        print("ok  resnet101 state dict == /work/shared/reference_keys.tsv (939 keys)")
+        assert tsv == ref, f"resnet101 keys differ from {keys}"
+        print("ok  resnet101 state dict == crates/model/tests/fixtures/reference_keys.tsv (939 keys)")
 
     # 2. Forward on the full resnet18 backbone equals torchvision's with the same weights.
     torch.manual_seed(1)

@@ -4,7 +4,7 @@ Outputs (relative to the repository root):
     crates/model/tests/fixtures/parity_tiny.safetensors       preset tiny, S = 64, B = 4
     crates/model/tests/fixtures/parity_resnet18.safetensors   preset resnet18, S = 64, B = 4
     crates/model/tests/fixtures/reference_keys.tsv            the resnet101 state dict (939 keys),
-                                                              asserted equal to /work/shared/reference_keys.tsv
+                                                              asserted equal to the committed reference_keys.tsv
 
 Weights are not stored: both sides generate them with the parity filler (aue_reference.fill_parity_).
 Everything is computed in float64 (model.double(), inputs double) and stored as float32 (i64 for
@@ -77,7 +77,8 @@ import aue_reference as R  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "crates", "model", "tests", "fixtures")
-SHARED_KEYS = "/work/shared/reference_keys.tsv"
+# The reference implementation's resnet101 state dict as a committed list (key, dtype, shape).
+REFERENCE_KEYS = os.path.join(FIXTURES, "reference_keys.tsv")
 PRESETS = ("tiny", "resnet18")
 BATCH = 4
 INPUT_SIZE = 64
@@ -525,12 +526,11 @@ def write_reference_keys():
         model = R.build_model("resnet101")
     tsv = R.keys_tsv(model)
     n = len(tsv.splitlines()) - 1
-    with open(SHARED_KEYS) as f:
-        shared = f.read()
-    assert tsv == shared, f"resnet101 state dict differs from {SHARED_KEYS}"
+    with open(REFERENCE_KEYS) as f:
+        committed = f.read()
+    assert tsv == committed, f"resnet101 state dict differs from {REFERENCE_KEYS}"
     assert n == 939, n
-    atomic_write_bytes(os.path.join(FIXTURES, "reference_keys.tsv"), tsv.encode())
-    print(f"reference_keys.tsv: {n} keys, identical to {SHARED_KEYS}")
+    print(f"reference_keys.tsv: {n} keys, identical to {REFERENCE_KEYS}")
 
 
 # ---------------------------------------------------------------------------------------------------
