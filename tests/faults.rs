@@ -206,6 +206,38 @@ fn overwrite_keeps_the_old_run_until_the_new_one_commits() {
     );
 }
 
+#[test]
+fn checkpoints_without_a_commit_point_are_never_deleted() {
+    let r = Resumable::new();
+    // A run folder of an older aue: best and last, no commit.json.
+    let dir = r.copy("old-layout");
+    let stage = dir.join("stage1");
+    for f in std::fs::read_dir(&stage).unwrap().flatten() {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if name == "commit.json" || name.starts_with("epoch-") {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    let before = snapshot(&stage);
+    let out = run("aue-stage1", &strs(&Resumable::resume_args(&r.data, &dir)), &[]);
+    let t = assert_refused(&out, &stage, "--resume of a folder without commit.json");
+    assert!(t.contains("commit.json") && t.contains("--overwrite"), "{t}");
+    assert_eq!(snapshot(&stage), before, "the folder changed");
+    // --overwrite killed right after its first file operation keeps them too.
+    let mut args = stage_args(&r.data, &dir, 1);
+    args.push("--overwrite".into());
+    let out = run("aue-stage1", &strs(&args), &[("AUE_FAULT_AT", "2")]);
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let files = snapshot(&stage);
+    let old_best = &before[Path::new("best.safetensors")];
+    assert!(
+        ["best.safetensors", "replaced/best.safetensors", "replaced.tmp/best.safetensors"]
+            .iter()
+            .any(|f| files.get(Path::new(f)) == Some(old_best)),
+        "the old best.safetensors is gone"
+    );
+}
+
 /// A committed stage-1 run and stage 2 on it, for the bad-input cases.
 fn two_stages(tmp: &Path) -> (PathBuf, PathBuf) {
     let data = synth(tmp, 16, 8);

@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// The packages whose binaries the tests drive.
-const PACKAGES: [&str; 5] = ["aue-stage1", "aue-stage2", "aue-stage3", "aue-report", "aue-predict"];
-
 /// The folder of the workspace's binaries for this test's profile (`target/release`), built
 /// once per test process with `cargo build` (a no-op when `cargo test --workspace` has built
 /// them already).
@@ -27,10 +24,9 @@ pub fn bin_dir() -> &'static Path {
         if profile == "release" {
             cmd.arg("--release");
         }
-        cmd.arg("--bins");
-        for p in PACKAGES {
-            cmd.args(["-p", p]);
-        }
+        // The whole workspace's binaries: building a subset would resolve other features for
+        // shared dependencies than `cargo test --workspace` did, and rebuild them.
+        cmd.args(["--workspace", "--bins"]);
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build of the binaries failed");
         dir

@@ -307,6 +307,8 @@ pub mod layout {
     pub const RAF_BASIC: &str = "basic";
     /// RAF-DB compound subset folder.
     pub const RAF_COMPOUND: &str = "compound";
+    /// The folder of the label list.
+    pub const RAF_LABEL_DIR: &str = "EmoLabel";
     /// The label list (RAF-DB's own spelling of "partition").
     pub const RAF_LABEL_LIST: &str = "EmoLabel/list_patition_label.txt";
     /// Original images.

@@ -9,7 +9,7 @@
 //! aue's own forward pass.
 //!
 //! ```text
-//! aue-export --checkpoint runs/demo/stage3/best.safetensors --out model.onnx
+//! aue-export --checkpoint checkpoints/demo/stage3/best.safetensors --out model.onnx
 //! ```
 
 pub mod check;

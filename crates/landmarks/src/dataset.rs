@@ -25,9 +25,9 @@ use crate::preprocess::face_crop;
 use crate::{Landmarker, load_image};
 
 /// Name of the RAF-DB landmark folder the loader reads.
-pub const RAFDB_LANDMARK_DIR: &str = "Landmarks_68_FAN_bbox";
+pub const RAFDB_LANDMARK_DIR: &str = layout::RAF_LANDMARKS_NAME;
 /// Name of the SFEW landmark folder the loader reads.
-pub const SFEW_LANDMARK_DIR: &str = "Landmarks_68_FAN";
+pub const SFEW_LANDMARK_DIR: &str = layout::SFEW_LANDMARKS_NAME;
 /// File listing the images where no face was found (one path per line), in the output root.
 pub const NOT_FOUND_FILE: &str = "aue-landmarks-not-found.txt";
 /// File listing the images that failed (unreadable image or box), "path\terror" per line.
@@ -88,9 +88,7 @@ pub fn rafdb_jobs(root: &Path, kind: DatasetKind) -> Result<Vec<Job>> {
         jobs.push(Job {
             image: base.join("Image").join("original").join(&name),
             output: rafdb_landmark_path(&base, &stem),
-            face: JobBox::File(
-                base.join("Annotation").join("boundingbox").join(format!("{stem}.txt")),
-            ),
+            face: JobBox::File(base.join(layout::RAF_BOXES).join(format!("{stem}.txt"))),
         });
     }
     Ok(jobs)

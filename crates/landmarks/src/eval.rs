@@ -210,15 +210,14 @@ pub fn rafdb_samples(
     limit: usize,
 ) -> Result<Vec<Sample>> {
     let base = root.join("basic");
-    let names = read_label_list(&base.join("EmoLabel").join("list_patition_label.txt"))?;
+    let names = read_label_list(&base.join(aue_core::layout::RAF_LABEL_LIST))?;
     let mut out = Vec::new();
     for name in names.into_iter().filter(|n| split == "all" || n.starts_with(split)).take(limit) {
         let stem = Path::new(&name)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let face =
-            read_box(&base.join("Annotation").join("boundingbox").join(format!("{stem}.txt")))?;
+        let face = read_box(&base.join(aue_core::layout::RAF_BOXES).join(format!("{stem}.txt")))?;
         let rel =
             read_landmarks(&base.join("Annotation").join(truth_dir).join(format!("{stem}.txt")))?;
         let truth = rel.map(|[x, y]| [x + face.x1, y + face.y1]);

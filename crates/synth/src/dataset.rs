@@ -36,7 +36,7 @@ use crate::render::{RenderedFace, render_face};
 /// The RAF-DB label file, relative to the set's root.
 pub const LABEL_FILE: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_LABEL_LIST);
 /// The folder of [`LABEL_FILE`].
-pub const LABEL_DIR: &str = concatcp!(layout::RAF_BASIC, "/EmoLabel");
+pub const LABEL_DIR: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_LABEL_DIR);
 /// Image folder.
 pub const IMAGE_DIR: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_IMAGES_ORIGINAL);
 /// Face boxes.

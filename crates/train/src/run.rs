@@ -137,7 +137,22 @@ fn prepare(def: &dyn StageDef, cfg: &StageConfig, device: &Device) -> Result<Pre
     let varmap = VarMap::new();
     let model = AueModel::with_varmap(&varmap, &cfg.model_config()?, device)
         .map_err(|e| model_err("build the model", e))?;
+    // Checkpoints without a commit point: a run of an older aue, or files put there by hand.
+    // They are never deleted: --resume refuses them, --overwrite sets them aside.
+    let uncommitted_checkpoints =
+        commit.is_none() && (paths.best().exists() || paths.last().exists());
     let start = match (&commit, cfg.resume) {
+        (None, true) if uncommitted_checkpoints => {
+            return Err(TrainError::RunFolder {
+                path: paths.dir().to_owned(),
+                msg: format!(
+                    "holds checkpoints but no {} (a run of an older aue?): it cannot be resumed; \
+                     --overwrite sets it aside in {}/ and starts afresh",
+                    aue_contract::layout::COMMIT_FILE,
+                    aue_contract::layout::REPLACED_DIR
+                ),
+            });
+        }
         (Some(commit), true) => resume_point(cfg, &paths, commit, &varmap, device)?,
         (None, true) if !existing.is_empty() => {
             tracing::warn!(
@@ -153,7 +168,7 @@ fn prepare(def: &dyn StageDef, cfg: &StageConfig, device: &Device) -> Result<Pre
     // Every input is good: now the folder may change.
     fsio::remove_stale_temp_files(paths.dir());
     if start.epoch == 0 && !existing.is_empty() {
-        set_aside(&paths, commit.is_some())?;
+        set_aside(&paths, commit.is_some() || uncommitted_checkpoints)?;
     }
     fsio::write_atomic(&paths.config(), cfg.to_json().as_bytes())?;
     Ok(Prepared { train_set, test_set, varmap, model, start })

@@ -171,18 +171,8 @@ const LAYERS: [Layer; 13] = [
     },
 ];
 
-fn main() {
-    let cfg = match Config::from_args(Args::parse()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = run(&cfg) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    aue_cli::main("warn", || run(&Config::from_args(Args::parse())?))
 }
 
 fn run(cfg: &Config) -> anyhow::Result<()> {
