@@ -56,7 +56,7 @@ done
 
 if [ "$DEV" != cpu ]; then
   # The binaries link libcudart / libcublas / libcurand / libcudnn of CUDA 13: the ones PyTorch's
-  # wheels ship (nvidia-* packages), as ../shared/cuda/build-cuda.sh says.
+  # wheels ship (nvidia-* packages), as scripts/cuda-toolchain.sh says.
   NV=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__file__))' 2>/dev/null || true)
   if [ -n "$NV" ]; then
     export LD_LIBRARY_PATH="$NV/cu13/lib:$NV/cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -23,11 +23,7 @@ fn meta(path: &Path) -> std::collections::BTreeMap<String, String> {
 #[test]
 fn three_stages_in_a_row() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("synth");
-    let mut synth = aue_synth::SynthConfig::new(&data, 32, 16, 5);
-    synth.size = 64;
-    synth.threads = 1;
-    aue_synth::generate(&synth).expect("synthetic set");
+    let data = aue_tests::synth(tmp.path(), 32, 16);
     let run_dir = tmp.path().join("run");
     let (d, r) = (data.to_str().unwrap(), run_dir.to_str().unwrap());
     let common = [

@@ -2,7 +2,7 @@
 
 This module is the Python side of the parity tests: it builds the reference model with exactly the
 reference state-dict keys, computes the losses and stage objectives of docs/METHOD.md section 4, and
-fills weights with the deterministic parity rule of docs/CONTRACT.md ("Golden parity fixtures") so that the
+fills weights with the deterministic parity rule of docs/FILES.md ("Golden parity fixtures") so that the
 Rust crate can regenerate the very same weights without storing them.
 
 Sections below follow docs/METHOD.md: labels and prior (1, 2), model (3, generalised per 8), losses and
@@ -606,7 +606,7 @@ def eval_outputs(model: AueCrl, image, au_loc, label):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Deterministic parity filler (docs/CONTRACT.md "Golden parity fixtures").
+# Deterministic parity filler (docs/FILES.md "Golden parity fixtures").
 # ---------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Write the golden parity fixtures of docs/CONTRACT.md for aue-model's tests.
+"""Write the golden parity fixtures of docs/FILES.md for aue-model's tests.
 
 Outputs (relative to the repository root):
     crates/model/tests/fixtures/parity_tiny.safetensors       preset tiny, S = 64, B = 4
@@ -546,7 +546,7 @@ def rel_l2(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def verify(preset: str, dtype) -> bool:
     """Recompute a written fixture from its stored inputs in `dtype` and compare with the goldens under
-    docs/CONTRACT.md's tolerances (all-zero goldens: absolute L2 bound)."""
+    docs/FILES.md's tolerances (all-zero goldens: absolute L2 bound)."""
     from safetensors import safe_open
 
     path = os.path.join(FIXTURES, f"parity_{preset}.safetensors")

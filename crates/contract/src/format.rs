@@ -1,4 +1,4 @@
-//! The checkpoint file format (docs/CONTRACT.md "Checkpoints"): safetensors files holding the
+//! The checkpoint file format (docs/FILES.md "Checkpoints"): safetensors files holding the
 //! model's [`VarMap`] under the reference state-dict keys, plus a `__metadata__` string map. A
 //! group variable (aue-model's `state`: the stacked crop nets and fusion heads) is written and
 //! read as its members, one reference key each, so files interchange with the reference's

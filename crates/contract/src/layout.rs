@@ -16,7 +16,7 @@
 //!                                     the new run has committed its first epoch
 //! ```
 //! Stage N (N > 1) starts by default from `<run-dir>/stage<N-1>/best.safetensors`.
-//! docs/CONTRACT.md tells the whole contract, and what survives a kill at any instant.
+//! docs/FILES.md tells the whole contract, and what survives a kill at any instant.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
 //! The AUE-CRL stage contract: what one stage hands to the next, and to the report and the
-//! predictor, through files on disk (docs/CONTRACT.md tells it whole).
+//! predictor, through files on disk (docs/FILES.md tells it whole).
 //!
 //! - [`layout`]: the run folder, the one place that names its files;
 //! - [`format`]: the checkpoint file format (safetensors under the reference's state-dict keys,

@@ -252,7 +252,7 @@ pub fn load_optimizer(
 /// The commit point of a stage run (`commit.json`): the last finished epoch and the files that
 /// hold it. It is written last, atomically, after every file it names is complete, and files are
 /// removed only once a later commit no longer names them: whatever instant a run is killed at,
-/// `commit.json` names a consistent epoch (docs/CONTRACT.md).
+/// `commit.json` names a consistent epoch (docs/FILES.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Commit {

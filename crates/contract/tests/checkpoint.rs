@@ -1,4 +1,4 @@
-//! Checkpoint I/O: atomic save with metadata, strict load, torchvision import (docs/CONTRACT.md
+//! Checkpoint I/O: atomic save with metadata, strict load, torchvision import (docs/FILES.md
 //! "Model state").
 
 use std::collections::BTreeMap;

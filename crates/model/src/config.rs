@@ -1,4 +1,4 @@
-//! Model configurations and the presets of docs/CONTRACT.md (docs/METHOD.md sections 3 and 8).
+//! Model configurations and the presets of docs/FILES.md (docs/METHOD.md sections 3 and 8).
 //!
 //! A [`ModelConfig`] fixes every width of the model; the branch widths follow the backbone's stage
 //! widths C1..C4 as docs/METHOD.md section 8 says. The input side S sets the AU grid G = S/4 and the
@@ -31,7 +31,7 @@ impl BlockKind {
     }
 }
 
-/// The named presets of docs/CONTRACT.md.
+/// The named presets of docs/FILES.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {

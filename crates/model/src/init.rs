@@ -1,7 +1,7 @@
 //! Weight initialisers over the model's [`VarMap`]:
 //! - [`init_default`]: training from scratch, as PyTorch would build the reference model
 //!   (torchvision's ResNet init for the backbone, PyTorch's layer defaults elsewhere), seeded;
-//! - [`fill_parity`]: the deterministic parity filler of docs/CONTRACT.md ("Golden parity fixtures"),
+//! - [`fill_parity`]: the deterministic parity filler of docs/FILES.md ("Golden parity fixtures"),
 //!   bit-identical to the PyTorch side's (`tools/aue_reference.py`).
 //!
 //! Both decide what a variable is from its key and shape alone: a BatchNorm layer is one whose key
@@ -100,7 +100,7 @@ fn torch_fan_in(shape: &[usize]) -> usize {
     shape[1..].iter().product()
 }
 
-/// The parity filler of docs/CONTRACT.md: every variable gets its deterministic value (computed in f64,
+/// The parity filler of docs/FILES.md: every variable gets its deterministic value (computed in f64,
 /// stored as f32; `num_batches_tracked` 0).
 pub fn fill_parity(varmap: &VarMap) -> Result<()> {
     let (vars, bn) = entries(varmap);

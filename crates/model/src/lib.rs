@@ -2,7 +2,7 @@
 //! backbones, the expression, AU and fusion branches, the prior knowledge table and the losses,
 //! initialisers, and checkpoint I/O with the reference's state-dict keys.
 //!
-//! docs/METHOD.md sections 2-4 and 8 are what this crate implements; docs/CONTRACT.md fixes its
+//! docs/METHOD.md sections 2-4 and 8 are what this crate implements; docs/FILES.md fixes its
 //! interfaces. Start with [`AueModel`], [`ForwardOptions`] and [`loss::stage_loss`].
 
 mod branches;

@@ -269,7 +269,7 @@ macro_rules! output_getters {
 output_getters!(feature, pred_em, au_feat, pred_au, pred2, au_prob);
 
 /// The whole model. All its state lives in one [`VarMap`] whose keys are the reference's
-/// state-dict keys (docs/CONTRACT.md "Model state").
+/// state-dict keys (docs/FILES.md "Model state").
 #[derive(Clone)]
 pub struct AueModel {
     config: ModelConfig,

@@ -1,4 +1,4 @@
-//! Golden parity against the PyTorch reference (docs/CONTRACT.md "Golden parity fixtures").
+//! Golden parity against the PyTorch reference (docs/FILES.md "Golden parity fixtures").
 //!
 //! The fixtures hold inputs and float64 PyTorch results (stored as f32) written by
 //! `tools/make_parity_fixtures.py` from `tools/aue_reference.py`; the weights are not stored: both

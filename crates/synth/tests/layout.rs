@@ -1,5 +1,5 @@
 //! Generates a tiny set and parses every file back: the RAF-DB basic layout of docs/METHOD.md
-//! section 5 plus the AU ground truth, as docs/CONTRACT.md ("Data") fixes it.
+//! section 5 plus the AU ground truth, as docs/FILES.md ("Data") fixes it.
 
 use std::fs;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! - one epoch of training ([`train_epoch`]);
 //! - evaluation and selection ([`evaluate_epoch`], [`select`]);
 //! - the commit of the epoch ([`commit_epoch`]): the epoch's files first, then `commit.json`,
-//!   the one write that makes the epoch count (docs/CONTRACT.md).
+//!   the one write that makes the epoch count (docs/FILES.md).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
