@@ -127,7 +127,8 @@ fn epilogue_row(dst: &mut [f32], src: &[f32], bias: f32, residual: Option<&[f32]
 /// What an epilogue adds: a bias per channel and a residual shaped like the output.
 #[derive(Debug, Clone, Copy)]
 pub struct Epilogue<'a> {
-    /// `[c]`, added along the channel dim.
+    /// `[c]`, added along the channel dim; or `[g, c]` with `g` the output's first dim (a group
+    /// of layers stacked on dim 0, each with its own bias) when the channel dim is not 0.
     pub bias: Option<&'a Tensor>,
     /// Shaped like the output, added after the bias.
     pub residual: Option<&'a Tensor>,
@@ -150,8 +151,10 @@ impl<'a> Epilogue<'a> {
     fn apply_ops(&self, x: &Tensor, channel_dim: usize) -> candle_core::Result<Tensor> {
         let mut y = x.clone();
         if let Some(b) = self.bias {
+            let c = x.dim(channel_dim)?;
             let mut shape = vec![1; x.rank()];
-            shape[channel_dim] = b.elem_count();
+            shape[0] = b.elem_count() / c;
+            shape[channel_dim] = c;
             y = y.broadcast_add(&b.reshape(shape)?)?;
         }
         if let Some(r) = self.residual {
@@ -165,8 +168,13 @@ impl<'a> Epilogue<'a> {
         let c = dims[channel_dim];
         if let Some(b) = self.bias
             && b.elem_count() != c
+            && (channel_dim == 0 || b.elem_count() != dims[0] * c)
         {
-            return Err(invalid(op, b, format!("bias must have {c} elements (output {dims:?})")));
+            return Err(invalid(
+                op,
+                b,
+                format!("bias must have {c} (or first dim x {c}) elements (output {dims:?})"),
+            ));
         }
         if let Some(r) = self.residual
             && r.dims() != dims
@@ -190,16 +198,20 @@ impl<'a> Epilogue<'a> {
     ) -> Result<Tensor> {
         let c = dims[channel_dim];
         let inner: usize = dims[channel_dim + 1..].iter().product();
+        let outer: usize = dims[..channel_dim].iter().product();
         let mut dst = vec![0f32; dims.iter().product()];
         let bias = match self.bias {
             Some(b) => b.flatten_all()?.to_vec1::<f32>()?,
             None => vec![0.0; c],
         };
+        // Planes (outer index o) per bias group: all of them for one bias of c elements.
+        let per_group = outer / (bias.len() / c).max(1);
         let residual = self.residual.map(Tensor::contiguous).transpose()?;
         let mut run = |res: Option<&[f32]>| {
             par_planes(&mut dst, c, inner, |plane, ch, row| {
-                let r = res.map(|r| &r[plane * inner..(plane + 1) * inner]);
-                epilogue_row(row, src_plane(plane / c, ch), bias[ch], r, self.act);
+                let (o, r) = (plane / c, res.map(|r| &r[plane * inner..(plane + 1) * inner]));
+                let b = bias[(o / per_group.max(1)) * c + ch];
+                epilogue_row(row, src_plane(o, ch), b, r, self.act);
             });
         };
         match &residual {
@@ -510,6 +522,15 @@ mod tests {
         assert_eq!(max_diff(&got, &expect), 0.0);
         let err = bias_act(&y, 1, Epilogue::bias(&randn(&[4]), Act::Relu)).unwrap_err();
         assert!(err.to_string().contains("bias must have 5"), "{err}");
+        // A group of 3 layers on dim 0, a bias each: [3, 4, 5] with channels on dim 1 or 2.
+        let g = randn(&[3, 4, 5]);
+        for (cd, c) in [(1, 4), (2, 5)] {
+            let b = randn(&[3, c]);
+            let got = bias_act(&g, cd, Epilogue::bias(&b, Act::Tanh)).unwrap();
+            let shape = if cd == 1 { (3, 4, 1) } else { (3, 1, 5) };
+            let expect = g.broadcast_add(&b.reshape(shape).unwrap()).unwrap().tanh().unwrap();
+            assert!(max_diff(&got, &expect) < 1e-6, "channel dim {cd}");
+        }
     }
 
     #[test]
