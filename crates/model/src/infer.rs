@@ -455,6 +455,16 @@ impl InferenceModel {
         &self.config
     }
 
+    /// Where its tensors live.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The prior table and its masks (for [`crate::loss::stage_loss`]).
+    pub fn knowledge(&self) -> &AuKnowledge {
+        &self.knowledge
+    }
+
     /// The outputs `outputs` asks for, computed as [`AueModel::forward`] in eval mode.
     ///
     /// # Shapes
@@ -530,11 +540,11 @@ impl EvalForward for InferenceModel {
     }
 
     fn knowledge(&self) -> &AuKnowledge {
-        &self.knowledge
+        InferenceModel::knowledge(self)
     }
 
     fn device(&self) -> &Device {
-        &self.device
+        InferenceModel::device(self)
     }
 }
 
