@@ -55,7 +55,13 @@ pub fn serve(
             Work::Train { trainer: Box::new(trainer), lr: 0.01 }
         }
         // Built once, as aue-predict does; the training model is dropped.
-        None if mode == Mode::Eval => Work::Eval { model: Box::new(InferenceModel::new(&model)?) },
+        None if mode == Mode::Eval => {
+            let fused = InferenceModel::new(&model)?;
+            drop(model);
+            // The folding's f64 temporaries and the unfolded weights: not resident beside it.
+            aue_cli::alloc::release_freed_memory();
+            Work::Eval { model: Box::new(fused) }
+        }
         None => Work::Eval { model: Box::<AueModel>::new(model) },
     };
     // The peak counts from here: the steps with the model resident, not the loading.

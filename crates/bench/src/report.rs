@@ -185,14 +185,13 @@ pub fn scaling_table(rows: &[Row]) -> String {
     let median = |m: Option<&Measurement>| m.and_then(Measurement::stats).map(|s| s.median);
     for mode in modes {
         let at = |t: usize| rows.iter().find(|r| r.mode == mode && r.threads == t);
-        let impls: [(&str, &dyn Fn(&Row) -> Option<&Measurement>); 2] =
-            [("aue", &|r| Some(&r.candle)), ("PyTorch", &|r| r.torch.as_ref())];
-        for (name, get) in impls {
-            if name == "PyTorch" && mode == Mode::EvalUnfused {
+        for (name, torch) in [("aue", false), ("PyTorch", true)] {
+            if torch && mode == Mode::EvalUnfused {
                 continue;
             }
+            let get = |r: &Row| if torch { r.torch.clone() } else { Some(r.candle.clone()) };
             let med: Vec<Option<f64>> =
-                threads.iter().map(|&t| median(at(t).and_then(|r| get(r)))).collect();
+                threads.iter().map(|&t| median(at(t).and_then(get).as_ref())).collect();
             if med.iter().all(Option::is_none) {
                 continue;
             }

@@ -10,8 +10,8 @@
 //!   shift), the optional residual and applies the activation: one pass instead of four;
 //! - [`bias_act`]: the same epilogue after any other producer (a transposed convolution, a
 //!   matrix product);
-//! - [`max_pool2d`], [`mean_planes`], [`softmax_last`], [`lrn_prev_channel`], [`nchw_to_nhwc`] and
-//!   [`gather_rows`] (the AU crops' gather): each one pass, in parallel.
+//! - [`max_pool2d`], [`mean_planes`], [`softmax_last`], [`lrn_prev_channel`] and
+//!   [`gather_channels`] (the AU crops' gather): each one pass, in parallel.
 //!
 //! Other devices and dtypes run the same maths with Candle ops (the `*_ops` functions, also what
 //! the CPU kernels are tested against).
@@ -73,7 +73,7 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
 }
 
 /// Whether the CPU kernels take `t` (a CPU f32 tensor); [`lrn_prev_channel`] and
-/// [`gather_rows`] need it, the others fall back to Candle ops.
+/// [`gather_channels`] need it, the others fall back to Candle ops.
 pub fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
@@ -427,60 +427,45 @@ pub fn lrn_prev_channel(x: &Tensor, alpha: f32, beta: f32, k: f32) -> Result<Ten
     Ok(Tensor::from_vec(dst, x.shape(), x.device())?)
 }
 
-/// The channels-last copy of an NCHW map.
+/// Values of every channel of an NCHW map at gathered positions, channel-major per row:
+/// `out[r, ch, j] = x[n, ch, y, x]` where `bases[r * J + j] = n * C * H * W + y * W + x`, or zero
+/// where it is `u32::MAX`. (The AU crops' im2col, laid out as the crop convs' product reads it.)
 ///
 /// # Shapes
-/// `x: [b, c, h, w]` -> `[b, h, w, c]`
-pub fn nchw_to_nhwc(x: &Tensor) -> Result<Tensor> {
+/// `x: [b, c, h, w]`, `bases: [r * j]` -> `[r, c, j]`
+pub fn gather_channels(x: &Tensor, bases: &[u32], rows: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
+    let plane = h * w;
+    if rows == 0 || bases.len() % rows != 0 {
+        return Err(invalid("gather_channels", x, format!("{} bases in {rows} rows", bases.len())));
+    }
+    let j = bases.len() / rows;
+    if let Some(bad) = bases.iter().find(|&&i| {
+        i != u32::MAX && (i as usize % (c * plane) >= plane || i as usize >= b * c * plane)
+    }) {
+        return Err(invalid(
+            "gather_channels",
+            x,
+            format!("base {bad} is not a pixel of channel 0"),
+        ));
+    }
     if !cpu_f32(x) {
-        return Ok(x.permute((0, 2, 3, 1))?.contiguous()?);
+        return Err(invalid("gather_channels", x, "needs a CPU f32 tensor".into()));
     }
     let x = x.contiguous()?;
-    let plane = h * w;
-    let mut dst = vec![0f32; x.elem_count()];
+    let mut dst = vec![0f32; rows * c * j];
     let done = with_f32(&x, |src| {
-        // One output row (a pixel's c channels) per element of a plane.
-        dst.par_chunks_mut(c).with_min_len(MIN_TASK.div_ceil(c.max(1))).enumerate().for_each(
-            |(px, out)| {
-                let (n, at) = (px / plane, px % plane);
-                let img = &src[n * c * plane..(n + 1) * c * plane];
-                for (ch, o) in out.iter_mut().enumerate() {
-                    *o = img[ch * plane + at];
-                }
-            },
-        )
-    });
-    done.ok_or_else(|| invalid("nchw_to_nhwc", &x, "not CPU f32".into()))?;
-    Ok(Tensor::from_vec(dst, (b, h, w, c), x.device())?)
-}
-
-/// Row `ids[i]` of `src` for each `i`, or zeros where `ids[i]` is `u32::MAX`.
-///
-/// # Shapes
-/// `src: [n, c]`, `ids: [m]` -> `[m, c]`
-pub fn gather_rows(src: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    let (n, c) = src.dims2()?;
-    if let Some(bad) = ids.iter().find(|&&i| i != u32::MAX && i as usize >= n) {
-        return Err(invalid("gather_rows", src, format!("row {bad} of {n}")));
-    }
-    if !cpu_f32(src) {
-        return Err(invalid("gather_rows", src, "needs a CPU f32 tensor".into()));
-    }
-    let src = src.contiguous()?;
-    let mut dst = vec![0f32; ids.len() * c];
-    let done = with_f32(&src, |s| {
-        dst.par_chunks_mut(c)
-            .zip(ids.par_iter())
-            .with_min_len(MIN_TASK.div_ceil(c.max(1)))
-            .for_each(|(out, &i)| {
+        par_planes(&mut dst, c, j, |p, ch, out| {
+            let idx = &bases[(p / c) * j..(p / c + 1) * j];
+            for (o, &i) in out.iter_mut().zip(idx) {
                 if i != u32::MAX {
-                    out.copy_from_slice(&s[i as usize * c..(i as usize + 1) * c]);
+                    *o = src[i as usize + ch * plane];
                 }
-            })
+            }
+        })
     });
-    done.ok_or_else(|| invalid("gather_rows", &src, "not CPU f32".into()))?;
-    Ok(Tensor::from_vec(dst, (ids.len(), c), src.device())?)
+    done.ok_or_else(|| invalid("gather_channels", &x, "not CPU f32".into()))?;
+    Ok(Tensor::from_vec(dst, (rows, c, j), x.device())?)
 }
 
 #[cfg(test)]
@@ -534,7 +519,7 @@ mod tests {
     }
 
     #[test]
-    fn pooling_means_softmax_and_layouts_match_ops() {
+    fn pooling_means_softmax_and_gathers_match_ops() {
         let x = randn(&[2, 3, 9, 7]);
         for (k, s, p) in [(3, 2, 1), (2, 2, 0), (4, 4, 0)] {
             let got = max_pool2d(&x, k, s, p).unwrap();
@@ -547,13 +532,14 @@ mod tests {
             e.broadcast_div(&e.sum_keepdim(1).unwrap()).unwrap()
         };
         assert!(max_diff(&softmax_last(&logits).unwrap(), &expect) < 1e-6);
-        let nhwc = nchw_to_nhwc(&x).unwrap();
-        assert_eq!(max_diff(&nhwc, &x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()), 0.0);
-        let rows = randn(&[6, 4]);
-        let got = gather_rows(&rows, &[5, u32::MAX, 0]).unwrap().to_vec2::<f32>().unwrap();
-        let all = rows.to_vec2::<f32>().unwrap();
-        assert_eq!(got, [all[5].clone(), vec![0.0; 4], all[0].clone()]);
-        assert!(gather_rows(&rows, &[6]).unwrap_err().to_string().contains("row 6 of 6"));
+        // [2, 3, 9, 7]: pixel (1, y 2, x 4) and a zero, in 2 rows of 1.
+        let base = (3 * 63 + 2 * 7 + 4) as u32;
+        let got = gather_channels(&x, &[base, u32::MAX], 2).unwrap();
+        let expect = x.get(1).unwrap().narrow(1, 2, 1).unwrap().narrow(2, 4, 1).unwrap();
+        let got0 = got.get(0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got0, expect.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(got.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0.0; 3]);
+        assert!(gather_channels(&x, &[7 * 9], 1).is_err());
     }
 
     #[test]

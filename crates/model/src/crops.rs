@@ -114,11 +114,26 @@ impl CropCentres {
         Ok(Tensor::from_vec(ids, len, device)?)
     }
 
-    /// [`Self::im2col_rows`] for the unpadded channels-last map [B * G * G, C], `u32::MAX` for a
-    /// zero (`aue_kernels::infer::gather_rows`).
-    pub(crate) fn map_rows(&self, grid: usize, side: usize) -> Vec<u32> {
-        let row = |(n, y, x): (usize, usize, usize)| ((n * grid + y) * grid + x) as u32;
-        self.taps(grid, side).into_iter().map(|t| t.map_or(u32::MAX, row)).collect()
+    /// Where each entry of the crops' im2col reads channel 0 of the NCHW map [B, C, G, G]
+    /// (`n C G^2 + y G + x`, `u32::MAX` for a zero), ordered (crop, tap, position, sample): the
+    /// layout `aue_kernels::infer::gather_channels` turns into [34 * 9, C, L^2 B].
+    pub(crate) fn channel_bases(&self, grid: usize, side: usize, channels: usize) -> Vec<u32> {
+        let taps = self.taps(grid, side); // (crop, sample, position, tap)
+        let (b, l2) = (self.batch, side * side);
+        let base = |t: Option<(usize, usize, usize)>| {
+            t.map_or(u32::MAX, |(n, y, x)| (n * channels * grid * grid + y * grid + x) as u32)
+        };
+        let mut out = Vec::with_capacity(taps.len());
+        for k in 0..NUM_CROPS {
+            for tap in 0..9 {
+                for p in 0..l2 {
+                    for n in 0..b {
+                        out.push(base(taps[((k * b + n) * l2 + p) * 9 + tap]));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -232,24 +247,21 @@ impl CropGrid {
         Ok(rows.index_select(&ids, 0)?.reshape((NUM_CROPS, b * l * l, 9 * c))?)
     }
 
-    /// [`Self::im2col`] for inference: on the CPU (f32) one parallel channels-last copy of M and
-    /// one parallel gather of its rows (no padded copy); elsewhere [`Self::im2col`].
+    /// The crops' im2col for inference, transposed: one parallel gather from the NCHW map (no
+    /// channels-last or padded copy). Rows are ordered (tap, channel), columns (position, sample),
+    /// so that the crop convs' product `W1^T [C, 9 C] x cols` leaves each crop's output as
+    /// `Crop_Net_2` reads it, (channel, position) by sample. CPU f32 only (`aue_kernels::infer`).
     ///
     /// # Shapes
-    /// m [B, C, G, G] -> [34, B * L * L, 9 C]
-    pub(crate) fn im2col_eval(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
-        if !aue_kernels::infer::cpu_f32(m) {
-            return self.im2col(m, centres);
-        }
+    /// m [B, C, G, G] -> [34, 9 C, L * L * B]
+    pub(crate) fn im2col_t_eval(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
         self.check(m, centres)?;
         let (b, c, g, _) = m.dims4()?;
         let l = self.side;
-        let rows = aue_kernels::infer::nchw_to_nhwc(m)
-            .map_err(candle_core::Error::from)?
-            .reshape((b * g * g, c))?;
-        let cols = aue_kernels::infer::gather_rows(&rows, &centres.map_rows(g, l))
-            .map_err(candle_core::Error::from)?;
-        Ok(cols.reshape((NUM_CROPS, b * l * l, 9 * c))?)
+        let bases = centres.channel_bases(g, l, c);
+        let cols = aue_kernels::infer::gather_channels(m, &bases, NUM_CROPS * 9)
+            .map_err(candle_core::Error::from)?; // [34 * 9, c, l * l * b]
+        Ok(cols.reshape((NUM_CROPS, 9 * c, l * l * b))?)
     }
 }
 

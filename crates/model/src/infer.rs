@@ -2,10 +2,10 @@
 //! bias, residual and activation fused into one pass (docs/PERFORMANCE.md, "Inference").
 //!
 //! [`InferenceModel::new`] builds it once from a loaded [`AueModel`]: the BatchNorms are folded
-//! (`crate::fold`), the weights laid out as the fused forward pass reads them (Linear weights
-//! transposed, the crop nets' kernels stacked for their product, `Crop_Net_2`'s columns ordered
-//! (position, channel) so that the crop features need no transposed copy), and nothing records a
-//! gradient. Its forward pass computes what [`AueModel::forward`] computes with
+//! (`crate::fold`), the small weights laid out as the fused forward pass reads them (Linear
+//! weights transposed, the crop convs' kernels stacked for a transposed product whose output is
+//! already in `Crop_Net_2`'s input layout, so the largest tensor, `Crop_Net_2`'s weights, is
+//! shared with the training model, not copied), and nothing records a gradient. Its forward pass computes what [`AueModel::forward`] computes with
 //! [`ForwardOptions::eval`] (docs/METHOD.md section 3), up to rounding: the tests hold every
 //! output to a relative L2 error of 1e-5. On the CPU (f32) the layers run through
 //! `aue_kernels::infer` (one parallel pass per layer's epilogue, parallel pooling, LRN, crop
@@ -279,12 +279,11 @@ impl FusedEm {
 #[derive(Debug, Clone)]
 struct FusedCrops {
     geom: CropGrid,
-    /// [34, 9 c, c]: rows ordered (tap, input channel).
-    w1: Tensor,
+    /// [34, c_out, 9 c_in]: columns ordered (tap, input channel).
+    w1t: Tensor,
     /// [34, c]
     b1: Tensor,
-    /// [34, F, L^2 c]: `Crop_Net_2`'s columns reordered from (channel, position) to (position,
-    /// channel), the order in which the crop conv's output lies.
+    /// [34, F, c L^2]: the training model's own tensor (no copy).
     w2: Tensor,
     /// [34, F]
     b2: Tensor,
@@ -293,32 +292,46 @@ struct FusedCrops {
 impl FusedCrops {
     fn new(nets: &CropNets, dtype: DType) -> Result<Self> {
         let (_, c, _, _, _) = nets.conv_w.dims5()?;
-        let (_, f, _) = nets.fc_w.dims3()?;
-        let l2 = nets.geom.side * nets.geom.side;
-        // [34, c_out, c_in, 3, 3] -> [34, ky, kx, c_in, c_out] -> [34, 9 c, c]
-        let w1 = nets.conv_w.detach().permute((0, 3, 4, 2, 1))?.contiguous()?;
-        let w2 =
-            nets.fc_w.detach().reshape((NUM_CROPS, f, c, l2))?.transpose(2, 3)?.contiguous()?;
+        // [34, c_out, c_in, 3, 3] -> [34, c_out, ky, kx, c_in] -> [34, c_out, 9 c_in]
+        let w1t = nets.conv_w.detach().permute((0, 1, 3, 4, 2))?.contiguous()?;
         Ok(FusedCrops {
             geom: nets.geom,
-            w1: w1.reshape((NUM_CROPS, 9 * c, c))?.to_dtype(dtype)?,
+            w1t: w1t.reshape((NUM_CROPS, c, 9 * c))?.to_dtype(dtype)?,
             b1: nets.conv_b.detach().to_dtype(dtype)?,
-            w2: w2.reshape((NUM_CROPS, f, l2 * c))?.to_dtype(dtype)?,
+            w2: nets.fc_w.detach().to_dtype(dtype)?,
             b2: nets.fc_b.detach().to_dtype(dtype)?,
         })
+    }
+
+    /// The crops' im2col, transposed: [`CropGrid::im2col_t_eval`] on the CPU, the training
+    /// model's gather transposed elsewhere.
+    ///
+    /// # Shapes
+    /// m [B, C, G, G] -> [34, 9 C, L * L * B], columns ordered (position, sample)
+    fn im2col_t(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
+        if k::cpu_f32(m) {
+            return self.geom.im2col_t_eval(m, centres);
+        }
+        let (b, c, _, _) = m.dims4()?;
+        let l2 = self.geom.side * self.geom.side;
+        let cols = self.geom.im2col(m, centres)?; // [34, b * l * l, 9 c]
+        let cols = cols.reshape((NUM_CROPS, b, l2, 9 * c))?.permute((0, 3, 2, 1))?.contiguous()?;
+        Ok(cols.reshape((NUM_CROPS, 9 * c, l2 * b))?)
     }
 
     /// # Shapes
     /// m [B, C, G, G] -> au_feat [B, 34, F]
     fn forward(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
         let b = m.dim(0)?;
-        let cols = self.geom.im2col_eval(m, centres)?; // [34, b * l * l, 9 c]
-        let h1 = cols.matmul(&self.w1)?; // [34, b * l * l, c]
-        let h1 = k::bias_act(&h1, 2, Epilogue::bias(&self.b1, Act::Relu)).map_err(kernel_err)?;
-        let h1 = h1.reshape((NUM_CROPS, b, ()))?; // [34, b, l * l * c]
-        let h2 = h1.matmul(&self.w2.transpose(1, 2)?)?; // [34, b, F]
-        let h2 = k::bias_act(&h2, 2, Epilogue::bias(&self.b2, Act::Relu)).map_err(kernel_err)?;
-        Ok(h2.transpose(0, 1)?.contiguous()?) // [b, 34, F]
+        let cols = self.im2col_t(m, centres)?; // [34, 9 c, l * l * b]
+        // Crop_Net_1 transposed: each crop's output comes out as [c, l * l, b], the flatten
+        // order of PyTorch's [c, l, l] with the batch last: Crop_Net_2's right factor as it is.
+        let h1 = self.w1t.matmul(&cols)?; // [34, c, l * l * b]
+        let h1 = k::bias_act(&h1, 1, Epilogue::bias(&self.b1, Act::Relu)).map_err(kernel_err)?;
+        let h1 = h1.reshape((NUM_CROPS, (), b))?; // [34, c * l * l, b]
+        let h2 = self.w2.matmul(&h1)?; // [34, F, b]
+        let h2 = k::bias_act(&h2, 1, Epilogue::bias(&self.b2, Act::Relu)).map_err(kernel_err)?;
+        Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
     }
 }
 
