@@ -11,7 +11,7 @@ use aue_core::{NUM_AUS, NUM_BASIC, PriorLevel, prior_level};
 use aue_model::{AuKnowledge, AueModel, ForwardOptions, OutputSet, Outputs, Stage};
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{CandleContext, ContractError, Result};
+use crate::error::{CandleContext, Result};
 use crate::metrics::{AuAccumulator, AuMetrics, ClassAccumulator, MeanAccumulator};
 use crate::records::{RecordInfo, SplitName, SplitRecord};
 
@@ -186,10 +186,7 @@ impl SplitAccumulator {
             if let Some(acc) = self.au_pseudo.as_mut() {
                 let target = knowledge
                     .au_target(&batch.labels)
-                    .map_err(|e| ContractError::Model {
-                        op: "AU pseudo-targets",
-                        source: Box::new(e),
-                    })?
+                    .map_err(aue_core::Context::op("AU pseudo-targets"))?
                     .detach();
                 acc.add_thresholded(&p, &target)?;
             }
@@ -276,9 +273,8 @@ where
         let batch = batch?;
         let out = model
             .forward(&batch.images, Some(&batch.au_loc), options)
-            .map_err(|e| ContractError::Model { op: "evaluation forward", source: Box::new(e) })?;
-        let value = loss(&out, &batch)
-            .map_err(|e| ContractError::Model { op: "evaluation loss", source: Box::new(e) })?;
+            .map_err(aue_core::Context::op("evaluation forward"))?;
+        let value = loss(&out, &batch).map_err(aue_core::Context::op("evaluation loss"))?;
         acc.add(model.knowledge(), &out, &batch, &value)?;
         steps += 1;
         progress(steps);

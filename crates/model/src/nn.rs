@@ -23,7 +23,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use crate::error::{ModelError, Result};
+use crate::error::{ModelError, Result, TensorMismatch};
 
 /// How one part of the model runs in a forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,23 +89,12 @@ impl Params {
         let key = format!("{}{name}", self.prefix);
         let mut data = self.map.data().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(var) = data.get(&key) {
-            let state = || std::path::PathBuf::from("<model state>");
-            if var.dims() != shape {
-                return Err(ModelError::ShapeMismatch {
-                    path: state(),
-                    key,
-                    found: var.dims().to_vec(),
-                    expected: shape.to_vec(),
-                });
-            }
-            if var.dtype() != dtype {
-                return Err(ModelError::DTypeMismatch {
-                    path: state(),
-                    key,
-                    found: format!("{:?}", var.dtype()),
-                    expected: format!("{dtype:?}"),
-                });
-            }
+            TensorMismatch::check(
+                "<model state>".as_ref(),
+                &key,
+                (var.dims(), var.dtype()),
+                (shape, dtype),
+            )?;
             return Ok(var.clone());
         }
         let var = Var::zeros(shape, dtype, &self.device)?;
@@ -673,14 +662,11 @@ mod tests {
                 .collect()
         };
 
+        let forward =
+            |mode| bn.forward(&x, mode).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+
         // Eval mode: running statistics, nothing updated.
-        let y = bn
-            .forward(&x, PartMode::EVAL)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let y = forward(PartMode::EVAL);
         for c in 0..3 {
             for (i, v) in vals(c).into_iter().enumerate() {
                 let (n, p) = (i / 4, i % 4);
@@ -691,13 +677,7 @@ mod tests {
         assert_eq!(bn.num_batches_tracked.to_scalar::<i64>().unwrap(), 0);
 
         // Train mode: batch statistics (biased), running update with the unbiased variance.
-        let y = bn
-            .forward(&x, PartMode::TRAIN)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let y = forward(PartMode::TRAIN);
         let rm = bn.running_mean.to_vec1::<f32>().unwrap();
         let rv = bn.running_var.to_vec1::<f32>().unwrap();
         for c in 0..3 {

@@ -11,7 +11,7 @@ use candle_core::{Tensor, Var};
 
 use crate::error::{CandleContext, Result, TrainError, model_err};
 use crate::optim::Sgd;
-use crate::stage::StageDef;
+use crate::stage::{LossInputs, StageDef};
 
 /// The float variables `def` trains, sorted by key: what its optimizer updates.
 pub fn trainable_vars(model: &AueModel, def: &dyn StageDef) -> Vec<(String, Var)> {
@@ -56,7 +56,8 @@ impl<'a> Trainer<'a> {
     }
 
     fn loss(&self, out: &aue_model::Outputs, batch: &DeviceBatch) -> aue_model::Result<Tensor> {
-        self.def.loss(out, &batch.labels, self.model.knowledge(), self.eiau_weight)
+        let knowledge = self.model.knowledge();
+        self.def.loss(&LossInputs { outputs: out, batch, knowledge, eiau_weight: self.eiau_weight })
     }
 
     /// The stage.

@@ -24,4 +24,4 @@ pub mod stage;
 pub use config::{SelectBy, StageArgs, StageConfig};
 pub use error::{Result, TrainError};
 pub use run::{RunSummary, run};
-pub use stage::{Origin, StageDef};
+pub use stage::{LossInputs, Origin, StageDef};

@@ -494,10 +494,7 @@ fn evaluate_epoch(
 ) -> Result<SplitRecord> {
     let bar = logging::progress_bar(loader.batches_per_epoch(), "test".into());
     let batches = loader.epoch(epoch).map(|b| {
-        let b = b.map_err(|e| aue_contract::ContractError::Data {
-            op: "load a test batch",
-            source: Box::new(e),
-        })?;
+        let b = b.map_err(aue_core::Context::op("load a test batch"))?;
         DeviceBatch::new(&b, device)
     });
     let info = RecordInfo { stage: cfg.stage, epoch: epoch + 1, lr, steps: 0, seconds: 0.0 };
