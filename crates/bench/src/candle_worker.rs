@@ -1,5 +1,6 @@
 //! The aue (Candle) worker: the stage's real training step (aue-train's `Trainer`, metrics
-//! accumulated on the device as in a run) or the eval-mode forward pass, on the driver's files.
+//! accumulated on the device as in a run) or the eval-mode forward pass (the fused
+//! `InferenceModel`, or the training model's eval forward), on the driver's files.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use aue_contract::format::{load_model, read_safetensors};
 use aue_contract::{DeviceBatch, SplitAccumulator, SplitName};
-use aue_model::{AueModel, ForwardOptions, Stage};
+use aue_model::{AueModel, EvalForward, InferenceModel, OutputSet, Stage};
 use aue_train::StageDef;
 use aue_train::engine::Trainer;
 use candle_core::{Device, Tensor};
@@ -19,7 +20,7 @@ use crate::inputs::Setup;
 /// What one step runs.
 enum Work {
     Train { trainer: Box<Trainer<'static>>, lr: f64 },
-    Eval { model: Box<AueModel> },
+    Eval { model: Box<dyn EvalForward> },
 }
 
 /// Loads the model and the batch, prints `ready`, then serves `step` / `quit` from `input`.
@@ -53,7 +54,9 @@ pub fn serve(
             let trainer = Trainer::new(stage_def(stage), model, 0.9, false);
             Work::Train { trainer: Box::new(trainer), lr: 0.01 }
         }
-        None => Work::Eval { model: Box::new(model) },
+        // Built once, as aue-predict does; the training model is dropped.
+        None if mode == Mode::Eval => Work::Eval { model: Box::new(InferenceModel::new(&model)?) },
+        None => Work::Eval { model: Box::<AueModel>::new(model) },
     };
     // The peak counts from here: the steps with the model resident, not the loading.
     crate::reset_peak();
@@ -80,10 +83,10 @@ pub fn serve(
                         trainer.train_step(&batch, *lr, &mut acc)?
                     }
                     Work::Eval { model } => {
-                        let out = model.forward(
+                        let out = model.eval_forward(
                             &batch.images,
                             Some(&batch.au_loc),
-                            &ForwardOptions::eval(),
+                            OutputSet::ALL,
                         )?;
                         out.pred2()?.sum_all()?
                     }

@@ -1,11 +1,13 @@
 //! `aue-bench`: time per training step of each stage (docs/METHOD.md section 4) and of eval-mode
-//! inference, for aue (Candle) and the PyTorch reference (`tools/aue_reference.py`) on the same
-//! weights and inputs, with each one's peak memory.
+//! inference (aue's fused `InferenceModel`, and its unfused training model beside it), for aue
+//! (Candle) and the PyTorch reference (`tools/aue_reference.py`) on the same weights and inputs,
+//! with each one's peak memory, and how each scales with its thread count.
 //!
 //! Each implementation runs in a worker process of its own (so that its peak resident memory is
-//! its own), one pair per (mode, thread count). The driver tells the two workers to take a step in
-//! turn, A B B A ..., so that a slow minute of the machine hits both alike, and reports medians
-//! with min and max. The workers speak a line protocol on stdin / stdout:
+//! its own), one pair per (mode, thread count), plus aue's unfused inference beside the `eval`
+//! pair. The driver tells the workers to take a step in turn, each step in another order (A B C,
+//! B C A, ...), so that a slow minute of the machine hits all alike, and reports medians with min
+//! and max. The workers speak a line protocol on stdin / stdout:
 //!
 //! ```text
 //! worker -> "ready <resident bytes before the model> <free text>"
@@ -32,21 +34,34 @@ pub enum Mode {
     Stage2,
     /// A stage-3 training step.
     Stage3,
-    /// Eval-mode inference: every output, no gradient.
+    /// Eval-mode inference: every output, no gradient; aue runs its fused `InferenceModel`.
     Eval,
+    /// The same inference through the training model's eval forward (no folding, no fused
+    /// layers). With `eval` in the modes it runs as a third worker interleaved with that pair.
+    EvalUnfused,
 }
 
 impl Mode {
     /// All modes, in table order.
-    pub const ALL: [Mode; 4] = [Mode::Stage1, Mode::Stage2, Mode::Stage3, Mode::Eval];
+    pub const ALL: [Mode; 5] =
+        [Mode::Stage1, Mode::Stage2, Mode::Stage3, Mode::Eval, Mode::EvalUnfused];
 
-    /// The command-line name (`stage1`, ..., `eval`), also the PyTorch worker's `--mode`.
+    /// The command-line name (`stage1`, ..., `eval`, `eval-unfused`).
     pub fn name(self) -> &'static str {
         match self {
             Mode::Stage1 => "stage1",
             Mode::Stage2 => "stage2",
             Mode::Stage3 => "stage3",
             Mode::Eval => "eval",
+            Mode::EvalUnfused => "eval-unfused",
+        }
+    }
+
+    /// The PyTorch worker's `--mode` (it has one inference).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Mode::EvalUnfused => Mode::Eval.name(),
+            other => other.name(),
         }
     }
 
@@ -56,7 +71,7 @@ impl Mode {
             Mode::Stage1 => Some(aue_model::Stage::Em),
             Mode::Stage2 => Some(aue_model::Stage::Au),
             Mode::Stage3 => Some(aue_model::Stage::Fuse),
-            Mode::Eval => None,
+            Mode::Eval | Mode::EvalUnfused => None,
         }
     }
 
@@ -67,6 +82,7 @@ impl Mode {
             Mode::Stage2 => "stage 2 (AU) train step",
             Mode::Stage3 => "stage 3 (Fuse) train step",
             Mode::Eval => "inference (eval, all outputs)",
+            Mode::EvalUnfused => "inference, unfused (aue's training model)",
         }
     }
 }
@@ -85,7 +101,9 @@ impl FromStr for Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.name() == lower || (m.stage().is_some() && lower == m.name()[5..]))
-            .ok_or_else(|| format!("unknown mode `{s}` (stage1, stage2, stage3 or eval)"))
+            .ok_or_else(|| {
+                format!("unknown mode `{s}` (stage1, stage2, stage3, eval or eval-unfused)")
+            })
     }
 }
 
@@ -141,6 +159,8 @@ mod tests {
         assert_eq!("stage2".parse::<Mode>(), Ok(Mode::Stage2));
         assert_eq!("2".parse::<Mode>(), Ok(Mode::Stage2));
         assert_eq!("EVAL".parse::<Mode>(), Ok(Mode::Eval));
+        assert_eq!("eval-unfused".parse::<Mode>(), Ok(Mode::EvalUnfused));
+        assert_eq!(Mode::EvalUnfused.torch_name(), "eval");
         assert!("stage4".parse::<Mode>().is_err());
         assert!("".parse::<Mode>().is_err());
         for m in Mode::ALL {

@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! aue-bench [--preset resnet18] [--batch 8] [--size 224] [--threads 1,2] [--reps 5] [--warmup 1]
-//!           [--modes stage1,stage2,stage3,eval] [--python python3] [--no-torch] [--out FILE]
+//!           [--modes stage1,stage2,stage3,eval,eval-unfused] [--python python3] [--no-torch]
+//!           [--out FILE]
+//!
+//! `eval` times aue's fused inference model, with the unfused one (`eval-unfused`) as a third
+//! worker beside it; with more than one `--threads` value a second table gives each
+//! implementation's scaling.
 //! ```
 
 use std::io::Write;
@@ -12,7 +17,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 use aue_bench::inputs::{self, Setup};
-use aue_bench::report::markdown_table;
+use aue_bench::report::{markdown_table, scaling_table};
 use aue_bench::worker::{Step, Worker};
 use aue_bench::{Measurement, Mode, Row, candle_worker};
 use aue_cli::DeviceSpec;
@@ -44,7 +49,8 @@ struct BenchArgs {
     /// Thread counts to measure (each worker gets this many; one runs at a time).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
-    /// What to time: stage1, stage2, stage3, eval.
+    /// What to time: stage1, stage2, stage3, eval (aue's fused inference, with the unfused one
+    /// interleaved beside it), eval-unfused (alone).
     #[arg(long, value_delimiter = ',', default_value = "stage1,stage2,stage3,eval")]
     modes: Vec<Mode>,
     /// Timed steps per implementation (the median is reported).
@@ -98,6 +104,15 @@ enum WorkerCommand {
         #[arg(long)]
         device: DeviceSpec,
     },
+}
+
+/// Which worker a measurement came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Impl {
+    Aue,
+    Torch,
+    /// aue's inference through the training model (beside `eval`).
+    Unfused,
 }
 
 fn tools_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -166,10 +181,17 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         DeviceSpec::Cuda(n) => Some(n),
         DeviceSpec::Cpu => None,
     };
+    // The unfused inference runs beside the `eval` pair when both are asked for.
+    let modes: Vec<Mode> = args
+        .modes
+        .iter()
+        .copied()
+        .filter(|&m| !(m == Mode::EvalUnfused && args.modes.contains(&Mode::Eval)))
+        .collect();
     for &threads in &args.threads {
-        for &mode in &args.modes {
+        for &mode in &modes {
             bar.set_message(format!("{mode}, {threads} thread(s): starting"));
-            let candle_cmd = || {
+            let candle_cmd = |mode: Mode| {
                 let mut cmd = Command::new(&exe);
                 cmd.env("RAYON_NUM_THREADS", threads.to_string()).args([
                     "worker",
@@ -194,7 +216,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 }
                 cmd.arg(tools.join("bench_worker.py")).args([
                     "--mode",
-                    mode.name(),
+                    mode.torch_name(),
                     "--preset",
                     args.preset.name(),
                     "--threads",
@@ -205,45 +227,54 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 cmd.arg("--weights").arg(&files.weights).arg("--inputs").arg(&files.inputs);
                 cmd
             };
-            let (candle_m, torch_m) = match gpu {
-                // On the CPU both workers live side by side and step in turn, so that the
-                // machine's slow minutes hit both alike.
+            // The workers: aue, PyTorch (unless --no-torch), aue unfused (beside `eval`).
+            let mut jobs = vec![(Impl::Aue, "aue", candle_cmd(mode))];
+            if let Some(t) = &tools {
+                jobs.push((Impl::Torch, "PyTorch", torch_cmd(t)));
+            }
+            if mode == Mode::Eval {
+                jobs.push((Impl::Unfused, "aue unfused", candle_cmd(Mode::EvalUnfused)));
+            }
+            let results: Vec<(Impl, Measurement)> = match gpu {
+                // On the CPU the workers live side by side and step in turn, each step in
+                // another order, so that the machine's slow minutes hit all alike.
                 None => {
-                    let mut candle = Worker::start("aue", candle_cmd())?;
-                    let mut torch = match &tools {
-                        Some(t) => Some(Worker::start("PyTorch", torch_cmd(t))?),
-                        None => None,
-                    };
-                    note_versions(&mut versions, &candle, torch.as_ref());
-                    let (mut cs, mut ts) = (Vec::new(), Vec::new());
+                    let mut workers = Vec::with_capacity(jobs.len());
+                    for (role, name, cmd) in jobs {
+                        workers.push((role, Worker::start(name, cmd)?));
+                    }
+                    for (_, w) in &workers {
+                        if !versions.contains(&w.info) {
+                            versions.push(w.info.clone());
+                        }
+                    }
+                    let n = workers.len();
+                    let mut times: Vec<Vec<Step>> = vec![Vec::new(); n];
                     for i in 0..steps {
                         bar.set_message(format!("{mode}, {threads} thread(s)"));
-                        // A B, B A, A B, ...: neither always runs right after the other.
-                        let candle_first = i % 2 == 0 || torch.is_none();
-                        for first in [candle_first, !candle_first] {
-                            if first {
-                                cs.push(candle.step()?);
-                            } else if let Some(t) = torch.as_mut() {
-                                ts.push(t.step()?);
-                            }
+                        // A B C, B C A, C A B, ...: none always runs right after another.
+                        for j in 0..n {
+                            let w = (i + j) % n;
+                            times[w].push(workers[w].1.step()?);
                         }
                         bar.inc(1);
                     }
-                    let c =
-                        measurement(cs, candle.baseline_bytes, candle.quit()?, None, args.warmup);
-                    let t = match torch {
-                        Some(t) => {
-                            let base = t.baseline_bytes;
-                            Some(measurement(ts, base, t.quit()?, None, args.warmup))
-                        }
-                        None => None,
-                    };
-                    (c, t)
+                    let mut out = Vec::with_capacity(n);
+                    for ((role, w), ts) in workers.into_iter().zip(times) {
+                        let base = w.baseline_bytes;
+                        out.push((role, measurement(ts, base, w.quit()?, None, args.warmup)));
+                    }
+                    out
                 }
                 // On a GPU one after the other: the device memory each holds is then the card's
                 // use above what it was before the worker started.
                 Some(ordinal) => {
-                    let run = |name: &str, cmd: Command, versions: &mut Vec<String>| {
+                    let mut out = Vec::with_capacity(jobs.len());
+                    for (k, (role, name, cmd)) in jobs.into_iter().enumerate() {
+                        bar.set_message(format!("{mode}: {name}"));
+                        if k > 0 {
+                            bar.set_position(bar.position().saturating_sub(steps as u64));
+                        }
                         let before = gpu_used_bytes(ordinal)?;
                         let mut w = Worker::start(name, cmd)?;
                         if !versions.contains(&w.info) {
@@ -256,22 +287,23 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                             bar.inc(1);
                         }
                         let base = w.baseline_bytes;
-                        anyhow::Ok(measurement(ss, base, w.quit()?, Some(peak), args.warmup))
-                    };
-                    bar.set_message(format!("{mode}: aue"));
-                    let c = run("aue", candle_cmd(), &mut versions)?;
-                    let t = match &tools {
-                        Some(tools) => {
-                            bar.set_message(format!("{mode}: PyTorch"));
-                            bar.set_position(bar.position().saturating_sub(steps as u64));
-                            Some(run("PyTorch", torch_cmd(tools), &mut versions)?)
-                        }
-                        None => None,
-                    };
-                    (c, t)
+                        let m = measurement(ss, base, w.quit()?, Some(peak), args.warmup);
+                        out.push((role, m));
+                    }
+                    out
                 }
             };
-            rows.push(Row { mode, threads, batch: args.batch, candle: candle_m, torch: torch_m });
+            let pick =
+                |role: Impl| results.iter().find(|(r, _)| *r == role).map(|(_, m)| m.clone());
+            let torch = pick(Impl::Torch);
+            if let Some(candle) = pick(Impl::Aue) {
+                let batch = args.batch;
+                rows.push(Row { mode, threads, batch, candle, torch: torch.clone() });
+            }
+            if let Some(candle) = pick(Impl::Unfused) {
+                let mode = Mode::EvalUnfused;
+                rows.push(Row { mode, threads, batch: args.batch, candle, torch });
+            }
         }
     }
     bar.finish_and_clear();
@@ -293,20 +325,13 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         versions.join(", ")
     );
     report.push_str(&markdown_table(&rows));
+    report.push_str(&scaling_table(&rows));
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(report.as_bytes())?;
     if let Some(out) = &args.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
-}
-
-fn note_versions(versions: &mut Vec<String>, candle: &Worker, torch: Option<&Worker>) {
-    for info in std::iter::once(&candle.info).chain(torch.map(|t| &t.info)) {
-        if !versions.contains(info) {
-            versions.push(info.clone());
-        }
-    }
 }
 
 /// A worker's steps as a measurement: the first `warmup` steps are not timed (their losses are

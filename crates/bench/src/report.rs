@@ -155,6 +155,61 @@ pub fn markdown_table(rows: &[Row]) -> String {
     out
 }
 
+/// How each implementation's median time scales with its thread count: per step kind, the
+/// median at each thread count and the speed-up of the most threads over the fewest. Empty with
+/// fewer than two thread counts. (The unfused inference rows share the `eval` pair's PyTorch
+/// worker, so they list aue only.)
+pub fn scaling_table(rows: &[Row]) -> String {
+    let mut threads: Vec<usize> = rows.iter().map(|r| r.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let (Some(&lo), Some(&hi)) = (threads.first(), threads.last()) else {
+        return String::new();
+    };
+    if threads.len() < 2 {
+        return String::new();
+    }
+    let mut modes: Vec<Mode> = rows.iter().map(|r| r.mode).collect();
+    modes.sort_unstable();
+    modes.dedup();
+    let mut out = format!(
+        "\n### Thread scaling (median ms; speed-up = time at {lo} / time at {hi} threads)\n\n"
+    );
+    out.push_str("| step | implementation |");
+    for t in &threads {
+        out.push_str(&format!(" {t} thread(s) |"));
+    }
+    out.push_str(" speed-up |\n|---|---|");
+    out.push_str(&"---:|".repeat(threads.len() + 1));
+    out.push('\n');
+    let median = |m: Option<&Measurement>| m.and_then(Measurement::stats).map(|s| s.median);
+    for mode in modes {
+        let at = |t: usize| rows.iter().find(|r| r.mode == mode && r.threads == t);
+        let impls: [(&str, &dyn Fn(&Row) -> Option<&Measurement>); 2] =
+            [("aue", &|r| Some(&r.candle)), ("PyTorch", &|r| r.torch.as_ref())];
+        for (name, get) in impls {
+            if name == "PyTorch" && mode == Mode::EvalUnfused {
+                continue;
+            }
+            let med: Vec<Option<f64>> =
+                threads.iter().map(|&t| median(at(t).and_then(|r| get(r)))).collect();
+            if med.iter().all(Option::is_none) {
+                continue;
+            }
+            out.push_str(&format!("| {} | {name} |", mode.label()));
+            for m in &med {
+                out.push_str(&m.map_or_else(|| " - |".into(), |v| format!(" {:.0} |", 1e3 * v)));
+            }
+            let speedup = match (med.first(), med.last()) {
+                (Some(Some(a)), Some(Some(b))) if *b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            out.push_str(&format!(" {} |\n", ratio(speedup)));
+        }
+    }
+    out
+}
+
 /// The GPU variant: images per second, device memory and the loss of the first and last step.
 fn gpu_table(rows: &[&Row]) -> String {
     let mut out = String::from(
@@ -252,6 +307,31 @@ mod tests {
         ));
         assert!(lines[2].ends_with("| 300 | 400 | 0.75 | 200 / 200 | 1.00 |"), "{}", lines[2]);
         assert!(lines[3].contains("| 2 | 1000 (900-1100) | - | - |"), "{}", lines[3]);
+    }
+
+    #[test]
+    fn scaling_table_gives_each_implementation_per_thread_count() {
+        let mib = 1024 * 1024;
+        let row = |mode, threads, c: f64, t: Option<f64>| Row {
+            mode,
+            threads,
+            batch: 8,
+            candle: m(&[c], mib, 0),
+            torch: t.map(|t| m(&[t], mib, 0)),
+        };
+        let rows = [
+            row(Mode::Eval, 1, 0.6, Some(0.7)),
+            row(Mode::Eval, 2, 0.4, Some(0.35)),
+            row(Mode::EvalUnfused, 1, 0.8, Some(0.7)),
+            row(Mode::EvalUnfused, 2, 0.5, Some(0.35)),
+        ];
+        let table = scaling_table(&rows);
+        let lines: Vec<&str> = table.lines().filter(|l| l.starts_with("| inf")).collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert_eq!(lines[0], "| inference (eval, all outputs) | aue | 600 | 400 | 1.50 |");
+        assert_eq!(lines[1], "| inference (eval, all outputs) | PyTorch | 700 | 350 | 2.00 |");
+        assert!(lines[2].starts_with("| inference, unfused"), "{}", lines[2]);
+        assert_eq!(scaling_table(&rows[..1]), "");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! pseudo-targets, against true AUs where the dataset has them, and three reference points).
 
 use aue_core::{NUM_AUS, NUM_BASIC, PriorLevel, prior_level};
-use aue_model::{AuKnowledge, AueModel, ForwardOptions, OutputSet, Outputs, Stage};
+use aue_model::{AuKnowledge, EvalForward, ForwardOptions, OutputSet, Outputs, Stage};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{CandleContext, Result};
@@ -250,13 +250,13 @@ impl SplitAccumulator {
         })
     }
 }
-/// Evaluates `model` on `batches` in one pass (forward with `options`, `loss` per batch) and
-/// returns the split's record. `progress` is called with the number of batches done.
-#[allow(clippy::too_many_arguments)]
+/// Evaluates `model` on `batches` in one pass (eval-mode forward of the outputs `spec` needs,
+/// `loss` per batch) and returns the split's record. `model` is the training model (the training
+/// loop) or its fused [`aue_model::InferenceModel`] (the report's `--checkpoint` evaluation).
+/// `progress` is called with the number of batches done.
 pub fn evaluate<I>(
-    model: &AueModel,
+    model: &dyn EvalForward,
     spec: RecordSpec,
-    options: &ForwardOptions,
     loss: &dyn Fn(&Outputs, &DeviceBatch) -> aue_model::Result<Tensor>,
     batches: I,
     labels: &[&str],
@@ -272,7 +272,7 @@ where
     for batch in batches {
         let batch = batch?;
         let out = model
-            .forward(&batch.images, Some(&batch.au_loc), options)
+            .eval_forward(&batch.images, Some(&batch.au_loc), spec.outputs())
             .map_err(aue_core::Context::op("evaluation forward"))?;
         let value = loss(&out, &batch).map_err(aue_core::Context::op("evaluation loss"))?;
         acc.add(model.knowledge(), &out, &batch, &value)?;

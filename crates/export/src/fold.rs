@@ -4,32 +4,22 @@
 //! (the 34 crop nets, the 17 fusion heads) under their group keys `Crop_Net_1.*.0.weight` etc.
 //! (crates/model/src/state.rs), so the stacked tensors are read once, not re-stacked.
 //!
-//! Eval-mode BatchNorm is `y = (x - mean) / sqrt(var + eps) * gamma + beta` (crates/model/src/nn.rs,
-//! `batch_norm_eval`). After a layer `x = W v + b` it folds into that layer:
-//! `W' = W s`, `b' = (b - mean) s + beta` with `s = gamma / sqrt(var + eps)` per output channel,
-//! computed here in f64 and stored as f32.
+//! The folding arithmetic is aue-model's (`aue_model::fold`, shared with its fused inference
+//! model); here it reads the BatchNorm's tensors by key and stores the result as f32.
 
 use std::collections::BTreeMap;
 
 use aue_model::AueModel;
 use candle_core::{DType, Tensor};
 
-use crate::error::{ExportError, Result};
+use aue_model::fold::BnStats;
+pub use aue_model::fold::{BN_EPS, Folded};
 
-/// PyTorch's BatchNorm epsilon, the one crates/model/src/nn.rs uses (`BN_EPS`).
-pub const BN_EPS: f64 = 1e-5;
+use crate::error::{ExportError, Result};
 
 /// The model's float parameters and buffers by key (group keys included).
 pub struct State {
     tensors: BTreeMap<String, Tensor>,
-}
-
-/// A layer's weight and bias after folding (f32).
-pub struct Folded {
-    /// The weight, in the layer's own layout.
-    pub weight: Tensor,
-    /// The bias, one per output channel (with the BN's shape).
-    pub bias: Tensor,
 }
 
 impl State {
@@ -60,22 +50,9 @@ impl State {
         Ok(t.clone())
     }
 
-    /// The per-channel scale `s` and shift `beta - mean s` of the BatchNorm at `prefix`
-    /// (`prefix.weight`, `.bias`, `.running_mean`, `.running_var`, each of shape `dims`).
-    fn bn(&self, prefix: &str, dims: &[usize]) -> Result<(Tensor, Tensor)> {
-        let get = |name: &str| -> Result<Tensor> {
-            Ok(self.get(&format!("{prefix}.{name}"), dims)?.to_dtype(DType::F64)?)
-        };
-        let (gamma, beta, mean, var) =
-            (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
-        let s = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
-        let shift = (beta - mean.mul(&s)?)?;
-        Ok((s, shift))
-    }
-
-    /// `weight` (with optional `bias`) followed by the BatchNorm at `bn`, whose channels lie on
-    /// axis `out_axis` of the weight; a BatchNorm of shape [g, C] (a group of layers) covers
-    /// axes `out_axis - 1` and `out_axis`.
+    /// `weight` (with optional `bias`) followed by the BatchNorm at `bn` (`bn.weight`, `.bias`,
+    /// `.running_mean`, `.running_var`, each of shape `bn_dims`), folded by
+    /// [`aue_model::fold::fold`] into f32; see there for `out_axis`.
     ///
     /// # Shapes
     /// weight [.., C (out_axis), ..], bias like the BN -> Folded { weight like weight, bias like the BN }
@@ -87,24 +64,11 @@ impl State {
         bn_dims: &[usize],
         out_axis: usize,
     ) -> Result<Folded> {
-        let (s, shift) = self.bn(bn, bn_dims)?;
-        let rank = weight.rank();
-        if out_axis >= rank || out_axis + 1 < bn_dims.len() {
-            return Err(ExportError::Invalid(format!(
-                "folding `{bn}`: axis {out_axis} does not fit a weight of rank {rank}"
-            )));
-        }
-        // s laid over the weight: its dims end at out_axis, ones elsewhere.
-        let mut s_shape = vec![1usize; rank];
-        for (i, &d) in bn_dims.iter().rev().enumerate() {
-            s_shape[out_axis - i] = d;
-        }
-        let w = weight.to_dtype(DType::F64)?.broadcast_mul(&s.reshape(s_shape)?)?;
-        let b = match bias {
-            Some(b) => (b.to_dtype(DType::F64)?.mul(&s)? + shift)?,
-            None => shift,
-        };
-        Ok(Folded { weight: w.to_dtype(DType::F32)?, bias: b.to_dtype(DType::F32)? })
+        let get = |name: &str| self.get(&format!("{bn}.{name}"), bn_dims);
+        let (gamma, beta, mean, var) =
+            (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
+        let stats = BnStats { gamma: &gamma, beta: &beta, mean: &mean, var: &var };
+        Ok(aue_model::fold::fold(weight, bias, stats, out_axis, DType::F32)?)
     }
 }
 

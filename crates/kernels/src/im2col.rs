@@ -71,6 +71,19 @@ pub(crate) fn conv(
     win: Window,
     budget: usize,
 ) -> candle_core::Result<Tensor> {
+    conv_channel_major(x, w, win, budget)?.transpose(0, 1) // [b, c_out, oh, ow]
+}
+
+/// [`conv`]'s gemm result as it is stored: contiguous, channel-major.
+///
+/// # Shapes
+/// `x: [b, c_in, h, w]`, `w: [c_out, c_in, kh, kw]` -> `[c_out, b, oh, ow]`.
+pub(crate) fn conv_channel_major(
+    x: &Tensor,
+    w: &Tensor,
+    win: Window,
+    budget: usize,
+) -> candle_core::Result<Tensor> {
     let (b, c_in, _, _) = x.dims4()?;
     let (c_out, _, kh, kw) = w.dims4()?;
     let (oh, ow) = win.out;
@@ -84,7 +97,7 @@ pub(crate) fn conv(
         parts.push(w2.matmul(&cols)?); // [c_out, n*oh*ow]
     }
     let y = if parts.len() == 1 { parts.swap_remove(0) } else { Tensor::cat(&parts, 1)? };
-    y.reshape((c_out, b, oh, ow))?.transpose(0, 1) // [b, c_out, oh, ow]
+    y.reshape((c_out, b, oh, ow))
 }
 
 /// Weight gradient `sum over (b, o) of grad[b, co, o] * x[b, ci, window(o, t)]` as one gemm per

@@ -1,5 +1,7 @@
-//! Convolutions for Candle whose backward passes cost about twice their forward pass, and a
-//! one-op train-mode batch norm for the CPU (`batch_norm.rs`).
+//! Convolutions for Candle whose backward passes cost about twice their forward pass, a
+//! one-op train-mode batch norm for the CPU (`batch_norm.rs`), and inference kernels that fuse a
+//! convolution with its bias, residual and activation and run element-wise work in parallel
+//! ([`infer`]).
 //!
 //! Candle 0.11 differentiates `conv2d` with `conv_transpose2d`, which on CPU is a naive loop (and
 //! is not routed to cuDNN on CUDA); it also runs the forward `conv_transpose2d` with that loop.
@@ -27,6 +29,7 @@ mod batch_norm;
 mod error;
 pub mod grad;
 mod im2col;
+pub mod infer;
 mod op;
 mod params;
 

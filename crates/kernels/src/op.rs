@@ -126,8 +126,8 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, params: ConvTransposeParams) -> 
 }
 
 /// Checks a convolution's arguments; returns the input, kernel and output spatial sizes.
-type Hw = (usize, usize);
-fn check_conv(
+pub(crate) type Hw = (usize, usize);
+pub(crate) fn check_conv(
     op: &'static str,
     x: &Tensor,
     w: &Tensor,

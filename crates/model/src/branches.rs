@@ -14,9 +14,9 @@ use crate::nn::{
 
 /// Conv (or transposed conv) -> BatchNorm -> ReLU, as `nn.Sequential` at `.0`, `.1`, (`.2` = ReLU).
 #[derive(Debug, Clone)]
-struct ConvBnRelu<C> {
-    conv: C,
-    bn: BatchNorm,
+pub(crate) struct ConvBnRelu<C> {
+    pub(crate) conv: C,
+    pub(crate) bn: BatchNorm,
 }
 
 impl ConvBnRelu<Conv2d> {
@@ -49,7 +49,7 @@ impl ConvBnRelu<ConvTranspose2d> {
 /// average pool. (`pred_em` is separate: stage 3 trains it while this part is frozen.)
 #[derive(Debug, Clone)]
 pub(crate) struct EmBranch {
-    reduce_dim_em: ConvBnRelu<Conv2d>,
+    pub(crate) reduce_dim_em: ConvBnRelu<Conv2d>,
 }
 
 impl EmBranch {
@@ -78,10 +78,10 @@ impl EmBranch {
 /// AU branch: the decoder to the G grid, LRN, the 34 crop nets and `pred_au`.
 #[derive(Debug, Clone)]
 pub(crate) struct AuBranch {
-    deconv: [ConvBnRelu<ConvTranspose2d>; 3],
-    reduce: [ConvBnRelu<Conv2d>; 3],
-    crops: CropNets,
-    pred_au: Linear,
+    pub(crate) deconv: [ConvBnRelu<ConvTranspose2d>; 3],
+    pub(crate) reduce: [ConvBnRelu<Conv2d>; 3],
+    pub(crate) crops: CropNets,
+    pub(crate) pred_au: Linear,
 }
 
 impl AuBranch {
@@ -128,21 +128,21 @@ impl AuBranch {
 /// (`crate::state`), run as one batched product and one BatchNorm over [17, Dim] channels.
 #[derive(Debug, Clone)]
 pub(crate) struct Fusion {
-    em_fc: Linear,
-    em_bn: BatchNorm,
+    pub(crate) em_fc: Linear,
+    pub(crate) em_bn: BatchNorm,
     /// The 17 heads' Linear: weight [17, Dim, 2F], bias [17, Dim].
-    au_w: Tensor,
-    au_b: Tensor,
+    pub(crate) au_w: Tensor,
+    pub(crate) au_b: Tensor,
     /// The 17 heads' BatchNorm1d: weight, bias [17, Dim]; running statistics [17, Dim] and
     /// counters [17].
-    au_bn_w: Tensor,
-    au_bn_b: Tensor,
-    au_running_mean: Var,
-    au_running_var: Var,
-    au_batches: Var,
-    attention: Linear,
-    pred: Linear,
-    dropout: f32,
+    pub(crate) au_bn_w: Tensor,
+    pub(crate) au_bn_b: Tensor,
+    pub(crate) au_running_mean: Var,
+    pub(crate) au_running_var: Var,
+    pub(crate) au_batches: Var,
+    pub(crate) attention: Linear,
+    pub(crate) pred: Linear,
+    pub(crate) dropout: f32,
 }
 
 impl Fusion {

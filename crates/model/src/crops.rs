@@ -69,47 +69,56 @@ impl CropCentres {
         self.batch
     }
 
-    /// Row indices into the padded channels-last map [B * Gp * Gp, C] (Gp = G + L) that form the
-    /// im2col matrix of the 3x3 / padding 1 conv on every crop, ordered (crop, sample, position,
-    /// tap). A tap outside its crop points to row 0, a padding zero (L/2 >= 1).
-    ///
-    /// # Shapes
-    /// -> u32 [34 * B * L * L * 9]
-    fn im2col_rows(&self, grid: usize, side: usize, device: &Device) -> Result<Tensor> {
-        let gp = grid + side;
-        // Top-left corner of crop (k, n) in padded coordinates is its centre (cy, cx).
-        let mut base = Vec::with_capacity(NUM_CROPS * self.batch);
+    /// The map position each im2col entry of the crops reads, ordered (crop, sample, position,
+    /// tap): `Some((sample, y, x))` inside the G x G map, `None` where it reads a zero (a tap
+    /// outside its crop, the crop conv's zero padding, or a crop position outside the map).
+    fn taps(&self, grid: usize, side: usize) -> Vec<Option<(usize, usize, usize)>> {
+        let half = side as isize / 2;
+        let mut out = Vec::with_capacity(NUM_CROPS * self.batch * side * side * 9);
         for k in 0..NUM_CROPS {
             for n in 0..self.batch {
-                let (x, y) = self.xy[n * NUM_CROPS + k];
-                base.push((n * gp * gp + y * gp + x) as u32);
-            }
-        }
-        // Offset of each (position, tap) inside a crop window; `valid` is 0 where the tap falls
-        // outside the crop (the crop conv's zero padding).
-        let (mut offset, mut valid) = (Vec::new(), Vec::new());
-        for py in 0..side {
-            for px in 0..side {
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        let (yy, xx) = ((py + ky) as isize - 1, (px + kx) as isize - 1);
-                        let inside =
-                            (0..side as isize).contains(&yy) && (0..side as isize).contains(&xx);
-                        offset.push(if inside {
-                            (yy as usize * gp + xx as usize) as u32
-                        } else {
-                            0
-                        });
-                        valid.push(u32::from(inside));
+                let (cx, cy) = self.xy[n * NUM_CROPS + k];
+                for py in 0..side as isize {
+                    for px in 0..side as isize {
+                        for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
+                            // Crop-local tap position, then map position.
+                            let (yy, xx) = (py + ky - 1, px + kx - 1);
+                            let in_crop = (0..side as isize).contains(&yy)
+                                && (0..side as isize).contains(&xx);
+                            let (my, mx) = (cy as isize - half + yy, cx as isize - half + xx);
+                            let in_map = (0..grid as isize).contains(&my)
+                                && (0..grid as isize).contains(&mx);
+                            out.push((in_crop && in_map).then_some((n, my as usize, mx as usize)));
+                        }
                     }
                 }
             }
         }
-        let taps = side * side * 9;
-        let base = Tensor::from_vec(base, (NUM_CROPS * self.batch, 1), device)?;
-        let offset = Tensor::from_vec(offset, (1, taps), device)?;
-        let valid = Tensor::from_vec(valid, (1, taps), device)?;
-        Ok(base.broadcast_add(&offset)?.broadcast_mul(&valid)?.flatten_all()?)
+        out
+    }
+
+    /// Row indices into the padded channels-last map [B * Gp * Gp, C] (Gp = G + L) that form the
+    /// im2col matrix of the 3x3 / padding 1 conv on every crop, ordered (crop, sample, position,
+    /// tap). A zero read points to row 0, a padding zero (L/2 >= 1).
+    ///
+    /// # Shapes
+    /// -> u32 [34 * B * L * L * 9]
+    fn im2col_rows(&self, grid: usize, side: usize, device: &Device) -> Result<Tensor> {
+        let (gp, h) = (grid + side, side / 2);
+        let ids: Vec<u32> = self
+            .taps(grid, side)
+            .into_iter()
+            .map(|t| t.map_or(0, |(n, y, x)| (n * gp * gp + (y + h) * gp + x + h) as u32))
+            .collect();
+        let len = ids.len();
+        Ok(Tensor::from_vec(ids, len, device)?)
+    }
+
+    /// [`Self::im2col_rows`] for the unpadded channels-last map [B * G * G, C], `u32::MAX` for a
+    /// zero (`aue_kernels::infer::gather_rows`).
+    pub(crate) fn map_rows(&self, grid: usize, side: usize) -> Vec<u32> {
+        let row = |(n, y, x): (usize, usize, usize)| ((n * grid + y) * grid + x) as u32;
+        self.taps(grid, side).into_iter().map(|t| t.map_or(u32::MAX, row)).collect()
     }
 }
 
@@ -119,16 +128,22 @@ impl CropCentres {
 #[derive(Debug, Clone)]
 pub(crate) struct CropNets {
     /// [34, c, c, 3, 3]
-    conv_w: Tensor,
+    pub(crate) conv_w: Tensor,
     /// [34, c]
-    conv_b: Tensor,
+    pub(crate) conv_b: Tensor,
     /// [34, F, c L^2]
-    fc_w: Tensor,
+    pub(crate) fc_w: Tensor,
     /// [34, F]
-    fc_b: Tensor,
-    grid: usize,
-    side: usize,
+    pub(crate) fc_b: Tensor,
+    pub(crate) geom: CropGrid,
     dropout: f32,
+}
+
+/// The crops' geometry: the AU map's side G and the crop side L.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CropGrid {
+    pub(crate) grid: usize,
+    pub(crate) side: usize,
 }
 
 impl CropNets {
@@ -139,8 +154,7 @@ impl CropNets {
             conv_b: root.group_param("Crop_Net_1", NUM_CROPS, "0.bias", &[c])?,
             fc_w: root.group_param("Crop_Net_2", NUM_CROPS, "0.weight", &[f, d])?,
             fc_b: root.group_param("Crop_Net_2", NUM_CROPS, "0.bias", &[f])?,
-            grid: cfg.grid(),
-            side: cfg.crop_side(),
+            geom: CropGrid { grid: cfg.grid(), side: cfg.crop_side() },
             dropout: cfg.dropout,
         })
     }
@@ -155,29 +169,9 @@ impl CropNets {
         centres: &CropCentres,
         mode: PartMode,
     ) -> Result<Tensor> {
-        let (b, c, g, _) = m.dims4()?;
-        if b != centres.batch() || g != self.grid {
-            return Err(ModelError::input(
-                "au_loc",
-                format!(
-                    "{} samples for a map of shape {:?} (grid {})",
-                    centres.batch(),
-                    m.dims(),
-                    self.grid
-                ),
-            ));
-        }
-        let (l, h) = (self.side, self.side / 2);
-        let gp = g + l;
-        // [b, gp, gp, c] -> rows [b * gp * gp, c]
-        let padded = m
-            .permute((0, 2, 3, 1))?
-            .contiguous()?
-            .pad_with_zeros(1, h, h)?
-            .pad_with_zeros(2, h, h)?;
-        let rows = padded.reshape((b * gp * gp, c))?;
-        let ids = centres.im2col_rows(g, l, m.device())?;
-        let cols = rows.index_select(&ids, 0)?.reshape((NUM_CROPS, b * l * l, 9 * c))?;
+        let (b, c, _, _) = m.dims4()?;
+        let l = self.geom.side;
+        let cols = self.geom.im2col(m, centres)?; // [34, b * l * l, 9 c]
         // Crop_Net_1: kernels [34, c_out, c_in, 3, 3] -> [34, ky, kx, c_in, c_out] -> [34, 9 c, c]
         let w1 = mode.see(&self.conv_w).permute((0, 3, 4, 2, 1))?.reshape((NUM_CROPS, 9 * c, c))?;
         let b1 = mode.see(&self.conv_b).unsqueeze(1)?; // [34, 1, c]
@@ -196,6 +190,66 @@ impl CropNets {
         let h2 = w2.matmul(&h1.transpose(1, 2)?)?.broadcast_add(&b2)?.relu()?; // [34, F, b]
         let h2 = dropout(&h2, self.dropout, mode)?;
         Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
+    }
+}
+
+impl CropGrid {
+    /// Checks the map against the centres and the crop geometry.
+    pub(crate) fn check(&self, m: &Tensor, centres: &CropCentres) -> Result<()> {
+        let (b, _, g, _) = m.dims4()?;
+        if b != centres.batch() || g != self.grid {
+            return Err(ModelError::input(
+                "au_loc",
+                format!(
+                    "{} samples for a map of shape {:?} (grid {})",
+                    centres.batch(),
+                    m.dims(),
+                    self.grid
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The im2col matrix of the crop convs: one `index_select` on the zero-padded channels-last
+    /// map (see the module doc).
+    ///
+    /// # Shapes
+    /// m [B, C, G, G] -> [34, B * L * L, 9 C], columns ordered (tap, channel)
+    pub(crate) fn im2col(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
+        self.check(m, centres)?;
+        let (b, c, g, _) = m.dims4()?;
+        let (l, h) = (self.side, self.side / 2);
+        let gp = g + l;
+        // [b, gp, gp, c] -> rows [b * gp * gp, c]
+        let padded = m
+            .permute((0, 2, 3, 1))?
+            .contiguous()?
+            .pad_with_zeros(1, h, h)?
+            .pad_with_zeros(2, h, h)?;
+        let rows = padded.reshape((b * gp * gp, c))?;
+        let ids = centres.im2col_rows(g, l, m.device())?;
+        Ok(rows.index_select(&ids, 0)?.reshape((NUM_CROPS, b * l * l, 9 * c))?)
+    }
+
+    /// [`Self::im2col`] for inference: on the CPU (f32) one parallel channels-last copy of M and
+    /// one parallel gather of its rows (no padded copy); elsewhere [`Self::im2col`].
+    ///
+    /// # Shapes
+    /// m [B, C, G, G] -> [34, B * L * L, 9 C]
+    pub(crate) fn im2col_eval(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
+        if !aue_kernels::infer::cpu_f32(m) {
+            return self.im2col(m, centres);
+        }
+        self.check(m, centres)?;
+        let (b, c, g, _) = m.dims4()?;
+        let l = self.side;
+        let rows = aue_kernels::infer::nchw_to_nhwc(m)
+            .map_err(candle_core::Error::from)?
+            .reshape((b * g * g, c))?;
+        let cols = aue_kernels::infer::gather_rows(&rows, &centres.map_rows(g, l))
+            .map_err(candle_core::Error::from)?;
+        Ok(cols.reshape((NUM_CROPS, b * l * l, 9 * c))?)
     }
 }
 
@@ -320,7 +374,7 @@ mod tests {
     /// linear), for comparing gradients with the batched version.
     fn per_crop_loop(nets: &CropNets, m: &Tensor, loc: &[i64]) -> Tensor {
         let (b, _, _, _) = m.dims4().unwrap();
-        let (l, h) = (nets.side, nets.side / 2);
+        let (l, h) = (nets.geom.side, nets.geom.side / 2);
         let padded = m.pad_with_zeros(2, h, h).unwrap().pad_with_zeros(3, h, h).unwrap();
         let mut rows = vec![];
         for n in 0..b {

@@ -3,12 +3,15 @@
 //! initialisers, and checkpoint I/O with the reference's state-dict keys.
 //!
 //! docs/METHOD.md sections 2-4 and 8 are what this crate implements; docs/FILES.md fixes its
-//! interfaces. Start with [`AueModel`], [`ForwardOptions`] and [`loss::stage_loss`].
+//! interfaces. Start with [`AueModel`], [`ForwardOptions`] and [`loss::stage_loss`]; for
+//! inference, [`InferenceModel`] (BatchNorm folded, fused layers) built from a loaded model.
 
 mod branches;
 pub mod config;
 pub mod crops;
 pub mod error;
+pub mod fold;
+pub mod infer;
 pub mod init;
 pub mod loss;
 pub mod model;
@@ -18,6 +21,7 @@ pub mod state;
 
 pub use config::{BlockKind, ModelConfig, Preset};
 pub use error::{ModelError, Result, TensorMismatch};
+pub use infer::{EvalForward, InferenceModel};
 pub use loss::{AuKnowledge, reference_eiau_weight, stage_loss, stage_loss_weighted};
 pub use model::{
     AueModel, ForwardOptions, OutputSet, Outputs, Stage, is_bn_buffer, is_trainable,

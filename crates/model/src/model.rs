@@ -272,16 +272,16 @@ output_getters!(feature, pred_em, au_feat, pred_au, pred2, au_prob);
 /// state-dict keys (docs/FILES.md "Model state").
 #[derive(Clone)]
 pub struct AueModel {
-    config: ModelConfig,
-    varmap: VarMap,
-    device: Device,
-    dtype: DType,
-    backbone: ResNet,
-    em: EmBranch,
-    pred_em: Linear,
-    au: AuBranch,
-    fusion: Fusion,
-    knowledge: AuKnowledge,
+    pub(crate) config: ModelConfig,
+    pub(crate) varmap: VarMap,
+    pub(crate) device: Device,
+    pub(crate) dtype: DType,
+    pub(crate) backbone: ResNet,
+    pub(crate) em: EmBranch,
+    pub(crate) pred_em: Linear,
+    pub(crate) au: AuBranch,
+    pub(crate) fusion: Fusion,
+    pub(crate) knowledge: AuKnowledge,
 }
 
 impl AueModel {

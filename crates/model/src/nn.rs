@@ -196,10 +196,10 @@ impl ConvSpec {
 /// `nn.Conv2d` (weight [C_out, C_in, k, k], optional bias).
 #[derive(Debug, Clone)]
 pub(crate) struct Conv2d {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    stride: usize,
-    padding: usize,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) stride: usize,
+    pub(crate) padding: usize,
 }
 
 impl Conv2d {
@@ -223,9 +223,9 @@ impl Conv2d {
 /// `nn.ConvTranspose2d(c_in, c_out, 4, stride 2, padding 1, bias=False)` of the AU decoder.
 #[derive(Debug, Clone)]
 pub(crate) struct ConvTranspose2d {
-    weight: Tensor,
-    stride: usize,
-    padding: usize,
+    pub(crate) weight: Tensor,
+    pub(crate) stride: usize,
+    pub(crate) padding: usize,
 }
 
 impl ConvTranspose2d {
@@ -244,8 +244,8 @@ impl ConvTranspose2d {
 /// `nn.Linear` (weight [out, in], bias [out]).
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    weight: Tensor,
-    bias: Tensor,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl Linear {
@@ -264,18 +264,18 @@ impl Linear {
 }
 
 /// PyTorch's BatchNorm defaults.
-pub(crate) const BN_EPS: f64 = 1e-5;
+pub const BN_EPS: f64 = 1e-5;
 pub(crate) const BN_MOMENTUM: f64 = 0.1;
 
 /// `nn.BatchNorm1d` / `nn.BatchNorm2d`: parameters `weight`, `bias`; buffers `running_mean`,
 /// `running_var` and the i64 scalar `num_batches_tracked`.
 #[derive(Debug, Clone)]
 pub(crate) struct BatchNorm {
-    weight: Tensor,
-    bias: Tensor,
-    running_mean: Var,
-    running_var: Var,
-    num_batches_tracked: Var,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) running_mean: Var,
+    pub(crate) running_var: Var,
+    pub(crate) num_batches_tracked: Var,
 }
 
 impl BatchNorm {

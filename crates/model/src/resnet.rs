@@ -12,9 +12,9 @@ use crate::nn::{BatchNorm, Conv2d, ConvSpec, Linear, Params, PartMode, max_pool_
 
 /// A conv followed by its BatchNorm (torchvision's `conv{i}`/`bn{i}` pairs and `downsample`).
 #[derive(Debug, Clone)]
-struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
+pub(crate) struct ConvBn {
+    pub(crate) conv: Conv2d,
+    pub(crate) bn: BatchNorm,
 }
 
 impl ConvBn {
@@ -29,9 +29,9 @@ impl ConvBn {
 
 /// One residual block: `convs` in order (ReLU between them), plus the optional `downsample`.
 #[derive(Debug, Clone)]
-struct Block {
-    convs: Vec<ConvBn>,
-    downsample: Option<ConvBn>,
+pub(crate) struct Block {
+    pub(crate) convs: Vec<ConvBn>,
+    pub(crate) downsample: Option<ConvBn>,
 }
 
 impl Block {
@@ -87,8 +87,8 @@ impl Block {
 /// The backbone: `conv1`, `bn1`, stem max pool, `layer1`..`layer4`, and `fc`.
 #[derive(Debug, Clone)]
 pub(crate) struct ResNet {
-    stem: ConvBn,
-    layers: [Vec<Block>; 4],
+    pub(crate) stem: ConvBn,
+    pub(crate) layers: [Vec<Block>; 4],
 }
 
 impl ResNet {

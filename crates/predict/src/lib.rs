@@ -4,7 +4,8 @@
 //! exactly as the reference's test mode (docs/METHOD.md section 5: the detected box enlarged by
 //! half of 15% of its width per side, clipped, rounded half to even, resized to S x S, ImageNet
 //! normalisation; AU locations from the landmarks on the G grid, section 8), run the model in
-//! eval mode (section 3) and turn its outputs into one [`Row`] per face:
+//! eval mode (section 3; the fused `aue_model::InferenceModel`) and turn its outputs into one
+//! [`Row`] per face:
 //! - stage 3: expression = softmax of `pred2`, AU probabilities = `pred_au`, attention = `au_prob`;
 //! - stage 2: AU probabilities only (the expression head of a stage-2 file is stage 1's, and its
 //!   backbone statistics moved during stage 2);
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use aue_core::{Context, NUM_AUS};
 use aue_data::preprocess::{self, AuGrid, Augment, ENLARGE_RAF};
 use aue_landmarks::{FaceBox, Landmarker, LandmarkerConfig, Landmarks68};
-use aue_model::{AueModel, ForwardOptions, OutputSet, Preset, Stage};
+use aue_model::{InferenceModel, OutputSet, Preset, Stage};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
@@ -77,7 +78,7 @@ pub struct ImageResult {
 
 /// A loaded model with the face detector and landmark net.
 pub struct Predictor {
-    model: AueModel,
+    model: InferenceModel,
     info: CheckpointInfo,
     landmarker: Landmarker,
     grid: AuGrid,
@@ -87,7 +88,10 @@ impl Predictor {
     /// Reads the checkpoint's metadata, loads it strictly, and loads the landmarker.
     pub fn new(cfg: &PredictorConfig) -> Result<Self> {
         let info = CheckpointInfo::read(&cfg.checkpoint, cfg.preset)?;
-        let model = info.load_model(&cfg.device)?;
+        // Built once: BatchNorm folded, fused layers (aue_model::infer); the loaded training
+        // model is dropped.
+        let model = InferenceModel::new(&info.load_model(&cfg.device)?)
+            .map_err(Context::op("build the inference model"))?;
         let mut lcfg = LandmarkerConfig::default();
         lcfg.detector.score_threshold = cfg.min_score;
         let landmarker = Landmarker::new(&lcfg).map_err(Context::op("load the face detector"))?;
@@ -271,9 +275,8 @@ impl Predictor {
             Stage::Au => OutputSet { em: false, au: true, fusion: false },
             Stage::Fuse => OutputSet::ALL,
         };
-        let opts = ForwardOptions { outputs, ..ForwardOptions::eval() };
         let out =
-            self.model.forward(&images, Some(&au_loc), &opts).map_err(Context::op("forward"))?;
+            self.model.forward(&images, Some(&au_loc), outputs).map_err(Context::op("forward"))?;
         let rows = |t: &Option<Tensor>, what: &str| -> Result<Option<Vec<Vec<f32>>>> {
             t.as_ref().map(|t| t.to_vec2::<f32>().map_err(candle_err(what))).transpose()
         };

@@ -96,7 +96,10 @@ pub fn evaluate_checkpoint(
     let Plan { info, cfg, labels } = plan(opts)?;
     let stage = info.stage();
     let device = opts.device.open().map_err(|e| ReportError::Device(format!("{e:#}")))?;
-    let model = info.load_model(&device)?;
+    // The fused inference model (BatchNorm folded, fused layers), built once; the training
+    // model it came from is dropped.
+    let model = aue_model::InferenceModel::new(&info.load_model(&device)?)
+        .map_err(aue_core::Context::op("build the inference model"))?;
     let data_opts =
         DatasetOptions { input_size: cfg.input_size as u32, ..DatasetOptions::default() };
     let test = aue_data::Dataset::open(cfg.dataset, &cfg.data_root, Split::Test, &data_opts)
@@ -127,16 +130,9 @@ pub fn evaluate_checkpoint(
         DeviceBatch::new(&b, &device)
     });
     let info_rec = RecordInfo { stage, epoch: info.meta.epoch, lr: 0.0, steps: 0, seconds: 0.0 };
-    let mut record = evaluate(
-        &model,
-        spec,
-        &spec.eval_options(),
-        &loss,
-        batches,
-        &names,
-        info_rec,
-        &mut |done| progress(done, total),
-    )?;
+    let mut record = evaluate(&model, spec, &loss, batches, &names, info_rec, &mut |done| {
+        progress(done, total)
+    })?;
     record.best = Some(true);
     Ok(StageRun {
         dir: opts.checkpoint.clone(),

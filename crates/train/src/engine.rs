@@ -117,7 +117,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<SplitRecord> {
         let spec = self.def.records();
         let loss = |out: &aue_model::Outputs, b: &DeviceBatch| self.loss(out, b);
-        evaluate(&self.model, spec, &spec.eval_options(), &loss, batches, labels, info, progress)
+        evaluate(&self.model, spec, &loss, batches, labels, info, progress)
             .map_err(TrainError::from)
     }
 }
