@@ -93,6 +93,16 @@ impl DeviceBatch {
         })
     }
 
+    /// This batch with its images in `dtype` (a model's float type: the loader's are f32).
+    pub fn images_as(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            images: self.images.to_dtype(dtype).op("images to the model's dtype")?,
+            au_loc: self.au_loc.clone(),
+            labels: self.labels.clone(),
+            au_gt: self.au_gt.clone(),
+        })
+    }
+
     /// Number of samples.
     pub fn batch_size(&self) -> Result<usize> {
         self.labels.dim(0).op("batch size")

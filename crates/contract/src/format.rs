@@ -301,13 +301,25 @@ pub fn save(
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     // Under the reference keys: a group variable is written as its slices (views, no copy).
+    // An f64 model (a `--dtype f64` run) is written as f32, the format's float type.
     let tensors: BTreeMap<String, Tensor> = state_entries(varmap)
         .into_iter()
-        .map(|e| Ok((e.key.clone(), e.tensor()?.detach())))
+        .map(|e| Ok((e.key.clone(), on_disk(e.tensor()?.detach())?)))
         .collect::<Result<_>>()?;
     let mut metadata = metadata.clone();
     metadata.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
     write_safetensors(path, &tensors, &metadata)
+}
+
+/// `t` as it is written: f64 narrowed to f32, anything else as it is.
+fn on_disk(t: Tensor) -> Result<Tensor> {
+    Ok(if t.dtype() == DType::F64 { t.to_dtype(DType::F32)? } else { t })
+}
+
+/// Whether a file entry of `file` fills a variable of `var`: the same dtype, or an f32 entry
+/// widened (exactly) into an f64 variable, as an f64 run loads its f32 checkpoints.
+fn loads_into(file: DType, var: DType) -> bool {
+    file == var || (file == DType::F32 && var == DType::F64)
 }
 
 /// Write f32 / i64 tensors and a metadata map to a safetensors file, atomically (temp file in the
@@ -357,7 +369,10 @@ fn first_and_more(keys: &BTreeSet<&String>) -> Option<(String, usize)> {
 
 /// Check that `entry` can fill the state entry `var` (shape and dtype).
 fn check_entry(path: &Path, key: &str, entry: &Entry, var: &StateEntry) -> Result<()> {
-    let found = (entry.shape.as_slice(), entry.dtype);
+    // A float file loads into a variable of another float precision (an f64 run reads f32
+    // checkpoints); any other difference of dtype is a mismatch.
+    let dtype = if loads_into(entry.dtype, var.dtype()) { var.dtype() } else { entry.dtype };
+    let found = (entry.shape.as_slice(), dtype);
     Ok(aue_model::TensorMismatch::check(path, key, found, (var.dims(), var.dtype()))?)
 }
 
@@ -372,7 +387,8 @@ pub fn load(varmap: &VarMap, path: impl AsRef<Path>) -> Result<BTreeMap<String, 
     check_key_sets(path, &vars, &header)?;
     for (key, entry) in &header.entries {
         let var = &vars[key];
-        var.set(&read_entry(path, &mut file, &header, key, entry, var.var.device())?)?;
+        let t = read_entry(path, &mut file, &header, key, entry, var.var.device())?;
+        var.set(&t.to_dtype(var.dtype())?)?;
     }
     tracing::debug!(path = %path.display(), tensors = header.entries.len(), "checkpoint loaded");
     Ok(header.metadata)

@@ -86,13 +86,15 @@ impl<'a> Trainer<'a> {
     }
 
     /// One SGD step with learning rate `lr`; the batch's metrics go into `acc` (computed from
-    /// the outputs before the update). Returns the loss (0-d, on the device, not synchronised).
+    /// the outputs before the update). The images are taken in the model's dtype. Returns the
+    /// loss (0-d, in the model's dtype, on the device, not synchronised).
     pub fn train_step(
         &mut self,
         batch: &DeviceBatch,
         lr: f64,
         acc: &mut SplitAccumulator,
     ) -> Result<Tensor> {
+        let batch = &batch.images_as(self.model.dtype())?;
         let out = self
             .model
             .forward(&batch.images, Some(&batch.au_loc), &self.train_opts)
@@ -117,6 +119,8 @@ impl<'a> Trainer<'a> {
     ) -> Result<SplitRecord> {
         let spec = self.def.records();
         let loss = |out: &aue_model::Outputs, b: &DeviceBatch| self.loss(out, b);
+        let dtype = self.model.dtype();
+        let batches = batches.into_iter().map(|b| b.and_then(|b| b.images_as(dtype)));
         evaluate(&self.model, spec, &loss, batches, labels, info, progress)
             .map_err(TrainError::from)
     }

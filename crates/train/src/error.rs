@@ -36,7 +36,7 @@ pub enum TrainError {
         "the loss became {value} at epoch {epoch}, step {step} (lr {lr}); training stopped, the \
          last good checkpoint is kept ({last})"
     )]
-    NonFiniteLoss { value: f32, epoch: usize, step: usize, lr: f64, last: String },
+    NonFiniteLoss { value: f64, epoch: usize, step: usize, lr: f64, last: String },
 
     /// The optimizer state does not fit the parameters it is loaded into.
     #[error("optimizer state: {0}")]

@@ -2,12 +2,13 @@
 
 use std::path::Path;
 
+use aue_cli::DeviceSpec;
 use aue_core::io_err;
 use aue_model::Preset;
 use aue_stage1::Em;
 use aue_stage2::Au;
 use aue_stage3::Fuse;
-use aue_train::config::{SelectBy, StageArgs, StageConfig};
+use aue_train::config::{Precision, SelectBy, StageArgs, StageConfig};
 use aue_train::error::Result;
 
 fn args_in(dir: &Path) -> StageArgs {
@@ -52,11 +53,19 @@ fn flags_override_file_over_defaults() -> Result<()> {
 #[test]
 fn bad_values_name_the_setting() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, StageArgs); 5] = [
+    let cases: [(&str, StageArgs); 6] = [
         ("lr", StageArgs { lr: Some(f64::NAN), ..args_in(tmp.path()) }),
         ("train_batch_size", StageArgs { train_batch_size: Some(0), ..args_in(tmp.path()) }),
         ("input_size", StageArgs { input_size: Some(100), ..args_in(tmp.path()) }),
         ("lr_milestones", StageArgs { lr_milestones: Some(vec![5, 3]), ..args_in(tmp.path()) }),
+        (
+            "f64 runs on the CPU only",
+            StageArgs {
+                dtype: Some(Precision::F64),
+                device: Some(DeviceSpec::Cuda(0)),
+                ..args_in(tmp.path())
+            },
+        ),
         (
             "data_root",
             StageArgs { data_root: Some(tmp.path().join("nope")), ..args_in(tmp.path()) },
