@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 
 use aue_contract::layout::METRICS_FILE;
 use aue_contract::{SplitName, SplitRecord};
-use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::document::{Block, Table};
 use crate::error::{ReportError, Result, io_err};
 use crate::grid::{GRID_FILE, GridConfig, GridPaths, Variant};
+use crate::plots::{DeltaRow, delta_svg};
 use crate::runs::read_metrics;
 
 /// The classes reported one by one: the rarest of RAF-DB (and of the `rafdb-sqrt` synthetic
@@ -356,79 +356,22 @@ pub fn blocks(results: &GridResults, chart_file: &str) -> Vec<Block> {
 }
 
 /// The chart: per set and variant, the difference stage 3 - stage 1 of the mean class accuracy
-/// in points, a bar at the mean with a ± one standard deviation whisker and a dot per seed,
-/// for the best (filled) and the last (hollow) epochs.
+/// in points, for the best and the last epochs (see [`crate::plots::delta_svg`]).
 pub fn delta_chart(results: &GridResults) -> Result<String> {
-    let rows = results.rows();
-    let what = "the ablation chart";
-    let err = |e: String| ReportError::Plot { what: what.into(), msg: e };
-    let all: Vec<f64> = rows
+    let points = |r: &Row, pick| r.mca_deltas(pick).iter().map(|d| 100.0 * d).collect();
+    let rows: Vec<DeltaRow> = results
+        .rows()
         .iter()
-        .flat_map(|r| r.mca_deltas(Pick::Best).into_iter().chain(r.mca_deltas(Pick::Last)))
-        .map(|d| 100.0 * d)
+        .map(|r| DeltaRow {
+            label: r.label(),
+            groups: vec![points(r, Pick::Best), points(r, Pick::Last)],
+        })
         .collect();
-    let lo = all.iter().copied().fold(-1.0f64, f64::min).floor() - 0.5;
-    let hi = all.iter().copied().fold(1.0f64, f64::max).ceil() + 0.5;
-    let n = rows.len().max(1);
-    let height = 120 + 36 * n as u32;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(format!("{e:?}")))?;
-        let labels: Vec<String> = rows.iter().map(Row::label).collect();
-        let mut chart = ChartBuilder::on(&root)
-            .caption("stage 3 - stage 1, test mean class accuracy (points)", ("sans-serif", 20.0))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(260)
-            .build_cartesian_2d(lo..hi, -0.5f64..(n as f64 - 0.5))
-            .map_err(|e| err(format!("{e:?}")))?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(n)
-            .y_label_formatter(&|y| {
-                let i = y.round();
-                if (y - i).abs() < 1e-6 && i >= 0.0 {
-                    labels.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .x_desc("points (+: the AU knowledge helps)")
-            .label_style(("sans-serif", 14.0))
-            .draw()
-            .map_err(|e| err(format!("{e:?}")))?;
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(0.0, -0.5), (0.0, n as f64 - 0.5)],
-                BLACK.stroke_width(1),
-            )))
-            .map_err(|e| err(format!("{e:?}")))?;
-        for (i, row) in rows.iter().enumerate() {
-            for (pick, offset, colour, filled) in
-                [(Pick::Best, -0.15, BLUE, true), (Pick::Last, 0.15, RED, false)]
-            {
-                let y = i as f64 + offset;
-                let deltas: Vec<f64> = row.mca_deltas(pick).iter().map(|d| 100.0 * d).collect();
-                let Some(s) = Spread::of(deltas.iter().map(|d| Some(*d))) else { continue };
-                let bar =
-                    Rectangle::new([(0.0, y - 0.1), (s.mean, y + 0.1)], colour.mix(0.35).filled());
-                let whisker = PathElement::new(
-                    vec![(s.mean - s.sd, y), (s.mean + s.sd, y)],
-                    colour.stroke_width(2),
-                );
-                chart.draw_series([bar]).map_err(|e| err(format!("{e:?}")))?;
-                chart.draw_series([whisker]).map_err(|e| err(format!("{e:?}")))?;
-                let style = if filled { colour.filled() } else { colour.stroke_width(1) };
-                chart
-                    .draw_series(deltas.iter().map(|&d| Circle::new((d, y), 3, style)))
-                    .map_err(|e| err(format!("{e:?}")))?;
-            }
-        }
-        root.present().map_err(|e| err(format!("{e:?}")))?;
-    }
-    Ok(svg)
+    delta_svg(
+        "stage 3 - stage 1, test mean class accuracy (points)",
+        "points (+: the AU knowledge helps); blue: best epochs, red: last epochs",
+        &rows,
+    )
 }
 
 /// Writes `ablation.md`, `ablation.json` and `ablation-delta.svg` into `out` and returns the

@@ -13,7 +13,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use aue_synth::{ClassBalance, DifficultyLevel};
 use serde::{Deserialize, Serialize};
@@ -29,11 +28,12 @@ pub const GRID_FILE: &str = "grid.toml";
 
 /// What stages 2 and 3 are run with; each variant starts from the same stage 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[serde(rename_all = "kebab-case")]
 pub enum Variant {
     /// The reference's settings (docs/METHOD.md section 4).
     Reference,
     /// `--eiau-weight 0` in stages 2 and 3: no EIAU loss term.
+    #[serde(rename = "eiau-0")]
     EiauZero,
     /// `--frozen-eval` in stages 2 and 3: the frozen parts in eval mode (BatchNorm statistics
     /// of the backbone no longer drift while stage 2 trains the AU branch).
@@ -44,7 +44,7 @@ impl Variant {
     /// Every variant, in table order.
     pub const ALL: [Variant; 3] = [Variant::Reference, Variant::EiauZero, Variant::FrozenEval];
 
-    /// The name in grid files, folders and tables.
+    /// The name in grid files (as serde writes it), folders and tables.
     pub fn name(self) -> &'static str {
         match self {
             Variant::Reference => "reference",
@@ -66,29 +66,6 @@ impl Variant {
 impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-impl FromStr for Variant {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Variant::ALL
-            .into_iter()
-            .find(|v| v.name() == s)
-            .ok_or_else(|| format!("unknown variant `{s}` (use reference, eiau-0 or frozen-eval)"))
-    }
-}
-
-impl TryFrom<String> for Variant {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Variant> for String {
-    fn from(v: Variant) -> String {
-        v.name().to_string()
     }
 }
 
@@ -324,9 +301,17 @@ pub struct Step {
     pub args: Vec<String>,
 }
 
-/// The commands that run `grid` into `paths`, in order (a step needs only earlier ones).
+/// `--name value` pairs as one argument list.
+fn flag_list(pairs: &[(&str, String)]) -> Vec<String> {
+    pairs.iter().flat_map(|(name, value)| [name.to_string(), value.clone()]).collect()
+}
+
+/// The commands that run `grid` into `paths`, in order (a step needs only earlier ones): first
+/// every seed's sets, stage 1 and reference stages 2 and 3, seed after seed, then the other
+/// variants, so that a grid stopped early holds whole seeds of the main comparison.
 pub fn plan(grid: &GridConfig, paths: &GridPaths) -> Vec<Step> {
     let mut steps = Vec::new();
+    let mut variant_steps = Vec::new();
     let s = |p: &Path| p.display().to_string();
     for &seed in &grid.seeds {
         for set in &grid.sets {
@@ -335,58 +320,40 @@ pub fn plan(grid: &GridConfig, paths: &GridPaths) -> Vec<Step> {
             steps.push(Step {
                 id: id("data"),
                 program: Program::Synth,
-                args: vec![
-                    "--out".into(),
-                    s(&data),
-                    "--train".into(),
-                    grid.train.to_string(),
-                    "--test".into(),
-                    grid.test.to_string(),
-                    "--seed".into(),
-                    seed.to_string(),
-                    "--size".into(),
-                    grid.image_size.to_string(),
-                    "--difficulty".into(),
-                    set.difficulty.clone(),
-                    "--balance".into(),
-                    set.balance.clone(),
-                    "--label-noise".into(),
-                    set.label_noise.to_string(),
-                ],
+                args: flag_list(&[
+                    ("--out", s(&data)),
+                    ("--train", grid.train.to_string()),
+                    ("--test", grid.test.to_string()),
+                    ("--seed", seed.to_string()),
+                    ("--size", grid.image_size.to_string()),
+                    ("--difficulty", set.difficulty.clone()),
+                    ("--balance", set.balance.clone()),
+                    ("--label-noise", set.label_noise.to_string()),
+                ]),
             });
             let stage_args = |n: u8, run_dir: &Path, st: &StageSettings| {
-                let mut a: Vec<String> = vec![
-                    "--dataset".into(),
-                    "rafdb".into(),
-                    "--data-root".into(),
-                    s(&data),
-                    "--preset".into(),
-                    grid.preset.clone(),
-                    "--device".into(),
-                    "cpu".into(),
-                    "--run-dir".into(),
-                    s(run_dir),
-                    "--seed".into(),
-                    seed.to_string(),
-                    "--epochs".into(),
-                    st.epochs.to_string(),
-                    "--lr".into(),
-                    st.lr.to_string(),
-                    "--train-batch-size".into(),
-                    grid.batch_size.to_string(),
-                    "--test-batch-size".into(),
-                    "100".into(),
-                    "--overwrite".into(),
-                ];
+                let mut a = flag_list(&[
+                    ("--dataset", "rafdb".into()),
+                    ("--data-root", s(&data)),
+                    ("--preset", grid.preset.clone()),
+                    ("--device", "cpu".into()),
+                    ("--run-dir", s(run_dir)),
+                    ("--seed", seed.to_string()),
+                    ("--epochs", st.epochs.to_string()),
+                    ("--lr", st.lr.to_string()),
+                    ("--train-batch-size", grid.batch_size.to_string()),
+                    ("--test-batch-size", "100".into()),
+                ]);
+                a.push("--overwrite".into());
                 if !st.lr_milestones.is_empty() {
                     let m: Vec<String> = st.lr_milestones.iter().map(usize::to_string).collect();
                     a.push(format!("--lr-milestones={}", m.join(",")));
                 }
                 if let Some(m) = grid.max_steps {
-                    a.extend(["--max-steps".into(), m.to_string()]);
+                    a.extend(flag_list(&[("--max-steps", m.to_string())]));
                 }
                 if n == 2 {
-                    a.extend(["--select-by".into(), "au-f1".into()]);
+                    a.extend(flag_list(&[("--select-by", "au-f1".into())]));
                 }
                 a
             };
@@ -401,23 +368,27 @@ pub fn plan(grid: &GridConfig, paths: &GridPaths) -> Vec<Step> {
                 let dir = paths.variant_dir(&set.name, seed, variant);
                 let flags = variant.flags().iter().map(|f| f.to_string());
                 let mut a2 = stage_args(2, &dir, &grid.stage2);
-                a2.extend(["--resume-model".into(), s(&stage1_best)]);
+                a2.extend(flag_list(&[("--resume-model", s(&stage1_best))]));
                 a2.extend(flags.clone());
-                steps.push(Step {
+                let stage2 = Step {
                     id: id(&format!("{variant}-stage2")),
                     program: Program::Stage(2),
                     args: a2,
-                });
+                };
                 let mut a3 = stage_args(3, &dir, &grid.stage3);
                 a3.extend(flags);
-                steps.push(Step {
+                let stage3 = Step {
                     id: id(&format!("{variant}-stage3")),
                     program: Program::Stage(3),
                     args: a3,
-                });
+                };
+                let list =
+                    if variant == Variant::Reference { &mut steps } else { &mut variant_steps };
+                list.extend([stage2, stage3]);
             }
         }
     }
+    steps.extend(variant_steps);
     steps
 }
 
