@@ -100,16 +100,16 @@ pub struct GridResults {
     /// The grid that was run.
     #[serde(skip)]
     pub grid: GridConfig,
-    /// Per set (grid order): the set's name and its seeds' results (seeds whose runs are not all
-    /// finished are left out and counted in `missing`).
+    /// Per set (grid order): the set's name and its seeds' results (a seed without stage 1, or a
+    /// variant without stages 2 and 3, is left out and named in `missing`).
     pub sets: Vec<(String, Vec<SeedResult>)>,
     /// Stage folders that were expected but hold no finished run.
     pub missing: Vec<PathBuf>,
 }
 
 impl GridResults {
-    /// Reads the grid folder `root`. A set and seed whose runs are missing is left out (and
-    /// named in `missing`); a malformed file is an error.
+    /// Reads the grid folder `root`. Runs not finished are left out (and named in `missing`); a
+    /// malformed file is an error.
     pub fn load(root: &Path) -> Result<Self> {
         let grid = GridConfig::from_file(&root.join(GRID_FILE))?;
         let paths = GridPaths { root: root.to_owned() };
@@ -117,7 +117,7 @@ impl GridResults {
         let mut missing = Vec::new();
         for set in &grid.sets {
             let mut seeds = Vec::new();
-            'seed: for &seed in &grid.seeds {
+            for &seed in &grid.seeds {
                 let s1 = paths.stage1(&set.name, seed);
                 if !s1.join(METRICS_FILE).is_file() {
                     missing.push(s1);
@@ -132,7 +132,7 @@ impl GridResults {
                         [&s2, &s3].into_iter().find(|d| !d.join(METRICS_FILE).is_file())
                     {
                         missing.push(absent.clone());
-                        continue 'seed;
+                        continue;
                     }
                     let (best2, _) = best_and_last(&s2)?;
                     let au_f1_true = best2.au_true.as_ref().and_then(|a| a.mean_f1);

@@ -1,5 +1,5 @@
 //! The ablation report on a hand-made grid folder: the quick grid's layout with two seeds, run
-//! files in the trainer's formats, one seed's runs left unfinished.
+//! files in the trainer's formats, two runs left unfinished.
 
 mod common;
 
@@ -54,10 +54,10 @@ fn grid_report_gives_spread_over_seeds_and_names_missing_runs() {
             let v = paths.variant_dir(easy, seed, variant);
             write_stage2(&v.join("stage2"), 0.5 + 0.1 * seed as f64);
             // Seed 0: stage 3 reaches 79.17 %; seed 1: it stays at stage 1's 69.58 % and its
-            // last epoch falls back to 33.3 %.
+            // last epoch falls back to 33.3 % (frozen-eval: not finished).
             if seed == 0 {
                 write_stage(&v.join("stage3"), 3, stage1_best(), stage3_best());
-            } else {
+            } else if variant != Variant::FrozenEval {
                 write_stage(&v.join("stage3"), 3, stage1_best(), stage1_other());
             }
         }
@@ -76,12 +76,16 @@ fn grid_report_gives_spread_over_seeds_and_names_missing_runs() {
     let results = GridResults::load(root).unwrap();
     assert_eq!(
         results.missing,
-        vec![paths.variant_dir(noisy, 1, Variant::Reference).join("stage3")]
+        vec![
+            paths.variant_dir(easy, 1, Variant::FrozenEval).join("stage3"),
+            paths.variant_dir(noisy, 1, Variant::Reference).join("stage3"),
+        ]
     );
     let rows = results.rows();
     assert_eq!(rows.len(), 4, "three variants of the first set, the reference of the second");
-    assert!(rows.iter().take(3).all(|r| r.seeds.len() == 2));
-    assert_eq!(rows[3].seeds.len(), 1);
+    // A variant not finished leaves out that variant of that seed, not the seed's other runs.
+    let seeds: Vec<usize> = rows.iter().map(|r| r.seeds.len()).collect();
+    assert_eq!(seeds, [2, 2, 1, 1]);
 
     let out = root.join("report");
     let doc = write_ablation(&results, &out).unwrap();
