@@ -521,11 +521,12 @@ pub fn delta_svg(title: &str, x_desc: &str, rows: &[DeltaRow]) -> Result<String>
             .y_label_area_size(280)
             .build_cartesian_2d(lo..hi, -0.5f64..(n as f64 - 0.5))
             .msg()?;
+        // Row i is drawn at y = n - 1 - i, so that the first row is on top.
         let row_label = |y: &f64| {
-            let i = y.round();
-            let on_row = (y - i).abs() < 1e-6 && i >= 0.0;
+            let r = y.round();
+            let on_row = (y - r).abs() < 1e-6 && (0.0..n as f64).contains(&r);
             if on_row {
-                labels.get(i as usize).map_or(String::new(), |s| s.to_string())
+                labels.get(n - 1 - r as usize).map_or(String::new(), |s| s.to_string())
             } else {
                 String::new()
             }
@@ -546,7 +547,8 @@ pub fn delta_svg(title: &str, x_desc: &str, rows: &[DeltaRow]) -> Result<String>
             let k = row.groups.len().max(1) as f64;
             for (g, values) in row.groups.iter().enumerate() {
                 let colour = COLOURS[g % COLOURS.len()];
-                let y = i as f64 + 0.3 * ((g as f64 + 0.5) / k - 0.5) * 2.0;
+                // Groups spread over +-0.3 around the row, the first on top.
+                let y = (n - 1 - i) as f64 - 0.6 * ((g as f64 + 0.5) / k - 0.5);
                 let Some(Spread { mean, sd, .. }) = Spread::of(values.iter().map(|&v| Some(v)))
                 else {
                     continue;
