@@ -36,8 +36,12 @@ pub struct Scores {
 }
 
 impl Scores {
-    fn of(record: &SplitRecord, path: &Path) -> Result<Self> {
-        let c = record.class.as_ref().ok_or_else(|| ReportError::MetricsLine {
+    fn of(record: &SplitRecord, head: Head, path: &Path) -> Result<Self> {
+        let metrics = match head {
+            Head::Stage => record.class.as_ref(),
+            Head::EmHead => record.em_head.as_ref(),
+        };
+        let c = metrics.ok_or_else(|| ReportError::MetricsLine {
             path: path.to_owned(),
             line: 0,
             msg: format!("test record of epoch {} has no class metrics", record.epoch),
@@ -68,10 +72,21 @@ pub struct StageScores {
     pub last: Scores,
 }
 
-fn stage_scores(dir: &Path) -> Result<StageScores> {
+/// Which prediction of a record is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// The stage's own (pred1 in stage 1, the fused pred2 in stage 3).
+    Stage,
+    /// Stage 3's EM head pred1: the same frozen backbone and `pred_em` trained on in stage 3,
+    /// without the AU branch. Stage 3 fused minus this separates what the fusion adds from what
+    /// the extra epochs of `pred_em` add.
+    EmHead,
+}
+
+fn stage_scores(dir: &Path, head: Head) -> Result<StageScores> {
     let path = dir.join(METRICS_FILE);
     let (best, last) = best_and_last(dir)?;
-    Ok(StageScores { best: Scores::of(&best, &path)?, last: Scores::of(&last, &path)? })
+    Ok(StageScores { best: Scores::of(&best, head, &path)?, last: Scores::of(&last, head, &path)? })
 }
 
 /// One variant of one set and seed.
@@ -79,6 +94,8 @@ fn stage_scores(dir: &Path) -> Result<StageScores> {
 pub struct VariantResult {
     /// Stage 3 (the fused prediction pred2).
     pub stage3: StageScores,
+    /// Stage 3's EM head pred1, at the same epochs (`None` when the records lack it).
+    pub stage3_em_head: Option<StageScores>,
     /// Stage 2's mean AU F1 against the true AUs at its best epoch (`None`: no ground truth).
     pub au_f1_true: Option<f64>,
 }
@@ -123,7 +140,7 @@ impl GridResults {
                     missing.push(s1);
                     continue;
                 }
-                let stage1 = stage_scores(&s1)?;
+                let stage1 = stage_scores(&s1, Head::Stage)?;
                 let mut variants = Vec::new();
                 for &v in grid.set_variants(set) {
                     let dir = paths.variant_dir(&set.name, seed, v);
@@ -136,7 +153,12 @@ impl GridResults {
                     }
                     let (best2, _) = best_and_last(&s2)?;
                     let au_f1_true = best2.au_true.as_ref().and_then(|a| a.mean_f1);
-                    variants.push((v, VariantResult { stage3: stage_scores(&s3)?, au_f1_true }));
+                    let result = VariantResult {
+                        stage3: stage_scores(&s3, Head::Stage)?,
+                        stage3_em_head: stage_scores(&s3, Head::EmHead).ok(),
+                        au_f1_true,
+                    };
+                    variants.push((v, result));
                 }
                 seeds.push(SeedResult { seed, stage1, variants });
             }
@@ -248,6 +270,21 @@ impl Row {
         (Spread::of(s1.clone()), Spread::of(s3.clone()), Spread::of(delta))
     }
 
+    /// The spread of stage 3's EM head mean class accuracy, and of fused minus EM head.
+    pub fn em_head_compare(&self, pick: Pick) -> (Option<Spread>, Option<Spread>) {
+        let pairs: Vec<(f64, Option<f64>)> = self
+            .seeds
+            .iter()
+            .map(|(_, _, v)| {
+                let head = v.stage3_em_head.map(|h| Self::pick(&h, pick).mean_class_acc);
+                (Self::pick(&v.stage3, pick).mean_class_acc, head)
+            })
+            .collect();
+        let head = Spread::of(pairs.iter().map(|p| p.1));
+        let delta = Spread::of(pairs.iter().map(|(fused, head)| Some(fused - (*head)?)));
+        (head, delta)
+    }
+
     /// Per-seed differences stage 3 - stage 1 of the mean class accuracy.
     pub fn mca_deltas(&self, pick: Pick) -> Vec<f64> {
         self.seeds
@@ -274,7 +311,10 @@ pub fn blocks(results: &GridResults, chart_file: &str) -> Vec<Block> {
          seeds {:?} (each seed draws its own copy of every set and seeds every stage). Epochs: \
          stage 1 {}, stage 2 {}, stage 3 {}. Mean ± standard deviation over the seeds, in percent; \
          Δ is stage 3 - stage 1 per seed, in points. Stage 1 is the checkpoint stage 2 starts \
-         from. AU F1: stage 2's mean F1 against the true AUs.",
+         from. Stage 3 is its fused prediction; \"EM head 3\" is stage 3's other output, the \
+         expression head alone after stage 3's epochs (same backbone, no AU branch), so \
+         \"Δ fused - EM head\" is what the fusion with the AU branch adds beyond the extra \
+         training of the head. AU F1: stage 2's mean F1 against the true AUs.",
         g.train,
         g.test,
         g.image_size,
@@ -308,6 +348,8 @@ pub fn blocks(results: &GridResults, chart_file: &str) -> Vec<Block> {
             "mean class acc. 1",
             "mean class acc. 3",
             "Δ mean class acc.",
+            "EM head 3",
+            "Δ fused - EM head",
             "acc. 1",
             "acc. 3",
             "Δ acc.",
@@ -319,6 +361,7 @@ pub fn blocks(results: &GridResults, chart_file: &str) -> Vec<Block> {
         ]);
         for row in &rows {
             let (m1, m3, dm) = row.compare(pick, |s| Some(s.mean_class_acc));
+            let (head, dh) = row.em_head_compare(pick);
             let (a1, a3, da) = row.compare(pick, |s| Some(s.acc));
             let (f1, f3, _) = row.compare(pick, |s| s.rare[0]);
             let (d1, d3, _) = row.compare(pick, |s| s.rare[1]);
@@ -329,6 +372,8 @@ pub fn blocks(results: &GridResults, chart_file: &str) -> Vec<Block> {
                 Spread::cell(m1),
                 Spread::cell(m3),
                 Spread::delta_cell(dm),
+                Spread::cell(head),
+                Spread::delta_cell(dh),
                 Spread::cell(a1),
                 Spread::cell(a3),
                 Spread::delta_cell(da),
