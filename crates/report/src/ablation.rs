@@ -222,9 +222,15 @@ impl Spread {
         s.map_or_else(|| "n/a".into(), |s| format!("{:.1} ± {:.1}", 100.0 * s.mean, 100.0 * s.sd))
     }
 
-    /// `+1.2 ± 0.4` in percentage points.
+    /// `+1.2 ± 0.4` in percentage points (a mean that rounds to zero prints as `+0.0`).
     pub fn delta_cell(s: Option<Spread>) -> String {
-        s.map_or_else(|| "n/a".into(), |s| format!("{:+.1} ± {:.1}", 100.0 * s.mean, 100.0 * s.sd))
+        s.map_or_else(
+            || "n/a".into(),
+            |s| {
+                let mean = format!("{:+.1}", 100.0 * s.mean).replace("-0.0", "+0.0");
+                format!("{mean} ± {:.1}", 100.0 * s.sd)
+            },
+        )
     }
 }
 
@@ -436,4 +442,20 @@ pub fn write_ablation(results: &GridResults, out: &Path) -> Result<Vec<Block>> {
     write("ablation.json", serde_json::to_string_pretty(&json).unwrap_or_default())?;
     write(CHART, delta_chart(results)?)?;
     Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_cells() {
+        // 0.10, 0.20, missing: mean 0.15, sd sqrt(0.005) = 0.0707.
+        let s = Spread::of([Some(0.1), Some(0.2), None]).unwrap();
+        assert_eq!((s.n, Spread::cell(Some(s))), (2, "15.0 ± 7.1".to_string()));
+        assert_eq!(Spread::delta_cell(Some(s)), "+15.0 ± 7.1");
+        let tiny = Spread::of([Some(-0.0001)]).unwrap();
+        assert_eq!(Spread::delta_cell(Some(tiny)), "+0.0 ± 0.0");
+        assert_eq!(Spread::cell(Spread::of([None])), "n/a");
+    }
 }
