@@ -444,6 +444,8 @@ fn train_epoch(
         SplitAccumulator::new(trainer.def().records(), SplitName::Train, labels.len(), &device)?;
     let steps_planned =
         cfg.max_steps.map_or(loader.batches_per_epoch(), |m| m.min(loader.batches_per_epoch()));
+    // Dropout masks from the run seed and the epoch: a run (and its --resume) repeats exactly.
+    aue_model::seed_dropout(cfg.seed, epoch as u64);
     let bar = logging::progress_bar(steps_planned, format!("epoch {shown}/{}", cfg.epochs));
     let t0 = Instant::now();
     let mut steps = 0;
