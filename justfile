@@ -31,6 +31,12 @@ demo:
     cargo run --release -p aue-stage2 -- --config crates/train/demo/stage2.toml --overwrite
     cargo run --release -p aue-stage3 -- --config crates/train/demo/stage3.toml --overwrite
 
+# Stage 1 alone against stages 1 -> 2 -> 3 over seeds and synthetic sets (docs/ABLATION.md), CPU,
+# tiny preset, under an hour on 2 cores; `just ablation --quick` is a smoke run.
+ablation *args:
+    cargo build --release -p aue-synth -p aue-stage1 -p aue-stage2 -p aue-stage3 -p aue-report
+    cargo run --release -p aue-report --bin aue-ablation -- "$@"
+
 # The report: the paper's tables beside ours, curves, confusion matrices (default: the demo's runs).
 report *args:
     if [ "$#" -eq 0 ]; then set -- --run checkpoints/demo; fi; cargo run --release -p aue-report -- "$@"

@@ -3,19 +3,14 @@
 
 use std::path::PathBuf;
 
+use aue_core::Context;
+
 /// Errors of reading, checking and writing run folders and checkpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {
     /// Reading or writing a file failed.
-    #[error("{op} {}", path.display())]
-    Io {
-        /// What was being done (`cannot read`, `cannot rename into place`, ...).
-        op: &'static str,
-        /// The file or folder.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] aue_core::FileError),
 
     /// A file is not the format it should be (bad safetensors header, unreadable pickle, ...).
     #[error("{}: {reason}", path.display())]
@@ -48,31 +43,9 @@ pub enum ContractError {
         more: usize,
     },
 
-    /// A tensor has the wrong shape.
-    #[error("{}: tensor `{key}` has shape {found:?}, expected {expected:?}", path.display())]
-    ShapeMismatch {
-        /// The file the tensor came from.
-        path: PathBuf,
-        /// The tensor's key.
-        key: String,
-        /// Its shape.
-        found: Vec<usize>,
-        /// The shape the model needs.
-        expected: Vec<usize>,
-    },
-
-    /// A tensor has the wrong dtype.
-    #[error("{}: tensor `{key}` has dtype {found}, expected {expected}", path.display())]
-    DTypeMismatch {
-        /// The file the tensor came from.
-        path: PathBuf,
-        /// The tensor's key.
-        key: String,
-        /// Its dtype.
-        found: String,
-        /// The dtype the model needs.
-        expected: String,
-    },
+    /// A tensor has the wrong shape or dtype.
+    #[error(transparent)]
+    Mismatch(#[from] aue_model::TensorMismatch),
 
     /// A floating tensor holds NaN or an infinity.
     #[error(
@@ -121,31 +94,16 @@ pub enum ContractError {
     },
 
     /// A tensor operation failed.
-    #[error("{op}")]
-    Candle {
-        /// What was being computed.
-        op: &'static str,
-        /// Candle's error.
-        source: Box<candle_core::Error>,
-    },
+    #[error(transparent)]
+    Candle(#[from] Context<candle_core::Error>),
 
     /// The data crate reported an error (loading a batch).
-    #[error("{op}")]
-    Data {
-        /// What was being done.
-        op: &'static str,
-        /// The data crate's error.
-        source: Box<aue_data::DataError>,
-    },
+    #[error(transparent)]
+    Data(#[from] Context<aue_data::DataError>),
 
     /// The model crate reported an error (building a model to load into).
-    #[error("{op}")]
-    Model {
-        /// What was being done.
-        op: &'static str,
-        /// The model crate's error.
-        source: Box<aue_model::ModelError>,
-    },
+    #[error(transparent)]
+    Model(#[from] Context<aue_model::ModelError>),
 }
 
 fn and_more(more: usize) -> String {
@@ -167,14 +125,7 @@ impl ContractError {
     }
 }
 
-/// Builds a [`ContractError::Io`] for `path`.
-pub fn io_err(
-    op: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> ContractError {
-    let path = path.into();
-    move |source| ContractError::Io { op, path, source }
-}
+pub use aue_core::io_err;
 
 /// Attaches an operation name to a Candle error.
 pub trait CandleContext<T> {
@@ -184,13 +135,13 @@ pub trait CandleContext<T> {
 
 impl<T> CandleContext<T> for candle_core::Result<T> {
     fn op(self, op: &'static str) -> Result<T> {
-        self.map_err(|source| ContractError::Candle { op, source: Box::new(source) })
+        Ok(self.map_err(Context::op(op))?)
     }
 }
 
 /// Wraps an aue-model error.
 pub fn model_err(op: &'static str) -> impl FnOnce(aue_model::ModelError) -> ContractError {
-    move |source| ContractError::Model { op, source: Box::new(source) }
+    move |source| Context::new(op, source).into()
 }
 
 /// The error and its sources, joined by ": " (as `anyhow`'s `{:#}` prints them).

@@ -11,7 +11,7 @@ use aue_core::{NUM_AUS, NUM_BASIC, PriorLevel, prior_level};
 use aue_model::{AuKnowledge, EvalForward, ForwardOptions, OutputSet, Outputs, Stage};
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{CandleContext, ContractError, Result};
+use crate::error::{CandleContext, Result};
 use crate::metrics::{AuAccumulator, AuMetrics, ClassAccumulator, MeanAccumulator};
 use crate::records::{RecordInfo, SplitName, SplitRecord};
 
@@ -90,6 +90,16 @@ impl DeviceBatch {
             au_loc: batch.au_loc.clone(),
             labels: to(&batch.labels)?,
             au_gt: batch.au_gt.as_ref().map(to).transpose()?,
+        })
+    }
+
+    /// This batch with its images in `dtype` (a model's float type: the loader's are f32).
+    pub fn images_as(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            images: self.images.to_dtype(dtype).op("images to the model's dtype")?,
+            au_loc: self.au_loc.clone(),
+            labels: self.labels.clone(),
+            au_gt: self.au_gt.clone(),
         })
     }
 
@@ -186,10 +196,7 @@ impl SplitAccumulator {
             if let Some(acc) = self.au_pseudo.as_mut() {
                 let target = knowledge
                     .au_target(&batch.labels)
-                    .map_err(|e| ContractError::Model {
-                        op: "AU pseudo-targets",
-                        source: Box::new(e),
-                    })?
+                    .map_err(aue_core::Context::op("AU pseudo-targets"))?
                     .detach();
                 acc.add_thresholded(&p, &target)?;
             }
@@ -276,9 +283,8 @@ where
         let batch = batch?;
         let out = model
             .eval_forward(&batch.images, Some(&batch.au_loc), spec.outputs())
-            .map_err(|e| ContractError::Model { op: "evaluation forward", source: Box::new(e) })?;
-        let value = loss(&out, &batch)
-            .map_err(|e| ContractError::Model { op: "evaluation loss", source: Box::new(e) })?;
+            .map_err(aue_core::Context::op("evaluation forward"))?;
+        let value = loss(&out, &batch).map_err(aue_core::Context::op("evaluation loss"))?;
         acc.add(model.knowledge(), &out, &batch, &value)?;
         steps += 1;
         progress(steps);

@@ -67,21 +67,12 @@ fn dtype_from_str(s: &str) -> Option<DType> {
     })
 }
 
-fn dtype_name(d: DType) -> String {
-    match d {
-        DType::F32 => "F32".into(),
-        DType::F64 => "F64".into(),
-        DType::I64 => "I64".into(),
-        other => format!("{other:?}"),
-    }
-}
-
 /// Read and check a safetensors header (and that every tensor lies inside the file).
 fn read_header(path: &Path, file: &mut File) -> Result<Header> {
     let bad = |reason: String| {
         ContractError::bad_file(path, format!("not a valid safetensors file: {reason}"))
     };
-    let io = |e| ContractError::Io { op: "cannot read", path: path.to_owned(), source: e };
+    let io = |e| aue_core::io_err("cannot read", path)(e);
     let file_len = file.metadata().map_err(io)?.len();
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(|_| bad("shorter than 8 bytes".into()))?;
@@ -139,7 +130,7 @@ fn read_header(path: &Path, file: &mut File) -> Result<Header> {
 }
 
 fn open(path: &Path) -> Result<File> {
-    File::open(path).map_err(io_err("cannot open", path))
+    Ok(File::open(path).map_err(io_err("cannot open", path))?)
 }
 
 /// Read one tensor's bytes from the file, refusing NaN and infinite values.
@@ -163,7 +154,7 @@ fn read_entry_bytes(
     key: &str,
     entry: &Entry,
 ) -> Result<Vec<u8>> {
-    let io = |e| ContractError::Io { op: "cannot read", path: path.to_owned(), source: e };
+    let io = |e| aue_core::io_err("cannot read", path)(e);
     file.seek(SeekFrom::Start(header.data_start + entry.begin)).map_err(io)?;
     let mut bytes = vec![0u8; (entry.end - entry.begin) as usize];
     file.read_exact(&mut bytes).map_err(io)?;
@@ -310,13 +301,25 @@ pub fn save(
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     // Under the reference keys: a group variable is written as its slices (views, no copy).
+    // An f64 model (a `--dtype f64` run) is written as f32, the format's float type.
     let tensors: BTreeMap<String, Tensor> = state_entries(varmap)
         .into_iter()
-        .map(|e| Ok((e.key.clone(), e.tensor()?.detach())))
+        .map(|e| Ok((e.key.clone(), on_disk(e.tensor()?.detach())?)))
         .collect::<Result<_>>()?;
     let mut metadata = metadata.clone();
     metadata.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
     write_safetensors(path, &tensors, &metadata)
+}
+
+/// `t` as it is written: f64 narrowed to f32, anything else as it is.
+fn on_disk(t: Tensor) -> Result<Tensor> {
+    Ok(if t.dtype() == DType::F64 { t.to_dtype(DType::F32)? } else { t })
+}
+
+/// Whether a file entry of `file` fills a variable of `var`: the same dtype, or an f32 entry
+/// widened (exactly) into an f64 variable, as an f64 run loads its f32 checkpoints.
+fn loads_into(file: DType, var: DType) -> bool {
+    file == var || (file == DType::F32 && var == DType::F64)
 }
 
 /// Write f32 / i64 tensors and a metadata map to a safetensors file, atomically (temp file in the
@@ -366,23 +369,11 @@ fn first_and_more(keys: &BTreeSet<&String>) -> Option<(String, usize)> {
 
 /// Check that `entry` can fill the state entry `var` (shape and dtype).
 fn check_entry(path: &Path, key: &str, entry: &Entry, var: &StateEntry) -> Result<()> {
-    if entry.shape != var.dims() {
-        return Err(ContractError::ShapeMismatch {
-            path: path.into(),
-            key: key.into(),
-            found: entry.shape.clone(),
-            expected: var.dims().to_vec(),
-        });
-    }
-    if entry.dtype != var.dtype() {
-        return Err(ContractError::DTypeMismatch {
-            path: path.into(),
-            key: key.into(),
-            found: dtype_name(entry.dtype),
-            expected: dtype_name(var.dtype()),
-        });
-    }
-    Ok(())
+    // A float file loads into a variable of another float precision (an f64 run reads f32
+    // checkpoints); any other difference of dtype is a mismatch.
+    let dtype = if loads_into(entry.dtype, var.dtype()) { var.dtype() } else { entry.dtype };
+    let found = (entry.shape.as_slice(), dtype);
+    Ok(aue_model::TensorMismatch::check(path, key, found, (var.dims(), var.dtype()))?)
 }
 
 /// Load a checkpoint strictly into `varmap` and return its metadata. The file must hold exactly
@@ -396,22 +387,16 @@ pub fn load(varmap: &VarMap, path: impl AsRef<Path>) -> Result<BTreeMap<String, 
     check_key_sets(path, &vars, &header)?;
     for (key, entry) in &header.entries {
         let var = &vars[key];
-        var.set(&read_entry(path, &mut file, &header, key, entry, var.var.device())?)?;
+        let t = read_entry(path, &mut file, &header, key, entry, var.var.device())?;
+        var.set(&t.to_dtype(var.dtype())?)?;
     }
     tracing::debug!(path = %path.display(), tensors = header.entries.len(), "checkpoint loaded");
     Ok(header.metadata)
 }
 
-/// Read one tensor straight into a new variable (one copy from the file, none through zeros).
-fn read_entry_var(
-    path: &Path,
-    file: &mut File,
-    header: &Header,
-    key: &str,
-    entry: &Entry,
-    device: &Device,
-) -> Result<Var> {
-    let bytes = read_entry_bytes(path, file, header, key, entry)?;
+/// One tensor's bytes (from [`read_entry_bytes`]) straight into a new variable (one copy from the
+/// file, none through zeros).
+fn var_from_bytes(bytes: &[u8], entry: &Entry, device: &Device) -> Result<Var> {
     let shape = entry.shape.as_slice();
     Ok(match entry.dtype {
         DType::F32 => Var::from_vec(
@@ -426,7 +411,7 @@ fn read_entry_var(
                 .collect();
             Var::from_vec(v, shape, device)?
         }
-        _ => Var::from_tensor(&Tensor::from_raw_buffer(&bytes, entry.dtype, shape, device)?)?,
+        _ => Var::from_tensor(&Tensor::from_raw_buffer(bytes, entry.dtype, shape, device)?)?,
     })
 }
 
@@ -480,7 +465,11 @@ pub fn load_model(
                     key: key.clone(),
                     more: 0,
                 })?;
-                read_entry_var(path, &mut file, &header, key, entry, device)?
+                var_from_bytes(
+                    &read_entry_bytes(path, &mut file, &header, key, entry)?,
+                    entry,
+                    device,
+                )?
             }
         };
         loaded.data().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), var);
@@ -590,12 +579,12 @@ pub fn import_torchvision(varmap: &VarMap, path: impl AsRef<Path>) -> Result<Imp
 
 impl From<candle_core::Error> for ContractError {
     fn from(source: candle_core::Error) -> Self {
-        ContractError::Candle { op: "tensor operation", source: Box::new(source) }
+        aue_core::Context::new("tensor operation", source).into()
     }
 }
 
 impl From<aue_model::ModelError> for ContractError {
     fn from(source: aue_model::ModelError) -> Self {
-        ContractError::Model { op: "model", source: Box::new(source) }
+        aue_core::Context::new("model", source).into()
     }
 }

@@ -149,21 +149,22 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
 
 /// Removes a file if it exists.
 pub fn remove_file(path: &Path) -> Result<()> {
-    fault_point("remove", path, || {}).map_err(io_err("cannot remove", path))?;
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("cannot remove", path)(e)),
-    }
+    remove_if_exists(path, |p| std::fs::remove_file(p))
 }
 
 /// Removes a folder and everything in it, if it exists.
 pub fn remove_dir_all(path: &Path) -> Result<()> {
+    remove_if_exists(path, |p| std::fs::remove_dir_all(p))
+}
+
+/// `remove(path)` behind a fault point; a path that is already gone is not an error.
+fn remove_if_exists(path: &Path, remove: fn(&Path) -> std::io::Result<()>) -> Result<()> {
     fault_point("remove", path, || {}).map_err(io_err("cannot remove", path))?;
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("cannot remove", path)(e)),
+    match remove(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_err("cannot remove", path)(e).into())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -84,6 +84,27 @@ pub struct ModelMeta {
 }
 
 impl ModelMeta {
+    /// The metadata of weights no training run wrote (initialised or converted weights, the
+    /// checkpoints of tests and examples): a `stage` checkpoint of `preset` at `config`'s input
+    /// side and fusion width, on RAF-DB's basic expressions, after one epoch, kept as the last.
+    pub fn untrained(stage: Stage, preset: Preset, config: &aue_model::ModelConfig) -> Self {
+        ModelMeta {
+            stage,
+            preset,
+            config_json: format!(
+                "{{\"input_size\": {}, \"fuse_dim\": {}}}",
+                config.input_size, config.fuse_dim
+            ),
+            epoch: 1,
+            metrics_json: "{}".into(),
+            dataset: "rafdb".into(),
+            labels: aue_core::EXPRESSIONS_BASIC.iter().map(|s| s.to_string()).collect(),
+            parent_sha256: String::new(),
+            selection: SELECTION_LAST.into(),
+            best: None,
+        }
+    }
+
     /// The string map stored as `__metadata__` (aue-model adds its format version).
     pub fn to_map(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
@@ -288,7 +309,7 @@ impl Commit {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("cannot read", path)(e)),
+            Err(e) => return Err(io_err("cannot read", path)(e).into()),
         };
         let commit: Commit = serde_json::from_str(&text).map_err(|e| ContractError::Json {
             what: "commit point",

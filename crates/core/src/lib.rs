@@ -3,7 +3,11 @@
 //! These are the facts of docs/METHOD.md sections 1 and 2 that more than one crate needs: the data
 //! crate (label files), the synthetic face generator (which AUs an expression shows), the model
 //! (the initial `PriorKnowledgeTable` and its masks) and the report (class names). Keeping them in
-//! one dependency-free crate means there is exactly one copy of each table.
+//! one crate without heavy dependencies means there is exactly one copy of each table. The
+//! [`error`] pieces every crate's error type shares live here too.
+
+pub mod error;
+pub use error::{Context, FileError, io_err};
 
 /// The 7 basic expressions in label-index order (RAF-DB label `n` is index `n - 1`).
 pub const EXPRESSIONS_BASIC: [&str; 7] =

@@ -214,6 +214,33 @@ pub struct SampleInfo {
     pub(crate) bytes: Option<ImageBytes>,
 }
 
+impl SampleInfo {
+    /// A listed sample whose image, box and landmarks were found, with the image checked against
+    /// the box and landmarks as `kind` will crop it, and its size recorded; no AU ground truth.
+    fn checked(
+        name: &str,
+        label: usize,
+        image: PathBuf,
+        (face_box, landmarks): (FaceBox<f64>, Landmarks),
+        kind: DatasetKind,
+        grid: &AuGrid,
+    ) -> Result<Self> {
+        let (width, height) = check_image(&image, &face_box, &landmarks, kind, grid)?;
+        let name = name.to_string();
+        Ok(SampleInfo {
+            name,
+            image,
+            label,
+            face_box,
+            landmarks,
+            au_gt: None,
+            width,
+            height,
+            bytes: None,
+        })
+    }
+}
+
 /// Encoded image bytes shared between clones of a dataset.
 #[derive(Clone, PartialEq)]
 pub(crate) struct ImageBytes(pub(crate) Arc<[u8]>);
@@ -315,27 +342,18 @@ impl Dataset {
                 Err(e) => return Err(e),
             }
         }
-        if !report.no_landmarks.is_empty() {
-            let first: Vec<&str> = report.no_landmarks.iter().take(5).map(String::as_str).collect();
-            tracing::warn!(
-                dataset = %kind,
-                split = %split,
-                count = report.no_landmarks.len(),
-                first = ?first,
-                "skipped images without a landmark file or with fewer than 2 landmark rows \
-                 (as the reference does)"
-            );
-        }
-        if !report.bad.is_empty() {
-            let first: Vec<&str> = report.bad.iter().take(5).map(String::as_str).collect();
-            tracing::warn!(
-                dataset = %kind,
-                split = %split,
-                count = report.bad.len(),
-                first = ?first,
-                "skipped malformed samples (skip_bad)"
-            );
-        }
+        let warn_skipped = |names: &[String], why: &str| {
+            if !names.is_empty() {
+                let first: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+                tracing::warn!(dataset = %kind, split = %split, count = names.len(), first = ?first, "{why}");
+            }
+        };
+        warn_skipped(
+            &report.no_landmarks,
+            "skipped images without a landmark file or with fewer than 2 landmark rows (as the \
+             reference does)",
+        );
+        warn_skipped(&report.bad, "skipped malformed samples (skip_bad)");
         if samples.is_empty() {
             return Err(DataError::Dataset {
                 root,
@@ -480,18 +498,21 @@ impl Dataset {
     /// divides by 255) and the plan.
     pub fn prepare_u8(&self, index: usize, augment: &Augment) -> Result<(Vec<u8>, Plan)> {
         let s = self.get(index)?;
-        let (bytes, plan) = preprocess::prepare_u8(
+        let img = preprocess::decode_expected(
             &s.image,
             s.bytes.as_ref().map(|b| &*b.0),
             (s.width, s.height),
+        )?;
+        preprocess::prepare_rgb(
+            &img,
             &s.face_box,
             &s.landmarks,
             self.inner.kind.enlarge_factor(),
             augment,
             self.inner.options.swap_flip_landmarks,
             &self.inner.grid,
-        )?;
-        Ok((bytes, plan))
+        )
+        .map_err(|m| DataError::invalid(&s.image, m))
     }
 
     /// Writes sample `index`'s normalised `[3, S, S]` image into `out` and returns its AU
@@ -674,18 +695,9 @@ fn read_raf_entry(
     if !image.is_file() {
         return Err(DataError::missing(&image, format!("image of {}", entry.name)));
     }
-    let (width, height) = check_image(&image, &face_box, &landmarks, kind, grid)?;
-    Ok(Entry::Sample(Box::new(SampleInfo {
-        name: entry.name.clone(),
-        image,
-        label: entry.label,
-        face_box,
-        landmarks,
-        au_gt,
-        width,
-        height,
-        bytes: None,
-    })))
+    let info =
+        SampleInfo::checked(&entry.name, entry.label, image, (face_box, landmarks), kind, grid)?;
+    Ok(Entry::Sample(Box::new(SampleInfo { au_gt, ..info })))
 }
 
 fn open_sfew(root: &Path, split: Split, options: &DatasetOptions) -> Result<Opened> {
@@ -765,16 +777,8 @@ fn read_sfew_entry(base: &Path, entry: &SfewEntry, grid: &AuGrid) -> Result<Entr
     if face_box.x2 <= face_box.x1 || face_box.y2 <= face_box.y1 {
         return Err(DataError::invalid(&lm_path, "landmarks span an empty box"));
     }
-    let (width, height) = check_image(&image, &face_box, &landmarks, DatasetKind::Sfew, grid)?;
-    Ok(Entry::Sample(Box::new(SampleInfo {
-        name: entry.name.clone(),
-        image,
-        label: entry.label,
-        face_box,
-        landmarks,
-        au_gt: None,
-        width,
-        height,
-        bytes: None,
-    })))
+    let located = (face_box, landmarks);
+    let info =
+        SampleInfo::checked(&entry.name, entry.label, image, located, DatasetKind::Sfew, grid)?;
+    Ok(Entry::Sample(Box::new(info)))
 }

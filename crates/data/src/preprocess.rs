@@ -432,21 +432,14 @@ pub fn prepare_rgb(
     Ok((resized, plan))
 }
 
-/// [`prepare_rgb`] on an image file, or on its encoded bytes when they are held in memory
-/// (`path` then only names it in errors). The decoded size must be `expected` (the size read
+/// Decodes an image file, or its encoded bytes when they are held in memory (`path` then only
+/// names it in errors), for [`prepare_rgb`]. The decoded size must be `expected` (the size read
 /// when the dataset was opened, which the open-time checks used).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn prepare_u8(
+pub(crate) fn decode_expected(
     path: &Path,
     bytes: Option<&[u8]>,
     expected: (u32, u32),
-    face_box: &FaceBox<f64>,
-    landmarks: &Landmarks,
-    factor: f64,
-    augment: &Augment,
-    swap_flip_landmarks: bool,
-    grid: &AuGrid,
-) -> Result<(Vec<u8>, Plan)> {
+) -> Result<image::RgbImage> {
     let img = match bytes {
         Some(bytes) => decode_rgb_bytes(bytes, path)?,
         None => decode_rgb(path)?,
@@ -458,8 +451,7 @@ pub(crate) fn prepare_u8(
             format!("image is {w}x{h}, its header said {ew}x{eh} when the dataset was opened"),
         ));
     }
-    prepare_rgb(&img, face_box, landmarks, factor, augment, swap_flip_landmarks, grid)
-        .map_err(|m| DataError::invalid(path, m))
+    Ok(img)
 }
 
 #[cfg(test)]

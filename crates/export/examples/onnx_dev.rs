@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use aue_contract::format::{read_safetensors, write_safetensors};
-use aue_contract::meta::{ModelMeta, SELECTION_LAST};
+use aue_contract::meta::ModelMeta;
 use aue_model::{AueModel, ForwardOptions, ModelConfig, OutputSet, PartMode, Preset, Stage};
 use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
@@ -140,18 +140,7 @@ fn checkpoint(
             }
         }
     }
-    let meta = ModelMeta {
-        stage,
-        preset,
-        config_json: format!("{{\"input_size\": {s}, \"fuse_dim\": {}}}", config.fuse_dim),
-        epoch: 1,
-        metrics_json: "{}".into(),
-        dataset: "rafdb".into(),
-        labels: aue_core::EXPRESSIONS_BASIC.iter().map(|s| s.to_string()).collect(),
-        parent_sha256: String::new(),
-        selection: SELECTION_LAST.into(),
-        best: None,
-    };
+    let meta = ModelMeta::untrained(stage, preset, &config);
     aue_contract::format::save(model.varmap(), out, &meta.to_map())?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use aue_contract::meta::{ModelMeta, SELECTION_LAST};
+use aue_contract::meta::ModelMeta;
 use aue_export::check::{self, Batch, TractModel};
 use aue_export::{ExportConfig, Output};
 use aue_model::{AueModel, ModelConfig, Preset, Stage};
@@ -32,18 +32,7 @@ fn checkpoint(dir: &Path, preset: Preset, side: usize, stage: Stage, init: Init)
         Init::Parity => aue_model::init::fill_parity(model.varmap()).unwrap(),
         Init::Default(seed) => aue_model::init::init_default(model.varmap(), seed).unwrap(),
     }
-    let meta = ModelMeta {
-        stage,
-        preset,
-        config_json: format!("{{\"input_size\": {side}, \"fuse_dim\": {}}}", config.fuse_dim),
-        epoch: 1,
-        metrics_json: "{}".into(),
-        dataset: "rafdb".into(),
-        labels: aue_core::EXPRESSIONS_BASIC.iter().map(|s| s.to_string()).collect(),
-        parent_sha256: String::new(),
-        selection: SELECTION_LAST.into(),
-        best: None,
-    };
+    let meta = ModelMeta::untrained(stage, preset, &config);
     let path = dir.join(format!("{preset}_stage{}.safetensors", stage.number()));
     aue_contract::format::save(model.varmap(), &path, &meta.to_map()).unwrap();
     path

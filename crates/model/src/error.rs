@@ -9,31 +9,9 @@ pub enum ModelError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
-    /// A tensor has the wrong shape.
-    #[error("{}: tensor `{key}` has shape {found:?}, expected {expected:?}", path.display())]
-    ShapeMismatch {
-        /// The file (or input) the tensor came from.
-        path: PathBuf,
-        /// The tensor's key.
-        key: String,
-        /// Its shape.
-        found: Vec<usize>,
-        /// The shape the model needs.
-        expected: Vec<usize>,
-    },
-
-    /// A tensor has the wrong dtype.
-    #[error("{}: tensor `{key}` has dtype {found}, expected {expected}", path.display())]
-    DTypeMismatch {
-        /// The file (or input) the tensor came from.
-        path: PathBuf,
-        /// The tensor's key.
-        key: String,
-        /// Its dtype.
-        found: String,
-        /// The dtype the model needs.
-        expected: String,
-    },
+    /// A tensor of the model's state has the wrong shape or dtype.
+    #[error(transparent)]
+    Mismatch(#[from] TensorMismatch),
 
     /// A model configuration is invalid (unknown preset, input side not a multiple of 32, ...).
     #[error("invalid model config: {0}")]
@@ -59,5 +37,47 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 impl ModelError {
     pub(crate) fn input(name: &'static str, reason: impl Into<String>) -> Self {
         ModelError::Input { name, reason: reason.into() }
+    }
+}
+
+/// A tensor whose shape or dtype is not the one expected: one type for the model's own state
+/// and for checkpoints read into it (aue-contract), so both say it the same way.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: tensor `{key}` has {what} {found}, expected {expected}", path.display())]
+pub struct TensorMismatch {
+    /// The file (or input) the tensor came from.
+    pub path: PathBuf,
+    /// The tensor's key.
+    pub key: String,
+    /// `"shape"` or `"dtype"`.
+    pub what: &'static str,
+    /// What the tensor has (`[3, 64, 7, 7]`, `F32`).
+    pub found: String,
+    /// What the model needs.
+    pub expected: String,
+}
+
+impl TensorMismatch {
+    /// Check a tensor's shape, then its dtype, against what the model needs.
+    pub fn check(
+        path: &std::path::Path,
+        key: &str,
+        found: (&[usize], candle_core::DType),
+        expected: (&[usize], candle_core::DType),
+    ) -> std::result::Result<(), Self> {
+        let mismatch = |what, found: String, expected: String| Self {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            what,
+            found,
+            expected,
+        };
+        if found.0 != expected.0 {
+            return Err(mismatch("shape", format!("{:?}", found.0), format!("{:?}", expected.0)));
+        }
+        if found.1 != expected.1 {
+            return Err(mismatch("dtype", format!("{:?}", found.1), format!("{:?}", expected.1)));
+        }
+        Ok(())
     }
 }

@@ -278,18 +278,12 @@ mod tests {
         let again = VarMap::new();
         AueModel::with_varmap(&again, &ModelConfig::preset(Preset::Tiny), &Device::Cpu).unwrap();
         init_default(&again, 7).unwrap();
-        let w2 = again.data().lock().unwrap()["backbone.conv1.weight"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(w, w2);
+        let conv1 = |vm: &VarMap| {
+            let data = vm.data().lock().unwrap();
+            data["backbone.conv1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert_eq!(w, conv1(&again));
         init_default(&again, 8).unwrap();
-        let w3 = again.data().lock().unwrap()["backbone.conv1.weight"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_ne!(w, w3);
+        assert_ne!(w, conv1(&again));
     }
 }

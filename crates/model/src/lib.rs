@@ -20,11 +20,11 @@ mod resnet;
 pub mod state;
 
 pub use config::{BlockKind, ModelConfig, Preset};
-pub use error::{ModelError, Result};
+pub use error::{ModelError, Result, TensorMismatch};
 pub use infer::{EvalForward, InferenceModel};
 pub use loss::{AuKnowledge, reference_eiau_weight, stage_loss, stage_loss_weighted};
 pub use model::{
     AueModel, ForwardOptions, OutputSet, Outputs, Stage, is_bn_buffer, is_trainable,
     trainable_prefixes, trainable_vars,
 };
-pub use nn::PartMode;
+pub use nn::{PartMode, seed_dropout};

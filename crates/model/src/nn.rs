@@ -15,15 +15,21 @@
 //! - no local response norm: [`lrn_quirk`] writes the reference's (docs/METHOD.md section 3, step 2).
 //! - `candle_nn::SGD` has no momentum; the trainer implements SGD with momentum itself.
 //! - candle-transformers' ResNet is inference-only; `crate::resnet` is ours.
+//! - Candle's CPU random numbers (and so `candle_nn::ops::dropout`) come from an unseeded
+//!   generator: [`seed_dropout`] gives the thread's dropout masks a seeded stream instead.
 //!
 //! Every convolution goes through [`conv2d_forward`] and every transposed convolution through
 //! [`conv_transpose2d_forward`], so that a faster implementation (a custom op with a better
 //! backward) can replace them in one place.
 
+use std::cell::RefCell;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
-use crate::error::{ModelError, Result};
+use crate::error::{ModelError, Result, TensorMismatch};
 
 /// How one part of the model runs in a forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,23 +95,12 @@ impl Params {
         let key = format!("{}{name}", self.prefix);
         let mut data = self.map.data().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(var) = data.get(&key) {
-            let state = || std::path::PathBuf::from("<model state>");
-            if var.dims() != shape {
-                return Err(ModelError::ShapeMismatch {
-                    path: state(),
-                    key,
-                    found: var.dims().to_vec(),
-                    expected: shape.to_vec(),
-                });
-            }
-            if var.dtype() != dtype {
-                return Err(ModelError::DTypeMismatch {
-                    path: state(),
-                    key,
-                    found: format!("{:?}", var.dtype()),
-                    expected: format!("{dtype:?}"),
-                });
-            }
+            TensorMismatch::check(
+                "<model state>".as_ref(),
+                &key,
+                (var.dims(), var.dtype()),
+                (shape, dtype),
+            )?;
             return Ok(var.clone());
         }
         let var = Var::zeros(shape, dtype, &self.device)?;
@@ -431,9 +426,46 @@ pub(crate) fn update_running(
     Ok(())
 }
 
+thread_local! {
+    /// The stream of this thread's dropout masks, once [`seed_dropout`] has set it.
+    static DROPOUT_RNG: RefCell<Option<ChaCha8Rng>> = const { RefCell::new(None) };
+}
+
+/// Seeds the dropout masks drawn on this thread from (`seed`, `epoch`), so that a training run
+/// repeats exactly, also after `--resume` (the trainer calls it at the start of each epoch).
+/// Without it dropout draws from Candle's generator, which is unseeded on the CPU.
+pub fn seed_dropout(seed: u64, epoch: u64) {
+    let mut key = [0u8; 32];
+    key[0..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&epoch.to_le_bytes());
+    key[16..32].copy_from_slice(b"aue-dropout-mask");
+    DROPOUT_RNG.with(|r| *r.borrow_mut() = Some(ChaCha8Rng::from_seed(key)));
+}
+
 /// Dropout with drop probability `p` when the part's dropout is active; identity otherwise.
+/// Kept elements are scaled by 1 / (1 - p), as in `candle_nn::ops::dropout` and PyTorch; the mask
+/// comes from the [`seed_dropout`] stream when the thread has one.
 pub(crate) fn dropout(x: &Tensor, p: f32, mode: PartMode) -> Result<Tensor> {
-    if mode.dropout && p > 0.0 { Ok(candle_nn::ops::dropout(x, p)?) } else { Ok(x.clone()) }
+    if !(mode.dropout && p > 0.0) {
+        return Ok(x.clone());
+    }
+    let mask = DROPOUT_RNG.with(|r| {
+        r.borrow_mut().as_mut().map(|rng| {
+            let scale = 1.0 / (1.0 - p);
+            // 24 random bits per element: uniform in [0, 1) on a grid of 2^-24.
+            let keep = |u: u32| (u >> 8) as f32 * (1.0 / 16_777_216.0) >= p;
+            (0..x.elem_count())
+                .map(|_| if keep(rng.next_u32()) { scale } else { 0.0 })
+                .collect::<Vec<f32>>()
+        })
+    });
+    match mask {
+        Some(mask) => {
+            let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+            Ok(x.mul(&mask)?)
+        }
+        None => Ok(candle_nn::ops::dropout(x, p)?),
+    }
 }
 
 /// Max pool with kernel = stride = `k` by reshape + max: exact gradient, unlike Candle's
@@ -524,6 +556,25 @@ mod tests {
 
     fn grad_of(var: &Var, loss: &Tensor) -> Option<Tensor> {
         loss.backward().unwrap().get(var.as_tensor()).cloned()
+    }
+
+    #[test]
+    fn seeded_dropout_repeats_per_seed_and_epoch_and_scales_kept_values() {
+        let x = Tensor::ones((4, 1000), DType::F32, &Device::Cpu).unwrap();
+        let draw = |seed, epoch| {
+            seed_dropout(seed, epoch);
+            dropout(&x, 0.25, PartMode::TRAIN).unwrap().flatten_all().unwrap().to_vec1::<f32>()
+        };
+        let a = draw(3, 0).unwrap();
+        assert_eq!(a, draw(3, 0).unwrap(), "same seed and epoch, same mask");
+        assert_ne!(a, draw(3, 1).unwrap(), "another epoch, another mask");
+        assert_ne!(a, draw(4, 0).unwrap(), "another seed, another mask");
+        // Kept values are 1 / (1 - p); about p of them are dropped (4000 draws: sd 0.7%).
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.03, "dropped fraction {dropped}");
+        let eval = dropout(&x, 0.25, PartMode::EVAL).unwrap();
+        assert_eq!(eval.sum_all().unwrap().to_scalar::<f32>().unwrap(), 4000.0);
     }
 
     /// Fails when Candle fixes its max_pool2d backward (then `max_pool_exact` can go).
@@ -673,14 +724,11 @@ mod tests {
                 .collect()
         };
 
+        let forward =
+            |mode| bn.forward(&x, mode).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+
         // Eval mode: running statistics, nothing updated.
-        let y = bn
-            .forward(&x, PartMode::EVAL)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let y = forward(PartMode::EVAL);
         for c in 0..3 {
             for (i, v) in vals(c).into_iter().enumerate() {
                 let (n, p) = (i / 4, i % 4);
@@ -691,13 +739,7 @@ mod tests {
         assert_eq!(bn.num_batches_tracked.to_scalar::<i64>().unwrap(), 0);
 
         // Train mode: batch statistics (biased), running update with the unbiased variance.
-        let y = bn
-            .forward(&x, PartMode::TRAIN)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let y = forward(PartMode::TRAIN);
         let rm = bn.running_mean.to_vec1::<f32>().unwrap();
         let rv = bn.running_var.to_vec1::<f32>().unwrap();
         for c in 0..3 {

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use aue_core::Context;
+
 /// Errors of `aue-predict`.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -14,37 +16,20 @@ pub enum PredictError {
     Contract(#[from] aue_contract::ContractError),
 
     /// aue-model refused the checkpoint or the forward pass (its message names the file/key).
-    #[error("{op}")]
-    Model {
-        op: String,
-        #[source]
-        source: Box<aue_model::ModelError>,
-    },
+    #[error(transparent)]
+    Model(#[from] Context<aue_model::ModelError>),
 
     /// The face detector or landmark net failed.
-    #[error("{op}")]
-    Landmarks {
-        op: String,
-        #[source]
-        source: Box<aue_landmarks::LandmarkError>,
-    },
+    #[error(transparent)]
+    Landmarks(#[from] Context<aue_landmarks::LandmarkError>),
 
     /// A tensor operation failed.
-    #[error("{op}")]
-    Candle {
-        op: String,
-        #[source]
-        source: Box<candle_core::Error>,
-    },
+    #[error(transparent)]
+    Candle(#[from] Context<candle_core::Error>),
 
     /// A file or folder could not be read or written.
-    #[error("{op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] aue_core::FileError),
 
     /// A video could not be probed or decoded (the message says what ffmpeg / ffprobe said).
     #[error("video {}: {msg}", path.display())]
@@ -75,14 +60,8 @@ pub enum PredictError {
 /// The crate's result type.
 pub type Result<T, E = PredictError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(
-    op: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> PredictError {
-    let path = path.into();
-    move |source| PredictError::Io { op, path, source }
-}
+pub(crate) use aue_core::io_err;
 
 pub(crate) fn candle_err(op: &str) -> impl FnOnce(candle_core::Error) -> PredictError + '_ {
-    move |source| PredictError::Candle { op: op.to_string(), source: Box::new(source) }
+    move |source| Context::new(op.to_string(), source).into()
 }

@@ -26,7 +26,7 @@ pub mod video;
 
 use std::path::{Path, PathBuf};
 
-use aue_core::NUM_AUS;
+use aue_core::{Context, NUM_AUS};
 use aue_data::preprocess::{self, AuGrid, Augment, ENLARGE_RAF};
 use aue_landmarks::{FaceBox, Landmarker, LandmarkerConfig, Landmarks68};
 use aue_model::{InferenceModel, OutputSet, Preset, Stage};
@@ -90,15 +90,11 @@ impl Predictor {
         let info = CheckpointInfo::read(&cfg.checkpoint, cfg.preset)?;
         // Built once: BatchNorm folded, fused layers (aue_model::infer); the loaded training
         // model is dropped.
-        let model = InferenceModel::new(&info.load_model(&cfg.device)?).map_err(|source| {
-            PredictError::Model { op: "build the inference model".into(), source: Box::new(source) }
-        })?;
+        let model = InferenceModel::new(&info.load_model(&cfg.device)?)
+            .map_err(Context::op("build the inference model"))?;
         let mut lcfg = LandmarkerConfig::default();
         lcfg.detector.score_threshold = cfg.min_score;
-        let landmarker = Landmarker::new(&lcfg).map_err(|source| PredictError::Landmarks {
-            op: "load the face detector".into(),
-            source: Box::new(source),
-        })?;
+        let landmarker = Landmarker::new(&lcfg).map_err(Context::op("load the face detector"))?;
         let grid = AuGrid::new(info.config.input_size as u32);
         tracing::info!(
             checkpoint = %cfg.checkpoint.display(),
@@ -164,13 +160,7 @@ impl Predictor {
     /// images in parallel), then the landmark net once on all their faces and the model on them
     /// at most [`MAX_FACES_PER_PASS`] at a time. One result per image, in order.
     pub fn predict_batch(&self, images: &[(&str, &RgbImage)]) -> Result<Vec<Faces>> {
-        let lm_err = |op: &str| {
-            let op = op.to_string();
-            move |source: aue_landmarks::LandmarkError| PredictError::Landmarks {
-                op,
-                source: Box::new(source),
-            }
-        };
+        let lm_err = |op: &str| Context::<aue_landmarks::LandmarkError>::op(op.to_string());
         let pictures: Vec<&RgbImage> = images.iter().map(|(_, img)| *img).collect();
         let boxes =
             self.landmarker.detect_faces_batch(&pictures).map_err(lm_err("detect faces"))?;
@@ -285,9 +275,8 @@ impl Predictor {
             Stage::Au => OutputSet { em: false, au: true, fusion: false },
             Stage::Fuse => OutputSet::ALL,
         };
-        let out = self.model.forward(&images, Some(&au_loc), outputs).map_err(|source| {
-            PredictError::Model { op: "forward".into(), source: Box::new(source) }
-        })?;
+        let out =
+            self.model.forward(&images, Some(&au_loc), outputs).map_err(Context::op("forward"))?;
         let rows = |t: &Option<Tensor>, what: &str| -> Result<Option<Vec<Vec<f32>>>> {
             t.as_ref().map(|t| t.to_vec2::<f32>().map_err(candle_err(what))).transpose()
         };

@@ -196,7 +196,7 @@ impl RowWriter {
     }
 
     fn line(&mut self, s: &str) -> Result<()> {
-        writeln!(self.tmp, "{s}").map_err(io_err("cannot write", &self.path))
+        Ok(writeln!(self.tmp, "{s}").map_err(io_err("cannot write", &self.path))?)
     }
 
     /// Appends one row.

@@ -95,11 +95,7 @@ impl Recorder {
             let title = format!("{video}: face {id} ({} frames)", series.times.len());
             let svg = track_svg(&title, series, labels)
                 .map_err(|msg| PredictError::Plot { path: path.clone(), msg })?;
-            std::fs::write(&path, svg).map_err(|source| PredictError::Io {
-                op: "cannot write",
-                path: path.clone(),
-                source,
-            })?;
+            std::fs::write(&path, svg).map_err(aue_core::io_err("cannot write", &path))?;
             written.push(path);
         }
         Ok(written)

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use aue_contract::layout::METRICS_FILE;
+use aue_core::Context;
 
 /// Everything that can go wrong while reading run folders and writing the report.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +58,8 @@ pub enum ReportError {
     Json { what: &'static str, path: PathBuf, msg: String },
 
     /// A file or folder could not be read or written.
-    #[error("{op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] aue_core::FileError),
 
     /// The stage contract reported an error (checkpoints, atomic writes, evaluation).
     #[error(transparent)]
@@ -74,21 +70,12 @@ pub enum ReportError {
     Device(String),
 
     /// The model crate failed while building, loading or running a model (`--checkpoint`).
-    /// Boxed, as the data error: both are large, and rare.
-    #[error("{op}")]
-    Model {
-        op: &'static str,
-        #[source]
-        source: Box<aue_model::ModelError>,
-    },
+    #[error(transparent)]
+    Model(#[from] Context<aue_model::ModelError>),
 
     /// The data crate failed while opening or loading the test split (`--checkpoint`).
-    #[error("{op}")]
-    Data {
-        op: &'static str,
-        #[source]
-        source: Box<aue_data::DataError>,
-    },
+    #[error(transparent)]
+    Data(#[from] Context<aue_data::DataError>),
 
     /// A chart could not be drawn.
     #[error("cannot draw {what}: {msg}")]
@@ -102,11 +89,4 @@ pub enum ReportError {
 /// Result alias of the report.
 pub type Result<T> = std::result::Result<T, ReportError>;
 
-/// Builds a [`ReportError::Io`] for `path`.
-pub(crate) fn io_err(
-    op: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> ReportError {
-    let path = path.into();
-    move |source| ReportError::Io { op, path, source }
-}
+pub(crate) use aue_core::io_err;

@@ -35,7 +35,7 @@ pub struct EvalOptions {
 }
 
 fn data_err(op: &'static str) -> impl FnOnce(aue_data::DataError) -> ReportError {
-    move |source| ReportError::Data { op, source: Box::new(source) }
+    move |source| aue_core::Context::new(op, source).into()
 }
 
 /// The settings of the checkpoint's training configuration an evaluation uses (the metadata's
@@ -99,7 +99,7 @@ pub fn evaluate_checkpoint(
     // The fused inference model (BatchNorm folded, fused layers), built once; the training
     // model it came from is dropped.
     let model = aue_model::InferenceModel::new(&info.load_model(&device)?)
-        .map_err(|e| ReportError::Model { op: "build the inference model", source: Box::new(e) })?;
+        .map_err(aue_core::Context::op("build the inference model"))?;
     let data_opts =
         DatasetOptions { input_size: cfg.input_size as u32, ..DatasetOptions::default() };
     let test = aue_data::Dataset::open(cfg.dataset, &cfg.data_root, Split::Test, &data_opts)
@@ -126,10 +126,7 @@ pub fn evaluate_checkpoint(
         aue_model::stage_loss_weighted(stage, out, &b.labels, model.knowledge(), eiau)
     };
     let batches = loader.epoch(0).map(|b| {
-        let b = b.map_err(|e| aue_contract::ContractError::Data {
-            op: "load a test batch",
-            source: Box::new(e),
-        })?;
+        let b = b.map_err(aue_core::Context::op("load a test batch"))?;
         DeviceBatch::new(&b, &device)
     });
     let info_rec = RecordInfo { stage, epoch: info.meta.epoch, lr: 0.0, steps: 0, seconds: 0.0 };

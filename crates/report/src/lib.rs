@@ -8,12 +8,15 @@
 //! - [`runs`]: run folders and `metrics.jsonl`; [`checkpoint`]: metadata and the prior table;
 //! - [`scores`]: scores from confusion matrices and the number formats;
 //! - [`published`]: the paper's numbers; [`report`]: the [`Report`] and its document;
-//! - [`document`]: text / Markdown rendering; [`plots`]: SVG charts; [`output`]: the files.
+//! - [`document`]: text / Markdown rendering; [`plots`]: SVG charts; [`output`]: the files;
+//! - [`grid`]: the ablation grid `aue-ablation` runs; [`ablation`]: its report.
 
+pub mod ablation;
 pub mod checkpoint;
 pub mod document;
 pub mod error;
 pub mod eval;
+pub mod grid;
 pub mod output;
 pub mod plots;
 pub mod published;

@@ -8,6 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::ablation::Spread;
 use crate::error::{ReportError, Result};
 use crate::report::{CurvePoint, PriorReport};
 use aue_contract::SplitName;
@@ -428,53 +429,34 @@ pub fn curves_svg(title: &str, curve: &[CurvePoint], best_epoch: Option<usize>) 
             .filter_map(|p| f(p).filter(|v| v.is_finite()).map(|v| (p.epoch as i32, v)))
             .collect()
     };
-    let loss = [
-        Series {
-            label: "train loss".into(),
-            colour: BLUE,
-            dashed: false,
-            points: pick(SplitName::Train, &|p| Some(p.loss)),
-        },
-        Series {
-            label: "test loss".into(),
-            colour: ORANGE,
-            dashed: false,
-            points: pick(SplitName::Test, &|p| Some(p.loss)),
-        },
-    ];
-    let pct = |v: Option<f64>| v.map(|v| 100.0 * v);
-    let acc = [
-        Series {
-            label: "train mean class acc.".into(),
-            colour: BLUE,
-            dashed: false,
-            points: pick(SplitName::Train, &|p| pct(p.mean_class_acc)),
-        },
-        Series {
-            label: "test mean class acc. (Ave.)".into(),
-            colour: ORANGE,
-            dashed: false,
-            points: pick(SplitName::Test, &|p| pct(p.mean_class_acc)),
-        },
-        Series {
-            label: "test overall acc.".into(),
-            colour: ORANGE,
-            dashed: true,
-            points: pick(SplitName::Test, &|p| pct(p.acc)),
-        },
-        Series {
-            label: "test AU F1 vs pseudo-targets".into(),
-            colour: GREEN,
-            dashed: false,
-            points: pick(SplitName::Test, &|p| pct(p.au_f1_pseudo)),
-        },
-        Series {
-            label: "test AU F1 vs true AUs".into(),
-            colour: PURPLE,
-            dashed: false,
-            points: pick(SplitName::Test, &|p| pct(p.au_f1_truth)),
-        },
-    ];
+    // (label, colour, dashed, split, value) of each line.
+    type Spec = (&'static str, RGBColor, bool, SplitName, fn(&CurvePoint) -> Option<f64>);
+    let series = |specs: &[Spec]| -> Vec<Series> {
+        specs
+            .iter()
+            .map(|&(label, colour, dashed, split, value)| Series {
+                label: label.into(),
+                colour,
+                dashed,
+                points: pick(split, &value),
+            })
+            .collect()
+    };
+    fn pct(v: Option<f64>) -> Option<f64> {
+        v.map(|v| 100.0 * v)
+    }
+    use SplitName::{Test, Train};
+    let loss = series(&[
+        ("train loss", BLUE, false, Train, |p| Some(p.loss)),
+        ("test loss", ORANGE, false, Test, |p| Some(p.loss)),
+    ]);
+    let acc = series(&[
+        ("train mean class acc.", BLUE, false, Train, |p| pct(p.mean_class_acc)),
+        ("test mean class acc. (Ave.)", ORANGE, false, Test, |p| pct(p.mean_class_acc)),
+        ("test overall acc.", ORANGE, true, Test, |p| pct(p.acc)),
+        ("test AU F1 vs pseudo-targets", GREEN, false, Test, |p| pct(p.au_f1_pseudo)),
+        ("test AU F1 vs true AUs", PURPLE, false, Test, |p| pct(p.au_f1_truth)),
+    ]);
     let max_loss = loss.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0f64, f64::max);
     let loss_top = if max_loss > 0.0 { max_loss * 1.1 } else { 1.0 };
     let best = best_epoch.map(|e| e as i32);
@@ -513,6 +495,79 @@ pub fn curves_svg(title: &str, curve: &[CurvePoint], best_epoch: Option<usize>) 
     })
 }
 
+/// One row of [`delta_svg`]: a label and groups of values (one group per colour).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaRow {
+    /// Row label.
+    pub label: String,
+    /// Values per group (blue, red, ...), one per seed.
+    pub groups: Vec<Vec<f64>>,
+}
+
+/// A horizontal chart of differences: per row and group a bar at the mean with a whisker of
+/// ± one standard deviation (n - 1) and a dot per value, around a line at zero.
+pub fn delta_svg(title: &str, x_desc: &str, rows: &[DeltaRow]) -> Result<String> {
+    const COLOURS: [RGBColor; 3] = [BLUE, RED, GREEN];
+    let all = rows.iter().flat_map(|r| r.groups.iter().flatten().copied());
+    let (lo, hi) = all.fold((-1.0f64, 1.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = (lo.floor() - 0.5, hi.ceil() + 0.5);
+    let n = rows.len().max(1);
+    let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+    render(title, (900, 120 + 40 * n as i32), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, TITLE_SIZE))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(280)
+            .build_cartesian_2d(lo..hi, -0.5f64..(n as f64 - 0.5))
+            .msg()?;
+        // Row i is drawn at y = n - 1 - i, so that the first row is on top.
+        let row_label = |y: &f64| {
+            let r = y.round();
+            let on_row = (y - r).abs() < 1e-6 && (0.0..n as f64).contains(&r);
+            if on_row {
+                labels.get(n - 1 - r as usize).map_or(String::new(), |s| s.to_string())
+            } else {
+                String::new()
+            }
+        };
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&row_label)
+            .x_desc(x_desc)
+            .label_style((FONT, LABEL_SIZE - 3.0))
+            .draw()
+            .msg()?;
+        let zero =
+            PathElement::new(vec![(0.0, -0.5), (0.0, n as f64 - 0.5)], BLACK.stroke_width(1));
+        chart.draw_series([zero]).msg()?;
+        for (i, row) in rows.iter().enumerate() {
+            let k = row.groups.len().max(1) as f64;
+            for (g, values) in row.groups.iter().enumerate() {
+                let colour = COLOURS[g % COLOURS.len()];
+                // Groups spread over +-0.3 around the row, the first on top.
+                let y = (n - 1 - i) as f64 - 0.6 * ((g as f64 + 0.5) / k - 0.5);
+                let Some(Spread { mean, sd, .. }) = Spread::of(values.iter().map(|&v| Some(v)))
+                else {
+                    continue;
+                };
+                let bar =
+                    Rectangle::new([(0.0, y - 0.1), (mean, y + 0.1)], colour.mix(0.35).filled());
+                let whisker =
+                    PathElement::new(vec![(mean - sd, y), (mean + sd, y)], colour.stroke_width(2));
+                chart.draw_series([bar]).msg()?;
+                chart.draw_series([whisker]).msg()?;
+                chart
+                    .draw_series(values.iter().map(|&v| Circle::new((v, y), 3, colour.filled())))
+                    .msg()?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// `v` with a sign and 3 decimals; values that round to zero print as `0.000`.
 fn signed3(v: f32) -> String {
     let s = format!("{v:+.3}");
@@ -544,58 +599,35 @@ pub fn prior_svg(p: &PriorReport) -> Result<String> {
     // The change's colour range is symmetric and at least +-0.05 so that noise stays pale.
     let span = f64::from(p.max_abs_change).max(0.05);
     let diff_title = format!("Change: learned \u{2212} initial (colour range \u{b1}{span:.2})");
+    // The three maps differ in title, values, colours and bar; the layout is shared.
+    let titles = [initial_title, learned_title, diff_title];
+    let table_map = |i: usize, t: &[Vec<f32>], bar: Vec<(f64, String)>| Heatmap {
+        title: &titles[i],
+        rows: &p.expressions,
+        cols: &p.aus,
+        shade: shade(t, 1.0),
+        text: values(t),
+        colour: &seq,
+        x_title: "action unit",
+        y_title: "expression",
+        cell_w: 62,
+        cell_h: 38,
+        text_size: CELL_SIZE - 3.0,
+        bar: Some(("table value", bar)),
+        domain: (0.0, 1.0),
+    };
+    let change_bar =
+        vec![(-1.0, format!("\u{2212}{span:.2}")), (0.0, "0".into()), (1.0, format!("+{span:.2}"))];
     let maps = [
+        table_map(0, &p.initial, ticks01.clone()),
+        table_map(1, &p.learned, ticks01),
         Heatmap {
-            title: &initial_title,
-            rows: &p.expressions,
-            cols: &p.aus,
-            shade: shade(&p.initial, 1.0),
-            text: values(&p.initial),
-            colour: &seq,
-            x_title: "action unit",
-            y_title: "expression",
-            cell_w: 62,
-            cell_h: 38,
-            text_size: CELL_SIZE - 3.0,
-            bar: Some(("table value", ticks01.clone())),
-            domain: (0.0, 1.0),
-        },
-        Heatmap {
-            title: &learned_title,
-            rows: &p.expressions,
-            cols: &p.aus,
-            shade: shade(&p.learned, 1.0),
-            text: values(&p.learned),
-            colour: &seq,
-            x_title: "action unit",
-            y_title: "expression",
-            cell_w: 62,
-            cell_h: 38,
-            text_size: CELL_SIZE - 3.0,
-            bar: Some(("table value", ticks01)),
-            domain: (0.0, 1.0),
-        },
-        Heatmap {
-            title: &diff_title,
-            rows: &p.expressions,
-            cols: &p.aus,
             shade: shade(&diff, span),
             text: changes(&diff),
             colour: &diverging,
-            x_title: "action unit",
-            y_title: "expression",
-            cell_w: 62,
-            cell_h: 38,
-            text_size: CELL_SIZE - 3.0,
-            bar: Some((
-                "change",
-                vec![
-                    (-1.0, format!("\u{2212}{span:.2}")),
-                    (0.0, "0".into()),
-                    (1.0, format!("+{span:.2}")),
-                ],
-            )),
+            bar: Some(("change", change_bar)),
             domain: (-1.0, 1.0),
+            ..table_map(2, &diff, Vec::new())
         },
     ];
     let (w, h) = maps[0].size();

@@ -68,11 +68,8 @@ pub fn expand_run_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for path in paths {
         if !path.is_dir() {
-            return Err(ReportError::Io {
-                op: "no such run folder",
-                path: path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
-            });
+            let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder");
+            return Err(crate::error::io_err("no such run folder", path)(missing).into());
         }
         if path.join(METRICS_FILE).exists() || path.join(CONFIG_FILE).exists() {
             out.push(path.clone());

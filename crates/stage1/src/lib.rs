@@ -7,9 +7,9 @@
 //! `reduce_dim_em` and `pred_em` with everything in train mode, its loss has no EIAU term, and
 //! its records are the EM head's classification metrics.
 
-use aue_contract::{RecordSpec, format, meta};
-use aue_model::{AuKnowledge, ForwardOptions, Outputs, Preset, Stage, loss};
-use aue_train::{Origin, StageConfig, StageDef, TrainError};
+use aue_contract::{format, meta};
+use aue_model::{Preset, Stage, loss};
+use aue_train::{LossInputs, Origin, StageConfig, StageDef};
 use candle_core::Tensor;
 use candle_nn::VarMap;
 
@@ -38,41 +38,17 @@ impl StageDef for Em {
         None
     }
 
-    fn trainable(&self, key: &str) -> bool {
-        // The reference's table (docs/METHOD.md section 4), as aue-model records it.
-        aue_model::is_trainable(key, Stage::Em)
-    }
-
-    fn train_forward(&self, frozen_eval: bool) -> ForwardOptions {
-        // Nothing is frozen in stage 1, so `frozen_eval` changes nothing but the parts whose
-        // outputs are not computed.
-        let opts = ForwardOptions::stage(Stage::Em);
-        if frozen_eval { opts.frozen_eval() } else { opts }
-    }
-
-    fn records(&self) -> RecordSpec {
-        RecordSpec::reference(Stage::Em)
-    }
-
     fn default_eiau_weight(&self) -> Option<f64> {
         None
     }
 
-    fn loss(
-        &self,
-        outputs: &Outputs,
-        labels: &Tensor,
-        _knowledge: &AuKnowledge,
-        _eiau_weight: f64,
-    ) -> aue_model::Result<Tensor> {
-        loss::cross_entropy(outputs.pred_em()?, labels)
+    fn loss(&self, x: &LossInputs<'_>) -> aue_model::Result<Tensor> {
+        loss::cross_entropy(x.outputs.pred_em()?, &x.batch.labels)
     }
 
     fn init_weights(&self, cfg: &StageConfig, varmap: &VarMap) -> aue_train::Result<Origin> {
-        aue_model::init::init_default(varmap, cfg.seed).map_err(|source| TrainError::Model {
-            op: "initialise the model",
-            source: Box::new(source),
-        })?;
+        aue_model::init::init_default(varmap, cfg.seed)
+            .map_err(aue_core::Context::op("initialise the model"))?;
         match &cfg.pretrained {
             Some(path) => {
                 let summary = format::import_torchvision(varmap, path)?;
@@ -91,21 +67,6 @@ impl StageDef for Em {
                 );
                 Ok(Origin::default())
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trains_what_the_reference_trains() {
-        for key in ["backbone.layer1.0.conv1.weight", "reduce_dim_em.0.weight", "pred_em.bias"] {
-            assert!(Em.trainable(key), "{key}");
-        }
-        for key in ["pred_au.weight", "PriorKnowledgeTable", "fc_em_fuse_3.1.weight"] {
-            assert!(!Em.trainable(key), "{key}");
         }
     }
 }

@@ -8,10 +8,9 @@
 //! pseudo-targets are the table's 7 rows; and its records hold AU detection, against the
 //! pseudo-targets, against true AUs where the dataset has them, and three reference points.
 
-use aue_contract::RecordSpec;
-use aue_model::{AuKnowledge, ForwardOptions, Outputs, Stage, loss};
+use aue_model::{Stage, loss};
 use aue_train::config::StageConfig;
-use aue_train::{StageDef, TrainError};
+use aue_train::{LossInputs, StageDef, TrainError};
 use candle_core::Tensor;
 
 /// Stage 2 as the engine runs it.
@@ -42,39 +41,19 @@ impl StageDef for Au {
         Some(Stage::Em)
     }
 
-    fn trainable(&self, key: &str) -> bool {
-        // The reference's table (docs/METHOD.md section 4), as aue-model records it.
-        aue_model::is_trainable(key, Stage::Au)
-    }
-
-    fn train_forward(&self, frozen_eval: bool) -> ForwardOptions {
-        let opts = ForwardOptions::stage(Stage::Au);
-        if frozen_eval { opts.frozen_eval() } else { opts }
-    }
-
-    fn records(&self) -> RecordSpec {
-        RecordSpec::reference(Stage::Au)
-    }
-
     fn default_eiau_weight(&self) -> Option<f64> {
         Some(EIAU_WEIGHT)
     }
 
-    fn loss(
-        &self,
-        outputs: &Outputs,
-        labels: &Tensor,
-        knowledge: &AuKnowledge,
-        eiau_weight: f64,
-    ) -> aue_model::Result<Tensor> {
-        let p = outputs.pred_au()?;
-        let target = knowledge.au_target(labels)?;
+    fn loss(&self, x: &LossInputs<'_>) -> aue_model::Result<Tensor> {
+        let p = x.outputs.pred_au()?;
+        let target = x.knowledge.au_target(&x.batch.labels)?;
         // Summed in the reference's order: WMSE + EIAU + TABLE.
         let mut total = loss::wmse(p, &target)?;
-        if eiau_weight != 0.0 {
-            total = (total + (knowledge.eiau_loss(p)? * eiau_weight)?)?;
+        if x.eiau_weight != 0.0 {
+            total = (total + (x.knowledge.eiau_loss(p)? * x.eiau_weight)?)?;
         }
-        Ok((total + knowledge.table_loss()?)?)
+        Ok((total + x.knowledge.table_loss()?)?)
     }
 
     fn check(&self, cfg: &StageConfig) -> aue_train::Result<()> {
@@ -97,18 +76,10 @@ impl StageDef for Au {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aue_contract::DeviceBatch;
+    use aue_model::Outputs;
     use aue_model::{AueModel, ModelConfig, Preset};
     use candle_core::{DType, Device};
-
-    #[test]
-    fn trains_what_the_reference_trains() {
-        for key in ["deconv_layer1.0.weight", "Crop_Net_2.*.0.weight", "PriorKnowledgeTable"] {
-            assert!(Au.trainable(key), "{key}");
-        }
-        for key in ["backbone.conv1.weight", "pred_em.weight", "PriorKnowledgeTable2"] {
-            assert!(!Au.trainable(key), "{key}");
-        }
-    }
 
     #[test]
     fn loss_is_the_reference_stage_loss() -> aue_model::Result<()> {
@@ -116,9 +87,17 @@ mod tests {
         let model = AueModel::new(&ModelConfig::preset(Preset::Tiny), &dev)?;
         let p = Tensor::rand(0f32, 1f32, (3, aue_core::NUM_AUS), &dev)?;
         let labels = Tensor::new(&[0i64, 3, 6], &dev)?;
+        let batch = DeviceBatch {
+            images: Tensor::zeros((3, 3, 32, 32), DType::F32, &dev)?,
+            au_loc: Tensor::zeros((3, aue_core::NUM_AUS, 4), DType::I64, &dev)?,
+            labels: labels.clone(),
+            au_gt: None,
+        };
         let out = Outputs { pred_au: Some(p), ..Outputs::default() };
+        let knowledge = model.knowledge();
         for w in [0.0, EIAU_WEIGHT, 2.0] {
-            let ours = Au.loss(&out, &labels, model.knowledge(), w)?;
+            let ours =
+                Au.loss(&LossInputs { outputs: &out, batch: &batch, knowledge, eiau_weight: w })?;
             let reference =
                 aue_model::stage_loss_weighted(Stage::Au, &out, &labels, model.knowledge(), w)?;
             let d = (ours - reference)?.abs()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;

@@ -7,9 +7,8 @@
 //! probabilities (weight 0.05 by default); and its records are the fused prediction's metrics
 //! with the EM head's beside them.
 
-use aue_contract::RecordSpec;
-use aue_model::{AuKnowledge, ForwardOptions, Outputs, Stage, loss};
-use aue_train::StageDef;
+use aue_model::{Stage, loss};
+use aue_train::{LossInputs, StageDef};
 use candle_core::Tensor;
 
 /// Stage 3 as the engine runs it.
@@ -40,52 +39,18 @@ impl StageDef for Fuse {
         Some(Stage::Au)
     }
 
-    fn trainable(&self, key: &str) -> bool {
-        // The reference's table (docs/METHOD.md section 4), as aue-model records it.
-        aue_model::is_trainable(key, Stage::Fuse)
-    }
-
-    fn train_forward(&self, frozen_eval: bool) -> ForwardOptions {
-        let opts = ForwardOptions::stage(Stage::Fuse);
-        if frozen_eval { opts.frozen_eval() } else { opts }
-    }
-
-    fn records(&self) -> RecordSpec {
-        RecordSpec::reference(Stage::Fuse)
-    }
-
     fn default_eiau_weight(&self) -> Option<f64> {
         Some(EIAU_WEIGHT)
     }
 
-    fn loss(
-        &self,
-        outputs: &Outputs,
-        labels: &Tensor,
-        knowledge: &AuKnowledge,
-        eiau_weight: f64,
-    ) -> aue_model::Result<Tensor> {
-        let mut total = (loss::cross_entropy(outputs.pred_em()?, labels)?
-            + loss::cross_entropy(outputs.pred2()?, labels)?)?;
-        if eiau_weight != 0.0 {
+    fn loss(&self, x: &LossInputs<'_>) -> aue_model::Result<Tensor> {
+        let (out, labels) = (x.outputs, &x.batch.labels);
+        let mut total = (loss::cross_entropy(out.pred_em()?, labels)?
+            + loss::cross_entropy(out.pred2()?, labels)?)?;
+        if x.eiau_weight != 0.0 {
             // Quirk: on the softmax AU probabilities, every value < 0.5, so the term is 0.
-            total = (total + (knowledge.eiau_loss(outputs.au_prob()?)? * eiau_weight)?)?;
+            total = (total + (x.knowledge.eiau_loss(out.au_prob()?)? * x.eiau_weight)?)?;
         }
         Ok(total)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trains_what_the_reference_trains() {
-        for key in ["fc_au_fuse_3.*.1.weight", "pred_em.weight", "pred_em_fuse_3.bias"] {
-            assert!(Fuse.trainable(key), "{key}");
-        }
-        for key in ["backbone.conv1.weight", "pred_au.weight", "PriorKnowledgeTable"] {
-            assert!(!Fuse.trainable(key), "{key}");
-        }
     }
 }

@@ -46,35 +46,28 @@ impl Rgb {
     }
 }
 
+/// Six colours from 18 bytes, red, green and blue of each in turn (keeps the colour tables short).
+const fn rgb6(bytes: [u8; 18]) -> [Rgb; 6] {
+    let mut out = [Rgb::from_u8(0, 0, 0); 6];
+    let mut i = 0;
+    while i < 6 {
+        out[i] = Rgb::from_u8(bytes[3 * i], bytes[3 * i + 1], bytes[3 * i + 2]);
+        i += 1;
+    }
+    out
+}
+
 /// Skin tones from light to dark; an identity's tone is interpolated between two neighbours.
-const SKIN_TONES: [Rgb; 6] = [
-    Rgb::from_u8(250, 221, 196),
-    Rgb::from_u8(236, 192, 160),
-    Rgb::from_u8(214, 164, 126),
-    Rgb::from_u8(180, 126, 90),
-    Rgb::from_u8(134, 88, 60),
-    Rgb::from_u8(92, 60, 42),
-];
+const SKIN_TONES: [Rgb; 6] =
+    rgb6([250, 221, 196, 236, 192, 160, 214, 164, 126, 180, 126, 90, 134, 88, 60, 92, 60, 42]);
 
 /// Hair colours: black, dark brown, brown, auburn, blond, grey.
-const HAIR_COLOURS: [Rgb; 6] = [
-    Rgb::from_u8(24, 20, 20),
-    Rgb::from_u8(58, 38, 26),
-    Rgb::from_u8(104, 70, 42),
-    Rgb::from_u8(140, 70, 38),
-    Rgb::from_u8(196, 160, 100),
-    Rgb::from_u8(150, 146, 140),
-];
+const HAIR_COLOURS: [Rgb; 6] =
+    rgb6([24, 20, 20, 58, 38, 26, 104, 70, 42, 140, 70, 38, 196, 160, 100, 150, 146, 140]);
 
 /// Iris colours: dark brown, brown, hazel, green, blue, grey.
-const IRIS_COLOURS: [Rgb; 6] = [
-    Rgb::from_u8(52, 32, 20),
-    Rgb::from_u8(96, 60, 32),
-    Rgb::from_u8(120, 100, 50),
-    Rgb::from_u8(70, 110, 70),
-    Rgb::from_u8(70, 110, 160),
-    Rgb::from_u8(110, 120, 130),
-];
+const IRIS_COLOURS: [Rgb; 6] =
+    rgb6([52, 32, 20, 96, 60, 32, 120, 100, 50, 70, 110, 70, 70, 110, 160, 110, 120, 130]);
 
 /// Hair cut (how much of the head and shoulders the hair covers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,10 @@
 //! - `basic/Annotation/boundingbox/<stem>.txt` ("x1 y1 x2 y2", image pixels)
 //! - `basic/Annotation/Landmarks_68_FAN_bbox/<stem>.txt` (68 lines "x y", relative to the box's
 //!   top-left corner)
-//! - `basic/Annotation/AU_gt/<stem>.txt` (17 intensities in AU order, 0 = absent)
+//! - `basic/Annotation/AU_gt/<stem>.txt` (17 intensities in AU order, 0 = absent: the AUs of
+//!   the generating expression, whatever label the label file writes)
+//! - `basic/Annotation/true_label.txt` (the label file's lines with the generating expression
+//!   instead of the written, possibly noisy, label)
 //! - `README.md` describing the set.
 //!
 //! Every image is drawn from its own random stream keyed by (seed, split, index), so the bytes do
@@ -30,7 +33,7 @@ use rayon::prelude::*;
 use crate::difficulty::Difficulty;
 use crate::error::{Result, SynthError};
 use crate::expression::{ClassBalance, assign_expressions, noisy_label, sample_aus};
-use crate::random::{Split, image_rng, split_rng};
+use crate::random::{Split, image_rng, split_rng, train_noise_rng};
 use crate::render::{RenderedFace, render_face};
 
 /// The RAF-DB label file, relative to the set's root.
@@ -45,6 +48,9 @@ pub const BOX_DIR: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_BOXES);
 pub const LANDMARK_DIR: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_LANDMARKS);
 /// Ground-truth AU intensities.
 pub const AU_DIR: &str = concatcp!(layout::RAF_BASIC, "/", layout::RAF_AU_GT);
+/// The generating expression of every image, in the label file's format (the true labels when
+/// the label file holds noisy ones).
+pub const TRUE_LABEL_FILE: &str = concatcp!(layout::RAF_BASIC, "/Annotation/true_label.txt");
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +69,11 @@ pub struct SynthConfig {
     pub difficulty: Difficulty,
     /// How images are spread over the classes.
     pub balance: ClassBalance,
+    /// Extra label noise on the training split only (`--label-noise`): with this probability a
+    /// training image's written label becomes another class than its generating expression, drawn
+    /// from a stream of its own. The AU ground truth and `TRUE_LABEL_FILE` keep the true
+    /// expression; the test split is untouched.
+    pub train_label_noise: f32,
     /// JPEG quality (1-100).
     pub jpeg_quality: u8,
     /// Worker threads; 0 = one per core.
@@ -82,6 +93,7 @@ impl SynthConfig {
             size: 160,
             difficulty: Difficulty::default(),
             balance: ClassBalance::default(),
+            train_label_noise: 0.0,
             jpeg_quality: 90,
             threads: 0,
             command_line: String::new(),
@@ -100,6 +112,12 @@ impl SynthConfig {
             return Err(SynthError::Config(format!(
                 "jpeg quality {} is not in [1, 100]",
                 self.jpeg_quality
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.train_label_noise) {
+            return Err(SynthError::Config(format!(
+                "label noise {} is not in [0, 1]",
+                self.train_label_noise
             )));
         }
         if self.threads > 1024 {
@@ -185,8 +203,10 @@ pub fn generate_with_progress(
     let test = pool.install(|| generate_split(cfg, Split::Test, cfg.test, progress))?;
 
     let mut labels = String::with_capacity(24 * (train.len() + test.len()));
+    let mut true_labels = String::with_capacity(labels.capacity());
     for r in train.iter().chain(&test) {
         let _ = writeln!(labels, "{} {}", r.name, r.label + 1);
+        let _ = writeln!(true_labels, "{} {}", r.name, r.expression + 1);
     }
     let summary = SynthSummary {
         train: summarise(&train),
@@ -195,6 +215,7 @@ pub fn generate_with_progress(
         readme: root.join("README.md"),
     };
     write_file(&summary.readme, readme(cfg, &summary).as_bytes(), true)?;
+    write_file(&root.join(TRUE_LABEL_FILE), true_labels.as_bytes(), true)?;
     write_file(&label_path, labels.as_bytes(), true)?;
     tracing::info!(label_file = %label_path.display(), "synthetic set complete");
     Ok(summary)
@@ -255,8 +276,18 @@ pub fn draw_sample(
     let mut rng = image_rng(cfg.seed, split, index as u64);
     // Fixed draw order: AUs, label noise, then the face (identity, pose, scene, pixel noise).
     let aus = sample_aus(expression, d, &mut rng);
-    let label = noisy_label(expression, d.label_noise, &mut rng);
+    let mut label = noisy_label(expression, d.label_noise, &mut rng);
     let face = render_face(cfg.size, aus, d, &mut rng)?;
+    if split == Split::Train && cfg.train_label_noise > 0.0 {
+        let extra = noisy_label(
+            expression,
+            cfg.train_label_noise,
+            &mut train_noise_rng(cfg.seed, index as u64),
+        );
+        if extra != expression {
+            label = extra;
+        }
+    }
     Ok(Sample { label, face })
 }
 
@@ -343,7 +374,8 @@ fn readme(cfg: &SynthConfig, s: &SynthSummary) -> String {
         "For each image an expression is chosen (class shares: `{}`), its AUs are drawn from the \
          AUE-CRL expression-AU prior (Strong entries active with p = {}, Weak with p = {}, others \
          with p = {}, Neutral faces with p = {} per AU; intensities uniform in [{}, {}]), and with \
-         probability {} the written label is replaced by another class (label noise). A random \
+         probability {} the written label is replaced by another class (label noise; training \
+         images besides with probability {}). A random \
          identity (face shape, feature sizes and spacing, skin tone, hair, eyes, lips, clothes) \
          shows those AUs: each AU moves the landmarks it moves in FACS and adds its appearance \
          cues (wrinkles, folds, bulges). The face gets an in-plane rotation, scale and shift, a \
@@ -356,6 +388,7 @@ fn readme(cfg: &SynthConfig, s: &SynthSummary) -> String {
         d.intensity_min,
         d.intensity_max,
         d.label_noise,
+        cfg.train_label_noise,
         cfg.jpeg_quality
     );
     let _ = writeln!(t, "\n- Command: `{}`", cfg.command_line);
@@ -392,6 +425,11 @@ fn readme(cfg: &SynthConfig, s: &SynthSummary) -> String {
         "- `{LABEL_FILE}`: one line per image, `<name> <label>`, label 1..7 in the order \
          Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral; train images first."
     );
+    let _ = writeln!(
+        t,
+        "- `{TRUE_LABEL_FILE}`: the same lines with the generating expression, the true label \
+         (it differs from the label file where label noise flipped the label)."
+    );
     let _ = writeln!(t, "- `{IMAGE_DIR}/<name>`: the JPEG images.");
     let _ = writeln!(t, "- `{BOX_DIR}/<stem>.txt`: face box `x1 y1 x2 y2` in image pixels.");
     let _ = writeln!(
@@ -402,7 +440,7 @@ fn readme(cfg: &SynthConfig, s: &SynthSummary) -> String {
     let _ = writeln!(
         t,
         "- `{AU_DIR}/<stem>.txt`: one line of 17 intensities in [0, 1], 0 = absent, in the order \
-         {}.",
+         {}; the AUs of the generating expression, never of a flipped label.",
         AU_NAMES.join(" ")
     );
     t

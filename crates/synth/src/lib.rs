@@ -20,10 +20,11 @@ pub mod render;
 
 pub use dataset::{
     AU_DIR, BOX_DIR, IMAGE_DIR, LABEL_FILE, LANDMARK_DIR, Sample, SplitSummary, SynthConfig,
-    SynthSummary, draw_sample, generate, generate_with_progress, image_name, split_expressions,
+    SynthSummary, TRUE_LABEL_FILE, draw_sample, generate, generate_with_progress, image_name,
+    split_expressions,
 };
 pub use difficulty::{Difficulty, DifficultyLevel};
 pub use error::{Result, SynthError};
 pub use expression::{ClassBalance, sample_aus};
-pub use random::{Split, image_rng};
+pub use random::{Split, image_rng, train_noise_rng};
 pub use render::{FaceParams, RenderedFace, render, render_face};

@@ -48,6 +48,15 @@ pub fn image_rng(seed: u64, split: Split, index: u64) -> ChaCha8Rng {
     keyed_rng(seed, split.tag(), index)
 }
 
+/// The random stream of the extra training-label noise of image `index` (`--label-noise`): its own
+/// stream, so that a set made without that option is byte-identical to one made before it existed.
+pub fn train_noise_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    keyed_rng(seed, TRAIN_NOISE_TAG, index)
+}
+
+/// Stream tag of [`train_noise_rng`], distinct from every split's tag.
+const TRAIN_NOISE_TAG: u64 = 3;
+
 /// The random stream of per-split decisions (which expression each image shows).
 pub fn split_rng(seed: u64, split: Split) -> ChaCha8Rng {
     keyed_rng(seed, split.tag(), SPLIT_STREAM)
@@ -140,6 +149,7 @@ mod tests {
         assert_ne!(a, image_rng(7, Split::Train, 1).next_u64());
         assert_ne!(a, image_rng(8, Split::Train, 0).next_u64());
         assert_ne!(a, split_rng(7, Split::Train).next_u64());
+        assert_ne!(a, train_noise_rng(7, 0).next_u64());
     }
 
     #[test]

@@ -329,15 +329,7 @@ fn soft_spot(cv: &mut Canvas, c: Pt, rx: f32, ry: f32, colour: Rgb, alpha: f32) 
     ];
     // A unit circle at the origin, stretched and moved onto the ellipse.
     let ts = Transform::from_row(rx, 0.0, 0.0, ry, c.x, c.y);
-    let shader = RadialGradient::new(
-        tiny_skia::Point::zero(),
-        tiny_skia::Point::zero(),
-        1.0,
-        stops,
-        SpreadMode::Pad,
-        ts,
-    );
-    cv.shade(ellipse(c, rx, ry).as_ref(), shader);
+    cv.shade(ellipse(c, rx, ry).as_ref(), unit_radial(stops, ts));
 }
 
 fn draw_background(cv: &mut Canvas, scene: &Scene) {
@@ -524,15 +516,7 @@ fn draw_head(cv: &mut Canvas, shape: &FaceShape, look: &Appearance, lm: &Landmar
         GradientStop::new(1.0, skin.scale(0.8).with_alpha(1.0)),
     ];
     let ts = Transform::from_row(1.15 * w, 0.0, 0.0, 1.75, 0.0, 0.1);
-    let shader = RadialGradient::new(
-        tiny_skia::Point::zero(),
-        tiny_skia::Point::zero(),
-        1.0,
-        stops,
-        SpreadMode::Pad,
-        ts,
-    );
-    cv.shade(head.as_ref(), shader);
+    cv.shade(head.as_ref(), unit_radial(stops, ts));
     // Cheeks' colour.
     for side in [-1.0f32, 1.0] {
         soft_spot(cv, Pt::new(side * 0.5, 0.45), 0.25, 0.17, Rgb::from_u8(210, 90, 90), look.blush);
@@ -918,6 +902,13 @@ fn draw_mouth(cv: &mut Canvas, look: &Appearance, lm: &Landmarks) {
     for i in [48, 54] {
         soft_spot(cv, lm[i], 0.03, 0.02, line_colour, 0.6);
     }
+}
+
+/// A radial gradient over the unit circle at the origin, placed by `ts` (stretched and moved onto
+/// an ellipse), padded beyond its last stop.
+fn unit_radial(stops: Vec<GradientStop>, ts: Transform) -> Option<Shader<'static>> {
+    let origin = tiny_skia::Point::zero();
+    RadialGradient::new(origin, origin, 1.0, stops, SpreadMode::Pad, ts)
 }
 
 #[cfg(test)]

@@ -96,6 +96,66 @@ impl From<SelectBy> for String {
     }
 }
 
+/// The float type of a run's parameters and computation. Checkpoints are f32 on disk either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Precision {
+    /// The reference's float32.
+    #[default]
+    F32,
+    /// float64 (CPU only): slow, for runs that must follow a float64 reference step by step
+    /// (docs/STAGES.md "Trainer parity"); float32 runs of a deep network drift apart after a
+    /// few steps whatever the implementation.
+    F64,
+}
+
+impl Precision {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F64 => "f64",
+        }
+    }
+
+    /// The Candle dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::F64 => candle_core::DType::F64,
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [Precision::F32, Precision::F64]
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| format!("unknown dtype `{s}` (use f32 or f64)"))
+    }
+}
+
+impl TryFrom<String> for Precision {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Precision> for String {
+    fn from(v: Precision) -> String {
+        v.name().to_string()
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Raw settings, from flags or from the `--config` TOML file (same names, `_` for `-`).
 /// Every field is optional: what neither gives takes its default in [`StageConfig::resolve`].
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -165,6 +225,17 @@ pub struct StageArgs {
     /// cpu, cuda or cuda:N [default: cpu].
     #[arg(long)]
     pub device: Option<DeviceSpec>,
+
+    /// Float type of the parameters and of every op of a step: f32, or f64 (CPU only, for
+    /// parity runs against a float64 reference); checkpoints are written as f32 [default: f32].
+    #[arg(long, value_parser = PossibleValuesParser::new(["f32", "f64"]).try_map(|s| s.parse::<Precision>()))]
+    pub dtype: Option<Precision>,
+
+    /// Development option for parity runs: every dropout probability set to 0 (the reference
+    /// trains stages 2 and 3 with dropout 0.5, whose masks no other implementation draws alike).
+    /// Not for real training.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub dev_no_dropout: Option<bool>,
 
     /// At most this many optimizer steps per epoch (smoke runs); the test split is still
     /// evaluated in full.
@@ -251,6 +322,8 @@ impl StageArgs {
             workers,
             seed,
             device,
+            dtype,
+            dev_no_dropout,
             max_steps,
             threads,
             run_dir,
@@ -300,6 +373,12 @@ pub struct StageConfig {
     pub seed: u64,
     /// Where tensors live.
     pub device: DeviceSpec,
+    /// Float type of the parameters and the computation.
+    #[serde(default)]
+    pub dtype: Precision,
+    /// Development option: every dropout probability 0 (parity runs).
+    #[serde(default)]
+    pub dev_no_dropout: bool,
     /// Cap on optimizer steps per epoch, for smoke runs.
     pub max_steps: Option<usize>,
     /// CPU kernel threads (`None`: all cores).
@@ -377,6 +456,8 @@ impl StageConfig {
             }),
             seed: args.seed.unwrap_or(0),
             device: args.device.unwrap_or_default(),
+            dtype: args.dtype.unwrap_or_default(),
+            dev_no_dropout: args.dev_no_dropout.unwrap_or(false),
             max_steps: args.max_steps,
             threads: args.threads,
             run_dir,
@@ -501,6 +582,12 @@ impl StageConfig {
                 ),
             ));
         }
+        if self.dtype == Precision::F64 && self.device != DeviceSpec::Cpu {
+            return Err(bad(
+                "dtype",
+                format!("f64 runs on the CPU only, not on --device {}", self.device),
+            ));
+        }
         if self.resume && self.overwrite {
             return Err(bad("resume", "--resume and --overwrite exclude each other"));
         }
@@ -515,6 +602,9 @@ impl StageConfig {
             .map_err(|e| bad("preset", e.to_string()))?;
         m.fuse_dim = self.fuse_dim;
         m.validate().map_err(|e| bad("fuse_dim", e.to_string()))?;
+        if self.dev_no_dropout {
+            m = m.with_dropout(0.0).map_err(|e| bad("dev_no_dropout", e.to_string()))?;
+        }
         Ok(m)
     }
 

@@ -11,7 +11,7 @@ use candle_core::{Tensor, Var};
 
 use crate::error::{CandleContext, Result, TrainError, model_err};
 use crate::optim::Sgd;
-use crate::stage::StageDef;
+use crate::stage::{LossInputs, StageDef};
 
 /// The float variables `def` trains, sorted by key: what its optimizer updates.
 pub fn trainable_vars(model: &AueModel, def: &dyn StageDef) -> Vec<(String, Var)> {
@@ -56,7 +56,8 @@ impl<'a> Trainer<'a> {
     }
 
     fn loss(&self, out: &aue_model::Outputs, batch: &DeviceBatch) -> aue_model::Result<Tensor> {
-        self.def.loss(out, &batch.labels, self.model.knowledge(), self.eiau_weight)
+        let knowledge = self.model.knowledge();
+        self.def.loss(&LossInputs { outputs: out, batch, knowledge, eiau_weight: self.eiau_weight })
     }
 
     /// The stage.
@@ -85,13 +86,15 @@ impl<'a> Trainer<'a> {
     }
 
     /// One SGD step with learning rate `lr`; the batch's metrics go into `acc` (computed from
-    /// the outputs before the update). Returns the loss (0-d, on the device, not synchronised).
+    /// the outputs before the update). The images are taken in the model's dtype. Returns the
+    /// loss (0-d, in the model's dtype, on the device, not synchronised).
     pub fn train_step(
         &mut self,
         batch: &DeviceBatch,
         lr: f64,
         acc: &mut SplitAccumulator,
     ) -> Result<Tensor> {
+        let batch = &batch.images_as(self.model.dtype())?;
         let out = self
             .model
             .forward(&batch.images, Some(&batch.au_loc), &self.train_opts)
@@ -116,6 +119,8 @@ impl<'a> Trainer<'a> {
     ) -> Result<SplitRecord> {
         let spec = self.def.records();
         let loss = |out: &aue_model::Outputs, b: &DeviceBatch| self.loss(out, b);
+        let dtype = self.model.dtype();
+        let batches = batches.into_iter().map(|b| b.and_then(|b| b.images_as(dtype)));
         evaluate(&self.model, spec, &loss, batches, labels, info, progress)
             .map_err(TrainError::from)
     }

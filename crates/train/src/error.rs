@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use aue_core::Context;
+
 /// Everything that can go wrong while configuring or running a training stage.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -14,13 +16,8 @@ pub enum TrainError {
     ConfigFile { path: PathBuf, msg: String },
 
     /// A file or folder could not be read or written.
-    #[error("{op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] aue_core::FileError),
 
     /// A JSON file of the run folder (config, metrics) is malformed.
     #[error("malformed {what} in {}: {msg}", path.display())]
@@ -39,27 +36,19 @@ pub enum TrainError {
         "the loss became {value} at epoch {epoch}, step {step} (lr {lr}); training stopped, the \
          last good checkpoint is kept ({last})"
     )]
-    NonFiniteLoss { value: f32, epoch: usize, step: usize, lr: f64, last: String },
+    NonFiniteLoss { value: f64, epoch: usize, step: usize, lr: f64, last: String },
 
     /// The optimizer state does not fit the parameters it is loaded into.
     #[error("optimizer state: {0}")]
     OptimizerState(String),
 
     /// A tensor operation failed.
-    #[error("{op}")]
-    Candle {
-        op: &'static str,
-        #[source]
-        source: Box<candle_core::Error>,
-    },
+    #[error(transparent)]
+    Candle(#[from] Context<candle_core::Error>),
 
     /// The model crate reported an error (building, loading, saving, forward, loss).
-    #[error("{op}")]
-    Model {
-        op: &'static str,
-        #[source]
-        source: Box<aue_model::ModelError>,
-    },
+    #[error(transparent)]
+    Model(#[from] Context<aue_model::ModelError>),
 
     /// The stage contract reported an error (a checkpoint, the run folder, an evaluation).
     #[error(transparent)]
@@ -70,12 +59,8 @@ pub enum TrainError {
     Device(String),
 
     /// The data crate reported an error (opening a dataset, loading a batch).
-    #[error("{op}")]
-    Data {
-        op: &'static str,
-        #[source]
-        source: Box<aue_data::DataError>,
-    },
+    #[error(transparent)]
+    Data(#[from] Context<aue_data::DataError>),
 }
 
 /// Result alias of the training engine.
@@ -88,25 +73,18 @@ pub(crate) trait CandleContext<T> {
 
 impl<T> CandleContext<T> for candle_core::Result<T> {
     fn op(self, op: &'static str) -> Result<T> {
-        self.map_err(|source| TrainError::Candle { op, source: Box::new(source) })
+        Ok(self.map_err(Context::op(op))?)
     }
 }
 
 /// Wraps an aue-model error.
 pub(crate) fn model_err(op: &'static str, source: aue_model::ModelError) -> TrainError {
-    TrainError::Model { op, source: Box::new(source) }
+    Context::new(op, source).into()
 }
 
 /// Wraps an aue-data error.
 pub(crate) fn data_err(op: &'static str, source: aue_data::DataError) -> TrainError {
-    TrainError::Data { op, source: Box::new(source) }
+    Context::new(op, source).into()
 }
 
-/// Builds a [`TrainError::Io`] for `path`.
-pub(crate) fn io_err(
-    op: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> TrainError {
-    let path = path.into();
-    move |source| TrainError::Io { op, path, source }
-}
+pub(crate) use aue_core::io_err;

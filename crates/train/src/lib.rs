@@ -21,7 +21,7 @@ pub mod run;
 pub mod schedule;
 pub mod stage;
 
-pub use config::{SelectBy, StageArgs, StageConfig};
+pub use config::{Precision, SelectBy, StageArgs, StageConfig};
 pub use error::{Result, TrainError};
 pub use run::{RunSummary, run};
-pub use stage::{Origin, StageDef};
+pub use stage::{LossInputs, Origin, StageDef};

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::error::{CandleContext, Result, TrainError};
 
@@ -114,7 +114,9 @@ impl Sgd {
             p.momentum_buffer = None;
             if let Some(buf) = buffers.remove(&p.name) {
                 let want = p.var.as_tensor();
-                if buf.dims() != want.dims() || buf.dtype() != want.dtype() {
+                // Buffers are saved as f32; an f64 run widens them (exactly).
+                let widened = buf.dtype() == DType::F32 && want.dtype() == DType::F64;
+                if buf.dims() != want.dims() || (buf.dtype() != want.dtype() && !widened) {
                     return Err(TrainError::OptimizerState(format!(
                         "momentum buffer `{}` is {:?} {:?}, the parameter is {:?} {:?}",
                         p.name,
@@ -124,7 +126,10 @@ impl Sgd {
                         want.dims()
                     )));
                 }
-                let buf = buf.to_device(want.device()).op("sgd: move momentum buffer")?;
+                let buf = buf
+                    .to_device(want.device())
+                    .and_then(|b| b.to_dtype(want.dtype()))
+                    .op("sgd: move momentum buffer")?;
                 p.momentum_buffer = Some(buf);
             }
         }

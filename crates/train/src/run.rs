@@ -20,7 +20,7 @@ use aue_contract::{
 };
 use aue_data::{Dataset, DatasetOptions, Loader, LoaderOptions, Split};
 use aue_model::AueModel;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
 use crate::config::{SelectBy, StageConfig};
@@ -87,14 +87,18 @@ struct Start {
 fn prepare(def: &dyn StageDef, cfg: &StageConfig, device: &Device) -> Result<Prepared> {
     let paths = cfg.paths();
     tracing::info!(
-        "{} on {} ({}), preset {}, device {}, run folder {}",
+        "{} on {} ({}), preset {}, device {} ({}), run folder {}",
         stage_label(cfg.stage),
         cfg.dataset,
         cfg.data_root.display(),
         cfg.preset,
         cfg.device,
+        cfg.dtype,
         paths.dir().display()
     );
+    if cfg.dev_no_dropout {
+        tracing::warn!("--dev-no-dropout: every dropout probability is 0 (a parity setting)");
+    }
     restore_interrupted_set_aside(&paths)?;
     let existing = paths.run_files();
     let commit = Commit::read(&paths.commit())?;
@@ -135,7 +139,7 @@ fn prepare(def: &dyn StageDef, cfg: &StageConfig, device: &Device) -> Result<Pre
     }
 
     let varmap = VarMap::new();
-    let model = AueModel::with_varmap(&varmap, &cfg.model_config()?, device)
+    let model = AueModel::with_dtype(&varmap, &cfg.model_config()?, device, cfg.dtype.dtype())
         .map_err(|e| model_err("build the model", e))?;
     // Checkpoints without a commit point: a run of an older aue, or files put there by hand.
     // They are never deleted: --resume refuses them, --overwrite sets them aside.
@@ -440,6 +444,8 @@ fn train_epoch(
         SplitAccumulator::new(trainer.def().records(), SplitName::Train, labels.len(), &device)?;
     let steps_planned =
         cfg.max_steps.map_or(loader.batches_per_epoch(), |m| m.min(loader.batches_per_epoch()));
+    // Dropout masks from the run seed and the epoch: a run (and its --resume) repeats exactly.
+    aue_model::seed_dropout(cfg.seed, epoch as u64);
     let bar = logging::progress_bar(steps_planned, format!("epoch {shown}/{}", cfg.epochs));
     let t0 = Instant::now();
     let mut steps = 0;
@@ -449,7 +455,8 @@ fn train_epoch(
         let batch = DeviceBatch::new(&batch, &device)?;
         let loss = trainer.train_step(&batch, lr, &mut acc)?;
         // The one host synchronisation per step: the loss, for the bar and the NaN check.
-        let value = loss.to_scalar::<f32>().op("read the loss")?;
+        let value =
+            loss.to_dtype(DType::F64).and_then(|l| l.to_scalar::<f64>()).op("read the loss")?;
         if !value.is_finite() {
             bar.abandon();
             let last = cfg.paths().last();
@@ -467,7 +474,7 @@ fn train_epoch(
         }
         steps += 1;
         state.global_step += 1;
-        loss_sum += f64::from(value);
+        loss_sum += value;
         let rate = acc.samples() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("loss {:.4} | {rate:.0} img/s", loss_sum / steps as f64));
         bar.inc(1);
@@ -494,10 +501,7 @@ fn evaluate_epoch(
 ) -> Result<SplitRecord> {
     let bar = logging::progress_bar(loader.batches_per_epoch(), "test".into());
     let batches = loader.epoch(epoch).map(|b| {
-        let b = b.map_err(|e| aue_contract::ContractError::Data {
-            op: "load a test batch",
-            source: Box::new(e),
-        })?;
+        let b = b.map_err(aue_core::Context::op("load a test batch"))?;
         DeviceBatch::new(&b, device)
     });
     let info = RecordInfo { stage: cfg.stage, epoch: epoch + 1, lr, steps: 0, seconds: 0.0 };

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use aue_contract::DeviceBatch;
 use aue_contract::RecordSpec;
 use aue_model::{AuKnowledge, ForwardOptions, Outputs, Stage};
 use candle_core::Tensor;
@@ -21,6 +22,21 @@ pub struct Origin {
     pub path: Option<PathBuf>,
     /// Its sha256 (empty when the weights were initialised here).
     pub sha256: String,
+}
+
+/// What a stage's loss is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct LossInputs<'a> {
+    /// The model's outputs for the batch.
+    pub outputs: &'a Outputs,
+    /// The batch: its labels, and its true AU intensities where the dataset has them
+    /// (`au_gt`), for a stage that learns from annotated AUs.
+    pub batch: &'a DeviceBatch,
+    /// The model's AU knowledge (prior table, pseudo-targets, EIAU pairs).
+    pub knowledge: &'a AuKnowledge,
+    /// The weight of the EIAU term in force (`--eiau-weight`, or the stage's default; 0 drops
+    /// it).
+    pub eiau_weight: f64,
 }
 
 /// One training stage of the pipeline.
@@ -41,14 +57,24 @@ pub trait StageDef: Sync {
     fn parent(&self) -> Option<Stage>;
 
     /// Whether this stage trains the variable `key` (a reference key or a group variable's
-    /// key); BatchNorm buffers are never trained whatever this says.
-    fn trainable(&self, key: &str) -> bool;
+    /// key); BatchNorm buffers are never trained whatever this says. By default the reference's
+    /// table for [`StageDef::stage`] (docs/METHOD.md section 4), as aue-model records it.
+    fn trainable(&self, key: &str) -> bool {
+        aue_model::is_trainable(key, self.stage())
+    }
 
     /// The forward modes of a training step; with `frozen_eval` every frozen part in eval mode.
-    fn train_forward(&self, frozen_eval: bool) -> ForwardOptions;
+    /// By default the reference's modes for [`StageDef::stage`].
+    fn train_forward(&self, frozen_eval: bool) -> ForwardOptions {
+        let opts = ForwardOptions::stage(self.stage());
+        if frozen_eval { opts.frozen_eval() } else { opts }
+    }
 
-    /// What the stage's records (and its evaluation pass) hold.
-    fn records(&self) -> RecordSpec;
+    /// What the stage's records (and its evaluation pass) hold. By default the reference's
+    /// records for [`StageDef::stage`].
+    fn records(&self) -> RecordSpec {
+        RecordSpec::reference(self.stage())
+    }
 
     /// The default weight of the loss's EIAU term; `None` when the loss has none (then
     /// `--eiau-weight` is refused).
@@ -56,13 +82,7 @@ pub trait StageDef: Sync {
 
     /// The loss of a batch (a 0-d tensor), from the outputs of [`StageDef::train_forward`] or
     /// of the evaluation pass.
-    fn loss(
-        &self,
-        outputs: &Outputs,
-        labels: &Tensor,
-        knowledge: &AuKnowledge,
-        eiau_weight: f64,
-    ) -> aue_model::Result<Tensor>;
+    fn loss(&self, x: &LossInputs<'_>) -> aue_model::Result<Tensor>;
 
     /// Checks of the resolved configuration that only this stage makes.
     fn check(&self, _cfg: &StageConfig) -> Result<()> {

@@ -2,17 +2,14 @@
 
 use std::path::Path;
 
+use aue_cli::DeviceSpec;
+use aue_core::io_err;
 use aue_model::Preset;
 use aue_stage1::Em;
 use aue_stage2::Au;
 use aue_stage3::Fuse;
-use aue_train::config::{SelectBy, StageArgs, StageConfig};
-use aue_train::error::{Result, TrainError};
-
-fn io_err(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> TrainError {
-    let path = path.as_ref().to_owned();
-    move |source| TrainError::Io { op, path, source }
-}
+use aue_train::config::{Precision, SelectBy, StageArgs, StageConfig};
+use aue_train::error::Result;
 
 fn args_in(dir: &Path) -> StageArgs {
     StageArgs { data_root: Some(dir.to_owned()), preset: Some(Preset::Tiny), ..Default::default() }
@@ -56,11 +53,19 @@ fn flags_override_file_over_defaults() -> Result<()> {
 #[test]
 fn bad_values_name_the_setting() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, StageArgs); 5] = [
+    let cases: [(&str, StageArgs); 6] = [
         ("lr", StageArgs { lr: Some(f64::NAN), ..args_in(tmp.path()) }),
         ("train_batch_size", StageArgs { train_batch_size: Some(0), ..args_in(tmp.path()) }),
         ("input_size", StageArgs { input_size: Some(100), ..args_in(tmp.path()) }),
         ("lr_milestones", StageArgs { lr_milestones: Some(vec![5, 3]), ..args_in(tmp.path()) }),
+        (
+            "f64 runs on the CPU only",
+            StageArgs {
+                dtype: Some(Precision::F64),
+                device: Some(DeviceSpec::Cuda(0)),
+                ..args_in(tmp.path())
+            },
+        ),
         (
             "data_root",
             StageArgs { data_root: Some(tmp.path().join("nope")), ..args_in(tmp.path()) },
@@ -129,4 +134,35 @@ fn json_round_trip_and_resume_check() -> Result<()> {
     let err = other_lr.check_resumes(&cfg, Path::new("config.json")).unwrap_err().to_string();
     assert!(err.contains("lr: 0.01 in the run, 0.1 now"), "{err}");
     Ok(())
+}
+
+#[test]
+fn each_stage_trains_what_the_reference_trains() {
+    use aue_train::StageDef;
+    // (stage, keys it trains, keys it leaves alone)
+    let cases: [(&dyn StageDef, [&str; 3], [&str; 3]); 3] = [
+        (
+            &Em,
+            ["backbone.layer1.0.conv1.weight", "reduce_dim_em.0.weight", "pred_em.bias"],
+            ["pred_au.weight", "PriorKnowledgeTable", "fc_em_fuse_3.1.weight"],
+        ),
+        (
+            &Au,
+            ["deconv_layer1.0.weight", "Crop_Net_2.*.0.weight", "PriorKnowledgeTable"],
+            ["backbone.conv1.weight", "pred_em.weight", "PriorKnowledgeTable2"],
+        ),
+        (
+            &Fuse,
+            ["fc_au_fuse_3.*.1.weight", "pred_em.weight", "pred_em_fuse_3.bias"],
+            ["backbone.conv1.weight", "pred_au.weight", "PriorKnowledgeTable"],
+        ),
+    ];
+    for (stage, trained, frozen) in cases {
+        for key in trained {
+            assert!(stage.trainable(key), "{}: {key}", stage.command_name());
+        }
+        for key in frozen {
+            assert!(!stage.trainable(key), "{}: {key}", stage.command_name());
+        }
+    }
 }

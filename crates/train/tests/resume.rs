@@ -1,4 +1,4 @@
-//! `--resume` after a kill, and the NaN-loss stop, on a tiny synthetic set (stage 1: no dropout,
+//! `--resume` after a kill, the NaN-loss stop, and the files of a `--dtype f64` run, on a tiny synthetic set (stage 1: no dropout,
 //! so the run is a pure function of the seed).
 //!
 //! A kill mid-epoch leaves on disk exactly what the last committed epoch saved, plus possibly a
@@ -9,8 +9,10 @@
 
 mod common;
 
+use aue_contract::format::tensor_infos;
 use aue_model::Stage;
-use aue_train::{StageArgs, TrainError};
+use aue_train::{Precision, StageArgs, TrainError};
+use candle_core::DType;
 use common::{args, config, metadata, metrics, synth, tensors};
 
 /// Metrics without the wall-time fields, which differ between any two runs.
@@ -95,4 +97,37 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert!(tensors(&last).values().flatten().all(|v| v.is_finite()));
     let lines = metrics(&run.join("stage1/metrics.jsonl"));
     assert!(lines.iter().all(|l| l["epoch"] == 1), "metrics of the failed epoch were written");
+}
+
+/// A `--dtype f64` pipeline: stage 1 writes f32 checkpoints and optimizer state, `--resume`
+/// widens them back (another dtype is refused), and stage 2 with `--dev-no-dropout` starts from
+/// them.
+#[test]
+fn f64_runs_write_f32_files_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path(), 16, 8);
+    let run = tmp.path().join("run");
+    let f64_args =
+        |epochs| StageArgs { dtype: Some(Precision::F64), ..args(&data, &run, epochs, 1) };
+    common::run(&config(Stage::Em, f64_args(1))).unwrap();
+    let stage1 = run.join("stage1");
+    for file in ["last.safetensors", "epoch-0001.optim.safetensors"] {
+        for (key, (dtype, _)) in tensor_infos(stage1.join(file)).unwrap() {
+            assert!(matches!(dtype, DType::F32 | DType::I64), "{file}: `{key}` is {dtype:?}");
+        }
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stage1.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["dtype"], "f64");
+
+    let as_f32 = StageArgs { dtype: Some(Precision::F32), resume: true, ..args(&data, &run, 2, 1) };
+    let err = common::run(&config(Stage::Em, as_f32)).unwrap_err();
+    assert!(err.to_string().contains("dtype: \"f64\" in the run, \"f32\" now"), "{err}");
+    let resume = StageArgs { resume: true, ..f64_args(2) };
+    assert_eq!(common::run(&config(Stage::Em, resume)).unwrap().last.map(|r| r.epoch), Some(2));
+
+    let stage2 = StageArgs { dev_no_dropout: Some(true), ..f64_args(1) };
+    let summary = common::run(&config(Stage::Au, stage2)).unwrap();
+    assert!(summary.last.is_some_and(|r| r.loss.is_finite()));
 }

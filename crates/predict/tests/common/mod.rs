@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use aue_contract::meta::{ModelMeta, SELECTION_LAST};
+use aue_contract::meta::ModelMeta;
 use aue_model::{AueModel, ModelConfig, Preset, Stage};
 use candle_core::Device;
 
@@ -21,21 +21,7 @@ pub fn tiny_checkpoint(dir: &Path, stage: Stage, with_meta: bool) -> PathBuf {
     let model = AueModel::new(&config, &Device::Cpu).unwrap();
     aue_model::init::init_default(model.varmap(), 7).unwrap();
     let path = dir.join(format!("stage{}.safetensors", stage.number()));
-    let meta = ModelMeta {
-        stage,
-        preset: Preset::Tiny,
-        config_json: format!(
-            "{{\"input_size\": {}, \"fuse_dim\": {}}}",
-            config.input_size, config.fuse_dim
-        ),
-        epoch: 1,
-        metrics_json: "{}".into(),
-        dataset: "rafdb".into(),
-        labels: aue_core::EXPRESSIONS_BASIC.iter().map(|s| s.to_string()).collect(),
-        parent_sha256: String::new(),
-        selection: SELECTION_LAST.into(),
-        best: None,
-    };
+    let meta = ModelMeta::untrained(stage, Preset::Tiny, &config);
     let map = if with_meta { meta.to_map() } else { BTreeMap::new() };
     aue_contract::format::save(model.varmap(), &path, &map).unwrap();
     path

@@ -2,13 +2,14 @@
 //! and 7) and writes them as `report.md`, `report.json` and SVG charts.
 //! A thin shell: flags -> checked config -> `run`; the work is in the aue-report library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use aue_cli::DeviceSpec;
 use aue_data::DatasetKind;
 use aue_model::Stage;
+use aue_report::ablation::{GridResults, blocks, write_ablation};
 use aue_report::eval::{EvalOptions, evaluate_checkpoint};
 use aue_report::output::write_report;
 use aue_report::{
@@ -25,8 +26,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 struct Args {
     /// A stage run folder (holding metrics.jsonl), or a folder holding stage1/stage2/stage3;
     /// repeat for several.
-    #[arg(long = "run", value_name = "DIR", required_unless_present = "checkpoints")]
+    #[arg(long = "run", value_name = "DIR", required_unless_present_any = ["checkpoints", "ablation"])]
     runs: Vec<PathBuf>,
+
+    /// Report an ablation grid folder written by aue-ablation instead (docs/ABLATION.md):
+    /// ablation.md, ablation.json and ablation-delta.svg go to --out [default: DIR/report].
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["runs", "checkpoints"])]
+    ablation: Option<PathBuf>,
 
     /// Evaluate this stage checkpoint on the test split instead of reading metrics (loads the
     /// model); repeat for several. Its metadata gives the configuration and dataset.
@@ -173,9 +179,28 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--ablation DIR`: the grid's report, printed and (unless `--no-files`) written.
+fn run_ablation(dir: &Path, out: Option<PathBuf>, no_files: bool) -> anyhow::Result<()> {
+    let results = GridResults::load(dir)
+        .with_context(|| format!("cannot read the ablation grid {}", dir.display()))?;
+    if no_files {
+        print!("{}", document::to_text(&blocks(&results, "ablation-delta.svg")));
+        return Ok(());
+    }
+    let out = out.unwrap_or_else(|| dir.join("report"));
+    let doc = write_ablation(&results, &out)
+        .with_context(|| format!("cannot write the ablation report into {}", out.display()))?;
+    print!("{}", document::to_text(&doc));
+    println!("Wrote ablation.md, ablation.json and ablation-delta.svg into {}", out.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     aue_cli::main("warn", || {
-        let args = Args::parse();
+        let mut args = Args::parse();
+        if let Some(dir) = args.ablation.take() {
+            return run_ablation(&dir, args.out, args.no_files);
+        }
         run(&Config::resolve(args)?)
     })
 }

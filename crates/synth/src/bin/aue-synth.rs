@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! aue-synth --out data/synth --train 5000 --test 1000 --seed 0 [--size 160]
-//!           [--difficulty easy|medium|hard] [--balance rafdb-sqrt|uniform] [--threads N]
+//!           [--difficulty easy|medium|hard] [--balance rafdb-sqrt|uniform] [--label-noise P]
+//!           [--threads N]
 //! ```
 
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ struct Args {
     /// Class shares: rafdb-sqrt (RAF-DB's imbalance, softened) or uniform.
     #[arg(long, default_value = "rafdb-sqrt")]
     balance: ClassBalance,
+    /// Extra label noise on the training split: each training label becomes another class with
+    /// probability P (the AU files and basic/Annotation/true_label.txt keep the true expression;
+    /// the test split keeps its labels).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    label_noise: f32,
     /// JPEG quality, 1-100.
     #[arg(long, default_value_t = 90)]
     quality: u8,
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
             size: args.size,
             difficulty: Difficulty::preset(args.difficulty),
             balance: args.balance,
+            train_label_noise: args.label_noise,
             jpeg_quality: args.quality,
             threads: args.threads,
             command_line: std::env::args().collect::<Vec<_>>().join(" "),
