@@ -436,7 +436,7 @@ pub fn lrn_prev_channel(x: &Tensor, alpha: f32, beta: f32, k: f32) -> Result<Ten
 pub fn gather_channels(x: &Tensor, bases: &[u32], rows: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let plane = h * w;
-    if rows == 0 || bases.len() % rows != 0 {
+    if rows == 0 || !bases.len().is_multiple_of(rows) {
         return Err(invalid("gather_channels", x, format!("{} bases in {rows} rows", bases.len())));
     }
     let j = bases.len() / rows;
