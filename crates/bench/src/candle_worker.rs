@@ -110,9 +110,9 @@ pub fn serve(
 /// The stage crate that trains `stage`.
 fn stage_def(stage: Stage) -> &'static dyn StageDef {
     match stage {
-        Stage::Em => &aue_stage1::STAGE,
-        Stage::Au => &aue_stage2::STAGE,
-        Stage::Fuse => &aue_stage3::STAGE,
+        Stage::Em => &aue_stage1::Em,
+        Stage::Au => &aue_stage2::Au,
+        Stage::Fuse => &aue_stage3::Fuse,
     }
 }
 
