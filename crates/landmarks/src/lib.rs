@@ -45,6 +45,7 @@ pub use detector::{DetectorKind, DetectorOptions, TinyFaceDetector};
 pub use error::{LandmarkError, Result};
 pub use geometry::{FaceBox, Landmarks68};
 pub use landmark_net::{LandmarkNet, LandmarkNetKind};
+pub use weights::EmbeddedNet;
 
 use crate::error::CandleContext;
 use crate::preprocess::{LANDMARK_INPUT, LANDMARK_MEAN_RGB, Padding, face_crop, square_input};
