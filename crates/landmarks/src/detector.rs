@@ -42,11 +42,19 @@ pub struct DetectorOptions {
     pub input_size: usize,
     /// Minimum score of a face (face-api default 0.5 for both detectors).
     pub score_threshold: f32,
+    /// Whether [`crate::Landmarker::detect_faces`] drops detections whose landmarks disagree with
+    /// those of the mirrored crop (not faces: see [`crate::FLIP_MAX_DISAGREEMENT`]). On by default.
+    pub flip_check: bool,
 }
 
 impl Default for DetectorOptions {
     fn default() -> Self {
-        Self { kind: DetectorKind::default(), input_size: 416, score_threshold: 0.5 }
+        Self {
+            kind: DetectorKind::default(),
+            input_size: 416,
+            score_threshold: 0.5,
+            flip_check: true,
+        }
     }
 }
 
