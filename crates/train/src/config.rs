@@ -97,8 +97,8 @@ impl From<SelectBy> for String {
 }
 
 /// The float type of a run's parameters and computation. Checkpoints are f32 on disk either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// The reference's float32.
     #[default]
@@ -124,29 +124,6 @@ impl Precision {
             Precision::F32 => candle_core::DType::F32,
             Precision::F64 => candle_core::DType::F64,
         }
-    }
-}
-
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        [Precision::F32, Precision::F64]
-            .into_iter()
-            .find(|v| v.name() == s)
-            .ok_or_else(|| format!("unknown dtype `{s}` (use f32 or f64)"))
-    }
-}
-
-impl TryFrom<String> for Precision {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Precision> for String {
-    fn from(v: Precision) -> String {
-        v.name().to_string()
     }
 }
 
@@ -228,7 +205,7 @@ pub struct StageArgs {
 
     /// Float type of the parameters and of every op of a step: f32, or f64 (CPU only, for
     /// parity runs against a float64 reference); checkpoints are written as f32 [default: f32].
-    #[arg(long, value_parser = PossibleValuesParser::new(["f32", "f64"]).try_map(|s| s.parse::<Precision>()))]
+    #[arg(long, value_enum)]
     pub dtype: Option<Precision>,
 
     /// Development option for parity runs: every dropout probability set to 0 (the reference
