@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--dtype", choices=["f32", "f64"], default="f32",
                     help="float type of the model and the images (f64: the f32 weights widened)")
+    ap.add_argument("--no-dropout", action="store_true",
+                    help="dropout off (parity runs of stages 2 and 3, as aue's --dev-no-dropout)")
     ap.add_argument("--nudge", action="store_true",
                     help="multiply the images by (1 + one unit in the last place of the dtype): the "
                          "control run of tools/trainer_parity_resnet101.py")
@@ -84,7 +86,7 @@ def main() -> None:
     size = image.shape[-1]
     weights = load_file(args.weights)
     classes = weights["pred_em.bias"].shape[0]
-    model = R.build_model(args.preset, num_classes=classes, input_size=size, dropout=True)
+    model = R.build_model(args.preset, num_classes=classes, input_size=size, dropout=not args.no_dropout)
     model.load_state_dict(weights, strict=True)
     del weights
     dtype = torch.float64 if args.dtype == "f64" else torch.float32

@@ -1,11 +1,12 @@
-"""Trainer parity on the full ResNet-101: aue's stage-1 training steps against the reference's.
+"""Trainer parity on the full ResNet-101: aue's training steps of a stage against the reference's.
 
 Both sides start from the parity filler's weights (aue_reference.fill_parity_, written once as an
 f32 safetensors file) and train on one fixed batch (B images of S x S, seed 0) with SGD, lr 0.01,
-momentum 0.9, every part in the stage's modes:
-    aue:        `aue-bench worker --mode stage1 --dtype f64`: aue-train's Trainer, the step the
+momentum 0.9, every part in the stage's modes (stage 1 by default, `--stage 2|3` with dropout off
+on both sides):
+    aue:        `aue-bench worker --mode stageN --dtype f64`: aue-train's Trainer, the step the
                 stage binaries run;
-    reference:  tools/bench_worker.py --mode stage1 --dtype f64: aue_reference's set_stage_mode,
+    reference:  tools/bench_worker.py --mode stageN --dtype f64: aue_reference's set_stage_mode,
                 stage_forward_loss, backward and torch.optim.SGD.
 Both load the same files and answer `step` with the step's loss (computed before its update). The
 script prints one row per step and fails (exit 1) when a loss differs by more than --tol
@@ -64,9 +65,9 @@ class Worker:
         self.proc.wait()
 
 
-def write_files(folder: str, batch: int, size: int) -> tuple[str, str]:
+def write_files(folder: str, preset: str, batch: int, size: int) -> tuple[str, str]:
     """The parity weights (f32) and one batch drawn from seed 0."""
-    model = R.fill_parity_(R.build_model("resnet101", input_size=size))
+    model = R.fill_parity_(R.build_model(preset, input_size=size))
     weights = os.path.join(folder, "weights.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
     del model
@@ -81,6 +82,9 @@ def write_files(folder: str, batch: int, size: int) -> tuple[str, str]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", type=int, choices=[1, 2, 3], default=1,
+                    help="the stage to train (2 and 3 with dropout off on both sides)")
+    ap.add_argument("--preset", default="resnet101", help="another preset for a quick run")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--size", type=int, default=224)
@@ -97,18 +101,20 @@ def main():
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
     with tempfile.TemporaryDirectory() as folder:
-        weights, inputs = write_files(folder, args.batch, args.size)
+        weights, inputs = write_files(folder, args.preset, args.batch, args.size)
         files = ["--weights", weights, "--inputs", inputs]
-        common = ["--mode", "stage1", "--preset", "resnet101", "--dtype", args.dtype]
+        common = ["--mode", f"stage{args.stage}", "--preset", args.preset, "--dtype", args.dtype]
+        dropout_off = args.stage > 1
         workers = [
             Worker("aue", [args.aue_bench, "worker", *common, "--batch", str(args.batch), "--size",
-                           str(args.size), "--device", "cpu", *files], env),
+                           str(args.size), "--device", "cpu", *files]
+                   + (["--dev-no-dropout"] if dropout_off else []), env),
             Worker("reference", [sys.executable, os.path.join(HERE, "bench_worker.py"), *common, "--threads",
-                                 str(args.threads), *files], env),
+                                 str(args.threads), *files] + (["--no-dropout"] if dropout_off else []), env),
         ]
         if args.control:
             workers.append(Worker("control", workers[1].cmd + ["--nudge"], env))
-        print(f"ResNet-101 stage 1, {args.dtype}, batch {args.batch}, {args.size}x{args.size} px, SGD lr 0.01 "
+        print(f"{args.preset} stage {args.stage}, {args.dtype}, batch {args.batch}, {args.size}x{args.size} px, SGD lr 0.01 "
               f"momentum 0.9, one fixed batch, parity weights\n", flush=True)
         control = " reference vs reference on images x (1 + eps) |" if args.control else ""
         print(f"| step | aue loss | reference loss | relative difference | aue s | reference s |{control}")

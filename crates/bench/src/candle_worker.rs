@@ -24,7 +24,17 @@ enum Work {
     Eval { model: Box<dyn EvalForward> },
 }
 
-/// Loads the model (in `dtype`) and the batch, prints `ready`, then serves `step` / `quit` from
+/// How a worker computes: the float type, and (for parity runs of stages 2 and 3, as the stage
+/// binaries' `--dev-no-dropout`) every dropout probability 0.
+#[derive(Debug, Clone, Copy)]
+pub struct Numerics {
+    /// Float type of the model and the images.
+    pub dtype: DType,
+    /// Every dropout probability 0.
+    pub dev_no_dropout: bool,
+}
+
+/// Loads the model (in `numerics.dtype`) and the batch, prints `ready`, then serves `step` / `quit` from
 /// `input`. A step's loss is printed in full (f64 digits), for parity runs
 /// (`tools/trainer_parity_resnet101.py`).
 pub fn serve(
@@ -32,12 +42,14 @@ pub fn serve(
     mode: Mode,
     weights: &Path,
     inputs: &Path,
-    (device, dtype): (&Device, DType),
+    (device, numerics): (&Device, Numerics),
     input: impl BufRead,
     mut output: impl Write,
 ) -> anyhow::Result<()> {
     let baseline = crate::resident_bytes();
+    let dtype = numerics.dtype;
     let config = setup.config()?;
+    let config = if numerics.dev_no_dropout { config.with_dropout(0.0)? } else { config };
     let model = match dtype {
         // One copy of the weights in memory while loading.
         DType::F32 => load_model(weights, &config, device)?.0,

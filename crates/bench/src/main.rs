@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
+use aue_bench::candle_worker::Numerics;
 use aue_bench::inputs::{self, Setup};
 use aue_bench::report::{markdown_table, scaling_table};
 use aue_bench::worker::{Step, Worker};
@@ -109,6 +110,9 @@ enum WorkerCommand {
         device: DeviceSpec,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Precision,
+        /// Every dropout probability 0 (parity runs of stages 2 and 3).
+        #[arg(long)]
+        dev_no_dropout: bool,
     },
 }
 
@@ -379,13 +383,24 @@ fn gpu_used_bytes(ordinal: usize) -> anyhow::Result<u64> {
 }
 
 fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
-    let WorkerCommand::Worker { mode, preset, batch, size, weights, inputs, device, dtype } = cmd;
+    let WorkerCommand::Worker {
+        mode,
+        preset,
+        batch,
+        size,
+        weights,
+        inputs,
+        device,
+        dtype,
+        dev_no_dropout,
+    } = cmd;
     check_dtype(*dtype, *device)?;
     let setup = Setup { preset: *preset, batch: *batch, size: *size, seed: 0 };
     let device = device.open()?;
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
-    candle_worker::serve(&setup, *mode, weights, inputs, (&device, dtype.dtype()), stdin, stdout)
+    let numerics = Numerics { dtype: dtype.dtype(), dev_no_dropout: *dev_no_dropout };
+    candle_worker::serve(&setup, *mode, weights, inputs, (&device, numerics), stdin, stdout)
 }
 
 /// f64 runs on the CPU only (as the stage binaries' `--dtype`).
