@@ -164,7 +164,7 @@ pub struct StageArgs {
 
     /// Float type of the parameters and of every op of a step: f32, or f64 (CPU only, for
     /// parity runs against a float64 reference); checkpoints are written as f32 [default: f32].
-    #[arg(long, value_parser = PossibleValuesParser::new(["f32", "f64"]).try_map(|s| s.parse::<Precision>()))]
+    #[arg(long, value_name = "f32|f64")]
     pub dtype: Option<Precision>,
 
     /// Development option for parity runs: every dropout probability set to 0 (the reference
