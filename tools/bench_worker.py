@@ -62,6 +62,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--dtype", choices=["f32", "f64"], default="f32",
+                    help="float type of the model and the images (f64: the f32 weights widened)")
+    ap.add_argument("--no-dropout", action="store_true",
+                    help="dropout off (parity runs of stages 2 and 3, as aue's --dev-no-dropout)")
+    ap.add_argument("--nudge", action="store_true",
+                    help="multiply the images by (1 + one unit in the last place of the dtype): the "
+                         "control run of tools/trainer_parity_resnet101.py")
     args = ap.parse_args()
 
     import torch
@@ -79,10 +86,14 @@ def main() -> None:
     size = image.shape[-1]
     weights = load_file(args.weights)
     classes = weights["pred_em.bias"].shape[0]
-    model = R.build_model(args.preset, num_classes=classes, input_size=size, dropout=True)
+    model = R.build_model(args.preset, num_classes=classes, input_size=size, dropout=not args.no_dropout)
     model.load_state_dict(weights, strict=True)
     del weights
-    model.to(device)
+    dtype = torch.float64 if args.dtype == "f64" else torch.float32
+    model.to(device=device, dtype=dtype)
+    image = image.to(dtype)
+    if args.nudge:
+        image = image * (1 + torch.finfo(dtype).eps)
 
     if args.mode == "eval":
         model.eval()
@@ -116,7 +127,7 @@ def main() -> None:
             t = time.perf_counter()
             out = step()
             loss = float(out.detach().sum())  # reading it waits for the device, as a training loop logging its loss does
-            print(f"t {time.perf_counter() - t:.6f} {loss}", flush=True)
+            print(f"t {time.perf_counter() - t:.6f} {loss!r}", flush=True)
         elif cmd == "quit":
             print(f"peak {peak_bytes()}", flush=True)
             return

@@ -7,12 +7,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use aue_contract::format::{load_model, read_safetensors};
+use aue_contract::format::{load, load_model, read_safetensors};
 use aue_contract::{DeviceBatch, SplitAccumulator, SplitName};
 use aue_model::{AueModel, EvalForward, InferenceModel, OutputSet, Stage};
 use aue_train::StageDef;
 use aue_train::engine::Trainer;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 
 use crate::Mode;
 use crate::inputs::Setup;
@@ -23,19 +24,42 @@ enum Work {
     Eval { model: Box<dyn EvalForward> },
 }
 
-/// Loads the model and the batch, prints `ready`, then serves `step` / `quit` from `input`.
+/// How a worker computes: the float type, and (for parity runs of stages 2 and 3, as the stage
+/// binaries' `--dev-no-dropout`) every dropout probability 0.
+#[derive(Debug, Clone, Copy)]
+pub struct Numerics {
+    /// Float type of the model and the images.
+    pub dtype: DType,
+    /// Every dropout probability 0.
+    pub dev_no_dropout: bool,
+}
+
+/// Loads the model (in `numerics.dtype`) and the batch, prints `ready`, then serves `step` / `quit` from
+/// `input`. A step's loss is printed in full (f64 digits), for parity runs
+/// (`tools/trainer_parity_resnet101.py`).
 pub fn serve(
     setup: &Setup,
     mode: Mode,
     weights: &Path,
     inputs: &Path,
-    device: &Device,
+    (device, numerics): (&Device, Numerics),
     input: impl BufRead,
     mut output: impl Write,
 ) -> anyhow::Result<()> {
     let baseline = crate::resident_bytes();
+    let dtype = numerics.dtype;
     let config = setup.config()?;
-    let (model, _) = load_model(weights, &config, device)?;
+    let config = if numerics.dev_no_dropout { config.with_dropout(0.0)? } else { config };
+    let model = match dtype {
+        // One copy of the weights in memory while loading.
+        DType::F32 => load_model(weights, &config, device)?.0,
+        // The f32 file widened into an f64 model (as an f64 stage run loads its checkpoint).
+        _ => {
+            let model = AueModel::with_dtype(&VarMap::new(), &config, device, dtype)?;
+            load(model.varmap(), weights)?;
+            model
+        }
+    };
     let (_, tensors) = read_safetensors(inputs, &Device::Cpu)?;
     let get = |name: &str| -> anyhow::Result<Tensor> {
         let t = tensors.get(name).with_context(|| format!("{}: no `{name}`", inputs.display()))?;
@@ -47,7 +71,8 @@ pub fn serve(
         au_loc: get("au_loc")?.to_device(&Device::Cpu)?,
         labels: get("label")?,
         au_gt: None,
-    };
+    }
+    .images_as(dtype)?;
     let classes = config.num_classes;
     let mut work = match mode.stage() {
         Some(stage) => {
@@ -55,10 +80,11 @@ pub fn serve(
             Work::Train { trainer: Box::new(trainer), lr: 0.01 }
         }
         // Built once, as aue-predict does; the training model is dropped.
-        None if mode == Mode::Eval => {
+        // (The fused inference model is f32; an f64 pass runs the training model in eval mode.)
+        None if mode == Mode::Eval && dtype == DType::F32 => {
             let fused = InferenceModel::new(&model)?;
             drop(model);
-            // The folding's f64 temporaries and the unfolded weights: not resident beside it.
+            // The unfolded weights the loaded model held: not resident beside the fused ones.
             aue_cli::alloc::release_freed_memory();
             Work::Eval { model: Box::new(fused) }
         }
@@ -98,7 +124,7 @@ pub fn serve(
                     }
                 };
                 // Reading the value waits for the device, as a training loop logging its loss does.
-                let loss = out.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+                let loss = out.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 writeln!(output, "t {:.6} {loss}", started.elapsed().as_secs_f64())?;
             }
             "quit" => {
@@ -116,9 +142,9 @@ pub fn serve(
 /// The stage crate that trains `stage`.
 fn stage_def(stage: Stage) -> &'static dyn StageDef {
     match stage {
-        Stage::Em => &aue_stage1::STAGE,
-        Stage::Au => &aue_stage2::STAGE,
-        Stage::Fuse => &aue_stage3::STAGE,
+        Stage::Em => &aue_stage1::Em,
+        Stage::Au => &aue_stage2::Au,
+        Stage::Fuse => &aue_stage3::Fuse,
     }
 }
 

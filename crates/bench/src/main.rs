@@ -16,12 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
+use aue_bench::candle_worker::Numerics;
 use aue_bench::inputs::{self, Setup};
 use aue_bench::report::{markdown_table, scaling_table};
 use aue_bench::worker::{Step, Worker};
 use aue_bench::{Measurement, Mode, Row, candle_worker};
 use aue_cli::DeviceSpec;
 use aue_model::Preset;
+use aue_train::Precision;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -63,6 +65,9 @@ struct BenchArgs {
     /// Device: cpu, cuda or cuda:N (both implementations use it).
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+    /// Float type of both implementations' parameters and steps: f32, or f64 (CPU only).
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
     /// The Python that has torch (runs tools/bench_worker.py).
     #[arg(long, default_value = "python3")]
     python: String,
@@ -103,6 +108,11 @@ enum WorkerCommand {
         inputs: PathBuf,
         #[arg(long)]
         device: DeviceSpec,
+        #[arg(long, default_value = "f32")]
+        dtype: Precision,
+        /// Every dropout probability 0 (parity runs of stages 2 and 3).
+        #[arg(long)]
+        dev_no_dropout: bool,
     },
 }
 
@@ -157,6 +167,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if args.reps == 0 || args.batch == 0 || args.threads.contains(&0) {
         bail!("--reps, --batch and every --threads value must be > 0");
     }
+    check_dtype(args.dtype, args.device)?;
     let setup = Setup { preset: args.preset, batch: args.batch, size: args.size, seed: args.seed };
     let tools = if args.no_torch { None } else { Some(tools_dir(args.tools.as_deref())?) };
     let temp = tempfile::tempdir().context("creating a temp folder")?;
@@ -191,22 +202,22 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     for &threads in &args.threads {
         for &mode in &modes {
             bar.set_message(format!("{mode}, {threads} thread(s): starting"));
+            // The flags every worker takes besides its own.
+            let device = device_arg(args.device);
+            let with_common = |cmd: &mut Command| {
+                cmd.args(["--preset", args.preset.name(), "--device", &device]);
+                cmd.args(["--dtype", args.dtype.name()]);
+                cmd.arg("--weights").arg(&files.weights).arg("--inputs").arg(&files.inputs);
+            };
             let candle_cmd = |mode: Mode| {
                 let mut cmd = Command::new(&exe);
                 cmd.env("RAYON_NUM_THREADS", threads.to_string()).args([
                     "worker",
                     "--mode",
                     mode.name(),
-                    "--preset",
-                    args.preset.name(),
-                    "--batch",
-                    &args.batch.to_string(),
-                    "--size",
-                    &args.size.to_string(),
-                    "--device",
-                    &device_arg(args.device),
                 ]);
-                cmd.arg("--weights").arg(&files.weights).arg("--inputs").arg(&files.inputs);
+                cmd.args(["--batch", &args.batch.to_string(), "--size", &args.size.to_string()]);
+                with_common(&mut cmd);
                 cmd
             };
             let torch_cmd = |tools: &Path| {
@@ -214,17 +225,9 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
                     cmd.env(var, threads.to_string());
                 }
-                cmd.arg(tools.join("bench_worker.py")).args([
-                    "--mode",
-                    mode.torch_name(),
-                    "--preset",
-                    args.preset.name(),
-                    "--threads",
-                    &threads.to_string(),
-                    "--device",
-                    &device_arg(args.device),
-                ]);
-                cmd.arg("--weights").arg(&files.weights).arg("--inputs").arg(&files.inputs);
+                cmd.arg(tools.join("bench_worker.py")).args(["--mode", mode.torch_name()]);
+                cmd.args(["--threads", &threads.to_string()]);
+                with_common(&mut cmd);
                 cmd
             };
             // The workers: aue, PyTorch (unless --no-torch), aue unfused (beside `eval`).
@@ -308,12 +311,13 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let mut report = format!(
-        "# aue-bench: preset {}, batch {}, {}x{} px, f32, {}; {} timed steps after {} warm-up, \
+        "# aue-bench: preset {}, batch {}, {}x{} px, {}, {}; {} timed steps after {} warm-up, \
          {}\n\n{}; {}\n\n",
         args.preset.name(),
         args.batch,
         args.size,
         args.size,
+        args.dtype,
         device_arg(args.device),
         args.reps,
         args.warmup,
@@ -379,12 +383,32 @@ fn gpu_used_bytes(ordinal: usize) -> anyhow::Result<u64> {
 }
 
 fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
-    let WorkerCommand::Worker { mode, preset, batch, size, weights, inputs, device } = cmd;
+    let WorkerCommand::Worker {
+        mode,
+        preset,
+        batch,
+        size,
+        weights,
+        inputs,
+        device,
+        dtype,
+        dev_no_dropout,
+    } = cmd;
+    check_dtype(*dtype, *device)?;
     let setup = Setup { preset: *preset, batch: *batch, size: *size, seed: 0 };
     let device = device.open()?;
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
-    candle_worker::serve(&setup, *mode, weights, inputs, &device, stdin, stdout)
+    let numerics = Numerics { dtype: dtype.dtype(), dev_no_dropout: *dev_no_dropout };
+    candle_worker::serve(&setup, *mode, weights, inputs, (&device, numerics), stdin, stdout)
+}
+
+/// f64 runs on the CPU only (as the stage binaries' `--dtype`).
+fn check_dtype(dtype: Precision, device: DeviceSpec) -> anyhow::Result<()> {
+    if dtype == Precision::F64 && device != DeviceSpec::Cpu {
+        bail!("--dtype f64 runs on the CPU only, not on --device {}", device_arg(device));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

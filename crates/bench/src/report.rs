@@ -155,6 +155,9 @@ pub fn markdown_table(rows: &[Row]) -> String {
     out
 }
 
+/// Picks one implementation's measurement out of a row.
+type MeasurementOf = dyn Fn(&Row) -> Option<&Measurement>;
+
 /// How each implementation's median time scales with its thread count: per step kind, the
 /// median at each thread count and the speed-up of the most threads over the fewest. Empty with
 /// fewer than two thread counts. (The unfused inference rows share the `eval` pair's PyTorch
@@ -185,13 +188,14 @@ pub fn scaling_table(rows: &[Row]) -> String {
     let median = |m: Option<&Measurement>| m.and_then(Measurement::stats).map(|s| s.median);
     for mode in modes {
         let at = |t: usize| rows.iter().find(|r| r.mode == mode && r.threads == t);
-        for (name, torch) in [("aue", false), ("PyTorch", true)] {
-            if torch && mode == Mode::EvalUnfused {
+        let impls: [(&str, &MeasurementOf); 2] =
+            [("aue", &|r| Some(&r.candle)), ("PyTorch", &|r| r.torch.as_ref())];
+        for (name, get) in impls {
+            if name == "PyTorch" && mode == Mode::EvalUnfused {
                 continue;
             }
-            let get = |r: &Row| if torch { r.torch.clone() } else { Some(r.candle.clone()) };
             let med: Vec<Option<f64>> =
-                threads.iter().map(|&t| median(at(t).and_then(get).as_ref())).collect();
+                threads.iter().map(|&t| median(at(t).and_then(get))).collect();
             if med.iter().all(Option::is_none) {
                 continue;
             }

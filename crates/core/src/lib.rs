@@ -340,3 +340,70 @@ pub mod layout {
     /// Folder of the id lists, under the SFEW root.
     pub const SFEW_LIST_DIR: &str = "list_experiment";
 }
+
+/// The message of a name that is none of `names`: `unknown dataset `x` (use rafdb, rafdb-compound
+/// or sfew)`.
+pub fn unknown_name(what: &str, name: &str, names: &[&str]) -> String {
+    let list = match names {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    };
+    format!("unknown {what} `{name}` (use {list})")
+}
+
+/// Gives a fieldless enum whose values each have one name (on command lines, in config files and
+/// in checkpoint metadata) its `name()`, `Display`, `FromStr` (an unknown name is an error listing
+/// the known ones, built by `$error`) and the `String` conversions serde's `try_from`/`into` use,
+/// so that every spelling of a value goes through one table.
+///
+/// ```
+/// #[derive(Debug, Clone, Copy, PartialEq)]
+/// enum Shade { Light, Dark }
+/// aue_core::named_enum!(Shade, "shade", String => String::from, { Light => "light", Dark => "dark" });
+/// assert_eq!("dark".parse::<Shade>(), Ok(Shade::Dark));
+/// assert_eq!(Shade::Light.to_string(), "light");
+/// assert_eq!("grey".parse::<Shade>().unwrap_err(), "unknown shade `grey` (use light or dark)");
+/// ```
+#[macro_export]
+macro_rules! named_enum {
+    ($ty:ident, $what:literal, $err:ty => $error:expr, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The name used on command lines, in config files and in checkpoint metadata.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl ::std::str::FromStr for $ty {
+            type Err = $err;
+            fn from_str(s: &str) -> ::std::result::Result<Self, $err> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(($error)($crate::unknown_name($what, s, &[$($name),+]))),
+                }
+            }
+        }
+
+        impl ::std::convert::TryFrom<String> for $ty {
+            type Error = $err;
+            fn try_from(s: String) -> ::std::result::Result<Self, $err> {
+                s.parse()
+            }
+        }
+
+        impl ::std::convert::From<$ty> for String {
+            fn from(v: $ty) -> String {
+                v.name().to_string()
+            }
+        }
+    };
+}

@@ -79,15 +79,6 @@ impl DatasetKind {
         }
     }
 
-    /// The name used on command lines, in configs and in checkpoint metadata.
-    pub fn name(self) -> &'static str {
-        match self {
-            DatasetKind::Rafdb => "rafdb",
-            DatasetKind::RafdbCompound => "rafdb-compound",
-            DatasetKind::Sfew => "sfew",
-        }
-    }
-
     /// Where the dataset is looked for when no root is given.
     pub fn default_root(self) -> PathBuf {
         match self {
@@ -97,36 +88,11 @@ impl DatasetKind {
     }
 }
 
-impl std::str::FromStr for DatasetKind {
-    type Err = DataError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        DatasetKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            DataError::Options(format!(
-                "unknown dataset `{s}` (expected rafdb, rafdb-compound or sfew)"
-            ))
-        })
-    }
-}
-
-impl TryFrom<String> for DatasetKind {
-    type Error = DataError;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<DatasetKind> for String {
-    fn from(k: DatasetKind) -> String {
-        k.name().to_string()
-    }
-}
-
-impl std::fmt::Display for DatasetKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+aue_core::named_enum!(DatasetKind, "dataset", DataError => DataError::Options, {
+    Rafdb => "rafdb",
+    RafdbCompound => "rafdb-compound",
+    Sfew => "sfew",
+});
 
 /// Which part of a dataset to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -16,7 +16,8 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
@@ -91,44 +92,19 @@ struct BatchNormOp {
     saved: Arc<Mutex<Saved>>,
 }
 
-/// A contiguous CPU tensor's elements, by dtype.
-enum Data<'a> {
-    F32(&'a [f32]),
-    F64(&'a [f64]),
-}
-
-fn data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<Data<'a>> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("batch_norm_train: the {what} is not contiguous")
+/// The contiguous elements of a CPU tensor of element type `T` (an error names `what` when its
+/// dtype or layout is another).
+fn slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let Ok(all) = s.as_slice::<T>() else {
+        candle_core::bail!("batch_norm_train: the {what} is {:?}, not {:?}", s.dtype(), T::DTYPE)
     };
-    Ok(match s {
-        CpuStorage::F32(v) => Data::F32(&v[a..b]),
-        CpuStorage::F64(v) => Data::F64(&v[a..b]),
-        _ => candle_core::bail!("batch_norm_train: the {what} is not f32 or f64"),
-    })
-}
-
-/// The element types of the kernels.
-trait Float: Copy + Send + Sync + 'static {
-    fn to_f64(self) -> f64;
-    fn from_f64(v: f64) -> Self;
-}
-
-impl Float for f32 {
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-}
-
-impl Float for f64 {
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn from_f64(v: f64) -> Self {
-        v
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => candle_core::bail!("batch_norm_train: the {what} is not contiguous"),
     }
 }
 
@@ -154,7 +130,7 @@ impl BatchNormOp {
             .collect()
     }
 
-    fn forward<T: Float>(&self, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    fn forward<T: WithDType>(&self, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         let c = self.c;
         let m = (self.outer * self.inner) as f64;
         let mean: Vec<f64> = self
@@ -190,7 +166,7 @@ impl BatchNormOp {
     }
 
     /// `(dx, dw, dbias)` from the statistics the forward pass saved.
-    fn backward<T: Float>(
+    fn backward<T: WithDType>(
         &self,
         x: &[T],
         w: &[T],
@@ -230,6 +206,48 @@ impl BatchNormOp {
     }
 }
 
+impl BatchNormOp {
+    fn cpu_fwd_as<T: WithDType>(
+        &self,
+        (x, x_layout): (&CpuStorage, &Layout),
+        (w, w_layout): (&CpuStorage, &Layout),
+        (b, b_layout): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x_data = slice::<T>(x, x_layout, "input")?;
+        let y = self.forward(
+            x_data,
+            slice::<T>(w, w_layout, "weight")?,
+            slice::<T>(b, b_layout, "bias")?,
+        );
+        Ok((T::to_cpu_storage_owned(y), x_layout.shape().clone()))
+    }
+
+    fn bwd_as<T: WithDType>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (dev, c) = (x.device().clone(), self.c);
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) = (&*xs, &*ws, &*gs) else {
+            candle_core::bail!("batch_norm_train: the backward pass needs CPU tensors")
+        };
+        let (dx, dw, db) = self.backward(
+            slice::<T>(xs, xl, "input")?,
+            slice::<T>(ws, wl, "weight")?,
+            slice::<T>(gs, gl, "gradient")?,
+        )?;
+        Ok((
+            Tensor::from_vec(dx, x.shape(), &dev)?,
+            Tensor::from_vec(dw, c, &dev)?,
+            Tensor::from_vec(db, c, &dev)?,
+        ))
+    }
+}
+
 impl CustomOp3 for BatchNormOp {
     fn name(&self) -> &'static str {
         "aue-batch-norm-train"
@@ -237,20 +255,19 @@ impl CustomOp3 for BatchNormOp {
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let shape = l1.shape().clone();
-        let out = match (data(s1, l1, "input")?, data(s2, l2, "weight")?, data(s3, l3, "bias")?) {
-            (Data::F32(x), Data::F32(w), Data::F32(b)) => CpuStorage::F32(self.forward(x, w, b)),
-            (Data::F64(x), Data::F64(w), Data::F64(b)) => CpuStorage::F64(self.forward(x, w, b)),
-            _ => candle_core::bail!("batch_norm_train: mixed dtypes"),
-        };
-        Ok((out, shape))
+        let args = ((x, x_layout), (w, w_layout), (b, b_layout));
+        match x.dtype() {
+            DType::F32 => self.cpu_fwd_as::<f32>(args.0, args.1, args.2),
+            DType::F64 => self.cpu_fwd_as::<f64>(args.0, args.1, args.2),
+            other => candle_core::bail!("batch_norm_train: {other:?} input (f32 or f64 only)"),
+        }
     }
 
     fn bwd(
@@ -262,32 +279,10 @@ impl CustomOp3 for BatchNormOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (dev, shape, c) = (x.device().clone(), x.shape().clone(), self.c);
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) = (&*xs, &*ws, &*gs) else {
-            candle_core::bail!("batch_norm_train: the backward pass needs CPU tensors")
-        };
-        let parts = (data(xs, xl, "input")?, data(ws, wl, "weight")?, data(gs, gl, "gradient")?);
-        let (dx, dw, db) = match parts {
-            (Data::F32(x), Data::F32(w), Data::F32(g)) => {
-                let (dx, dw, db) = self.backward(x, w, g)?;
-                (
-                    Tensor::from_vec(dx, shape, &dev)?,
-                    Tensor::from_vec(dw, c, &dev)?,
-                    Tensor::from_vec(db, c, &dev)?,
-                )
-            }
-            (Data::F64(x), Data::F64(w), Data::F64(g)) => {
-                let (dx, dw, db) = self.backward(x, w, g)?;
-                (
-                    Tensor::from_vec(dx, shape, &dev)?,
-                    Tensor::from_vec(dw, c, &dev)?,
-                    Tensor::from_vec(db, c, &dev)?,
-                )
-            }
-            _ => candle_core::bail!("batch_norm_train: mixed dtypes"),
+        let (dx, dw, db) = match x.dtype() {
+            DType::F32 => self.bwd_as::<f32>(x, w, &grad)?,
+            DType::F64 => self.bwd_as::<f64>(x, w, &grad)?,
+            other => candle_core::bail!("batch_norm_train: {other:?} input (f32 or f64 only)"),
         };
         Ok((Some(dx), Some(dw), Some(db)))
     }

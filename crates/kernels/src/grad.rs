@@ -113,12 +113,7 @@ pub(crate) fn forward_view(
     let full = (size(h, kh)?, size(wd, kw)?);
     let out = out.unwrap_or(full);
     match engine.resolve(x) {
-        Engine::Im2col => {
-            let origin = -(p.padding as isize);
-            let win =
-                Window { stride: p.stride, dilation: p.dilation, origin: (origin, origin), out };
-            im2col::conv(x, w, win, im2col::COLUMN_BUDGET)
-        }
+        Engine::Im2col => im2col::conv(x, w, Window::of_conv(p, out), im2col::COLUMN_BUDGET),
         _ => {
             let y = x.conv2d(w, p.padding, p.stride, p.dilation, 1)?;
             if out == full { Ok(y) } else { y.narrow(2, 0, out.0)?.narrow(3, 0, out.1) }
@@ -229,13 +224,7 @@ pub fn conv2d_input_grad(
     let (_, c_in, kh, kw) = w.dims4()?;
     let (h, wd) = input_hw;
     if engine.resolve(grad) == Engine::Im2col {
-        let origin = -(p.padding as isize);
-        let win = Window {
-            stride: p.stride,
-            dilation: p.dilation,
-            origin: (origin, origin),
-            out: (oh, ow),
-        };
+        let win = Window::of_conv(p, (oh, ow));
         return im2col::input_grad(grad, w, win, input_hw, im2col::COLUMN_BUDGET);
     }
     let (phases_h, e) = axis_phases(h, kh, p);
@@ -320,13 +309,7 @@ pub fn conv2d_weight_grad(
     match algo {
         WeightGradAlgo::Im2col => {
             let (_, _, oh, ow) = grad.dims4()?;
-            let origin = -(p.padding as isize);
-            let win = Window {
-                stride: p.stride,
-                dilation: p.dilation,
-                origin: (origin, origin),
-                out: (oh, ow),
-            };
+            let win = Window::of_conv(p, (oh, ow));
             im2col::weight_grad(x, grad, kernel_hw, win, im2col::COLUMN_BUDGET)
         }
         WeightGradAlgo::Unfold => weight_grad_unfold(x, grad, p, kernel_hw),

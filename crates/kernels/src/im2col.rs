@@ -17,6 +17,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::params::ConvParams;
+
 /// Which input position each output reads: output `(oy, ox)` through tap `(th, tw)` reads input
 /// `(origin.0 + oy*stride + th*dilation, origin.1 + ox*stride + tw*dilation)`, zero outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,15 @@ pub(crate) struct Window {
     pub origin: (isize, isize),
     /// Output size.
     pub out: (usize, usize),
+}
+
+impl Window {
+    /// The window of a convolution with `p` (zero padding `p.padding` on every side) and output
+    /// size `out`.
+    pub(crate) fn of_conv(p: ConvParams, out: (usize, usize)) -> Window {
+        let origin = -(p.padding as isize);
+        Window { stride: p.stride, dilation: p.dilation, origin: (origin, origin), out }
+    }
 }
 
 /// The custom op: `[b, c, h, w]` (any strides) -> `[c*kh*kw, b*oh*ow]` (contiguous).
@@ -121,13 +132,7 @@ pub(crate) fn weight_grad(
     for start in (0..b).step_by(chunk) {
         let n = chunk.min(b - start);
         let cols = im2col(&x.narrow(0, start, n)?, kernel, win)?; // [k, n*oh*ow]
-        // [n, c_out, oh, ow] -> [c_out, n*oh*ow]
-        let g = grad
-            .narrow(0, start, n)?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((c_out, n * oh * ow))?;
-        let part = g.matmul(&cols.t()?)?; // [c_out, k]
+        let part = channel_rows(grad, start, n)?.matmul(&cols.t()?)?; // [c_out, k]
         acc = Some(match acc {
             Some(a) => (a + part)?,
             None => part,
@@ -137,6 +142,15 @@ pub(crate) fn weight_grad(
         Some(gw) => gw.reshape((c_out, c_in, kh, kw)),
         None => Tensor::zeros((c_out, c_in, kh, kw), x.dtype(), x.device()),
     }
+}
+
+/// Images `start..start + n` of `grad` with one row per channel.
+///
+/// # Shapes
+/// `grad: [b, c, oh, ow]` -> `[c, n*oh*ow]` (contiguous).
+fn channel_rows(grad: &Tensor, start: usize, n: usize) -> candle_core::Result<Tensor> {
+    let (_, c, oh, ow) = grad.dims4()?;
+    grad.narrow(0, start, n)?.transpose(0, 1)?.contiguous()?.reshape((c, n * oh * ow))
 }
 
 /// Input gradient as `col2im(W^T x gy)`, one gemm per chunk of images.
@@ -159,13 +173,7 @@ pub(crate) fn input_grad(
     let mut parts = Vec::with_capacity(b.div_ceil(chunk));
     for start in (0..b).step_by(chunk) {
         let n = chunk.min(b - start);
-        // [n, c_out, oh, ow] -> [c_out, n*oh*ow]
-        let g = grad
-            .narrow(0, start, n)?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((c_out, n * oh * ow))?;
-        let cols = wt.matmul(&g)?; // [k, n*oh*ow]
+        let cols = wt.matmul(&channel_rows(grad, start, n)?)?; // [k, n*oh*ow]
         let op = Col2Im { kernel: (kh, kw), win, image: (n, c_in, input_hw.0, input_hw.1) };
         parts.push(cols.apply_op1_no_bwd(&op)?); // [n, c_in, h, w]
     }

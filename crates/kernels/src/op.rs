@@ -54,7 +54,7 @@ pub fn conv2d_grouped(x: &Tensor, w: &Tensor, params: ConvParams, groups: usize)
     if !x.track_op() && !w.track_op() {
         return Ok(y.contiguous()?);
     }
-    let op = Conv2dOp { params, groups, input_hw, kernel_hw, result: Mutex::new(Some(y)) };
+    let op = Precomputed::new(Conv2dBackward { params, groups, input_hw, kernel_hw }, y);
     Ok(x.apply_op2(w, op)?)
 }
 
@@ -116,13 +116,8 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, params: ConvTransposeParams) -> 
     if !x.track_op() && !w.track_op() {
         return Ok(y.contiguous()?);
     }
-    let op = ConvTranspose2dOp {
-        params,
-        input_hw: (h, wd),
-        kernel_hw: (kh, kw),
-        result: Mutex::new(Some(y)),
-    };
-    Ok(x.apply_op2(w, op)?)
+    let backward = ConvTranspose2dBackward { params, input_hw: (h, wd), kernel_hw: (kh, kw) };
+    Ok(x.apply_op2(w, Precomputed::new(backward, y))?)
 }
 
 /// Checks a convolution's arguments; returns the input, kernel and output spatial sizes.
@@ -226,42 +221,63 @@ where
     Ok(dst)
 }
 
-fn cpu_result(
+/// The precomputed result in `slot` as the storage of one backend (`pick` finds it; `backend`
+/// names it in the error), with its shape.
+fn take_storage<S>(
     slot: &Mutex<Option<Tensor>>,
     op: &'static str,
-) -> candle_core::Result<(CpuStorage, Shape)> {
+    (pick, backend): (fn(&Storage) -> Option<&S>, &str),
+) -> candle_core::Result<(S, Shape)>
+where
+    S: BackendStorage,
+    S::Device: BackendDevice<Storage = S>,
+{
     let y = take_result(slot, op)?;
     let (storage, layout) = y.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => Ok((copy_contiguous(s, layout)?, layout.shape().clone())),
-        _ => candle_core::bail!("{op}: result is not on the CPU"),
+    match pick(&storage) {
+        Some(s) => Ok((copy_contiguous(s, layout)?, layout.shape().clone())),
+        None => candle_core::bail!("{op}: result is not on {backend}"),
     }
 }
 
-fn cuda_result(
-    slot: &Mutex<Option<Tensor>>,
-    op: &'static str,
-) -> candle_core::Result<(CudaStorage, Shape)> {
-    let y = take_result(slot, op)?;
-    let (storage, layout) = y.storage_and_layout();
-    match &*storage {
-        Storage::Cuda(s) => Ok((copy_contiguous(s, layout)?, layout.shape().clone())),
-        _ => candle_core::bail!("{op}: result is not on a CUDA device"),
-    }
+fn on_cpu(s: &Storage) -> Option<&CpuStorage> {
+    if let Storage::Cpu(s) = s { Some(s) } else { None }
 }
 
-struct Conv2dOp {
-    params: ConvParams,
-    groups: usize,
-    input_hw: Hw,
-    kernel_hw: Hw,
+fn on_cuda(s: &Storage) -> Option<&CudaStorage> {
+    if let Storage::Cuda(s) = s { Some(s) } else { None }
+}
+
+/// The backward pass of a two-argument op whose forward result was computed before the op was
+/// applied (see the module doc): `(x, w, output gradient) -> (gx, gw)`.
+trait Backward2: Send + Sync {
+    /// The op's name in Candle's graph.
+    const NAME: &'static str;
+
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)>;
+}
+
+/// A Candle op that hands over a precomputed forward result and differentiates with `B`.
+struct Precomputed<B> {
+    backward: B,
     /// The forward result, until `cpu_fwd` / `cuda_fwd` copies it out.
     result: Mutex<Option<Tensor>>,
 }
 
-impl CustomOp2 for Conv2dOp {
+impl<B> Precomputed<B> {
+    fn new(backward: B, result: Tensor) -> Self {
+        Self { backward, result: Mutex::new(Some(result)) }
+    }
+}
+
+impl<B: Backward2> CustomOp2 for Precomputed<B> {
     fn name(&self) -> &'static str {
-        "aue-conv2d"
+        B::NAME
     }
 
     fn cpu_fwd(
@@ -271,7 +287,7 @@ impl CustomOp2 for Conv2dOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        cpu_result(&self.result, self.name())
+        take_storage(&self.result, B::NAME, (on_cpu, "the CPU"))
     }
 
     fn cuda_fwd(
@@ -281,7 +297,7 @@ impl CustomOp2 for Conv2dOp {
         _: &CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        cuda_result(&self.result, self.name())
+        take_storage(&self.result, B::NAME, (on_cuda, "a CUDA device"))
     }
 
     fn bwd(
@@ -289,6 +305,27 @@ impl CustomOp2 for Conv2dOp {
         x: &Tensor,
         w: &Tensor,
         _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        self.backward.backward(x, w, grad)
+    }
+}
+
+/// The gradients of [`conv2d_grouped`].
+struct Conv2dBackward {
+    params: ConvParams,
+    groups: usize,
+    input_hw: Hw,
+    kernel_hw: Hw,
+}
+
+impl Backward2 for Conv2dBackward {
+    const NAME: &'static str = "aue-conv2d";
+
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // No gradient for an argument that does not need one (e.g. the image into the stem).
@@ -319,44 +356,20 @@ impl CustomOp2 for Conv2dOp {
     }
 }
 
-struct ConvTranspose2dOp {
+/// The gradients of [`conv_transpose2d`].
+struct ConvTranspose2dBackward {
     params: ConvTransposeParams,
     input_hw: Hw,
     kernel_hw: Hw,
-    /// The forward result, until `cpu_fwd` / `cuda_fwd` copies it out.
-    result: Mutex<Option<Tensor>>,
 }
 
-impl CustomOp2 for ConvTranspose2dOp {
-    fn name(&self) -> &'static str {
-        "aue-conv-transpose2d"
-    }
+impl Backward2 for ConvTranspose2dBackward {
+    const NAME: &'static str = "aue-conv-transpose2d";
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        cpu_result(&self.result, self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        cuda_result(&self.result, self.name())
-    }
-
-    fn bwd(
+    fn backward(
         &self,
         x: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let conv = self.params.as_conv();

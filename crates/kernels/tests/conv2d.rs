@@ -62,17 +62,17 @@ fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).expect("scalar")
 }
 
-/// Our gradients for `x` and `w` (f64) from `backward`.
-fn our_grads(
+/// `conv(x, w)` and the gradients of `<conv(x, w), g>` for `x` and `w`, in `dtype`.
+fn grads_of(
     x: &Arr4,
     w: &Arr4,
     g: &Arr4,
-    p: ConvParams,
     dtype: DType,
+    conv: impl Fn(&Tensor, &Tensor) -> Tensor,
 ) -> (Tensor, Tensor, Tensor) {
     let xv = Var::from_tensor(&x.to_tensor(dtype)).expect("var");
     let wv = Var::from_tensor(&w.to_tensor(dtype)).expect("var");
-    let y = conv2d(xv.as_tensor(), wv.as_tensor(), p).expect("conv2d");
+    let y = conv(xv.as_tensor(), wv.as_tensor());
     let grads = y.mul(&g.to_tensor(dtype)).and_then(|t| t.sum_all()).and_then(|l| l.backward());
     let grads = grads.expect("backward");
     let gx = grads.get(xv.as_tensor()).expect("x grad").clone();
@@ -80,22 +80,26 @@ fn our_grads(
     (y, gx, gw)
 }
 
-/// Candle's built-in conv2d and its gradients.
-fn candle_grads(
-    x: &Arr4,
-    w: &Arr4,
-    g: &Arr4,
+/// Which conv2d [`grads`] differentiates.
+#[derive(Debug, Clone, Copy)]
+enum Conv {
+    /// This crate's.
+    Ours,
+    /// Candle's built-in one and its backward pass.
+    Candle,
+}
+
+/// `conv` and its gradients.
+fn grads(
+    conv: Conv,
+    (x, w, g): (&Arr4, &Arr4, &Arr4),
     p: ConvParams,
     dtype: DType,
 ) -> (Tensor, Tensor, Tensor) {
-    let xv = Var::from_tensor(&x.to_tensor(dtype)).expect("var");
-    let wv = Var::from_tensor(&w.to_tensor(dtype)).expect("var");
-    let y = xv.conv2d(wv.as_tensor(), p.padding, p.stride, p.dilation, 1).expect("candle conv2d");
-    let grads = y.mul(&g.to_tensor(dtype)).and_then(|t| t.sum_all()).and_then(|l| l.backward());
-    let grads = grads.expect("candle backward");
-    let gx = grads.get(xv.as_tensor()).expect("x grad").clone();
-    let gw = grads.get(wv.as_tensor()).expect("w grad").clone();
-    (y, gx, gw)
+    grads_of(x, w, g, dtype, |x, w| match conv {
+        Conv::Ours => conv2d(x, w, p).expect("conv2d"),
+        Conv::Candle => x.conv2d(w, p.padding, p.stride, p.dilation, 1).expect("candle conv2d"),
+    })
 }
 
 /// Central difference of the loss along `dir` against `<grad, dir>`. The loss is linear in each
@@ -162,7 +166,7 @@ fn gradients_match_definition_and_finite_differences_f64() {
     assert_eq!(cases.len(), 36);
     for (i, case) in cases.iter().enumerate() {
         let (x, w, g) = case.data(10 * i as u64);
-        let (y, gx, gw) = our_grads(&x, &w, &g, case.p, DType::F64);
+        let (y, gx, gw) = grads(Conv::Ours, (&x, &w, &g), case.p, DType::F64);
         let (y_ref, gx_ref, gw_ref) = conv_ref(&x, &w, Some(&g), case.geo());
         assert_eq!(y.dims(), y_ref.dims, "{case:?}");
         assert!(rel_err(&vals(&y), &y_ref.v) < 1e-12, "{case:?}: forward");
@@ -180,13 +184,32 @@ fn gradients_match_candles_builtin_backward() {
     // compared on square inputs (where it is right).
     let cases: Vec<Case> = all_cases().into_iter().filter(|c| c.hw.0 == c.hw.1).collect();
     assert!(!cases.is_empty());
+    f64_gradients_match(&cases, 7, |case, x, w, g| {
+        let (_, gx, gw) = grads(Conv::Candle, (x, w, g), case.p, DType::F64);
+        (vals(&gx), vals(&gw))
+    });
+}
+
+/// Our f64 gradients of every case equal `reference`'s (x and w gradients, flat) to a relative
+/// 1e-12; case `i` draws its data from seed `seed + i`.
+fn f64_gradients_match(
+    cases: &[Case],
+    seed: u64,
+    reference: impl Fn(&Case, &Arr4, &Arr4, &Arr4) -> (Vec<f64>, Vec<f64>),
+) {
     for (i, case) in cases.iter().enumerate() {
-        let (x, w, g) = case.data(7 + i as u64);
-        let (_, gx, gw) = our_grads(&x, &w, &g, case.p, DType::F64);
-        let (_, cgx, cgw) = candle_grads(&x, &w, &g, case.p, DType::F64);
-        let (ex, ew) = (rel_err(&vals(&gx), &vals(&cgx)), rel_err(&vals(&gw), &vals(&cgw)));
+        let (x, w, g) = case.data(seed + i as u64);
+        let (_, gx, gw) = grads(Conv::Ours, (&x, &w, &g), case.p, DType::F64);
+        let (want_x, want_w) = reference(case, &x, &w, &g);
+        let (ex, ew) = (rel_err(&vals(&gx), &want_x), rel_err(&vals(&gw), &want_w));
         assert!(ex < 1e-12 && ew < 1e-12, "{case:?}: x grad {ex:e}, w grad {ew:e}");
     }
+}
+
+/// The gradients by the definition (`conv_ref`), for [`f64_gradients_match`].
+fn by_definition(case: &Case, x: &Arr4, w: &Arr4, g: &Arr4) -> (Vec<f64>, Vec<f64>) {
+    let (_, gx, gw) = conv_ref(x, w, Some(g), case.geo());
+    (gx.v, gw.v)
 }
 
 #[test]
@@ -199,9 +222,9 @@ fn gradients_f32_match_candle_and_definition() {
     ];
     for (i, case) in cases.iter().enumerate() {
         let (x, w, g) = case.data(100 + i as u64);
-        let (_, gx, gw) = our_grads(&x, &w, &g, case.p, DType::F32);
+        let (_, gx, gw) = grads(Conv::Ours, (&x, &w, &g), case.p, DType::F32);
         assert_eq!(gx.dtype(), DType::F32);
-        let (_, cgx, cgw) = candle_grads(&x, &w, &g, case.p, DType::F32);
+        let (_, cgx, cgw) = grads(Conv::Candle, (&x, &w, &g), case.p, DType::F32);
         let (_, gx_ref, gw_ref) = conv_ref(&x, &w, Some(&g), case.geo());
         // f32 sums of at most a few hundred terms of size ~1: relative errors ~1e-7.
         for (name, ours, other) in [
@@ -225,13 +248,8 @@ fn dilated_gradients_match_definition() {
         }
     }
     cases.push(Case::new((11, 11), 2, 2, 1, 3));
-    for (i, case) in cases.iter().filter(|c| c.fits()).enumerate() {
-        let (x, w, g) = case.data(300 + i as u64);
-        let (_, gx, gw) = our_grads(&x, &w, &g, case.p, DType::F64);
-        let (_, gx_ref, gw_ref) = conv_ref(&x, &w, Some(&g), case.geo());
-        let (ex, ew) = (rel_err(&vals(&gx), &gx_ref.v), rel_err(&vals(&gw), &gw_ref.v));
-        assert!(ex < 1e-12 && ew < 1e-12, "{case:?}: x grad {ex:e}, w grad {ew:e}");
-    }
+    cases.retain(Case::fits);
+    f64_gradients_match(&cases, 300, by_definition);
 }
 
 #[test]
@@ -243,13 +261,7 @@ fn stride_three_and_padding_wider_than_kernel() {
         Case::new((7, 9), 1, 1, 3, 1),
         Case::new((7, 9), 3, 2, 3, 1),
     ];
-    for (i, case) in cases.iter().enumerate() {
-        let (x, w, g) = case.data(400 + i as u64);
-        let (_, gx, gw) = our_grads(&x, &w, &g, case.p, DType::F64);
-        let (_, gx_ref, gw_ref) = conv_ref(&x, &w, Some(&g), case.geo());
-        let (ex, ew) = (rel_err(&vals(&gx), &gx_ref.v), rel_err(&vals(&gw), &gw_ref.v));
-        assert!(ex < 1e-12 && ew < 1e-12, "{case:?}: x grad {ex:e}, w grad {ew:e}");
-    }
+    f64_gradients_match(&cases, 400, by_definition);
 }
 
 #[test]

@@ -30,8 +30,9 @@ use image::RgbImage;
 
 use crate::detector::{DetectorKind, DetectorOptions, TinyFaceDetector};
 use crate::error::Result;
-use crate::geometry::FaceBox;
+use crate::geometry::{FaceBox, mutual_centres, shifted, square};
 use crate::ssd::SsdMobilenetV1;
+use crate::weights::EmbeddedNet;
 
 /// Longer image side (px) above which [`DetectorKind::Ssd`] adds the four tiles.
 pub const TILE_ABOVE: u32 = 768;
@@ -56,10 +57,8 @@ pub const FRAME_DROP: f32 = 0.10;
 /// An SSD box re-framed as the tiny detector draws faces (see the module doc).
 pub fn tiny_framing(f: &FaceBox) -> FaceBox {
     let h = f.height();
-    let half = FRAME_SIDE * h / 2.0;
     let [cx, cy] = f.centre();
-    let cy = cy + FRAME_DROP * h;
-    FaceBox { x1: cx - half, y1: cy - half, x2: cx + half, y2: cy + half, score: f.score }
+    square([cx, cy + FRAME_DROP * h], FRAME_SIDE * h, f.score)
 }
 
 /// A loaded face detector.
@@ -157,11 +156,7 @@ fn confirm(det: &SsdMobilenetV1, image: &RgbImage, faces: Vec<FaceBox>) -> Resul
         .zip(again.iter().zip(&corners))
         .filter(|(f, (seen, corner))| {
             let (dx, dy) = **corner;
-            seen.iter().any(|g| {
-                let g =
-                    FaceBox { x1: g.x1 + dx, y1: g.y1 + dy, x2: g.x2 + dx, y2: g.y2 + dy, ..*g };
-                g.contains(f.centre()) && f.contains(g.centre())
-            })
+            seen.iter().any(|g| mutual_centres(&shifted(g, dx, dy), f))
         })
         .map(|(f, _)| f)
         .collect())
@@ -190,8 +185,7 @@ impl Tile {
     }
 
     fn in_image(&self, f: FaceBox) -> FaceBox {
-        let (dx, dy) = (self.x as f32, self.y as f32);
-        FaceBox { x1: f.x1 + dx, y1: f.y1 + dy, x2: f.x2 + dx, y2: f.y2 + dy, score: f.score }
+        shifted(&f, self.x as f32, self.y as f32)
     }
 }
 
@@ -227,10 +221,7 @@ fn merge(whole: Vec<FaceBox>, mut extra: Vec<FaceBox>) -> Vec<FaceBox> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn b(x1: f32, y1: f32, x2: f32, y2: f32, score: f32) -> FaceBox {
-        FaceBox { x1, y1, x2, y2, score }
-    }
+    use crate::geometry::scored as b;
 
     #[test]
     fn confirm_keeps_a_real_face_and_drops_a_box_on_a_wall() {

@@ -16,7 +16,7 @@ use crate::ops::{
     separable_conv,
 };
 use crate::preprocess::{DETECTOR_MEAN_RGB, Padding, PixelRect, square_input};
-use crate::weights::{TINY_FACE_DETECTOR, Weights};
+use crate::weights::{EmbeddedNet, TINY_FACE_DETECTOR, Weights};
 
 /// face-api `tinyFaceDetector/const.ts`: anchor (width, height) in grid cells.
 const ANCHORS: [(f64, f64); 5] = [
@@ -42,11 +42,19 @@ pub struct DetectorOptions {
     pub input_size: usize,
     /// Minimum score of a face (face-api default 0.5 for both detectors).
     pub score_threshold: f32,
+    /// Whether [`crate::Landmarker::detect_faces`] drops detections whose landmarks disagree with
+    /// those of the mirrored crop (not faces: see [`crate::FLIP_MAX_DISAGREEMENT`]). On by default.
+    pub flip_check: bool,
 }
 
 impl Default for DetectorOptions {
     fn default() -> Self {
-        Self { kind: DetectorKind::default(), input_size: 416, score_threshold: 0.5 }
+        Self {
+            kind: DetectorKind::default(),
+            input_size: 416,
+            score_threshold: 0.5,
+            flip_check: true,
+        }
     }
 }
 
@@ -125,15 +133,11 @@ pub struct TinyFaceDetector {
     device: Device,
 }
 
-impl TinyFaceDetector {
-    /// Loads the shipped weights.
-    pub fn new(device: &Device) -> Result<Self> {
-        let w = Weights::from_bytes("tiny_face_detector.safetensors", TINY_FACE_DETECTOR, device)?;
-        Self::from_weights(w, device)
-    }
+impl EmbeddedNet for TinyFaceDetector {
+    const FILE: (&'static str, &'static [u8]) =
+        ("tiny_face_detector.safetensors", TINY_FACE_DETECTOR);
 
-    /// Builds the detector from converted weights (strict).
-    pub fn from_weights(mut w: Weights, device: &Device) -> Result<Self> {
+    fn from_weights(mut w: Weights, device: &Device) -> Result<Self> {
         let conv0_filters = w.take("conv0.filters", &[WIDTHS[0], 3, 3, 3])?;
         let conv0_bias = w.take("conv0.bias", &[WIDTHS[0]])?;
         let mut layers = Vec::new();
@@ -158,7 +162,9 @@ impl TinyFaceDetector {
             device: device.clone(),
         })
     }
+}
 
+impl TinyFaceDetector {
     /// The raw grid output (face-api `runMobilenet`).
     ///
     /// # Shapes

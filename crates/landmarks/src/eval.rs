@@ -232,20 +232,9 @@ pub fn rafdb_samples(
 /// Samples from a folder of `<stem>.jpg|png` + `<stem>.pts` pairs (iBUG / 300-W annotation files,
 /// whose coordinates are 1-based: 1 is subtracted). The box is the truth's extent.
 pub fn pts_samples(dir: &Path, limit: usize) -> Result<Vec<Sample>> {
-    let rerr = |source| LandmarkError::Read { path: dir.to_path_buf(), source };
-    let mut pts_files = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(rerr)? {
-        let p = e.map_err(rerr)?.path();
-        if p.extension().is_some_and(|x| x == "pts") {
-            pts_files.push(p);
-        }
-    }
-    pts_files.sort();
     let mut out = Vec::new();
-    for pts in pts_files.into_iter().take(limit) {
-        let Some(image) =
-            ["png", "jpg", "jpeg"].iter().map(|x| pts.with_extension(x)).find(|p| p.is_file())
-        else {
+    for pts in files_with_extension(dir, "pts")?.into_iter().take(limit) {
+        let Some(image) = image_beside(&pts) else {
             continue;
         };
         let truth = read_pts(&pts)?;
@@ -255,6 +244,25 @@ pub fn pts_samples(dir: &Path, limit: usize) -> Result<Vec<Sample>> {
         return Err(LandmarkError::Invalid(format!("no image + .pts pairs in {}", dir.display())));
     }
     Ok(out)
+}
+
+/// The files of `dir` whose extension is `ext`, sorted by name.
+pub(crate) fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+    let rerr = |source| LandmarkError::Read { path: dir.to_path_buf(), source };
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(rerr)? {
+        let p = e.map_err(rerr)?.path();
+        if p.extension().is_some_and(|x| x == ext) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The image (`.png`, `.jpg` or `.jpeg`) with the same stem as `path`, if there is one.
+pub(crate) fn image_beside(path: &Path) -> Option<PathBuf> {
+    ["png", "jpg", "jpeg"].iter().map(|x| path.with_extension(x)).find(|p| p.is_file())
 }
 
 /// Reads an iBUG `.pts` file with 68 points (1-based coordinates, returned 0-based).

@@ -11,6 +11,28 @@ pub fn inter_ocular(points: &Landmarks68) -> f32 {
     distance(points[36], points[45])
 }
 
+/// `f` moved by `(dx, dy)` pixels (from a tile's or crop's pixels to the image's).
+pub fn shifted(f: &FaceBox, dx: f32, dy: f32) -> FaceBox {
+    FaceBox { x1: f.x1 + dx, y1: f.y1 + dy, x2: f.x2 + dx, y2: f.y2 + dy, score: f.score }
+}
+
+/// The square box of side `side` centred on `centre`.
+pub fn square(centre: [f32; 2], side: f32, score: f32) -> FaceBox {
+    let (half, [cx, cy]) = (side / 2.0, centre);
+    FaceBox { x1: cx - half, y1: cy - half, x2: cx + half, y2: cy + half, score }
+}
+
+/// A box from its corners and score (the tests' shorthand).
+#[cfg(test)]
+pub(crate) fn scored(x1: f32, y1: f32, x2: f32, y2: f32, score: f32) -> FaceBox {
+    FaceBox { x1, y1, x2, y2, score }
+}
+
+/// Whether each box holds the other's centre (the same face, whatever the box convention).
+pub fn mutual_centres(a: &FaceBox, b: &FaceBox) -> bool {
+    a.contains(b.centre()) && b.contains(a.centre())
+}
+
 /// Euclidean distance of two points.
 pub fn distance(a: [f32; 2], b: [f32; 2]) -> f32 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt()

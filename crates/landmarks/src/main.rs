@@ -63,6 +63,10 @@ struct NetArgs {
     /// Minimum detector score of a face.
     #[arg(long, default_value_t = 0.5)]
     min_score: f32,
+    /// Keep detections whose landmarks disagree with those of the mirrored crop (by default they
+    /// are dropped as not faces: a cat's face, a cap badge).
+    #[arg(long)]
+    no_flip_check: bool,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -200,6 +204,7 @@ fn landmarker_config(a: &NetArgs) -> anyhow::Result<LandmarkerConfig> {
             kind: a.detector,
             input_size: a.input_size,
             score_threshold: a.min_score,
+            flip_check: !a.no_flip_check,
         },
     };
     cfg.detector.check()?;

@@ -35,32 +35,29 @@ pub fn pad_hw(
     (left, right): (usize, usize),
     value: f32,
 ) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4().op("pad: input rank")?;
-    let mut x = x.clone();
-    if top + bottom > 0 {
-        let mut parts = Vec::with_capacity(3);
-        if top > 0 {
-            parts.push(Tensor::full(value, (b, c, top, w), x.device()).op("pad: fill")?);
-        }
-        parts.push(x.clone());
-        if bottom > 0 {
-            parts.push(Tensor::full(value, (b, c, bottom, w), x.device()).op("pad: fill")?);
-        }
-        x = Tensor::cat(&parts, 2).op("pad: cat rows")?; // [b, c, h', w]
+    x.dims4().op("pad: input rank")?;
+    pad_dim(&pad_dim(x, 2, (top, bottom), value)?, 3, (left, right), value)
+}
+
+/// Pads dimension `dim` of `x` with `before` and `after` slices of a constant.
+fn pad_dim(x: &Tensor, dim: usize, (before, after): (usize, usize), value: f32) -> Result<Tensor> {
+    if before + after == 0 {
+        return Ok(x.clone());
     }
-    if left + right > 0 {
-        let hp = h + top + bottom;
-        let mut parts = Vec::with_capacity(3);
-        if left > 0 {
-            parts.push(Tensor::full(value, (b, c, hp, left), x.device()).op("pad: fill")?);
-        }
-        parts.push(x.clone());
-        if right > 0 {
-            parts.push(Tensor::full(value, (b, c, hp, right), x.device()).op("pad: fill")?);
-        }
-        x = Tensor::cat(&parts, 3).op("pad: cat cols")?; // [b, c, h', w']
+    let fill = |n: usize| {
+        let mut dims = x.dims().to_vec();
+        dims[dim] = n;
+        Tensor::full(value, dims, x.device()).op("pad: fill")
+    };
+    let mut parts = Vec::with_capacity(3);
+    if before > 0 {
+        parts.push(fill(before)?);
     }
-    Ok(x)
+    parts.push(x.clone());
+    if after > 0 {
+        parts.push(fill(after)?);
+    }
+    Tensor::cat(&parts, dim).op("pad: cat")
 }
 
 /// A dense convolution with TensorFlow "same" padding (`same = true`) or none ("valid"), plus bias.
@@ -87,7 +84,7 @@ pub fn conv2d_tf(
         return generic::conv2d_bias(&x, weight, bias, stride);
     }
     let (x, weight, bias) = (contiguous(&x)?, contiguous(weight)?, contiguous(bias)?);
-    x.apply_op3_no_bwd(&weight, &bias, &DenseConv { stride }).op("conv2d")
+    x.apply_op3_no_bwd(&weight, &bias, &OnCpu("dense-conv2d", DenseConv { stride })).op("conv2d")
 }
 
 /// A dense convolution with TensorFlow "same" padding and no bias, by Candle's own convolution
@@ -173,7 +170,7 @@ pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
         return generic::bias_act(x, bias, act);
     }
     let (x, bias) = (contiguous(x)?, contiguous(bias)?);
-    x.apply_op2_no_bwd(&bias, &BiasAct { act }).op("bias + activation")
+    x.apply_op2_no_bwd(&bias, &OnCpu("bias-activation", BiasAct { act })).op("bias + activation")
 }
 
 /// face-api's leaky ReLU, written as it is (`relu(x - 0.1 x) + 0.1 x`) so the rounding matches.
@@ -209,7 +206,7 @@ pub fn max_pool_same(x: &Tensor, stride: usize) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return x.max_pool2d_with_stride((2, 2), (stride, stride)).op("maxpool");
     }
-    contiguous(&x)?.apply_op1_no_bwd(&MaxPool2 { stride }).op("maxpool")
+    contiguous(&x)?.apply_op1_no_bwd(&OnCpu("maxpool2x2", MaxPool2 { stride })).op("maxpool")
 }
 
 /// Depthwise 2-D convolution (one k x k filter per channel, no bias) with explicit zero padding.
@@ -228,7 +225,7 @@ pub fn depthwise_conv2d(
     }
     let (x, kernel) = (contiguous(x)?, contiguous(kernel)?);
     let op = DepthwiseConv { stride, top, bottom, left, right, epilogue: None };
-    x.apply_op2_no_bwd(&kernel, &op).op("depthwise conv")
+    x.apply_op2_no_bwd(&kernel, &OnCpu("depthwise-conv2d", op)).op("depthwise conv")
 }
 
 /// [`depthwise_conv2d`] followed by `act(y + bias[c])`, in one pass over the output on the CPU.
@@ -250,7 +247,7 @@ pub fn depthwise_conv2d_bias_act(
     let (x, kernel) = (contiguous(x)?, contiguous(kernel)?);
     let bias = bias.to_vec1::<f32>().op("depthwise conv: bias")?;
     let op = DepthwiseConv { stride, top, bottom, left, right, epilogue: Some((bias, act)) };
-    x.apply_op2_no_bwd(&kernel, &op).op("depthwise conv")
+    x.apply_op2_no_bwd(&kernel, &OnCpu("depthwise-conv2d", op)).op("depthwise conv")
 }
 
 /// `relu(a + b)` (or `a + b`) elementwise, in one pass.
@@ -262,7 +259,7 @@ pub fn add(a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
         return generic::add(a, b, relu);
     }
     let (a, b) = (contiguous(a)?, contiguous(b)?);
-    a.apply_op2_no_bwd(&b, &Add { relu }).op("add")
+    a.apply_op2_no_bwd(&b, &OnCpu("add", Add { relu })).op("add")
 }
 
 /// The same layers with Candle's generic operations, for devices without this file's kernels.
@@ -352,26 +349,52 @@ fn axpy_strided(out: &mut [f32], row: &[f32], k: f32, stride: usize) {
     }
 }
 
+/// One input of a [`Kernel`]: the contiguous f32 data and its layout.
+type Input<'a> = (&'a [f32], &'a Layout);
+/// A [`Kernel`]'s output data and shape.
+type KernelOut = candle_core::Result<(Vec<f32>, Shape)>;
+
+/// A CPU kernel over f32 inputs; [`OnCpu`] makes it a Candle custom op of its arity.
+trait Kernel: Send + Sync {
+    fn run(&self, inputs: &[Input<'_>]) -> KernelOut;
+}
+
+/// A [`Kernel`] with its op name, as a Candle custom op.
+struct OnCpu<K>(&'static str, K);
+
+/// Implements Candle's custom-op trait of one arity for [`OnCpu`]: the storages become f32
+/// slices (contiguous, checked by [`f32_slice`]), the kernel's vector the output storage.
+macro_rules! on_cpu_op {
+    ($op:ident: $($s:ident $l:ident),+) => {
+        impl<K: Kernel> $op for OnCpu<K> {
+            fn name(&self) -> &'static str {
+                self.0
+            }
+
+            fn cpu_fwd(
+                &self,
+                $($s: &CpuStorage, $l: &Layout),+
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                let inputs = [$((f32_slice($s, $l, self.0)?, $l)),+];
+                let (out, shape) = self.1.run(&inputs)?;
+                Ok((CpuStorage::F32(out), shape))
+            }
+        }
+    };
+}
+on_cpu_op!(CustomOp1: s1 l1);
+on_cpu_op!(CustomOp2: s1 l1, s2 l2);
+on_cpu_op!(CustomOp3: s1 l1, s2 l2, s3 l3);
+
 /// Dense 'valid' convolution plus bias, for the few layers that read RGB (3 input channels):
 /// one output plane per task, accumulating whole rows.
 struct DenseConv {
     stride: usize,
 }
 
-impl CustomOp3 for DenseConv {
-    fn name(&self) -> &'static str {
-        "dense-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+impl Kernel for DenseConv {
+    fn run(&self, inputs: &[Input<'_>]) -> KernelOut {
+        let [(xs, l1), (ws, l2), (bs, l3)] = *inputs else { bail!("conv2d: three inputs") };
         let (b, c_in, h, w) = l1.shape().dims4()?;
         let (c_out, kc, kh, kw) = l2.shape().dims4()?;
         if kc != c_in || l3.shape().dims1()? != c_out {
@@ -384,11 +407,6 @@ impl CustomOp3 for DenseConv {
         }
         let s = self.stride;
         let (oh, ow) = (valid_out(h, kh, s, "conv2d")?, valid_out(w, kw, s, "conv2d")?);
-        let (xs, ws, bs) = (
-            f32_slice(s1, l1, "conv2d")?,
-            f32_slice(s2, l2, "conv2d")?,
-            f32_slice(s3, l3, "conv2d")?,
-        );
         let mut out = vec![0f32; b * c_out * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
             let (n, co) = (plane / c_out, plane % c_out);
@@ -408,7 +426,7 @@ impl CustomOp3 for DenseConv {
             let bias = bs[co];
             o.iter_mut().for_each(|v| *v += bias);
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
+        Ok((out, Shape::from((b, c_out, oh, ow))))
     }
 }
 
@@ -424,18 +442,9 @@ struct DepthwiseConv {
     epilogue: Option<(Vec<f32>, Activation)>,
 }
 
-impl CustomOp2 for DepthwiseConv {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+impl Kernel for DepthwiseConv {
+    fn run(&self, inputs: &[Input<'_>]) -> KernelOut {
+        let [(xs, l1), (ks, l2)] = *inputs else { bail!("depthwise conv: two inputs") };
         let (b, c, h, w) = l1.shape().dims4()?;
         let (kc, one, kh, kw) = l2.shape().dims4()?;
         if kc != c || one != 1 {
@@ -445,7 +454,6 @@ impl CustomOp2 for DepthwiseConv {
         let (hp, wp) = (h + self.top + self.bottom, w + self.left + self.right);
         let (oh, ow) =
             (valid_out(hp, kh, s, "depthwise conv")?, valid_out(wp, kw, s, "depthwise conv")?);
-        let (xs, ks) = (f32_slice(s1, l1, "depthwise conv")?, f32_slice(s2, l2, "depthwise conv")?);
         let mut out = vec![0f32; b * c * oh * ow];
         let (top, left) = (self.top, self.left);
         if let Some((bias, _)) = &self.epilogue
@@ -475,7 +483,7 @@ impl CustomOp2 for DepthwiseConv {
                 }
             },
         );
-        Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
+        Ok((out, Shape::from((b, c, oh, ow))))
     }
 }
 
@@ -484,22 +492,12 @@ struct Add {
     relu: bool,
 }
 
-impl CustomOp2 for Add {
-    fn name(&self) -> &'static str {
-        "add"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+impl Kernel for Add {
+    fn run(&self, inputs: &[Input<'_>]) -> KernelOut {
+        let [(a, l1), (b, l2)] = *inputs else { bail!("add: two inputs") };
         if l1.shape() != l2.shape() {
             bail!("add: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
         }
-        let (a, b) = (f32_slice(s1, l1, "add")?, f32_slice(s2, l2, "add")?);
         let mut out = a.to_vec();
         let relu = self.relu;
         out.par_chunks_mut(4096).zip(b.par_chunks(4096)).for_each(|(o, b)| {
@@ -508,7 +506,7 @@ impl CustomOp2 for Add {
                 *o = if relu { v.max(0.0) } else { v };
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -517,29 +515,19 @@ struct BiasAct {
     act: Activation,
 }
 
-impl CustomOp2 for BiasAct {
-    fn name(&self) -> &'static str {
-        "bias-activation"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+impl Kernel for BiasAct {
+    fn run(&self, inputs: &[Input<'_>]) -> KernelOut {
+        let [(xs, l1), (bs, l2)] = *inputs else { bail!("bias: two inputs") };
         let (b, c, h, w) = l1.shape().dims4()?;
         if l2.shape().dims1()? != c {
             bail!("bias {:?} does not fit input {:?}", l2.shape(), l1.shape());
         }
-        let (xs, bs) = (f32_slice(s1, l1, "bias")?, f32_slice(s2, l2, "bias")?);
         let mut out = xs.to_vec();
         let act = self.act;
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, o)| {
             apply_bias_act(o, bs[plane % c], act);
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
+        Ok((out, Shape::from((b, c, h, w))))
     }
 }
 
@@ -548,16 +536,12 @@ struct MaxPool2 {
     stride: usize,
 }
 
-impl CustomOp1 for MaxPool2 {
-    fn name(&self) -> &'static str {
-        "maxpool2x2"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+impl Kernel for MaxPool2 {
+    fn run(&self, inputs: &[Input<'_>]) -> KernelOut {
+        let [(xs, l1)] = *inputs else { bail!("maxpool: one input") };
         let (b, c, h, w) = l1.shape().dims4()?;
         let s = self.stride;
         let (oh, ow) = (valid_out(h, 2, s, "maxpool")?, valid_out(w, 2, s, "maxpool")?);
-        let xs = f32_slice(s1, l1, "maxpool")?;
         let mut out = vec![0f32; b * c * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
             let xp = &xs[plane * h * w..(plane + 1) * h * w];
@@ -570,7 +554,7 @@ impl CustomOp1 for MaxPool2 {
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
+        Ok((out, Shape::from((b, c, oh, ow))))
     }
 }
 

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::{LandmarkError, Result};
-use crate::eval::read_pts;
+use crate::eval::{files_with_extension, image_beside, read_pts};
+pub use crate::geometry::mutual_centres;
 use crate::geometry::{FaceBox, Landmarks68, distance, inter_ocular};
 use crate::{Landmarker, load_image};
 
@@ -34,27 +35,14 @@ pub struct RealImage {
 
 /// Reads every image of `dir` that has a `<stem>.faces` file, sorted by name.
 pub fn read_set(dir: &Path) -> Result<Vec<RealImage>> {
-    let rerr = |source| LandmarkError::Read { path: dir.to_path_buf(), source };
-    let mut faces_files = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(rerr)? {
-        let p = e.map_err(rerr)?.path();
-        if p.extension().is_some_and(|x| x == "faces") {
-            faces_files.push(p);
-        }
-    }
-    faces_files.sort();
     let mut out = Vec::new();
-    for faces_file in faces_files {
-        let image = ["jpg", "jpeg", "png"]
-            .iter()
-            .map(|x| faces_file.with_extension(x))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                LandmarkError::Invalid(format!(
-                    "{}: no image with this stem (.jpg, .jpeg or .png)",
-                    faces_file.display()
-                ))
-            })?;
+    for faces_file in files_with_extension(dir, "faces")? {
+        let image = image_beside(&faces_file).ok_or_else(|| {
+            LandmarkError::Invalid(format!(
+                "{}: no image with this stem (.jpg, .jpeg or .png)",
+                faces_file.display()
+            ))
+        })?;
         let faces = read_faces(&faces_file)?;
         let pts = faces_file.with_extension("pts");
         let truth = if pts.is_file() {
@@ -110,11 +98,6 @@ pub fn read_faces(path: &Path) -> Result<Vec<FaceBox>> {
         faces.push(FaceBox::from_corners(x1, y1, x2, y2));
     }
     Ok(faces)
-}
-
-/// Whether each box holds the other's centre.
-pub fn mutual_centres(a: &FaceBox, b: &FaceBox) -> bool {
-    a.contains(b.centre()) && b.contains(a.centre())
 }
 
 /// For each expected face, the index of the detection matched to it (best score first).
@@ -233,10 +216,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn b(x1: f32, y1: f32, x2: f32, y2: f32, score: f32) -> FaceBox {
-        FaceBox { x1, y1, x2, y2, score }
-    }
+    use crate::geometry::scored as b;
 
     #[test]
     fn matching_takes_one_detection_per_face_best_first() {

@@ -19,7 +19,7 @@ use crate::error::{CandleContext, LandmarkError, Result};
 use crate::geometry::FaceBox;
 use crate::ops::{self, Activation, bias_act, ensure_f32, pointwise_conv};
 use crate::preprocess::{Normalise, Padding, PixelRect, square_input_with};
-use crate::weights::{SSD_MOBILENETV1, Weights};
+use crate::weights::{EmbeddedNet, SSD_MOBILENETV1, Weights};
 
 /// Network input side (face-api `SsdMobilenetv1.forwardInput`: the anchors are made for it).
 pub const SSD_INPUT: usize = 512;
@@ -186,15 +186,10 @@ pub struct SsdMobilenetV1 {
     device: Device,
 }
 
-impl SsdMobilenetV1 {
-    /// Loads the shipped weights (5.6 MB of uint8 codes).
-    pub fn new(device: &Device) -> Result<Self> {
-        let w = Weights::from_bytes("ssd_mobilenetv1.safetensors", SSD_MOBILENETV1, device)?;
-        Self::from_weights(w, device)
-    }
+impl EmbeddedNet for SsdMobilenetV1 {
+    const FILE: (&'static str, &'static [u8]) = ("ssd_mobilenetv1.safetensors", SSD_MOBILENETV1);
 
-    /// Builds the detector from converted weights (strict).
-    pub fn from_weights(mut w: Weights, device: &Device) -> Result<Self> {
+    fn from_weights(mut w: Weights, device: &Device) -> Result<Self> {
         let conv_0 =
             PointwiseConv::load(&mut w, "MobilenetV1.Conv2d_0_pointwise", 3, 3, WIDTHS[0], 2)?;
         let mut pairs = Vec::new();
@@ -252,7 +247,9 @@ impl SsdMobilenetV1 {
         w.finish()?;
         Ok(Self { conv_0, pairs, extra, heads, anchors, device: device.clone() })
     }
+}
 
+impl SsdMobilenetV1 {
     /// The raw outputs (face-api `mobileNetV1` + `predictionLayer`).
     ///
     /// # Shapes

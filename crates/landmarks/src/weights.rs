@@ -28,6 +28,21 @@ pub const TINY_FACE_DETECTOR: &[u8] = include_bytes!("../weights/tiny_face_detec
 /// The face-api SSD MobileNet v1 face detector (`ssd_mobilenetv1_model`), converted.
 pub const SSD_MOBILENETV1: &[u8] = include_bytes!("../weights/ssd_mobilenetv1.safetensors");
 
+/// A network whose converted weights ship inside the library.
+pub trait EmbeddedNet: Sized {
+    /// The shipped weights: file name (for errors) and bytes.
+    const FILE: (&'static str, &'static [u8]);
+
+    /// Builds the network from converted weights (strict: every tensor used, shapes checked).
+    fn from_weights(w: Weights, device: &Device) -> Result<Self>;
+
+    /// Loads the shipped weights.
+    fn new(device: &Device) -> Result<Self> {
+        let (file, bytes) = Self::FILE;
+        Self::from_weights(Weights::from_bytes(file, bytes, device)?, device)
+    }
+}
+
 /// Dequantised f32 tensors of one weights file, handed out once each by [`Weights::take`].
 pub struct Weights {
     file: String,

@@ -9,7 +9,9 @@
 use std::path::Path;
 
 use aue_landmarks::real::{RealImage, match_faces, nme, read_set};
-use aue_landmarks::{DetectorKind, DetectorOptions, Landmarker, LandmarkerConfig, load_image};
+use aue_landmarks::{
+    DetectorKind, DetectorOptions, FLIP_MAX_DISAGREEMENT, Landmarker, LandmarkerConfig, load_image,
+};
 
 const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/real");
 
@@ -54,14 +56,43 @@ fn run(lm: &Landmarker, item: &RealImage) -> (usize, usize, Option<f32>) {
 fn default_detector_finds_large_grey_small_and_no_faces() {
     let lm = Landmarker::new(&LandmarkerConfig::default()).unwrap();
     // A face filling the frame, a grey close-up (tiled: 940 px), a grey archival photo with a
-    // tilted 85 px face and a 45 px one (tiled), two frontal annotated faces, two photos without
-    // a face.
-    let names =
-        ["grace_hopper_closeup", "tongue", "einstein", "lenna", "takeo", "coffee", "rocket"];
+    // tilted 85 px face and a 45 px one (tiled), two frontal annotated faces, a cat's face, two
+    // photos without a face.
+    let names = [
+        "grace_hopper_closeup",
+        "tongue",
+        "einstein",
+        "lenna",
+        "takeo",
+        "chelsea",
+        "coffee",
+        "rocket",
+    ];
     for item in set(&names) {
         let (found, fp, _) = run(&lm, &item);
         let name = item.image.display();
         assert_eq!((found, fp), (item.faces.len(), 0), "{name}: found, false positives");
+    }
+}
+
+#[test]
+fn the_flip_check_drops_the_cat_and_keeps_the_faces() {
+    // Without the check the SSD detector takes the cat's face for a face (score 0.93).
+    let mut cfg = LandmarkerConfig::default();
+    cfg.detector.flip_check = false;
+    let unchecked = Landmarker::new(&cfg).unwrap();
+    let cat = load_image(&set(&["chelsea"])[0].image).unwrap();
+    let found = unchecked.detect_faces(&cat).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    // Its points and those of the mirrored crop fall apart; a real face's (a profile, a frontal
+    // face) agree. Measured: 0.181 for the cat, at most 0.030 on the faces of the set.
+    let d = unchecked.flip_disagreement(&[(&cat, found[0])]).unwrap()[0];
+    assert!(d > FLIP_MAX_DISAGREEMENT, "cat: {d}");
+    for item in set(&["camera", "takeo"]) {
+        let img = load_image(&item.image).unwrap();
+        let face = unchecked.detect_faces(&img).unwrap()[0];
+        let d = unchecked.flip_disagreement(&[(&img, face)]).unwrap()[0];
+        assert!(d <= FLIP_MAX_DISAGREEMENT, "{}: {d}", item.image.display());
     }
 }
 

@@ -4,9 +4,6 @@
 //! widths C1..C4 as docs/METHOD.md section 8 says. The input side S sets the AU grid G = S/4 and the
 //! crop side L = 2 * round(G * 12 / 56).
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -49,34 +46,14 @@ impl Preset {
     /// All presets, largest first.
     pub const ALL: [Preset; 4] =
         [Preset::Resnet101, Preset::Resnet50, Preset::Resnet18, Preset::Tiny];
-
-    /// The preset's name as written on command lines and in checkpoint metadata.
-    pub fn name(self) -> &'static str {
-        match self {
-            Preset::Resnet101 => "resnet101",
-            Preset::Resnet50 => "resnet50",
-            Preset::Resnet18 => "resnet18",
-            Preset::Tiny => "tiny",
-        }
-    }
 }
 
-impl fmt::Display for Preset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Preset {
-    type Err = ModelError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Preset::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
-            let known: Vec<_> = Preset::ALL.iter().map(|p| p.name()).collect();
-            ModelError::Config(format!("unknown preset `{s}` (known: {})", known.join(", ")))
-        })
-    }
-}
+aue_core::named_enum!(Preset, "preset", ModelError => ModelError::Config, {
+    Resnet101 => "resnet101",
+    Resnet50 => "resnet50",
+    Resnet18 => "resnet18",
+    Tiny => "tiny",
+});
 
 /// Every size of the model. Build one with [`ModelConfig::preset`], then adjust with the `with_*`
 /// methods; [`ModelConfig::validate`] checks the result.

@@ -21,7 +21,7 @@ fn stages_then_report() {
     synth.threads = 1;
     aue_synth::generate(&synth).unwrap();
     let run_dir = tmp.path().join("runs/demo");
-    let stages: [&dyn StageDef; 3] = [&aue_stage1::STAGE, &aue_stage2::STAGE, &aue_stage3::STAGE];
+    let stages: [&dyn StageDef; 3] = [&aue_stage1::Em, &aue_stage2::Au, &aue_stage3::Fuse];
     for stage in stages {
         let args = StageArgs {
             data_root: Some(data.clone()),

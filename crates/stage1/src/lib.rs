@@ -13,33 +13,13 @@ use aue_train::{LossInputs, Origin, StageConfig, StageDef};
 use candle_core::Tensor;
 use candle_nn::VarMap;
 
-/// Stage 1 as the engine runs it.
+/// Stage 1 as the engine runs it (what the `aue-stage1` binary runs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Em;
-
-/// The stage the `aue-stage1` binary runs.
-pub const STAGE: Em = Em;
 
 impl StageDef for Em {
     fn stage(&self) -> Stage {
         Stage::Em
-    }
-
-    fn command_name(&self) -> &'static str {
-        "aue-stage1"
-    }
-
-    fn about(&self) -> &'static str {
-        "AUE-CRL stage 1 (EM): trains the backbone and the expression branch with cross-entropy \
-         (docs/METHOD.md section 4)"
-    }
-
-    fn parent(&self) -> Option<Stage> {
-        None
-    }
-
-    fn default_eiau_weight(&self) -> Option<f64> {
-        None
     }
 
     fn loss(&self, x: &LossInputs<'_>) -> aue_model::Result<Tensor> {

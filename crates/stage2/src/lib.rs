@@ -13,36 +13,13 @@ use aue_train::config::StageConfig;
 use aue_train::{LossInputs, StageDef, TrainError};
 use candle_core::Tensor;
 
-/// Stage 2 as the engine runs it.
+/// Stage 2 as the engine runs it (what the `aue-stage2` binary runs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Au;
-
-/// The stage the `aue-stage2` binary runs.
-pub const STAGE: Au = Au;
-
-/// The reference's weight of the EIAU term in stage 2.
-pub const EIAU_WEIGHT: f64 = 0.5;
 
 impl StageDef for Au {
     fn stage(&self) -> Stage {
         Stage::Au
-    }
-
-    fn command_name(&self) -> &'static str {
-        "aue-stage2"
-    }
-
-    fn about(&self) -> &'static str {
-        "AUE-CRL stage 2 (AU): trains the AU branch and the prior table on the frozen backbone, \
-         from stage 1's checkpoint"
-    }
-
-    fn parent(&self) -> Option<Stage> {
-        Some(Stage::Em)
-    }
-
-    fn default_eiau_weight(&self) -> Option<f64> {
-        Some(EIAU_WEIGHT)
     }
 
     fn loss(&self, x: &LossInputs<'_>) -> aue_model::Result<Tensor> {
@@ -95,7 +72,7 @@ mod tests {
         };
         let out = Outputs { pred_au: Some(p), ..Outputs::default() };
         let knowledge = model.knowledge();
-        for w in [0.0, EIAU_WEIGHT, 2.0] {
+        for w in [0.0, aue_model::reference_eiau_weight(Stage::Au), 2.0] {
             let ours =
                 Au.loss(&LossInputs { outputs: &out, batch: &batch, knowledge, eiau_weight: w })?;
             let reference =

@@ -11,36 +11,13 @@ use aue_model::{Stage, loss};
 use aue_train::{LossInputs, StageDef};
 use candle_core::Tensor;
 
-/// Stage 3 as the engine runs it.
+/// Stage 3 as the engine runs it (what the `aue-stage3` binary runs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fuse;
-
-/// The stage the `aue-stage3` binary runs.
-pub const STAGE: Fuse = Fuse;
-
-/// The reference's weight of the EIAU term in stage 3.
-pub const EIAU_WEIGHT: f64 = 0.05;
 
 impl StageDef for Fuse {
     fn stage(&self) -> Stage {
         Stage::Fuse
-    }
-
-    fn command_name(&self) -> &'static str {
-        "aue-stage3"
-    }
-
-    fn about(&self) -> &'static str {
-        "AUE-CRL stage 3 (Fuse): trains the fusion branch and the EM head on everything else \
-         frozen, from stage 2's checkpoint"
-    }
-
-    fn parent(&self) -> Option<Stage> {
-        Some(Stage::Au)
-    }
-
-    fn default_eiau_weight(&self) -> Option<f64> {
-        Some(EIAU_WEIGHT)
     }
 
     fn loss(&self, x: &LossInputs<'_>) -> aue_model::Result<Tensor> {

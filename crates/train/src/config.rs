@@ -6,7 +6,6 @@
 //! every checkpoint's metadata.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use aue_cli::DeviceSpec;
 use aue_contract::StagePaths;
@@ -62,39 +61,11 @@ pub enum SelectBy {
     Last,
 }
 
-impl SelectBy {
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            SelectBy::MeanClassAcc => "mean-class-acc",
-            SelectBy::AuF1 => "au-f1",
-            SelectBy::Last => "last",
-        }
-    }
-}
-
-impl FromStr for SelectBy {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        [SelectBy::MeanClassAcc, SelectBy::AuF1, SelectBy::Last]
-            .into_iter()
-            .find(|v| v.name() == s)
-            .ok_or_else(|| format!("unknown selection `{s}` (use mean-class-acc, au-f1 or last)"))
-    }
-}
-
-impl TryFrom<String> for SelectBy {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<SelectBy> for String {
-    fn from(v: SelectBy) -> String {
-        v.name().to_string()
-    }
-}
+aue_core::named_enum!(SelectBy, "selection", String => String::from, {
+    MeanClassAcc => "mean-class-acc",
+    AuF1 => "au-f1",
+    Last => "last",
+});
 
 /// The float type of a run's parameters and computation. Checkpoints are f32 on disk either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -110,14 +81,6 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::F64 => "f64",
-        }
-    }
-
     /// The Candle dtype.
     pub fn dtype(self) -> candle_core::DType {
         match self {
@@ -127,34 +90,7 @@ impl Precision {
     }
 }
 
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        [Precision::F32, Precision::F64]
-            .into_iter()
-            .find(|v| v.name() == s)
-            .ok_or_else(|| format!("unknown dtype `{s}` (use f32 or f64)"))
-    }
-}
-
-impl TryFrom<String> for Precision {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Precision> for String {
-    fn from(v: Precision) -> String {
-        v.name().to_string()
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+aue_core::named_enum!(Precision, "dtype", String => String::from, { F32 => "f32", F64 => "f64" });
 
 /// Raw settings, from flags or from the `--config` TOML file (same names, `_` for `-`).
 /// Every field is optional: what neither gives takes its default in [`StageConfig::resolve`].
@@ -228,7 +164,7 @@ pub struct StageArgs {
 
     /// Float type of the parameters and of every op of a step: f32, or f64 (CPU only, for
     /// parity runs against a float64 reference); checkpoints are written as f32 [default: f32].
-    #[arg(long, value_parser = PossibleValuesParser::new(["f32", "f64"]).try_map(|s| s.parse::<Precision>()))]
+    #[arg(long, value_name = "f32|f64")]
     pub dtype: Option<Precision>,
 
     /// Development option for parity runs: every dropout probability set to 0 (the reference

@@ -45,16 +45,13 @@ pub trait StageDef: Sync {
     /// what the next stage checks (`2` for any AU trainer that hands an AU branch to stage 3).
     fn stage(&self) -> Stage;
 
-    /// The binary's name (`aue-stage1`).
-    fn command_name(&self) -> &'static str;
-
-    /// One paragraph for `--help`.
-    fn about(&self) -> &'static str;
-
     /// The stage whose checkpoint this one starts from (`--resume-model`, by default the
     /// previous stage folder's `best.safetensors`); `None` when it starts from weights it
-    /// makes itself ([`StageDef::init_weights`]).
-    fn parent(&self) -> Option<Stage>;
+    /// makes itself ([`StageDef::init_weights`]). By default the stage before
+    /// [`StageDef::stage`] in the pipeline (none for stage 1).
+    fn parent(&self) -> Option<Stage> {
+        self.stage().number().checked_sub(1).and_then(Stage::from_number)
+    }
 
     /// Whether this stage trains the variable `key` (a reference key or a group variable's
     /// key); BatchNorm buffers are never trained whatever this says. By default the reference's
@@ -77,8 +74,14 @@ pub trait StageDef: Sync {
     }
 
     /// The default weight of the loss's EIAU term; `None` when the loss has none (then
-    /// `--eiau-weight` is refused).
-    fn default_eiau_weight(&self) -> Option<f64>;
+    /// `--eiau-weight` is refused). By default the reference's weight for [`StageDef::stage`]
+    /// (0.5 in stage 2, 0.05 in stage 3; stage 1's loss has no such term).
+    fn default_eiau_weight(&self) -> Option<f64> {
+        match self.stage() {
+            Stage::Em => None,
+            stage => Some(aue_model::reference_eiau_weight(stage)),
+        }
+    }
 
     /// The loss of a batch (a 0-d tensor), from the outputs of [`StageDef::train_forward`] or
     /// of the evaluation pass.
@@ -94,7 +97,7 @@ pub trait StageDef: Sync {
     fn init_weights(&self, _cfg: &StageConfig, _varmap: &VarMap) -> Result<Origin> {
         Err(crate::error::TrainError::Config {
             key: "resume_model",
-            msg: format!("{} needs a starting checkpoint", self.command_name()),
+            msg: format!("stage {} needs a starting checkpoint", self.stage().number()),
         })
     }
 }

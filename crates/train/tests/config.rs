@@ -91,7 +91,7 @@ fn bad_values_name_the_setting() {
     ];
     for (stage, key, args) in cases {
         let err = StageConfig::resolve(stage, args).unwrap_err().to_string();
-        assert!(err.contains(key), "{} {key}: {err}", stage.command_name());
+        assert!(err.contains(key), "{} {key}: {err}", stage.stage());
     }
     let ok = later(StageArgs {
         eiau_weight: Some(0.0),
@@ -159,10 +159,10 @@ fn each_stage_trains_what_the_reference_trains() {
     ];
     for (stage, trained, frozen) in cases {
         for key in trained {
-            assert!(stage.trainable(key), "{}: {key}", stage.command_name());
+            assert!(stage.trainable(key), "{}: {key}", stage.stage());
         }
         for key in frozen {
-            assert!(!stage.trainable(key), "{}: {key}", stage.command_name());
+            assert!(!stage.trainable(key), "{}: {key}", stage.stage());
         }
     }
 }

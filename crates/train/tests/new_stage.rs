@@ -14,15 +14,6 @@ impl StageDef for RealAus {
     fn stage(&self) -> Stage {
         Stage::Au
     }
-    fn command_name(&self) -> &'static str {
-        "aue-stage2-real-aus"
-    }
-    fn about(&self) -> &'static str {
-        "Stage 2 on annotated AUs"
-    }
-    fn parent(&self) -> Option<Stage> {
-        Some(Stage::Em)
-    }
     fn default_eiau_weight(&self) -> Option<f64> {
         None
     }
@@ -64,8 +55,9 @@ fn a_stage_outside_the_engine_trains_on_annotated_aus() -> Result<(), Box<dyn st
     let x = LossInputs { outputs: &outputs, batch: &none, knowledge, eiau_weight: 0.0 };
     assert!(RealAus.loss(&x).is_err());
 
-    // The defaults give it position 2's trainable parts, and the engine's configuration takes
-    // it: no EIAU term, so `--eiau-weight` is refused.
+    // The defaults give it position 2's parent and trainable parts, and the engine's
+    // configuration takes it: no EIAU term, so `--eiau-weight` is refused.
+    assert_eq!(RealAus.parent(), Some(Stage::Em));
     assert!(RealAus.trainable("PriorKnowledgeTable") && !RealAus.trainable("pred_em.weight"));
     let tmp = tempfile::tempdir()?;
     let args = |eiau_weight| StageArgs {

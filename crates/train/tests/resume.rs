@@ -105,8 +105,8 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 #[test]
 fn f64_runs_write_f32_files_and_resume() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = synth(tmp.path(), 16, 8);
     let run = tmp.path().join("run");
+    let data = synth(tmp.path(), 16, 8);
     let f64_args =
         |epochs| StageArgs { dtype: Some(Precision::F64), ..args(&data, &run, epochs, 1) };
     common::run(&config(Stage::Em, f64_args(1))).unwrap();

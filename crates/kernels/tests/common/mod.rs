@@ -73,6 +73,69 @@ pub struct Geo {
     pub d: usize,
 }
 
+/// `y[yi] += x[xi] * w[wi]` over every product `(xi, yi, wi)` of a convolution-like op, and its
+/// two gradients for the output gradient `g`: `gx[xi] += g[yi] * w[wi]`, `gw[wi] += g[yi] * x[xi]`.
+fn accumulate(
+    x: &Arr4,
+    w: &Arr4,
+    g: Option<&Arr4>,
+    y_dims: [usize; 4],
+    products: impl Iterator<Item = (usize, usize, usize)>,
+) -> (Arr4, Arr4, Arr4) {
+    let mut y = Arr4::zeros(y_dims);
+    let mut gx = Arr4::zeros(x.dims);
+    let mut gw = Arr4::zeros(w.dims);
+    for (xi, yi, wi) in products {
+        y.v[yi] += x.v[xi] * w.v[wi];
+        if let Some(g) = g {
+            gx.v[xi] += g.v[yi] * w.v[wi];
+            gw.v[wi] += g.v[yi] * x.v[xi];
+        }
+    }
+    (y, gx, gw)
+}
+
+/// Every `(n, ci, co, (th, tw), (x row, y row), (x col, y col))` of a convolution-like op with
+/// `b` images, `channels = (ci, co)`, `kernel = (kh, kw)`; `rows(th)` / `cols(tw)` give the
+/// `(x, y)` positions that tap joins along each axis.
+fn taps(
+    b: usize,
+    channels: (usize, usize),
+    kernel: (usize, usize),
+    rows: impl Fn(usize) -> Vec<(usize, usize)>,
+    cols: impl Fn(usize) -> Vec<(usize, usize)>,
+) -> Vec<Tap> {
+    let mut out = Vec::new();
+    for th in 0..kernel.0 {
+        let ph = rows(th);
+        for tw in 0..kernel.1 {
+            let pw = cols(tw);
+            for n in 0..b {
+                for ci in 0..channels.0 {
+                    for co in 0..channels.1 {
+                        for &r in &ph {
+                            out.extend(pw.iter().map(|&c| Tap { n, ci, co, t: (th, tw), r, c }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One product of [`taps`].
+struct Tap {
+    n: usize,
+    ci: usize,
+    co: usize,
+    t: (usize, usize),
+    /// (x row, y row).
+    r: (usize, usize),
+    /// (x column, y column).
+    c: (usize, usize),
+}
+
 /// `conv2d` by its definition, with both gradients for the output gradient `g`.
 /// Returns `(y, gx, gw)`; `x: [b, ci, h, w]`, `w: [co, ci, kh, kw]`, `g: [b, co, oh, ow]`.
 pub fn conv_ref(x: &Arr4, w: &Arr4, g: Option<&Arr4>, geo: Geo) -> (Arr4, Arr4, Arr4) {
@@ -80,36 +143,21 @@ pub fn conv_ref(x: &Arr4, w: &Arr4, g: Option<&Arr4>, geo: Geo) -> (Arr4, Arr4, 
     let [co, _, kh, kw] = w.dims;
     let oh = (h + 2 * geo.p - geo.d * (kh - 1) - 1) / geo.s + 1;
     let ow = (wd + 2 * geo.p - geo.d * (kw - 1) - 1) / geo.s + 1;
-    let mut y = Arr4::zeros([b, co, oh, ow]);
-    let mut gx = Arr4::zeros(x.dims);
-    let mut gw = Arr4::zeros(w.dims);
-    for th in 0..kh {
-        let ph = pairs(h, oh, th, geo.s, geo.p, geo.d);
-        for tw in 0..kw {
-            let pw = pairs(wd, ow, tw, geo.s, geo.p, geo.d);
-            for n in 0..b {
-                for c_o in 0..co {
-                    for c_i in 0..ci {
-                        let wv = w.v[w.idx(c_o, c_i, th, tw)];
-                        for &(o1, i1) in &ph {
-                            for &(o2, i2) in &pw {
-                                let xi = x.idx(n, c_i, i1, i2);
-                                let yi = y.idx(n, c_o, o1, o2);
-                                y.v[yi] += x.v[xi] * wv;
-                                if let Some(g) = g {
-                                    let gv = g.v[yi];
-                                    gx.v[xi] += gv * wv;
-                                    let wi = w.idx(c_o, c_i, th, tw);
-                                    gw.v[wi] += gv * x.v[xi];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    (y, gx, gw)
+    let y = Arr4::zeros([b, co, oh, ow]);
+    // `pairs` gives (output, input): swapped into (x, y).
+    let swap = |v: Vec<(usize, usize)>| v.into_iter().map(|(o, i)| (i, o)).collect();
+    let all = taps(
+        b,
+        (ci, co),
+        (kh, kw),
+        |th| swap(pairs(h, oh, th, geo.s, geo.p, geo.d)),
+        |tw| swap(pairs(wd, ow, tw, geo.s, geo.p, geo.d)),
+    );
+    let products = all.into_iter().map(|t| {
+        let xi = x.idx(t.n, t.ci, t.r.0, t.c.0);
+        (xi, y.idx(t.n, t.co, t.r.1, t.c.1), w.idx(t.co, t.ci, t.t.0, t.t.1))
+    });
+    accumulate(x, w, g, y.dims, products)
 }
 
 /// `conv_transpose2d` by its definition (`y[o] += x[i] * w[t]` for `o = i*s + t*d - p`), with
@@ -125,37 +173,20 @@ pub fn conv_transpose_ref(
     let [_, co, kh, kw] = w.dims;
     let oh = (h - 1) * geo.s + geo.d * (kh - 1) + output_padding + 1 - 2 * geo.p;
     let ow = (wd - 1) * geo.s + geo.d * (kw - 1) + output_padding + 1 - 2 * geo.p;
-    let mut y = Arr4::zeros([b, co, oh, ow]);
-    let mut gx = Arr4::zeros(x.dims);
-    let mut gw = Arr4::zeros(w.dims);
-    for th in 0..kh {
-        // (i, o) pairs: the roles of `pairs` swapped (o = i*s + t*d - p inside [0, oh)).
-        let ph = pairs(oh, h, th, geo.s, geo.p, geo.d);
-        for tw in 0..kw {
-            let pw = pairs(ow, wd, tw, geo.s, geo.p, geo.d);
-            for n in 0..b {
-                for c_i in 0..ci {
-                    for c_o in 0..co {
-                        let wi = w.idx(c_i, c_o, th, tw);
-                        let wv = w.v[wi];
-                        for &(i1, o1) in &ph {
-                            for &(i2, o2) in &pw {
-                                let xi = x.idx(n, c_i, i1, i2);
-                                let yi = y.idx(n, c_o, o1, o2);
-                                y.v[yi] += x.v[xi] * wv;
-                                if let Some(g) = g {
-                                    let gv = g.v[yi];
-                                    gx.v[xi] += gv * wv;
-                                    gw.v[wi] += gv * x.v[xi];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    (y, gx, gw)
+    let y = Arr4::zeros([b, co, oh, ow]);
+    // (i, o) pairs: the roles of `pairs` swapped (o = i*s + t*d - p inside [0, oh)).
+    let all = taps(
+        b,
+        (ci, co),
+        (kh, kw),
+        |th| pairs(oh, h, th, geo.s, geo.p, geo.d),
+        |tw| pairs(ow, wd, tw, geo.s, geo.p, geo.d),
+    );
+    let products = all.into_iter().map(|t| {
+        let xi = x.idx(t.n, t.ci, t.r.0, t.c.0);
+        (xi, y.idx(t.n, t.co, t.r.1, t.c.1), w.idx(t.ci, t.co, t.t.0, t.t.1))
+    });
+    accumulate(x, w, g, y.dims, products)
 }
 
 /// Relative L2 error `|a - b| / max(|b|, tiny)`.

@@ -37,9 +37,9 @@ pub fn args(data: &Path, run: &Path, epochs: usize, steps: usize) -> StageArgs {
 /// The stage crate that trains `stage`.
 pub fn def(stage: Stage) -> &'static dyn StageDef {
     match stage {
-        Stage::Em => &aue_stage1::STAGE,
-        Stage::Au => &aue_stage2::STAGE,
-        Stage::Fuse => &aue_stage3::STAGE,
+        Stage::Em => &aue_stage1::Em,
+        Stage::Au => &aue_stage2::Au,
+        Stage::Fuse => &aue_stage3::Fuse,
     }
 }
 
