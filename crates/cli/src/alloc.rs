@@ -30,9 +30,9 @@ pub fn keep_freed_memory() -> bool {
 
 /// Hands the free memory the C allocator holds back to the OS (glibc on Linux: `malloc_trim(0)`,
 /// which also releases whole free pages inside the heap); elsewhere it does nothing. For a point
-/// where a large amount of temporary memory has just been freed and will not be needed again
-/// soon, e.g. after building the fused inference model (`aue_model::InferenceModel`: its
-/// BatchNorm folding runs in f64), so that those pages do not stay resident beside the model.
+/// where a large amount of memory has just been freed and will not be needed again soon, e.g.
+/// after building the fused inference model (`aue_model::InferenceModel`) and dropping the loaded
+/// model whose unfolded weights it replaces, so that those pages do not stay resident beside it.
 pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap memory to the OS; it is valid at any time.
