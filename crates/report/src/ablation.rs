@@ -98,6 +98,8 @@ pub struct VariantResult {
     pub stage3_em_head: Option<StageScores>,
     /// Stage 2's mean AU F1 against the true AUs at its best epoch (`None`: no ground truth).
     pub au_f1_true: Option<f64>,
+    /// The same score of predicting every AU present (no image), for scale.
+    pub au_f1_all_present: Option<f64>,
 }
 
 /// One set and seed: stage 1 and each variant's stages 2 and 3.
@@ -153,10 +155,12 @@ impl GridResults {
                     }
                     let (best2, _) = best_and_last(&s2)?;
                     let au_f1_true = best2.au_true.as_ref().and_then(|a| a.mean_f1);
+                    let au_f1_all_present = best2.au_all_present.as_ref().and_then(|a| a.mean_f1);
                     let result = VariantResult {
                         stage3: stage_scores(&s3, Head::Stage)?,
                         stage3_em_head: stage_scores(&s3, Head::EmHead).ok(),
                         au_f1_true,
+                        au_f1_all_present,
                     };
                     variants.push((v, result));
                 }
@@ -320,7 +324,8 @@ pub fn blocks(results: &GridResults, chart_file: &str) -> Vec<Block> {
          from. Stage 3 is its fused prediction; \"EM head 3\" is stage 3's other output, the \
          expression head alone after stage 3's epochs (same backbone, no AU branch), so \
          \"Δ fused - EM head\" is what the fusion with the AU branch adds beyond the extra \
-         training of the head. AU F1: stage 2's mean F1 against the true AUs.",
+         training of the head. AU F1: stage 2's mean F1 against the true AUs, beside the F1 of \
+         predicting every AU present (no image) for scale.",
         g.train,
         g.test,
         g.image_size,
@@ -364,6 +369,7 @@ pub fn blocks(results: &GridResults, chart_file: &str) -> Vec<Block> {
             "Disgust 1",
             "Disgust 3",
             "AU F1 (stage 2)",
+            "AU F1, all present",
         ]);
         for row in &rows {
             let (m1, m3, dm) = row.compare(pick, |s| Some(s.mean_class_acc));
@@ -372,6 +378,7 @@ pub fn blocks(results: &GridResults, chart_file: &str) -> Vec<Block> {
             let (f1, f3, _) = row.compare(pick, |s| s.rare[0]);
             let (d1, d3, _) = row.compare(pick, |s| s.rare[1]);
             let au = Spread::of(row.seeds.iter().map(|(_, _, v)| v.au_f1_true));
+            let all = Spread::of(row.seeds.iter().map(|(_, _, v)| v.au_f1_all_present));
             t.push([
                 row.label(),
                 row.seeds.len().to_string(),
@@ -388,6 +395,7 @@ pub fn blocks(results: &GridResults, chart_file: &str) -> Vec<Block> {
                 Spread::cell(d1),
                 Spread::cell(d3),
                 Spread::cell(au),
+                Spread::cell(all),
             ]);
         }
         out.push(Block::Table(t));

@@ -11,15 +11,17 @@ use aue_report::document;
 use aue_report::grid::{GRID_FILE, GridConfig, GridPaths, Variant};
 use common::{record, stage1_best, stage1_other, stage3_best, write_run};
 
-/// A stage-2 run whose best test epoch scores `f1` against the true AUs.
+/// A stage-2 run whose best test epoch scores `f1` against the true AUs (every AU present: 0.36).
 fn write_stage2(dir: &std::path::Path, f1: f64) {
-    let mut test = record(Test, 2, 1, 0.2, &stage1_best(), Some(true));
-    test.au_true = Some(
+    let au = |f1: f64| {
         serde_json::from_value(serde_json::json!({
             "mean_precision": f1, "mean_recall": f1, "mean_f1": f1, "per_au": [], "samples": 57
         }))
-        .unwrap(),
-    );
+        .unwrap()
+    };
+    let mut test = record(Test, 2, 1, 0.2, &stage1_best(), Some(true));
+    test.au_true = Some(au(f1));
+    test.au_all_present = Some(au(0.36));
     write_run(dir, 2, "rafdb", &[record(Train, 2, 1, 0.3, &stage1_best(), None), test]);
 }
 
@@ -116,7 +118,10 @@ fn grid_report_gives_spread_over_seeds_and_names_missing_runs() {
         ]
     );
     // Fear has no test sample; Disgust 2/5 -> 3/5 and 2/5; AU F1 0.5 and 0.6.
-    assert_eq!(&cells[10..], ["n/a", "n/a", "40.0 ± 0.0", "50.0 ± 14.1", "55.0 ± 7.1 |"]);
+    assert_eq!(
+        &cells[10..],
+        ["n/a", "n/a", "40.0 ± 0.0", "50.0 ± 14.1", "55.0 ± 7.1", "36.0 ± 0.0 |"]
+    );
     // Last epochs: seed 1's stage 3 ends at 33.3 %: differences +9.58 and -36.25.
     let last_table = md.split("## Last epochs").nth(1).unwrap();
     assert!(

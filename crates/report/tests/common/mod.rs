@@ -18,6 +18,14 @@ pub fn basic() -> Vec<String> {
     EXPRESSIONS_BASIC.iter().map(|s| s.to_string()).collect()
 }
 
+/// A confusion matrix from text, one row per line, counts separated by spaces (row = truth).
+pub fn matrix(text: &str) -> Vec<Vec<u64>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect()
+}
+
 /// A metrics record as the trainer writes it, classification only.
 pub fn record(
     split: SplitName,
@@ -69,15 +77,16 @@ pub fn write_run(dir: &Path, stage: u8, dataset: &str, records: &[SplitRecord]) 
 /// Neutral; Fear has no test samples. Recall: 8/10, n/a, 2/5, 18/20, 5/8, 3/4, 7/10;
 /// mean over the 6 classes with samples = 4.175 / 6 = 69.58 %; accuracy 43/57 = 75.44 %.
 pub fn stage1_best() -> Vec<Vec<u64>> {
-    vec![
-        vec![8, 0, 0, 1, 0, 0, 1],
-        vec![0, 0, 0, 0, 0, 0, 0],
-        vec![0, 0, 2, 0, 1, 1, 1],
-        vec![0, 0, 0, 18, 0, 0, 2],
-        vec![0, 1, 0, 1, 5, 0, 1],
-        vec![0, 0, 1, 0, 0, 3, 0],
-        vec![1, 0, 0, 1, 1, 0, 7],
-    ]
+    matrix(
+        "
+         8 0 0 1 0 0 1
+         0 0 0 0 0 0 0
+         0 0 2 0 1 1 1
+         0 0 0 18 0 0 2
+         0 1 0 1 5 0 1
+         0 0 1 0 0 3 0
+         1 0 0 1 1 0 7",
+    )
 }
 
 /// Stage-1 epochs 1 and 3 (worse than epoch 2): everything predicted Happiness except
@@ -96,15 +105,16 @@ pub fn stage1_other() -> Vec<Vec<u64>> {
 /// Stage-3 best epoch: recall 9/10, n/a, 3/5, 19/20, 6/8, 3/4, 8/10; mean 4.75 / 6 = 79.17 %;
 /// accuracy 48/57 = 84.21 %.
 pub fn stage3_best() -> Vec<Vec<u64>> {
-    vec![
-        vec![9, 0, 0, 0, 0, 0, 1],
-        vec![0, 0, 0, 0, 0, 0, 0],
-        vec![0, 0, 3, 0, 1, 0, 1],
-        vec![0, 0, 0, 19, 0, 0, 1],
-        vec![0, 0, 0, 1, 6, 0, 1],
-        vec![0, 0, 1, 0, 0, 3, 0],
-        vec![0, 0, 0, 1, 1, 0, 8],
-    ]
+    matrix(
+        "
+         9 0 0 0 0 0 1
+         0 0 0 0 0 0 0
+         0 0 3 0 1 0 1
+         0 0 0 19 0 0 1
+         0 0 0 1 6 0 1
+         0 0 1 0 0 3 0
+         0 0 0 1 1 0 8",
+    )
 }
 
 /// A stage-1 run (3 epochs, best 2) and a stage-3 run (2 epochs, best 2) on `dataset` under
