@@ -30,6 +30,27 @@ pub struct CropCentres {
 }
 
 impl CropCentres {
+    /// The crop centres of a batch of `batch` images when the AU outputs are `needed`: `au_loc`
+    /// is then required and must hold one row per image; `None` when they are not needed.
+    pub(crate) fn for_batch(
+        needed: bool,
+        au_loc: Option<&Tensor>,
+        grid: usize,
+        batch: usize,
+    ) -> Result<Option<Self>> {
+        if !needed {
+            return Ok(None);
+        }
+        let loc = au_loc
+            .ok_or_else(|| ModelError::input("au_loc", "needed for the AU and fusion outputs"))?;
+        let c = CropCentres::new(loc, grid)?;
+        if c.batch() != batch {
+            let msg = format!("{} samples for {} images", c.batch(), batch);
+            return Err(ModelError::input("au_loc", msg));
+        }
+        Ok(Some(c))
+    }
+
     /// Read and check `au_loc` (i64 [B, 17, 4], x1 y1 x2 y2 on the G grid). Every coordinate must be
     /// in [0, G]; a window that leaves the map reads zeros there (with the loader's clamping to
     /// [L/2, G - L/2] none does). `au_loc` may live on any device; on the CPU reading it costs no

@@ -382,22 +382,7 @@ impl AueModel {
         if !need_em && !need_au {
             return Ok(out);
         }
-        let centres = match (need_au, au_loc) {
-            (true, Some(loc)) => {
-                let c = CropCentres::new(loc, self.config.grid())?;
-                if c.batch() != dims[0] {
-                    return Err(ModelError::input(
-                        "au_loc",
-                        format!("{} samples for {} images", c.batch(), dims[0]),
-                    ));
-                }
-                Some(c)
-            }
-            (true, None) => {
-                return Err(ModelError::input("au_loc", "needed for the AU and fusion outputs"));
-            }
-            (false, _) => None,
-        };
+        let centres = CropCentres::for_batch(need_au, au_loc, self.config.grid(), dims[0])?;
         let f = self.backbone.forward(images, opts.backbone)?;
         if need_em {
             let feature = self.em.forward(&f, opts.em_reduce)?;
