@@ -65,9 +65,16 @@ class Worker:
         self.proc.wait()
 
 
-def write_files(folder: str, preset: str, batch: int, size: int) -> tuple[str, str]:
-    """The parity weights (f32) and one batch drawn from seed 0."""
-    model = R.fill_parity_(R.build_model(preset, input_size=size))
+def write_files(folder: str, preset: str, batch: int, size: int, init: str) -> tuple[str, str]:
+    """The starting weights (f32) and one batch drawn from seed 0.
+
+    `parity`: the parity filler's deterministic values; `default`: the model's own initialisers
+    (PyTorch's, as a fresh `build_model` has them) from torch seed 0.
+    """
+    torch.manual_seed(0)
+    model = R.build_model(preset, input_size=size)
+    if init == "parity":
+        R.fill_parity_(model)
     weights = os.path.join(folder, "weights.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
     del model
@@ -90,7 +97,10 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["f32", "f64"], default="f64")
+    ap.add_argument("--init", choices=["parity", "default"], default="parity",
+                    help="starting weights: the parity filler's values, or PyTorch's initialisers from seed 0")
     ap.add_argument("--tol", type=float, default=1e-6, help="largest relative loss difference accepted")
+    ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9) of both sides")
     ap.add_argument("--control", action="store_true",
                     help="also run the reference on images x (1 + eps): how far a perturbation of one "
                          "rounding error grows in the reference alone")
@@ -101,31 +111,31 @@ def main():
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
     with tempfile.TemporaryDirectory() as folder:
-        weights, inputs = write_files(folder, args.preset, args.batch, args.size)
+        weights, inputs = write_files(folder, args.preset, args.batch, args.size, args.init)
         files = ["--weights", weights, "--inputs", inputs]
         common = ["--mode", f"stage{args.stage}", "--preset", args.preset, "--dtype", args.dtype]
         dropout_off = args.stage > 1
         workers = [
             Worker("aue", [args.aue_bench, "worker", *common, "--batch", str(args.batch), "--size",
-                           str(args.size), "--device", "cpu", *files]
+                           str(args.size), "--device", "cpu", "--lr", str(args.lr), *files]
                    + (["--dev-no-dropout"] if dropout_off else []), env),
-            Worker("reference", [sys.executable, os.path.join(HERE, "bench_worker.py"), *common, "--threads",
-                                 str(args.threads), *files] + (["--no-dropout"] if dropout_off else []), env),
+            Worker("reference", [sys.executable, os.path.join(HERE, "bench_worker.py"), *common, "--lr",
+                                 str(args.lr), "--threads", str(args.threads), *files] + (["--no-dropout"] if dropout_off else []), env),
         ]
         if args.control:
             workers.append(Worker("control", workers[1].cmd + ["--nudge"], env))
-        print(f"{args.preset} stage {args.stage}, {args.dtype}, batch {args.batch}, {args.size}x{args.size} px, SGD lr 0.01 "
-              f"momentum 0.9, one fixed batch, parity weights\n", flush=True)
+        print(f"{args.preset} stage {args.stage}, {args.dtype}, batch {args.batch}, {args.size}x{args.size} px, SGD lr {args.lr} "
+              f"momentum 0.9, one fixed batch, {args.init} weights\n", flush=True)
         control = " reference vs reference on images x (1 + eps) |" if args.control else ""
         print(f"| step | aue loss | reference loss | relative difference | aue s | reference s |{control}")
         print("|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.control else ""), flush=True)
         worst = 0.0
         for step in range(1, args.steps + 1):
-            (ta, la), (tr, lr), *rest = (w.step() for w in workers)
-            rel = abs(la - lr) / abs(lr)
+            (ta, la), (tr, lref), *rest = (w.step() for w in workers)
+            rel = abs(la - lref) / abs(lref)
             worst = max(worst, rel)
-            extra = "".join(f" {abs(lc - lr) / abs(lr):.2e} |" for _, lc in rest)
-            print(f"| {step} | {la!r} | {lr!r} | {rel:.2e} | {ta:.1f} | {tr:.1f} |{extra}", flush=True)
+            extra = "".join(f" {abs(lc - lref) / abs(lref):.2e} |" for _, lc in rest)
+            print(f"| {step} | {la!r} | {lref!r} | {rel:.2e} | {ta:.1f} | {tr:.1f} |{extra}", flush=True)
         for w in workers:
             w.quit()
     verdict = "within" if worst <= args.tol else "OVER"

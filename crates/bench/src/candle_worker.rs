@@ -24,14 +24,16 @@ enum Work {
     Eval { model: Box<dyn EvalForward> },
 }
 
-/// How a worker computes: the float type, and (for parity runs of stages 2 and 3, as the stage
-/// binaries' `--dev-no-dropout`) every dropout probability 0.
+/// How a worker computes: the float type, (for parity runs of stages 2 and 3, as the stage
+/// binaries' `--dev-no-dropout`) every dropout probability 0, and the training steps' learning rate.
 #[derive(Debug, Clone, Copy)]
 pub struct Numerics {
     /// Float type of the model and the images.
     pub dtype: DType,
     /// Every dropout probability 0.
     pub dev_no_dropout: bool,
+    /// Learning rate of a training step (SGD with momentum 0.9).
+    pub lr: f64,
 }
 
 /// Loads the model (in `numerics.dtype`) and the batch, prints `ready`, then serves `step` / `quit` from
@@ -77,7 +79,7 @@ pub fn serve(
     let mut work = match mode.stage() {
         Some(stage) => {
             let trainer = Trainer::new(stage_def(stage), model, 0.9, false);
-            Work::Train { trainer: Box::new(trainer), lr: 0.01 }
+            Work::Train { trainer: Box::new(trainer), lr: numerics.lr }
         }
         // Built once, as aue-predict does; the training model is dropped.
         // (The fused inference model is f32; an f64 pass runs the training model in eval mode.)

@@ -113,6 +113,9 @@ enum WorkerCommand {
         /// Every dropout probability 0 (parity runs of stages 2 and 3).
         #[arg(long)]
         dev_no_dropout: bool,
+        /// Learning rate of the training steps (SGD, momentum 0.9).
+        #[arg(long, default_value_t = 0.01)]
+        lr: f64,
     },
 }
 
@@ -393,13 +396,14 @@ fn worker(cmd: &WorkerCommand) -> anyhow::Result<()> {
         device,
         dtype,
         dev_no_dropout,
+        lr,
     } = cmd;
     check_dtype(*dtype, *device)?;
     let setup = Setup { preset: *preset, batch: *batch, size: *size, seed: 0 };
     let device = device.open()?;
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
-    let numerics = Numerics { dtype: dtype.dtype(), dev_no_dropout: *dev_no_dropout };
+    let numerics = Numerics { dtype: dtype.dtype(), dev_no_dropout: *dev_no_dropout, lr: *lr };
     candle_worker::serve(&setup, *mode, weights, inputs, (&device, numerics), stdin, stdout)
 }
 

@@ -258,6 +258,7 @@ impl View {
         let flat = self.tensor.flatten_all()?.to_device(&Device::Cpu)?;
         Ok(match self.tensor.dtype() {
             DType::I64 => flat.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::F64 => flat.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
             _ => flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
         })
     }
@@ -294,35 +295,53 @@ fn entries_by_key(varmap: &VarMap) -> BTreeMap<String, StateEntry> {
 }
 
 /// Save every variable of `varmap` to `path` with `metadata` (plus [`FORMAT_KEY`]), atomically:
-/// a temp file in the same folder is written, fsynced and renamed over `path`.
+/// a temp file in the same folder is written, fsynced and renamed over `path`. Floats are written
+/// as f32, the format's float type (an f64 model, a `--dtype f64` run, is narrowed).
 pub fn save(
     varmap: &VarMap,
     path: impl AsRef<Path>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
+    save_as(varmap, path, metadata, DType::F32)
+}
+
+/// [`save`] with the float tensors written as `float` (F32 or F64: an f64 run's checkpoints kept
+/// in full precision, `--checkpoint-dtype f64`).
+pub fn save_as(
+    varmap: &VarMap,
+    path: impl AsRef<Path>,
+    metadata: &BTreeMap<String, String>,
+    float: DType,
+) -> Result<()> {
+    if !matches!(float, DType::F32 | DType::F64) {
+        let reason = format!("cannot write floats as {float:?} (only F32 and F64)");
+        return Err(ContractError::bad_file(path.as_ref(), reason));
+    }
     // Under the reference keys: a group variable is written as its slices (views, no copy).
-    // An f64 model (a `--dtype f64` run) is written as f32, the format's float type.
     let tensors: BTreeMap<String, Tensor> = state_entries(varmap)
         .into_iter()
-        .map(|e| Ok((e.key.clone(), on_disk(e.tensor()?.detach())?)))
+        .map(|e| Ok((e.key.clone(), on_disk(e.tensor()?.detach(), float)?)))
         .collect::<Result<_>>()?;
     let mut metadata = metadata.clone();
     metadata.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
     write_safetensors(path, &tensors, &metadata)
 }
 
-/// `t` as it is written: f64 narrowed to f32, anything else as it is.
-fn on_disk(t: Tensor) -> Result<Tensor> {
-    Ok(if t.dtype() == DType::F64 { t.to_dtype(DType::F32)? } else { t })
+/// `t` as it is written: a float tensor as `float`, anything else as it is.
+fn on_disk(t: Tensor, float: DType) -> Result<Tensor> {
+    let is_float = matches!(t.dtype(), DType::F32 | DType::F64);
+    Ok(if is_float && t.dtype() != float { t.to_dtype(float)? } else { t })
 }
 
-/// Whether a file entry of `file` fills a variable of `var`: the same dtype, or an f32 entry
-/// widened (exactly) into an f64 variable, as an f64 run loads its f32 checkpoints.
+/// Whether a file entry of `file` fills a variable of `var`: the same dtype, or one of f32 and
+/// f64 into the other (an f64 run widens f32 checkpoints exactly; an f32 run rounds an f64 run's
+/// `--checkpoint-dtype f64` files to nearest).
 fn loads_into(file: DType, var: DType) -> bool {
-    file == var || (file == DType::F32 && var == DType::F64)
+    let float = |d| matches!(d, DType::F32 | DType::F64);
+    file == var || (float(file) && float(var))
 }
 
-/// Write f32 / i64 tensors and a metadata map to a safetensors file, atomically (temp file in the
+/// Write f32 / f64 / i64 tensors and a metadata map to a safetensors file, atomically (temp file in the
 /// same folder, fsync, rename, fsync of the folder). Tensors may live on any device.
 pub fn write_safetensors(
     path: impl AsRef<Path>,
@@ -335,9 +354,11 @@ pub fn write_safetensors(
     for (key, tensor) in tensors {
         let dtype = match tensor.dtype() {
             DType::F32 => safetensors::Dtype::F32,
+            DType::F64 => safetensors::Dtype::F64,
             DType::I64 => safetensors::Dtype::I64,
             other => {
-                let reason = format!("cannot write `{key}`: dtype {other:?} (only F32 and I64)");
+                let reason =
+                    format!("cannot write `{key}`: dtype {other:?} (only F32, F64 and I64)");
                 return Err(ContractError::bad_file(path, reason));
             }
         };
@@ -454,7 +475,8 @@ pub fn load_model(
                             key: member.clone(),
                             more: 0,
                         })?;
-                    let slice = read_entry(path, &mut file, &header, &member, entry, device)?;
+                    let slice = read_entry(path, &mut file, &header, &member, entry, device)?
+                        .to_dtype(*dtype)?;
                     var.as_tensor().slice_set(&slice.unsqueeze(0)?, 0, i)?;
                 }
                 var
@@ -465,11 +487,15 @@ pub fn load_model(
                     key: key.clone(),
                     more: 0,
                 })?;
-                var_from_bytes(
-                    &read_entry_bytes(path, &mut file, &header, key, entry)?,
-                    entry,
-                    device,
-                )?
+                let bytes = read_entry_bytes(path, &mut file, &header, key, entry)?;
+                let var = var_from_bytes(&bytes, entry, device)?;
+                drop(bytes);
+                if var.dtype() == *dtype {
+                    var
+                } else {
+                    // An f64 file (`--checkpoint-dtype f64`) into this f32 model, or back.
+                    Var::from_tensor(&var.as_tensor().to_dtype(*dtype)?)?
+                }
             }
         };
         loaded.data().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), var);

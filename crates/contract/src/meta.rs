@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::Path;
 
 use aue_model::{Preset, Stage};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -189,9 +189,10 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Saves the model's variables with `meta` (atomic, through aue-model).
-pub fn save_model(varmap: &VarMap, path: &Path, meta: &ModelMeta) -> Result<()> {
-    format::save(varmap, path, &meta.to_map())
+/// Saves the model's variables with `meta` (atomic), floats as `float` (F32, the default of
+/// every stage, or F64).
+pub fn save_model(varmap: &VarMap, path: &Path, meta: &ModelMeta, float: DType) -> Result<()> {
+    format::save_as(varmap, path, &meta.to_map(), float)
 }
 
 /// The optimizer state paired with `last.safetensors`.
@@ -214,11 +215,12 @@ pub struct OptimizerMeta {
 const RNG_NOTE: &str = "data order and augmentation are functions of (seed, epoch); \
                         dropout masks come from the device generator and are not restored";
 
-/// Saves momentum buffers and counters to `path` (atomic).
+/// Saves momentum buffers and counters to `path` (atomic), floats as `float` (as [`save_model`]).
 pub fn save_optimizer(
     buffers: &[(String, Tensor)],
     path: &Path,
     meta: &OptimizerMeta,
+    float: DType,
 ) -> Result<()> {
     let map = VarMap::new();
     {
@@ -236,7 +238,7 @@ pub fn save_optimizer(
     m.insert(keys::LR.to_string(), meta.lr.to_string());
     m.insert(keys::MOMENTUM.to_string(), meta.momentum.to_string());
     m.insert(keys::RNG.to_string(), RNG_NOTE.to_string());
-    format::save(&map, path, &m)
+    format::save_as(&map, path, &m, float)
 }
 
 /// Loads an optimizer file: its counters and momentum buffers (on `device`).
@@ -419,7 +421,7 @@ mod tests {
             lr: 0.001,
             momentum: 0.9,
         };
-        save_optimizer(&[("pred_em.weight".into(), buf.clone())], &p, &meta)?;
+        save_optimizer(&[("pred_em.weight".into(), buf.clone())], &p, &meta, DType::F32)?;
         let (back, tensors) = load_optimizer(&p, &Device::Cpu)?;
         assert_eq!(back, meta);
         let t = tensors["pred_em.weight"].to_vec1::<f32>().op("read")?;

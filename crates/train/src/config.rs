@@ -163,9 +163,16 @@ pub struct StageArgs {
     pub device: Option<DeviceSpec>,
 
     /// Float type of the parameters and of every op of a step: f32, or f64 (CPU only, for
-    /// parity runs against a float64 reference); checkpoints are written as f32 [default: f32].
+    /// parity runs against a float64 reference); checkpoints are written as f32 unless
+    /// --checkpoint-dtype f64 [default: f32].
     #[arg(long, value_name = "f32|f64")]
     pub dtype: Option<Precision>,
+
+    /// Float type of the checkpoints and optimizer files written: f32, or f64 (with --dtype f64:
+    /// an f64 run kept in full precision, e.g. to continue a parity run exactly). Every reader
+    /// takes either; an f32 model rounds f64 files to nearest [default: f32].
+    #[arg(long, value_name = "f32|f64")]
+    pub checkpoint_dtype: Option<Precision>,
 
     /// Development option for parity runs: every dropout probability set to 0 (the reference
     /// trains stages 2 and 3 with dropout 0.5, whose masks no other implementation draws alike).
@@ -259,6 +266,7 @@ impl StageArgs {
             seed,
             device,
             dtype,
+            checkpoint_dtype,
             dev_no_dropout,
             max_steps,
             threads,
@@ -312,6 +320,9 @@ pub struct StageConfig {
     /// Float type of the parameters and the computation.
     #[serde(default)]
     pub dtype: Precision,
+    /// Float type of the files written (model and optimizer).
+    #[serde(default)]
+    pub checkpoint_dtype: Precision,
     /// Development option: every dropout probability 0 (parity runs).
     #[serde(default)]
     pub dev_no_dropout: bool,
@@ -393,6 +404,7 @@ impl StageConfig {
             seed: args.seed.unwrap_or(0),
             device: args.device.unwrap_or_default(),
             dtype: args.dtype.unwrap_or_default(),
+            checkpoint_dtype: args.checkpoint_dtype.unwrap_or_default(),
             dev_no_dropout: args.dev_no_dropout.unwrap_or(false),
             max_steps: args.max_steps,
             threads: args.threads,
@@ -522,6 +534,13 @@ impl StageConfig {
             return Err(bad(
                 "dtype",
                 format!("f64 runs on the CPU only, not on --device {}", self.device),
+            ));
+        }
+        if self.checkpoint_dtype == Precision::F64 && self.dtype != Precision::F64 {
+            return Err(bad(
+                "checkpoint_dtype",
+                "--checkpoint-dtype f64 needs --dtype f64 (an f32 run's weights widened hold \
+                 nothing more)",
             ));
         }
         if self.resume && self.overwrite {

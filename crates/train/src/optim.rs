@@ -114,9 +114,11 @@ impl Sgd {
             p.momentum_buffer = None;
             if let Some(buf) = buffers.remove(&p.name) {
                 let want = p.var.as_tensor();
-                // Buffers are saved as f32; an f64 run widens them (exactly).
-                let widened = buf.dtype() == DType::F32 && want.dtype() == DType::F64;
-                if buf.dims() != want.dims() || (buf.dtype() != want.dtype() && !widened) {
+                // Buffers are saved as f32 (or f64, `--checkpoint-dtype f64`); a run of the
+                // other float type converts them.
+                let float = |d| matches!(d, DType::F32 | DType::F64);
+                let converts = float(buf.dtype()) && float(want.dtype());
+                if buf.dims() != want.dims() || (buf.dtype() != want.dtype() && !converts) {
                     return Err(TrainError::OptimizerState(format!(
                         "momentum buffer `{}` is {:?} {:?}, the parameter is {:?} {:?}",
                         p.name,

@@ -560,7 +560,7 @@ fn commit_epoch(
         best: best_after,
     };
     let model_file = paths.epoch_model(epoch);
-    meta::save_model(varmap, &model_file, &model_meta)?;
+    meta::save_model(varmap, &model_file, &model_meta, cfg.checkpoint_dtype.dtype())?;
     let optim_file = paths.epoch_optimizer(epoch);
     let opt_meta = OptimizerMeta {
         stage: cfg.stage,
@@ -569,7 +569,8 @@ fn commit_epoch(
         lr,
         momentum: cfg.momentum,
     };
-    meta::save_optimizer(&trainer.optimizer().state(), &optim_file, &opt_meta)?;
+    let float = cfg.checkpoint_dtype.dtype();
+    meta::save_optimizer(&trainer.optimizer().state(), &optim_file, &opt_meta, float)?;
     let name =
         |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let best = match improved {

@@ -131,3 +131,46 @@ fn f64_runs_write_f32_files_and_resume() {
     let summary = common::run(&config(Stage::Au, stage2)).unwrap();
     assert!(summary.last.is_some_and(|r| r.loss.is_finite()));
 }
+
+/// `--checkpoint-dtype f64`: an f64 run's files keep every bit, so a resumed run equals an
+/// uninterrupted one exactly (with f32 files the resumed weights would be rounded), and an f32 run
+/// reads them (rounded to nearest). An f32 run cannot ask for f64 files.
+#[test]
+fn f64_checkpoints_when_asked_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path(), 16, 8);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let f64_args = |run: &std::path::Path, epochs| StageArgs {
+        dtype: Some(Precision::F64),
+        checkpoint_dtype: Some(Precision::F64),
+        ..args(&data, run, epochs, 1)
+    };
+    common::run(&config(Stage::Em, f64_args(&a, 2))).unwrap();
+    common::run(&config(Stage::Em, f64_args(&b, 1))).unwrap();
+    for file in ["last.safetensors", "epoch-0001.optim.safetensors"] {
+        let infos = tensor_infos(b.join("stage1").join(file)).unwrap();
+        assert!(infos.values().any(|(dtype, _)| *dtype == DType::F64), "{file}: no f64 tensor");
+        for (key, (dtype, _)) in infos {
+            assert!(matches!(dtype, DType::F64 | DType::I64), "{file}: `{key}` is {dtype:?}");
+        }
+    }
+    let resume = StageArgs { resume: true, ..f64_args(&b, 2) };
+    common::run(&config(Stage::Em, resume)).unwrap();
+    for file in ["last.safetensors", "epoch-0002.optim.safetensors"] {
+        let (ta, tb) =
+            (tensors(&a.join("stage1").join(file)), tensors(&b.join("stage1").join(file)));
+        assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "{file}");
+        for (key, va) in &ta {
+            assert_eq!(va, &tb[key], "{file}: `{key}` differs after resuming from f64 files");
+        }
+    }
+
+    // An f32 stage 2 starts from the f64 checkpoint.
+    let stage2 = StageArgs { dev_no_dropout: Some(true), ..args(&data, &a, 1, 1) };
+    let summary = common::run(&config(Stage::Au, stage2)).unwrap();
+    assert!(summary.last.is_some_and(|r| r.loss.is_finite()));
+
+    let f32_run = StageArgs { checkpoint_dtype: Some(Precision::F64), ..args(&data, &b, 1, 1) };
+    let err = aue_train::StageConfig::resolve(common::def(Stage::Em), f32_run).unwrap_err();
+    assert!(err.to_string().contains("--checkpoint-dtype f64 needs --dtype f64"), "{err}");
+}
