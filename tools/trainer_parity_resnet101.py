@@ -1,8 +1,8 @@
 """Trainer parity on the full ResNet-101: aue's training steps of a stage against the reference's.
 
 Both sides start from the parity filler's weights (aue_reference.fill_parity_, written once as an
-f32 safetensors file) and train on one fixed batch (B images of S x S, seed 0) with SGD, lr 0.01,
-momentum 0.9, every part in the stage's modes (stage 1 by default, `--stage 2|3` with dropout off
+f32 safetensors file; `--init default`: PyTorch's initialisers from torch seed 0) and train on one
+fixed batch (B images of S x S, seed 0) with SGD, lr 0.01 (`--lr`), momentum 0.9, every part in the stage's modes (stage 1 by default, `--stage 2|3` with dropout off
 on both sides):
     aue:        `aue-bench worker --mode stageN --dtype f64`: aue-train's Trainer, the step the
                 stage binaries run;
@@ -10,8 +10,10 @@ on both sides):
                 stage_forward_loss, backward and torch.optim.SGD.
 Both load the same files and answer `step` with the step's loss (computed before its update). The
 script prints one row per step and fails (exit 1) when a loss differs by more than --tol
-(relative). In float64 the two runs agree to about 1e-13; `--dtype f32` shows the drift float32
-runs of a deep network show whatever the implementation (each side's own float32 rounding).
+(relative). In float64 the first losses agree to about 1e-13, and the difference then grows
+30-100-fold per step on ResNet-101, as a one-rounding-error perturbation of the reference grows
+in the reference alone (`--control`; tools/README.md has the tables); `--dtype f32` shows the
+drift float32 runs of a deep network show whatever the implementation.
 
 Run from the repository root after `cargo build --release -p aue-bench` (about 2 GB of memory per
 side at B = 4, S = 224; a few minutes per side on 2 cores):

@@ -358,13 +358,15 @@ pub fn read_prior_table(path: &Path) -> Result<PriorTable> {
     let Some((dtype, shape)) = infos.get(PRIOR_TABLE_KEY) else {
         return Err(bad(format!("holds no `{PRIOR_TABLE_KEY}` tensor")));
     };
-    if *dtype != DType::F32 || shape[..] != [NUM_BASIC, NUM_AUS] {
+    // F64 from an f64 run's `--checkpoint-dtype f64` files, rounded as every reader does.
+    if !matches!(dtype, DType::F32 | DType::F64) || shape[..] != [NUM_BASIC, NUM_AUS] {
         return Err(bad(format!(
-            "`{PRIOR_TABLE_KEY}` is {dtype:?} {shape:?}, expected F32 [{NUM_BASIC}, {NUM_AUS}]"
+            "`{PRIOR_TABLE_KEY}` is {dtype:?} {shape:?}, expected F32 (or F64) \
+             [{NUM_BASIC}, {NUM_AUS}]"
         )));
     }
     let t = format::read_tensor(path, PRIOR_TABLE_KEY, &Device::Cpu)?;
-    let values = t.flatten_all()?.to_vec1::<f32>()?;
+    let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let mut table = [[0f32; NUM_AUS]; NUM_BASIC];
     for (i, v) in values.into_iter().enumerate() {
         table[i / NUM_AUS][i % NUM_AUS] = v;

@@ -76,6 +76,44 @@ fn save_then_load_round_trips_every_variable_and_the_metadata() {
     );
 }
 
+/// An f64 model saved as F64 (`--checkpoint-dtype f64`): every float entry is F64 and holds the
+/// f64 values exactly; an f64 model loads it bit for bit, and the f32 readers (`load_model`, which
+/// aue-report and aue-predict use, and the prior-table reader) round it to nearest.
+#[test]
+fn f64_files_load_exactly_into_f64_and_rounded_into_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model64.safetensors");
+    let config = ModelConfig::preset(Preset::Tiny);
+    let a = AueModel::with_dtype(&VarMap::new(), &config, &Device::Cpu, DType::F64).unwrap();
+    init_default(a.varmap(), 1).unwrap();
+    // Values an f32 cannot hold: the saved file must keep them.
+    for var in a.varmap().all_vars() {
+        if var.dtype() == DType::F64 {
+            var.set(&(var.as_tensor() * (1.0 + 1e-12)).unwrap()).unwrap();
+        }
+    }
+    checkpoint::save_as(a.varmap(), &path, &meta(), DType::F64).unwrap();
+    for (key, (dtype, _)) in checkpoint::tensor_infos(&path).unwrap() {
+        assert!(matches!(dtype, DType::F64 | DType::I64), "`{key}` is {dtype:?}");
+    }
+
+    let b = AueModel::with_dtype(&VarMap::new(), &config, &Device::Cpu, DType::F64).unwrap();
+    load(b.varmap(), &path).unwrap();
+    assert_eq!(values(a.varmap()), values(b.varmap()));
+
+    let rounded: BTreeMap<String, Vec<f64>> = values(a.varmap())
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(|x| x as f32 as f64).collect()))
+        .collect();
+    let (c, _) = checkpoint::load_model(&path, &config, &Device::Cpu).unwrap();
+    assert!(c.varmap().all_vars().iter().all(|v| v.dtype() != DType::F64));
+    assert_eq!(values(c.varmap()), rounded);
+    let table = aue_contract::inspect::read_prior_table(&path).unwrap();
+    let want = &rounded["PriorKnowledgeTable"];
+    let got: Vec<f64> = table.iter().flatten().map(|&x| x as f64).collect();
+    assert_eq!(&got, want);
+}
+
 /// A change to a checkpoint's key -> tensor map.
 type Edit = dyn FnOnce(&mut BTreeMap<String, Tensor>);
 
