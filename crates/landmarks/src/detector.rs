@@ -63,8 +63,7 @@ impl Default for DetectorOptions {
 pub enum DetectorKind {
     /// SSD MobileNet v1 on the whole image, plus four overlapping tiles when the image's longer
     /// side exceeds [`crate::detect::TILE_ABOVE`] px, so that smaller faces of large photos are
-    /// seen at a higher resolution (`crate::detect`). The default.
-    #[default]
+    /// seen at a higher resolution (`crate::detect`).
     Ssd,
     /// SSD MobileNet v1 on the whole image only (about 5 times faster than [`Self::Ssd`] on large
     /// photos; can miss faces under about a tenth of the longer side).
@@ -72,15 +71,28 @@ pub enum DetectorKind {
     /// The tiny face detector (190 KB; about 5 times faster than one SSD pass; misses faces that
     /// fill most of the frame, turned faces and many grey ones).
     Tiny,
+    /// MTCNN (facenet-pytorch's, [`crate::mtcnn`]) alone: finds faces partly covered by a hand
+    /// that the SSD network scores low, misses faces that fill the frame.
+    Mtcnn,
+    /// [`Self::Ssd`] plus the faces MTCNN finds that it missed, each kept if the SSD network
+    /// finds it again in a crop around it (`crate::detect`). The default: it finds every face
+    /// the others find and more (README.md, "Which detector"), at about twice [`Self::Ssd`]'s time.
+    #[default]
+    SsdMtcnn,
 }
 
 impl DetectorKind {
+    /// Every detector, in the order `aue-landmarks eval --all-detectors` lists them.
+    pub const ALL: [Self; 5] = [Self::Ssd, Self::SsdWhole, Self::Tiny, Self::Mtcnn, Self::SsdMtcnn];
+
     /// The name used on command lines.
     pub fn name(self) -> &'static str {
         match self {
             Self::Ssd => "ssd",
             Self::SsdWhole => "ssd-whole",
             Self::Tiny => "tiny",
+            Self::Mtcnn => "mtcnn",
+            Self::SsdMtcnn => "ssd+mtcnn",
         }
     }
 }
@@ -88,13 +100,11 @@ impl DetectorKind {
 impl std::str::FromStr for DetectorKind {
     type Err = LandmarkError;
     fn from_str(s: &str) -> Result<Self> {
-        [Self::Ssd, Self::SsdWhole, Self::Tiny].into_iter().find(|k| k.name() == s).ok_or_else(
-            || {
-                LandmarkError::Invalid(format!(
-                    "unknown detector {s:?} (use ssd, ssd-whole or tiny)"
-                ))
-            },
-        )
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            LandmarkError::Invalid(format!(
+                "unknown detector {s:?} (use ssd, ssd-whole, tiny, mtcnn or ssd+mtcnn)"
+            ))
+        })
     }
 }
 

@@ -27,6 +27,7 @@ pub mod error;
 pub mod eval;
 pub mod geometry;
 pub mod landmark_net;
+pub mod mtcnn;
 pub mod ops;
 pub mod overlay;
 pub mod preprocess;

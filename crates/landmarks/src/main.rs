@@ -7,7 +7,8 @@
 //! aue-landmarks eval --root DIR [--split test] | --pts DIR   [--overlays DIR]
 //! aue-landmarks eval --faces DIR [--all-detectors]
 //! aue-landmarks overlay --out DIR IMAGE...
-//! (every command: [--detector ssd|ssd-whole|tiny] [--device cpu|cuda|cuda:N] [--net full|tiny])
+//! (every command: [--detector ssd+mtcnn|ssd|ssd-whole|mtcnn|tiny] [--device cpu|cuda|cuda:N]
+//! [--net full|tiny])
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -53,9 +54,12 @@ struct NetArgs {
     /// Landmark net.
     #[arg(long, value_enum, default_value_t = NetChoice::Full)]
     net: NetChoice,
-    /// Face detector: ssd (SSD MobileNet v1, plus tiles on photos over 768 px), ssd-whole (one
-    /// SSD pass, faster on large photos) or tiny (fastest, misses large, turned and grey faces).
-    #[arg(long, default_value = "ssd", value_parser = parse_detector)]
+    /// Face detector: ssd+mtcnn (SSD MobileNet v1 with tiles on photos over 768 px, plus the
+    /// faces MTCNN finds that it misses, such as a face half covered by a hand), ssd (the SSD
+    /// part alone, about half the time), ssd-whole (one SSD pass, faster on large photos), mtcnn
+    /// (alone; misses faces that fill the frame) or tiny (fastest, misses large, turned and grey
+    /// faces).
+    #[arg(long, default_value = "ssd+mtcnn", value_parser = parse_detector)]
     detector: DetectorKind,
     /// Tiny detector input side (multiple of 32; the SSD detector always reads 512 x 512).
     #[arg(long, default_value_t = 416)]
@@ -121,7 +125,8 @@ struct EvalArgs {
     /// time per image (set RAYON_NUM_THREADS=1 for one thread).
     #[arg(long, conflicts_with = "pts")]
     faces: Option<PathBuf>,
-    /// With --faces: one row per detector (ssd, ssd-whole, tiny) instead of --detector's only.
+    /// With --faces: one row per detector (ssd, ssd-whole, tiny, mtcnn, ssd+mtcnn) instead of
+    /// --detector's only.
     #[arg(long, requires = "faces")]
     all_detectors: bool,
     /// Folder of image + iBUG .pts pairs instead (boxes = the points' extent).
@@ -371,11 +376,7 @@ fn run_eval_faces(a: &EvalArgs, dir: &Path) -> anyhow::Result<()> {
     let base = landmarker_config(&a.net)?;
     let device = device::open(a.net.device)?;
     let set = real::read_set(dir)?;
-    let kinds = if a.all_detectors {
-        vec![DetectorKind::Ssd, DetectorKind::SsdWhole, DetectorKind::Tiny]
-    } else {
-        vec![base.detector.kind]
-    };
+    let kinds = if a.all_detectors { DetectorKind::ALL.to_vec() } else { vec![base.detector.kind] };
     let expected: usize = set.iter().map(|s| s.faces.len()).sum();
     let annotated = set.iter().filter(|s| s.truth.is_some()).count();
     let nets = [LandmarkNetKind::Full, LandmarkNetKind::Tiny];

@@ -173,6 +173,19 @@ pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
     x.apply_op2_no_bwd(&bias, &OnCpu("bias-activation", BiasAct { act })).op("bias + activation")
 }
 
+/// `prelu(x + bias[c])` in one pass, with one slope per channel: `v` where `v = x + bias[c]` is
+/// at least 0, `slope[c] v` below (PyTorch's `PReLU` after a biased layer).
+///
+/// # Shapes
+/// `x`: [b, c, h, w], `bias`: [c], `slope`: [c] -> [b, c, h, w]
+pub fn bias_prelu(x: &Tensor, bias: &Tensor, slope: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return generic::bias_prelu(x, bias, slope);
+    }
+    let (x, bias, slope) = (contiguous(x)?, contiguous(bias)?, contiguous(slope)?);
+    x.apply_op3_no_bwd(&bias, &slope, &OnCpu("bias-prelu", BiasPrelu)).op("bias + prelu")
+}
+
 /// face-api's leaky ReLU, written as it is (`relu(x - 0.1 x) + 0.1 x`) so the rounding matches.
 pub fn leaky(x: &Tensor) -> Result<Tensor> {
     let zeros = Tensor::zeros(x.dim(1).op("leaky: input rank")?, DType::F32, x.device())
@@ -290,6 +303,13 @@ mod generic {
         let c = x.dim(1).op("depthwise conv: input rank")?;
         let x = pad_hw(x, rows, cols, 0.0)?;
         x.conv2d(kernel, 0, stride, 1, c).op("depthwise conv")
+    }
+
+    pub fn bias_prelu(x: &Tensor, bias: &Tensor, slope: &Tensor) -> Result<Tensor> {
+        let v = x.broadcast_add(&per_channel(bias)?).op("bias")?;
+        let slope = per_channel(slope)?;
+        let negative = v.minimum(0f32).and_then(|n| n.broadcast_mul(&slope)).op("prelu")?;
+        v.relu().and_then(|p| p + negative).op("prelu")
     }
 
     pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
@@ -526,6 +546,33 @@ impl Kernel for BiasAct {
         let act = self.act;
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, o)| {
             apply_bias_act(o, bs[plane % c], act);
+        });
+        Ok((out, Shape::from((b, c, h, w))))
+    }
+}
+
+/// [`bias_prelu`]'s kernel: one plane per task.
+struct BiasPrelu;
+
+impl Kernel for BiasPrelu {
+    fn run(&self, inputs: &[Input<'_>]) -> KernelOut {
+        let [(xs, l1), (bs, l2), (ss, l3)] = *inputs else { bail!("prelu: three inputs") };
+        let (b, c, h, w) = l1.shape().dims4()?;
+        if l2.shape().dims1()? != c || l3.shape().dims1()? != c {
+            bail!(
+                "bias {:?} / slope {:?} do not fit input {:?}",
+                l2.shape(),
+                l3.shape(),
+                l1.shape()
+            );
+        }
+        let mut out = xs.to_vec();
+        out.par_chunks_mut(h * w).enumerate().for_each(|(plane, o)| {
+            let (bias, slope) = (bs[plane % c], ss[plane % c]);
+            for v in o {
+                let y = *v + bias;
+                *v = if y >= 0.0 { y } else { slope * y };
+            }
         });
         Ok((out, Shape::from((b, c, h, w))))
     }

@@ -27,6 +27,9 @@ pub const FACE_LANDMARK_68_TINY: &[u8] =
 pub const TINY_FACE_DETECTOR: &[u8] = include_bytes!("../weights/tiny_face_detector.safetensors");
 /// The face-api SSD MobileNet v1 face detector (`ssd_mobilenetv1_model`), converted.
 pub const SSD_MOBILENETV1: &[u8] = include_bytes!("../weights/ssd_mobilenetv1.safetensors");
+/// facenet-pytorch's MTCNN face detector (PNet, RNet, ONet), converted by
+/// `tools/landmarks/convert_mtcnn.py` (plain f32).
+pub const MTCNN: &[u8] = include_bytes!("../weights/mtcnn.safetensors");
 
 /// A network whose converted weights ship inside the library.
 pub trait EmbeddedNet: Sized {

@@ -130,3 +130,50 @@ fn landmark_nets_match_face_api() {
         assert!(worst < POINT_TOL, "{name}: worst point difference {worst} px");
     }
 }
+
+/// The MTCNN port against facenet-pytorch 2.6.0 itself (`tools/landmarks/mtcnn_reference.py` wrote
+/// `tests/fixtures/mtcnn/mtcnn.facenet.json`, from PNG images only: the JPEG decoders differ): the same faces (facenet-pytorch lists them largest
+/// first, the port best first, so each is paired with the nearest), corners and scores as close as
+/// float32 with other summation orders allows.
+#[test]
+fn mtcnn_matches_facenet_pytorch() {
+    let dir = Path::new(FIXTURES).join("mtcnn");
+    let text = std::fs::read_to_string(dir.join("mtcnn.facenet.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let det = aue_landmarks::mtcnn::Mtcnn::new(&Device::Cpu).unwrap();
+    let images = doc["images"].as_object().unwrap();
+    assert!(images.len() >= 3, "fixture should hold three photos");
+    let (mut worst_box, mut worst_score) = (0f32, 0f32);
+    for (name, faces) in images {
+        let path = if name == "einstein_crop.png" {
+            dir.join(name)
+        } else {
+            dir.join("../real").join(name)
+        };
+        let img = load_image(&path).unwrap();
+        let found = det.detect(&img).unwrap();
+        let faces = faces.as_array().unwrap();
+        assert_eq!(found.len(), faces.len(), "{name}: {found:?}");
+        for want in faces {
+            let b = &want["box"];
+            let want_corners = [f(&b[0]), f(&b[1]), f(&b[2]), f(&b[3])];
+            let corner_diff = |g: &FaceBox| {
+                [g.x1, g.y1, g.x2, g.y2]
+                    .iter()
+                    .zip(want_corners)
+                    .map(|(g, w)| (g - w).abs())
+                    .fold(0f32, f32::max)
+            };
+            let got =
+                found.iter().min_by(|a, b| corner_diff(a).total_cmp(&corner_diff(b))).unwrap();
+            worst_box = worst_box.max(corner_diff(got));
+            worst_score = worst_score.max((got.score - f(&want["score"])).abs());
+        }
+    }
+    eprintln!("mtcnn: worst corner difference {worst_box:.2e} px, score {worst_score:.2e}");
+    assert!(worst_box <= MTCNN_BOX_TOL, "corner differs by {worst_box} px");
+    assert!(worst_score <= 1e-5, "score differs by {worst_score}");
+}
+
+/// Largest allowed MTCNN corner difference, pixels (measured worst: 3.1e-5).
+const MTCNN_BOX_TOL: f32 = 1e-3;
