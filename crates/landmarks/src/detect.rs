@@ -22,8 +22,8 @@
 //! they were not fitted to the faces the NME is measured on.
 //!
 //! MTCNN's box is tighter still (brows to chin, about 0.76 as wide as high). Over the 18 faces that
-//! both it and the SSD detector (re-framed) found in `tests/fixtures/real` without annotation, in
-//! the occluded and grey probes' sources and in nine photos of an external test folder, the
+//! both it and the SSD detector (re-framed) found in the photos of `tests/fixtures/real` without
+//! annotation and in nine photos of another package's test folder (README.md), the
 //! re-framed SSD box was 1.005 MTCNN box heights wide (median 0.981, range 0.83-1.21) and centred
 //! 0.092 heights lower (median 0.080); MTCNN's boxes are re-framed the same way with
 //! [`MTCNN_FRAME_SIDE`] and [`MTCNN_FRAME_DROP`]. [`DetectorKind::SsdMtcnn`] adds MTCNN's faces
