@@ -40,7 +40,8 @@ pub struct DetectorOptions {
     /// The tiny detector's input side, a multiple of 32 (face-api default 416); the SSD detector's
     /// input is always 512.
     pub input_size: usize,
-    /// Minimum score of a face (face-api default 0.5 for both detectors).
+    /// Minimum score of a face (face-api default 0.5 for both its detectors). MTCNN keeps
+    /// facenet-pytorch's thresholds ([`crate::mtcnn::THRESHOLDS`]).
     pub score_threshold: f32,
     /// Whether [`crate::Landmarker::detect_faces`] drops detections whose landmarks disagree with
     /// those of the mirrored crop (not faces: see [`crate::FLIP_MAX_DISAGREEMENT`]). On by default.

@@ -64,7 +64,8 @@ struct NetArgs {
     /// Tiny detector input side (multiple of 32; the SSD detector always reads 512 x 512).
     #[arg(long, default_value_t = 416)]
     input_size: usize,
-    /// Minimum detector score of a face.
+    /// Minimum detector score of a face (SSD and tiny detectors; MTCNN keeps its own thresholds,
+    /// 0.6 / 0.7 / 0.7).
     #[arg(long, default_value_t = 0.5)]
     min_score: f32,
     /// Keep detections whose landmarks disagree with those of the mirrored crop (by default they
