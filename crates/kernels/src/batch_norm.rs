@@ -20,10 +20,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::cpu::{MIN_TASK, slice};
 use crate::error::{KernelError, Result};
-
-/// Elements per rayon task, at least (short runs are grouped).
-const MIN_TASK: usize = 4096;
 
 /// Per-channel statistics of the forward pass, shared by the op (for its backward) and the caller.
 #[derive(Debug, Default)]
@@ -37,7 +35,7 @@ struct Saved {
 /// Whether [`batch_norm_train`] runs on `x`: a CPU f32 or f64 tensor. (Other devices keep
 /// Candle's ops, which are fast enough there.)
 pub fn batch_norm_supported(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    crate::cpu::train_kernels_supported(x)
 }
 
 /// Train-mode batch norm with batch statistics, as PyTorch's `F.batch_norm(training=True)`.
@@ -90,22 +88,6 @@ struct BatchNormOp {
     c: usize,
     inner: usize,
     saved: Arc<Mutex<Saved>>,
-}
-
-/// The contiguous elements of a CPU tensor of element type `T` (an error names `what` when its
-/// dtype or layout is another).
-fn slice<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    let Ok(all) = s.as_slice::<T>() else {
-        candle_core::bail!("batch_norm_train: the {what} is {:?}, not {:?}", s.dtype(), T::DTYPE)
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&all[a..b]),
-        None => candle_core::bail!("batch_norm_train: the {what} is not contiguous"),
-    }
 }
 
 impl BatchNormOp {
@@ -213,11 +195,11 @@ impl BatchNormOp {
         (w, w_layout): (&CpuStorage, &Layout),
         (b, b_layout): (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x_data = slice::<T>(x, x_layout, "input")?;
+        let x_data = slice::<T>(x, x_layout, "batch_norm_train", "input")?;
         let y = self.forward(
             x_data,
-            slice::<T>(w, w_layout, "weight")?,
-            slice::<T>(b, b_layout, "bias")?,
+            slice::<T>(w, w_layout, "batch_norm_train", "weight")?,
+            slice::<T>(b, b_layout, "batch_norm_train", "bias")?,
         );
         Ok((T::to_cpu_storage_owned(y), x_layout.shape().clone()))
     }
@@ -236,9 +218,9 @@ impl BatchNormOp {
             candle_core::bail!("batch_norm_train: the backward pass needs CPU tensors")
         };
         let (dx, dw, db) = self.backward(
-            slice::<T>(xs, xl, "input")?,
-            slice::<T>(ws, wl, "weight")?,
-            slice::<T>(gs, gl, "gradient")?,
+            slice::<T>(xs, xl, "batch_norm_train", "input")?,
+            slice::<T>(ws, wl, "batch_norm_train", "weight")?,
+            slice::<T>(gs, gl, "batch_norm_train", "gradient")?,
         )?;
         Ok((
             Tensor::from_vec(dx, x.shape(), &dev)?,

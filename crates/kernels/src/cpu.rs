@@ -1,0 +1,105 @@
+//! What the CPU training kernels share: the float types they run on and the contiguous slice of a
+//! CPU storage.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Elements per rayon task, at least (short runs are grouped).
+pub(crate) const MIN_TASK: usize = 4096;
+
+/// The float types the training kernels run on: f32 (training) and f64 (parity runs). The
+/// operations are Candle's own CPU ones, so that results equal its ops bit for bit.
+pub(crate) trait Real: WithDType {
+    /// Padding that never wins a max.
+    const NEG_INFINITY: Self;
+
+    /// Candle's `relu` (`UnaryOp::Relu`): `max(x, 0)`.
+    fn relu(self) -> Self;
+
+    /// `max(self, other)` (`f32::max`: a NaN loses).
+    fn maximum(self, other: Self) -> Self;
+
+    /// Candle's ReLU gradient factor: 1 where `x >= 0` (0 included), else 0.
+    #[inline]
+    fn relu_mask(self) -> Self {
+        if self >= Self::zero() { Self::one() } else { Self::zero() }
+    }
+
+    /// The gradient Candle's ReLU backward stores: `0 + g * mask(x)` (so a `-0` comes out `+0`).
+    #[inline]
+    fn relu_grad(self, g: Self) -> Self {
+        Self::zero() + g * self.relu_mask()
+    }
+}
+
+impl Real for f32 {
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+
+    #[inline]
+    fn relu(self) -> Self {
+        self.max(0.0)
+    }
+
+    #[inline]
+    fn maximum(self, other: Self) -> Self {
+        f32::max(self, other)
+    }
+}
+
+impl Real for f64 {
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+
+    #[inline]
+    fn relu(self) -> Self {
+        self.max(0.0)
+    }
+
+    #[inline]
+    fn maximum(self, other: Self) -> Self {
+        f64::max(self, other)
+    }
+}
+
+/// Whether the training kernels run on `x`: a CPU f32 or f64 tensor. (Other devices keep
+/// Candle's ops, which run in parallel there.)
+pub fn train_kernels_supported(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The contiguous elements of a CPU tensor of element type `T` (an error names `op` and `what`
+/// when its dtype or layout is another).
+pub(crate) fn slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let Ok(all) = s.as_slice::<T>() else {
+        candle_core::bail!("{op}: the {what} is {:?}, not {:?}", s.dtype(), T::DTYPE)
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => candle_core::bail!("{op}: the {what} is not contiguous"),
+    }
+}
+
+/// `f32()` or `f64()` as `dtype` says (the only float types the kernels take).
+pub(crate) fn by_dtype<R>(
+    dtype: DType,
+    op: &str,
+    f32: impl FnOnce() -> candle_core::Result<R>,
+    f64: impl FnOnce() -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    match dtype {
+        DType::F32 => f32(),
+        DType::F64 => f64(),
+        other => candle_core::bail!("{op}: {other:?} input (f32 or f64 only)"),
+    }
+}
+
+/// `n` zeros, written in parallel (a `vec![0; n]` of memory the allocator reuses is one serial
+/// `memset`).
+pub(crate) fn par_zeros<T: WithDType>(n: usize) -> Vec<T> {
+    (0..n).into_par_iter().with_min_len(MIN_TASK).map(|_| T::zero()).collect()
+}
