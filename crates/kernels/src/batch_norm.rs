@@ -20,7 +20,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{MIN_TASK, slice};
+use crate::cpu::{MIN_TASK, par_chunks_zeroed, slice};
 use crate::error::{KernelError, Result};
 
 /// Per-channel statistics of the forward pass, shared by the op (for its backward) and the caller.
@@ -96,11 +96,6 @@ impl BatchNormOp {
         r * self.inner..(r + 1) * self.inner
     }
 
-    /// Rayon tasks of at least [`MIN_TASK`] elements, counted in runs.
-    fn runs_per_task(&self) -> usize {
-        (MIN_TASK / self.inner).max(1)
-    }
-
     /// `sum over samples n of f(channel, run)`, per channel.
     fn per_channel(&self, f: impl Fn(usize, Range<usize>) -> f64 + Sync) -> Vec<f64> {
         let (outer, c) = (self.outer, self.c);
@@ -132,15 +127,12 @@ impl BatchNormOp {
         let s: Vec<f64> = (0..c)
             .map(|ch| T::from_f64(b[ch].to_f64() - mean[ch] * invstd[ch] * w[ch].to_f64()).to_f64())
             .collect();
-        let mut y = vec![T::from_f64(0.0); x.len()];
-        y.par_chunks_mut(self.inner).with_min_len(self.runs_per_task()).enumerate().for_each(
-            |(r, out)| {
-                let ch = r % c;
-                for (o, v) in out.iter_mut().zip(&x[self.run(r)]) {
-                    *o = T::from_f64(v.to_f64() * a[ch] + s[ch]);
-                }
-            },
-        );
+        let y = par_chunks_zeroed(x.len(), self.inner, |r, out: &mut [T]| {
+            let ch = r % c;
+            for (o, v) in out.iter_mut().zip(&x[self.run(r)]) {
+                *o = T::from_f64(v.to_f64() * a[ch] + s[ch]);
+            }
+        });
         if let Ok(mut saved) = self.saved.lock() {
             *saved = Saved { mean, invstd, var };
         }
@@ -168,20 +160,17 @@ impl BatchNormOp {
         let dot = self.per_channel(|ch, r| {
             x[r.clone()].iter().zip(&dy[r]).map(|(x, g)| (x.to_f64() - mean[ch]) * g.to_f64()).sum()
         });
-        let mut dx = vec![T::from_f64(0.0); x.len()];
-        dx.par_chunks_mut(self.inner).with_min_len(self.runs_per_task()).enumerate().for_each(
-            |(r, out)| {
-                let ch = r % c;
-                let k = dot[ch] * invstd[ch] * invstd[ch] / m;
-                let g_mean = sum_dy[ch] / m;
-                let scale = w[ch].to_f64() * invstd[ch];
-                let run = self.run(r);
-                for ((o, xv), g) in out.iter_mut().zip(&x[run.clone()]).zip(&dy[run]) {
-                    let centred = xv.to_f64() - mean[ch];
-                    *o = T::from_f64((g.to_f64() - g_mean - centred * k) * scale);
-                }
-            },
-        );
+        let dx = par_chunks_zeroed(x.len(), self.inner, |r, out: &mut [T]| {
+            let ch = r % c;
+            let k = dot[ch] * invstd[ch] * invstd[ch] / m;
+            let g_mean = sum_dy[ch] / m;
+            let scale = w[ch].to_f64() * invstd[ch];
+            let run = self.run(r);
+            for ((o, xv), g) in out.iter_mut().zip(&x[run.clone()]).zip(&dy[run]) {
+                let centred = xv.to_f64() - mean[ch];
+                *o = T::from_f64((g.to_f64() - g_mean - centred * k) * scale);
+            }
+        });
         let dw = (0..c).map(|ch| T::from_f64(dot[ch] * invstd[ch])).collect();
         let db = sum_dy.iter().map(|&s| T::from_f64(s)).collect();
         Ok((dx, dw, db))

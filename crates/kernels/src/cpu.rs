@@ -1,8 +1,10 @@
 //! What the CPU training kernels share: the float types they run on and the contiguous slice of a
 //! CPU storage.
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Elements per rayon task, at least (short runs are grouped).
@@ -84,6 +86,20 @@ pub(crate) fn slice<'a, T: WithDType>(
     }
 }
 
+/// `f` on the contiguous CPU elements of three tensors (each named for errors), e.g. a backward
+/// pass's inputs and gradient.
+pub(crate) fn with_cpu_slices<T: WithDType, R>(
+    op: &str,
+    ts: [(&Tensor, &str); 3],
+    f: impl FnOnce(&[T], &[T], &[T]) -> R,
+) -> candle_core::Result<R> {
+    let [a, b, c] = ts.map(|(t, what)| (t.storage_and_layout(), what));
+    let (Storage::Cpu(sa), Storage::Cpu(sb), Storage::Cpu(sc)) = (&*a.0.0, &*b.0.0, &*c.0.0) else {
+        candle_core::bail!("{op}: the backward pass needs CPU tensors")
+    };
+    Ok(f(slice(sa, a.0.1, op, a.1)?, slice(sb, b.0.1, op, b.1)?, slice(sc, c.0.1, op, c.1)?))
+}
+
 /// `f32()` or `f64()` as `dtype` says (the only float types the kernels take).
 pub(crate) fn by_dtype<R>(
     dtype: DType,
@@ -98,8 +114,35 @@ pub(crate) fn by_dtype<R>(
     }
 }
 
-/// `n` zeros, written in parallel (a `vec![0; n]` of memory the allocator reuses is one serial
-/// `memset`).
-pub(crate) fn par_zeros<T: WithDType>(n: usize) -> Vec<T> {
-    (0..n).into_par_iter().with_min_len(MIN_TASK).map(|_| T::zero()).collect()
+/// A vector of `n` elements built in parallel: chunk `i` (`chunk` elements, the last one
+/// shorter) is zeroed and handed to `f(i, chunk)`, rayon tasks of at least [`MIN_TASK`]
+/// elements. Zeroing each chunk just before `f` writes it keeps it in the cache: one pass over
+/// memory, where `vec![0; n]` (a serial `memset` of memory the allocator reuses) and then `f`
+/// would be two, the first on one thread.
+pub(crate) fn par_chunks_zeroed<T: WithDType>(
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    if n == 0 {
+        return v;
+    }
+    let chunk = chunk.max(1);
+    let per_task = MIN_TASK.div_ceil(chunk).max(1);
+    v.spare_capacity_mut().par_chunks_mut(chunk).with_min_len(per_task).enumerate().for_each(
+        |(i, part)| {
+            for e in part.iter_mut() {
+                e.write(T::zero());
+            }
+            // SAFETY: every element of `part` was initialised just above, and `MaybeUninit<T>`
+            // has the layout of `T`.
+            let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
+            f(i, part);
+        },
+    );
+    // SAFETY: the chunks cover the first `n` elements (the capacity is `n`), all initialised
+    // above; a panic in `f` propagates before this line and drops `v` with length 0.
+    unsafe { v.set_len(n) };
+    v
 }

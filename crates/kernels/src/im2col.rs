@@ -15,8 +15,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
-use rayon::prelude::*;
 
+use crate::cpu::par_chunks_zeroed;
 use crate::params::ConvParams;
 
 /// Which input position each output reads: output `(oy, ox)` through tap `(th, tw)` reads input
@@ -226,13 +226,9 @@ impl Col2Im {
         let (kh, kw) = self.kernel;
         let Window { stride: s, dilation: d, origin: (o_h, o_w), out: (oh, ow) } = self.win;
         let plane = oh * ow;
-        let mut dst = vec![T::from_f64(0.0); b * c * h * w];
-        if h * w == 0 {
-            return dst;
-        }
         // One input plane per (image, channel): its writers are the rows (channel, th, tw) of
         // the columns of that image, so the planes are independent.
-        dst.par_chunks_mut(h * w).enumerate().for_each(|(idx, img)| {
+        par_chunks_zeroed(b * c * h * w, h * w, |idx, img: &mut [T]| {
             let (n, ch) = (idx / c, idx % c);
             for th in 0..kh {
                 for tw in 0..kw {
@@ -262,8 +258,7 @@ impl Col2Im {
                     }
                 }
             }
-        });
-        dst
+        })
     }
 }
 
@@ -302,13 +297,9 @@ impl Im2Col {
         let (kh, kw) = self.kernel;
         let Window { stride: s, dilation: d, origin: (o_h, o_w), out: (oh, ow) } = self.win;
         let plane = oh * ow;
-        let zero = T::from_f64(0.0);
-        let mut dst = vec![zero; c * kh * kw * b * plane];
-        if plane == 0 {
-            return Ok(dst);
-        }
-        // One output plane (oh*ow values) per (channel, th, tw, image), in that order.
-        dst.par_chunks_mut(plane).enumerate().for_each(|(idx, out)| {
+        // One output plane (oh*ow values) per (channel, th, tw, image), in that order; what no
+        // input position reaches (the padding) stays zero.
+        let dst = par_chunks_zeroed(c * kh * kw * b * plane, plane, |idx, out: &mut [T]| {
             let n = idx % b;
             let tap = idx / b;
             let (ch, th, tw) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);

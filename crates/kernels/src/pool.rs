@@ -12,10 +12,11 @@
 use std::ops::Range;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
-use rayon::prelude::*;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-use crate::cpu::{MIN_TASK, Real, by_dtype, par_zeros, slice, train_kernels_supported};
+use crate::cpu::{
+    Real, by_dtype, par_chunks_zeroed, slice, train_kernels_supported, with_cpu_slices,
+};
 use crate::error::{KernelError, Result};
 use crate::params::ConvParams;
 
@@ -102,11 +103,6 @@ impl Pool {
             }
         }
     }
-
-    /// Plane-sized chunks per rayon task so that each has at least [`MIN_TASK`] elements.
-    pub(crate) fn planes_per_task(plane: usize) -> usize {
-        MIN_TASK.div_ceil(plane.max(1)).max(1)
-    }
 }
 
 /// Max pooling with a square window, `-inf` padding (the padding never wins, as in PyTorch) and
@@ -184,11 +180,9 @@ impl MaxPool {
         let x = slice::<T>(s, l, "max_pool2d_train", "input")?;
         let (pin, pout) = (self.plane_in(), self.plane_out());
         let (b, c, _, _) = l.shape().dims4()?;
-        let mut y = par_zeros::<T>(b * c * pout);
-        y.par_chunks_mut(pout)
-            .with_min_len(Pool::planes_per_task(pout))
-            .enumerate()
-            .for_each(|(p, out)| self.0.forward_plane(&x[p * pin..(p + 1) * pin], out));
+        let y = par_chunks_zeroed::<T>(b * c * pout, pout, |p, out| {
+            self.0.forward_plane(&x[p * pin..(p + 1) * pin], out)
+        });
         Ok((T::to_cpu_storage_owned(y), Shape::from((b, c, self.0.oh, self.0.ow))))
     }
 
@@ -198,23 +192,14 @@ impl MaxPool {
         y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        let op = "max_pool2d_train";
-        let (xs, xl) = x.storage_and_layout();
-        let (ys, yl) = y.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(ys), Storage::Cpu(gs)) = (&*xs, &*ys, &*gs) else {
-            candle_core::bail!("{op}: the backward pass needs CPU tensors")
-        };
-        let (xv, yv) = (slice::<T>(xs, xl, op, "input")?, slice::<T>(ys, yl, op, "output")?);
-        let gv = slice::<T>(gs, gl, op, "gradient")?;
         let (pin, pout) = (self.plane_in(), self.plane_out());
-        let mut dx = par_zeros::<T>(xv.len());
-        dx.par_chunks_mut(pin).with_min_len(Pool::planes_per_task(pin)).enumerate().for_each(
-            |(p, d)| {
+        let parts = [(x, "input"), (y, "output"), (grad, "gradient")];
+        let dx = with_cpu_slices::<T, _>("max_pool2d_train", parts, |xv, yv, gv| {
+            par_chunks_zeroed::<T>(xv.len(), pin, |p, d| {
                 let outs = p * pout..(p + 1) * pout;
                 self.0.backward_plane(&xv[p * pin..(p + 1) * pin], &yv[outs.clone()], &gv[outs], d)
-            },
-        );
+            })
+        })?;
         Tensor::from_vec(dx, x.shape(), x.device())
     }
 }

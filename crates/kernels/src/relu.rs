@@ -11,10 +11,10 @@
 //! full-size buffer kept alive until the backward pass.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{MIN_TASK, Real, by_dtype, slice, train_kernels_supported};
+use crate::cpu::{MIN_TASK, Real, by_dtype, slice, train_kernels_supported, with_cpu_slices};
 use crate::error::{KernelError, Result};
 
 /// `max(x, 0)` with Candle's gradient; one parallel pass each way on CPU f32 / f64 tensors,
@@ -55,23 +55,6 @@ fn par_zip<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     a.par_iter().zip(b).with_min_len(MIN_TASK).map(|(&a, &b)| f(a, b)).collect()
 }
 
-/// The CPU slices of three same-shaped tensors (input(s) and gradient) for a backward pass.
-fn with_slices<T: Real, R>(
-    op: &str,
-    ts: [&Tensor; 3],
-    f: impl FnOnce(&[T], &[T], &[T]) -> R,
-) -> candle_core::Result<R> {
-    let [a, b, c] = ts.map(|t| t.storage_and_layout());
-    let (Storage::Cpu(sa), Storage::Cpu(sb), Storage::Cpu(sc)) = (&*a.0, &*b.0, &*c.0) else {
-        candle_core::bail!("{op}: the backward pass needs CPU tensors")
-    };
-    Ok(f(
-        slice(sa, a.1, op, "input")?,
-        slice(sb, b.1, op, "input")?,
-        slice(sc, c.1, op, "gradient")?,
-    ))
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Relu;
 
@@ -83,7 +66,11 @@ impl Relu {
     }
 
     fn bwd_as<T: Real>(x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-        let dx = with_slices::<T, _>("relu", [x, x, grad], |x, _, g| par_zip(x, g, T::relu_grad))?;
+        let dx = with_cpu_slices::<T, _>(
+            "relu",
+            [(x, "input"), (x, "input"), (grad, "gradient")],
+            |x, _, g| par_zip(x, g, T::relu_grad),
+        )?;
         Tensor::from_vec(dx, x.shape(), x.device())
     }
 }
@@ -119,14 +106,18 @@ impl AddRelu {
     }
 
     fn bwd_as<T: Real>(a: &Tensor, b: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-        let d = with_slices::<T, _>("add_relu", [a, b, grad], |a, b, g| {
-            a.par_iter()
-                .zip(b)
-                .zip(g)
-                .with_min_len(MIN_TASK)
-                .map(|((&a, &b), &g)| (a + b).relu_grad(g))
-                .collect::<Vec<T>>()
-        })?;
+        let d = with_cpu_slices::<T, _>(
+            "add_relu",
+            [(a, "first summand"), (b, "second summand"), (grad, "gradient")],
+            |a, b, g| {
+                a.par_iter()
+                    .zip(b)
+                    .zip(g)
+                    .with_min_len(MIN_TASK)
+                    .map(|((&a, &b), &g)| (a + b).relu_grad(g))
+                    .collect::<Vec<T>>()
+            },
+        )?;
         Tensor::from_vec(d, a.shape(), a.device())
     }
 }
