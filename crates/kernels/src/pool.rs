@@ -194,7 +194,7 @@ impl MaxPool {
     ) -> candle_core::Result<Tensor> {
         let (pin, pout) = (self.plane_in(), self.plane_out());
         let parts = [(x, "input"), (y, "output"), (grad, "gradient")];
-        let dx = with_cpu_slices::<T, _>("max_pool2d_train", parts, |xv, yv, gv| {
+        let dx = with_cpu_slices("max_pool2d_train", parts, |[xv, yv, gv]: [&[T]; 3]| {
             par_chunks_zeroed::<T>(xv.len(), pin, |p, d| {
                 let outs = p * pout..(p + 1) * pout;
                 self.0.backward_plane(&xv[p * pin..(p + 1) * pin], &yv[outs.clone()], &gv[outs], d)

@@ -66,11 +66,8 @@ impl Relu {
     }
 
     fn bwd_as<T: Real>(x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-        let dx = with_cpu_slices::<T, _>(
-            "relu",
-            [(x, "input"), (x, "input"), (grad, "gradient")],
-            |x, _, g| par_zip(x, g, T::relu_grad),
-        )?;
+        let parts = [(x, "input"), (grad, "gradient")];
+        let dx = with_cpu_slices("relu", parts, |[x, g]| par_zip(x, g, T::relu_grad))?;
         Tensor::from_vec(dx, x.shape(), x.device())
     }
 }
@@ -106,10 +103,10 @@ impl AddRelu {
     }
 
     fn bwd_as<T: Real>(a: &Tensor, b: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-        let d = with_cpu_slices::<T, _>(
+        let d = with_cpu_slices(
             "add_relu",
             [(a, "first summand"), (b, "second summand"), (grad, "gradient")],
-            |a, b, g| {
+            |[a, b, g]: [&[T]; 3]| {
                 a.par_iter()
                     .zip(b)
                     .zip(g)
