@@ -35,33 +35,27 @@ pub(crate) trait Real: WithDType {
     }
 }
 
-impl Real for f32 {
-    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+/// `Real` for a primitive float, whose inherent `max` is Candle's ReLU and max.
+macro_rules! real_float {
+    ($t:ident) => {
+        impl Real for $t {
+            const NEG_INFINITY: Self = $t::NEG_INFINITY;
 
-    #[inline]
-    fn relu(self) -> Self {
-        self.max(0.0)
-    }
+            #[inline]
+            fn relu(self) -> Self {
+                self.max(0.0)
+            }
 
-    #[inline]
-    fn maximum(self, other: Self) -> Self {
-        f32::max(self, other)
-    }
+            #[inline]
+            fn maximum(self, other: Self) -> Self {
+                $t::max(self, other)
+            }
+        }
+    };
 }
 
-impl Real for f64 {
-    const NEG_INFINITY: Self = f64::NEG_INFINITY;
-
-    #[inline]
-    fn relu(self) -> Self {
-        self.max(0.0)
-    }
-
-    #[inline]
-    fn maximum(self, other: Self) -> Self {
-        f64::max(self, other)
-    }
-}
+real_float!(f32);
+real_float!(f64);
 
 /// Whether the training kernels run on `x`: a CPU f32 or f64 tensor. (Other devices keep
 /// Candle's ops, which run in parallel there.)

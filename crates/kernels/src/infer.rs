@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::error::{KernelError, Result};
 use crate::im2col::{self, Window};
 use crate::params::ConvParams;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolWindow};
 
 /// Elements per rayon task, at least (short planes are grouped).
 const MIN_TASK: usize = 4096;
@@ -290,7 +290,7 @@ pub fn conv2d_bias_act(
 /// `x: [b, c, h, w]` -> `[b, c, (h + 2p - k) / s + 1, (w + 2p - k) / s + 1]`
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    let pool = Pool::new("max_pool2d", x, kernel, stride, padding)?;
+    let pool = Pool::new("max_pool2d", x, PoolWindow { kernel, stride, padding })?;
     if !cpu_f32(x) {
         return Ok(max_pool2d_ops(x, kernel, stride, padding)?);
     }

@@ -46,5 +46,5 @@ pub use error::{KernelError, Result};
 pub use grad::{Engine, WeightGradAlgo};
 pub use op::{conv_transpose2d, conv2d, conv2d_grouped};
 pub use params::{ConvParams, ConvTransposeParams};
-pub use pool::{max_pool2d_train, max_pool2d_train_ops};
+pub use pool::{PoolWindow, max_pool2d_train, max_pool2d_train_ops};
 pub use relu::{add_relu, relu};

@@ -20,6 +20,18 @@ use crate::cpu::{
 use crate::error::{KernelError, Result};
 use crate::params::ConvParams;
 
+/// A square max-pool window: side `kernel`, step `stride`, `padding` values of `-inf` on every
+/// side (PyTorch's `MaxPool2d(kernel, stride, padding)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolWindow {
+    /// Side of the window.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// `-inf` rows / columns added on every side (below `kernel`).
+    pub padding: usize,
+}
+
 /// A square max-pool window over one `h` x `w` plane: `-inf` padding, output `oh` x `ow`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pool {
@@ -34,13 +46,8 @@ pub(crate) struct Pool {
 
 impl Pool {
     /// The pool of `x: [b, c, h, w]`, or an error naming `op` when the window does not fit.
-    pub(crate) fn new(
-        op: &'static str,
-        x: &Tensor,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Pool> {
+    pub(crate) fn new(op: &'static str, x: &Tensor, win: PoolWindow) -> Result<Pool> {
+        let PoolWindow { kernel, stride, padding } = win;
         let (_, _, h, w) = x.dims4()?;
         let p = ConvParams { stride, padding, dilation: 1 };
         let invalid = |msg: String| KernelError::InvalidArgs {
@@ -111,15 +118,10 @@ impl Pool {
 ///
 /// # Shapes
 /// `x: [b, c, h, w]` -> `[b, c, (h + 2p - k) / s + 1, (w + 2p - k) / s + 1]`
-pub fn max_pool2d_train(
-    x: &Tensor,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    let pool = Pool::new("max_pool2d_train", x, kernel, stride, padding)?;
+pub fn max_pool2d_train(x: &Tensor, win: PoolWindow) -> Result<Tensor> {
+    let pool = Pool::new("max_pool2d_train", x, win)?;
     if !train_kernels_supported(x) {
-        return max_pool2d_train_ops(x, kernel, stride, padding);
+        return max_pool2d_train_ops(x, win);
     }
     Ok(x.contiguous()?.apply_op1(MaxPool(pool))?)
 }
@@ -128,13 +130,9 @@ pub fn max_pool2d_train(
 /// tested against): the map padded with `-inf`, every window's taps gathered by one
 /// `index_select`, and their `max`. (Candle's own `max_pool2d` has no padding, and its backward
 /// is wrong when kernel != stride.)
-pub fn max_pool2d_train_ops(
-    x: &Tensor,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    let pool = Pool::new("max_pool2d_train", x, kernel, stride, padding)?;
+pub fn max_pool2d_train_ops(x: &Tensor, win: PoolWindow) -> Result<Tensor> {
+    let pool = Pool::new("max_pool2d_train", x, win)?;
+    let PoolWindow { kernel, stride, padding } = win;
     let (b, c, h, w) = x.dims4()?;
     let (hp, wp) = (h + 2 * padding, w + 2 * padding);
     let x = if padding > 0 {
@@ -246,8 +244,9 @@ mod tests {
                 x.slice_set(&(first * 2.).unwrap().round().unwrap(), 0, 0).unwrap();
                 let plane = x.as_tensor().narrow(1, 0, 1).unwrap().zeros_like().unwrap();
                 x.slice_set(&plane, 1, 0).unwrap();
-                let mine = max_pool2d_train(&x, k, s, p).unwrap();
-                let theirs = max_pool2d_train_ops(&x, k, s, p).unwrap();
+                let win = PoolWindow { kernel: k, stride: s, padding: p };
+                let mine = max_pool2d_train(&x, win).unwrap();
+                let theirs = max_pool2d_train_ops(&x, win).unwrap();
                 assert_same_values(&mine, &theirs, &format!("{dims:?} {k}/{s}/{p}"));
                 let coef = randn_var(mine.dims(), dtype);
                 let (g, gt) = candle_grads(&mine, &theirs, &coef, &[&x]);
@@ -259,8 +258,9 @@ mod tests {
     #[test]
     fn windows_that_do_not_fit_are_errors() {
         let x = randn_var(&[1, 1, 2, 2], DType::F32);
-        let err = max_pool2d_train(&x, 3, 1, 0).unwrap_err().to_string();
+        let err = max_pool2d_train(&x, PoolWindow { kernel: 3, stride: 1, padding: 0 });
+        let err = err.unwrap_err().to_string();
         assert!(err.contains("max_pool2d_train") && err.contains("does not fit"), "{err}");
-        assert!(max_pool2d_train(&x, 2, 2, 2).is_err());
+        assert!(max_pool2d_train(&x, PoolWindow { kernel: 2, stride: 2, padding: 2 }).is_err());
     }
 }

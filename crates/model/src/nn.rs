@@ -485,7 +485,8 @@ pub fn max_pool_exact(x: &Tensor, k: usize) -> Result<Tensor> {
     }
     if aue_kernels::train_kernels_supported(x) {
         // The same values and gradient in one parallel pass each way.
-        return Ok(aue_kernels::max_pool2d_train(x, k, k, 0).map_err(candle_core::Error::from)?);
+        let win = aue_kernels::PoolWindow { kernel: k, stride: k, padding: 0 };
+        return Ok(aue_kernels::max_pool2d_train(x, win).map_err(candle_core::Error::from)?);
     }
     // [b, c, h/k, k, w/k, k] -> max over the two kernel axes
     Ok(x.reshape((b, c, h / k, k, w / k, k))?.max(5)?.max(3)?)
@@ -498,7 +499,8 @@ pub fn max_pool_exact(x: &Tensor, k: usize) -> Result<Tensor> {
 /// # Shapes
 /// x [B, C, H, W] -> [B, C, (H - 1) / 2 + 1, (W - 1) / 2 + 1]
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    Ok(aue_kernels::max_pool2d_train(x, 3, 2, 1).map_err(candle_core::Error::from)?)
+    let win = aue_kernels::PoolWindow { kernel: 3, stride: 2, padding: 1 };
+    Ok(aue_kernels::max_pool2d_train(x, win).map_err(candle_core::Error::from)?)
 }
 
 /// `max(x, 0)` with Candle's gradient: aue-kernels' one-pass parallel op on the CPU (Candle's
