@@ -20,10 +20,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::cpu::{MIN_TASK, par_chunks_zeroed, slice};
 use crate::error::{KernelError, Result};
-
-/// Elements per rayon task, at least (short runs are grouped).
-const MIN_TASK: usize = 4096;
 
 /// Per-channel statistics of the forward pass, shared by the op (for its backward) and the caller.
 #[derive(Debug, Default)]
@@ -37,7 +35,7 @@ struct Saved {
 /// Whether [`batch_norm_train`] runs on `x`: a CPU f32 or f64 tensor. (Other devices keep
 /// Candle's ops, which are fast enough there.)
 pub fn batch_norm_supported(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    crate::cpu::train_kernels_supported(x)
 }
 
 /// Train-mode batch norm with batch statistics, as PyTorch's `F.batch_norm(training=True)`.
@@ -92,31 +90,10 @@ struct BatchNormOp {
     saved: Arc<Mutex<Saved>>,
 }
 
-/// The contiguous elements of a CPU tensor of element type `T` (an error names `what` when its
-/// dtype or layout is another).
-fn slice<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    let Ok(all) = s.as_slice::<T>() else {
-        candle_core::bail!("batch_norm_train: the {what} is {:?}, not {:?}", s.dtype(), T::DTYPE)
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&all[a..b]),
-        None => candle_core::bail!("batch_norm_train: the {what} is not contiguous"),
-    }
-}
-
 impl BatchNormOp {
     /// The elements of run `r` (sample `r / c`, channel `r % c`).
     fn run(&self, r: usize) -> Range<usize> {
         r * self.inner..(r + 1) * self.inner
-    }
-
-    /// Rayon tasks of at least [`MIN_TASK`] elements, counted in runs.
-    fn runs_per_task(&self) -> usize {
-        (MIN_TASK / self.inner).max(1)
     }
 
     /// `sum over samples n of f(channel, run)`, per channel.
@@ -150,15 +127,12 @@ impl BatchNormOp {
         let s: Vec<f64> = (0..c)
             .map(|ch| T::from_f64(b[ch].to_f64() - mean[ch] * invstd[ch] * w[ch].to_f64()).to_f64())
             .collect();
-        let mut y = vec![T::from_f64(0.0); x.len()];
-        y.par_chunks_mut(self.inner).with_min_len(self.runs_per_task()).enumerate().for_each(
-            |(r, out)| {
-                let ch = r % c;
-                for (o, v) in out.iter_mut().zip(&x[self.run(r)]) {
-                    *o = T::from_f64(v.to_f64() * a[ch] + s[ch]);
-                }
-            },
-        );
+        let y = par_chunks_zeroed(x.len(), self.inner, |r, out: &mut [T]| {
+            let ch = r % c;
+            for (o, v) in out.iter_mut().zip(&x[self.run(r)]) {
+                *o = T::from_f64(v.to_f64() * a[ch] + s[ch]);
+            }
+        });
         if let Ok(mut saved) = self.saved.lock() {
             *saved = Saved { mean, invstd, var };
         }
@@ -186,20 +160,17 @@ impl BatchNormOp {
         let dot = self.per_channel(|ch, r| {
             x[r.clone()].iter().zip(&dy[r]).map(|(x, g)| (x.to_f64() - mean[ch]) * g.to_f64()).sum()
         });
-        let mut dx = vec![T::from_f64(0.0); x.len()];
-        dx.par_chunks_mut(self.inner).with_min_len(self.runs_per_task()).enumerate().for_each(
-            |(r, out)| {
-                let ch = r % c;
-                let k = dot[ch] * invstd[ch] * invstd[ch] / m;
-                let g_mean = sum_dy[ch] / m;
-                let scale = w[ch].to_f64() * invstd[ch];
-                let run = self.run(r);
-                for ((o, xv), g) in out.iter_mut().zip(&x[run.clone()]).zip(&dy[run]) {
-                    let centred = xv.to_f64() - mean[ch];
-                    *o = T::from_f64((g.to_f64() - g_mean - centred * k) * scale);
-                }
-            },
-        );
+        let dx = par_chunks_zeroed(x.len(), self.inner, |r, out: &mut [T]| {
+            let ch = r % c;
+            let k = dot[ch] * invstd[ch] * invstd[ch] / m;
+            let g_mean = sum_dy[ch] / m;
+            let scale = w[ch].to_f64() * invstd[ch];
+            let run = self.run(r);
+            for ((o, xv), g) in out.iter_mut().zip(&x[run.clone()]).zip(&dy[run]) {
+                let centred = xv.to_f64() - mean[ch];
+                *o = T::from_f64((g.to_f64() - g_mean - centred * k) * scale);
+            }
+        });
         let dw = (0..c).map(|ch| T::from_f64(dot[ch] * invstd[ch])).collect();
         let db = sum_dy.iter().map(|&s| T::from_f64(s)).collect();
         Ok((dx, dw, db))
@@ -213,11 +184,11 @@ impl BatchNormOp {
         (w, w_layout): (&CpuStorage, &Layout),
         (b, b_layout): (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x_data = slice::<T>(x, x_layout, "input")?;
+        let x_data = slice::<T>(x, x_layout, "batch_norm_train", "input")?;
         let y = self.forward(
             x_data,
-            slice::<T>(w, w_layout, "weight")?,
-            slice::<T>(b, b_layout, "bias")?,
+            slice::<T>(w, w_layout, "batch_norm_train", "weight")?,
+            slice::<T>(b, b_layout, "batch_norm_train", "bias")?,
         );
         Ok((T::to_cpu_storage_owned(y), x_layout.shape().clone()))
     }
@@ -236,9 +207,9 @@ impl BatchNormOp {
             candle_core::bail!("batch_norm_train: the backward pass needs CPU tensors")
         };
         let (dx, dw, db) = self.backward(
-            slice::<T>(xs, xl, "input")?,
-            slice::<T>(ws, wl, "weight")?,
-            slice::<T>(gs, gl, "gradient")?,
+            slice::<T>(xs, xl, "batch_norm_train", "input")?,
+            slice::<T>(ws, wl, "batch_norm_train", "weight")?,
+            slice::<T>(gs, gl, "batch_norm_train", "gradient")?,
         )?;
         Ok((
             Tensor::from_vec(dx, x.shape(), &dev)?,

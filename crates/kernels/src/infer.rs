@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use crate::error::{KernelError, Result};
 use crate::im2col::{self, Window};
 use crate::params::ConvParams;
+use crate::pool::{Pool, PoolWindow};
 
 /// Elements per rayon task, at least (short planes are grouped).
 const MIN_TASK: usize = 4096;
@@ -289,44 +290,19 @@ pub fn conv2d_bias_act(
 /// `x: [b, c, h, w]` -> `[b, c, (h + 2p - k) / s + 1, (w + 2p - k) / s + 1]`
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    let p = ConvParams { stride, padding, dilation: 1 };
-    let (Some(oh), Some(ow)) = (p.output_size(h, kernel), p.output_size(w, kernel)) else {
-        return Err(invalid(
-            "max_pool2d",
-            x,
-            format!("window {kernel}/{stride}/{padding} does not fit"),
-        ));
-    };
-    if padding >= kernel {
-        return Err(invalid("max_pool2d", x, "padding must be below the kernel size".into()));
-    }
+    let pool = Pool::new("max_pool2d", x, PoolWindow { kernel, stride, padding })?;
     if !cpu_f32(x) {
         return Ok(max_pool2d_ops(x, kernel, stride, padding)?);
     }
     let x = x.contiguous()?;
-    let mut dst = vec![0f32; b * c * oh * ow];
+    let mut dst = vec![0f32; b * c * pool.oh * pool.ow];
     let done = with_f32(&x, |src| {
-        par_planes(&mut dst, c, oh * ow, |plane, _, out| {
-            let img = &src[plane * h * w..(plane + 1) * h * w];
-            for oy in 0..oh {
-                let y0 = (oy * stride) as isize - padding as isize;
-                let (ylo, yhi) = (y0.max(0) as usize, ((y0 + kernel as isize) as usize).min(h));
-                for ox in 0..ow {
-                    let x0 = (ox * stride) as isize - padding as isize;
-                    let (xlo, xhi) = (x0.max(0) as usize, ((x0 + kernel as isize) as usize).min(w));
-                    let mut m = f32::NEG_INFINITY;
-                    for row in img[ylo * w..yhi * w].chunks_exact(w) {
-                        for &v in &row[xlo..xhi] {
-                            m = m.max(v);
-                        }
-                    }
-                    out[oy * ow + ox] = m;
-                }
-            }
+        par_planes(&mut dst, c, pool.oh * pool.ow, |plane, _, out| {
+            pool.forward_plane(&src[plane * h * w..(plane + 1) * h * w], out)
         })
     });
     done.ok_or_else(|| invalid("max_pool2d", &x, "not CPU f32".into()))?;
-    Ok(Tensor::from_vec(dst, (b, c, oh, ow), x.device())?)
+    Ok(Tensor::from_vec(dst, (b, c, pool.oh, pool.ow), x.device())?)
 }
 
 /// [`max_pool2d`] as Candle ops.

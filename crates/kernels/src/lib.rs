@@ -1,5 +1,7 @@
 //! Convolutions for Candle whose backward passes cost about twice their forward pass, a
-//! one-op train-mode batch norm for the CPU (`batch_norm.rs`), and inference kernels that fuse a
+//! one-op train-mode batch norm for the CPU (`batch_norm.rs`), ReLU, residual add + ReLU and max
+//! pooling as parallel one-pass ops with gradients for training (`relu.rs`, `pool.rs`), and
+//! inference kernels that fuse a
 //! convolution with its bias, residual and activation and run element-wise work in parallel
 //! ([`infer`]).
 //!
@@ -26,15 +28,23 @@
 //! ```
 
 mod batch_norm;
+mod cpu;
 mod error;
 pub mod grad;
 mod im2col;
 pub mod infer;
 mod op;
 mod params;
+mod pool;
+mod relu;
+#[cfg(test)]
+mod testing;
 
 pub use batch_norm::{batch_norm_supported, batch_norm_train};
+pub use cpu::train_kernels_supported;
 pub use error::{KernelError, Result};
 pub use grad::{Engine, WeightGradAlgo};
 pub use op::{conv_transpose2d, conv2d, conv2d_grouped};
 pub use params::{ConvParams, ConvTransposeParams};
+pub use pool::{PoolWindow, max_pool2d_train, max_pool2d_train_ops};
+pub use relu::{add_relu, relu};

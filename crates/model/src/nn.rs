@@ -6,8 +6,10 @@
 //!   number of maxima, so with kernel = stride the gradient is 1/k^2 too small:
 //!   [`max_pool_exact`] reshapes and takes the max instead (exact gradient).
 //! - pooling has no padding, and `max_pool2d` has no backward when kernel != stride, so the ResNet
-//!   stem's 3x3 / stride 2 / padding 1 max pool has no gradient: [`max_pool_3x3_s2_p1`] pads with
-//!   -inf and takes the max of the 9 taps gathered by one `index_select`.
+//!   stem's 3x3 / stride 2 / padding 1 max pool has no gradient: [`max_pool_3x3_s2_p1`] is
+//!   aue-kernels' `max_pool2d_train` (on other devices: -inf padding and the max of the 9 taps
+//!   gathered by one `index_select`).
+//! - `relu` runs on one thread with a six-pass backward: [`relu`] is aue-kernels' one-pass op.
 //! - `candle_nn::ops::softmax_last_dim` is a custom op without a backward: its gradient is silently
 //!   dropped. The model uses `candle_nn::ops::softmax`, which is made of differentiable ops.
 //! - `Tensor::clamp` is `maximum` then `minimum`, whose backward gives half the gradient where the
@@ -481,38 +483,33 @@ pub fn max_pool_exact(x: &Tensor, k: usize) -> Result<Tensor> {
             format!("kernel {k} does not divide the map {h}x{w}"),
         ));
     }
+    if aue_kernels::train_kernels_supported(x) {
+        // The same values and gradient in one parallel pass each way.
+        let win = aue_kernels::PoolWindow { kernel: k, stride: k, padding: 0 };
+        return Ok(aue_kernels::max_pool2d_train(x, win).map_err(candle_core::Error::from)?);
+    }
     // [b, c, h/k, k, w/k, k] -> max over the two kernel axes
     Ok(x.reshape((b, c, h / k, k, w / k, k))?.max(5)?.max(3)?)
 }
 
 /// The ResNet stem's max pool: kernel 3, stride 2, padding 1 (padding never wins the max, as in
-/// PyTorch). The map is padded with -inf, the 9 taps of every window are gathered by one
-/// `index_select`, and their max is taken (Candle's pooling has no padding and no backward here).
+/// PyTorch), with Candle's max gradient (Candle's pooling has no padding and no backward here):
+/// aue-kernels' `max_pool2d_train`, one parallel pass each way on the CPU.
 ///
 /// # Shapes
 /// x [B, C, H, W] -> [B, C, (H - 1) / 2 + 1, (W - 1) / 2 + 1]
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
-    let (hp, wp) = (h + 2, w + 2);
-    let dev = x.device();
-    let rows = Tensor::full(f32::NEG_INFINITY, (b, c, 1, w), dev)?.to_dtype(x.dtype())?;
-    let x = Tensor::cat(&[&rows, x, &rows], 2)?; // [b, c, hp, w]
-    let cols = Tensor::full(f32::NEG_INFINITY, (b, c, hp, 1), dev)?.to_dtype(x.dtype())?;
-    let x = Tensor::cat(&[&cols, &x, &cols], 3)?; // [b, c, hp, wp]
-    let mut ids = Vec::with_capacity(ho * wo * 9);
-    for oy in 0..ho {
-        for ox in 0..wo {
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    ids.push(((2 * oy + ky) * wp + 2 * ox + kx) as u32);
-                }
-            }
-        }
-    }
-    let ids = Tensor::from_vec(ids, ho * wo * 9, dev)?;
-    let taps = x.reshape((b, c, hp * wp))?.index_select(&ids, 2)?; // [b, c, ho * wo * 9]
-    Ok(taps.reshape((b, c, ho, wo, 9))?.max(4)?)
+    let win = aue_kernels::PoolWindow { kernel: 3, stride: 2, padding: 1 };
+    Ok(aue_kernels::max_pool2d_train(x, win).map_err(candle_core::Error::from)?)
+}
+
+/// `max(x, 0)` with Candle's gradient: aue-kernels' one-pass parallel op on the CPU (Candle's
+/// `relu` and its backward run on one thread, the backward in six passes).
+///
+/// # Shapes
+/// x any -> same
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    Ok(aue_kernels::relu(x).map_err(candle_core::Error::from)?)
 }
 
 /// quirk: the reference's local response norm (docs/METHOD.md section 3, step 2): size 2, alpha 1e-4,

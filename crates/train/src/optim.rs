@@ -147,7 +147,10 @@ impl Sgd {
 /// The two in-place CPU updates of [`Sgd::step`], as Candle `InplaceOp2`s (the only way to write
 /// into a tensor's storage without allocating a new one).
 mod inplace {
+    use std::ops::{Add, Mul};
+
     use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, bail};
+    use rayon::prelude::*;
 
     /// Whether `t` can take part: a contiguous f32 or f64 tensor.
     pub(super) fn supported(t: &Tensor) -> bool {
@@ -190,17 +193,31 @@ mod inplace {
             let ((a0, a1), (b0, b1)) = ranges(l1, l2, self.name)?;
             match (s1, s2) {
                 (CpuStorage::F32(d), CpuStorage::F32(s)) => {
-                    let (a, b) = (self.a as f32, self.b as f32);
-                    d[a0..a1].iter_mut().zip(&s[b0..b1]).for_each(|(d, &s)| *d = *d * a + s * b);
+                    axpby(&mut d[a0..a1], &s[b0..b1], self.a as f32, self.b as f32)
                 }
                 (CpuStorage::F64(d), CpuStorage::F64(s)) => {
-                    let (a, b) = (self.a, self.b);
-                    d[a0..a1].iter_mut().zip(&s[b0..b1]).for_each(|(d, &s)| *d = *d * a + s * b);
+                    axpby(&mut d[a0..a1], &s[b0..b1], self.a, self.b)
                 }
                 _ => bail!("{}: needs two f32 or two f64 tensors", self.name),
             }
             Ok(())
         }
+    }
+
+    /// Elements per rayon task: the update is memory-bound, and Crop_Net_2's 1.3 GB on one
+    /// thread was 180 ms of a resnet18 stage-2 step.
+    const CHUNK: usize = 1 << 16;
+
+    /// `d = d * a + s * b`, in parallel chunks (elementwise: the same bits as one loop).
+    fn axpby<T: Copy + Send + Sync + Mul<Output = T> + Add<Output = T>>(
+        d: &mut [T],
+        s: &[T],
+        a: T,
+        b: T,
+    ) {
+        d.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(d, s)| {
+            d.iter_mut().zip(s).for_each(|(d, &s)| *d = *d * a + s * b);
+        });
     }
 }
 

@@ -1,0 +1,204 @@
+//! What the CPU training kernels share: the float types they run on and the contiguous slice of a
+//! CPU storage.
+
+use std::mem::MaybeUninit;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Elements per rayon task, at least (short runs are grouped).
+pub(crate) const MIN_TASK: usize = 4096;
+
+/// The float types the training kernels run on: f32 (training) and f64 (parity runs). The
+/// operations are Candle's own CPU ones, so that results equal its ops bit for bit.
+pub(crate) trait Real: WithDType {
+    /// Padding that never wins a max.
+    const NEG_INFINITY: Self;
+
+    /// Candle's `relu` (`UnaryOp::Relu`): `max(x, 0)`.
+    fn relu(self) -> Self;
+
+    /// `max(self, other)` (`f32::max`: a NaN loses).
+    fn maximum(self, other: Self) -> Self;
+
+    /// Candle's ReLU gradient factor: 1 where `x >= 0` (0 included), else 0.
+    #[inline]
+    fn relu_mask(self) -> Self {
+        if self >= Self::zero() { Self::one() } else { Self::zero() }
+    }
+
+    /// The gradient Candle's ReLU backward stores: `0 + g * mask(x)` (so a `-0` comes out `+0`).
+    #[inline]
+    fn relu_grad(self, g: Self) -> Self {
+        Self::zero() + g * self.relu_mask()
+    }
+}
+
+/// `Real` for a primitive float, whose inherent `max` is Candle's ReLU and max.
+macro_rules! real_float {
+    ($t:ident) => {
+        impl Real for $t {
+            const NEG_INFINITY: Self = $t::NEG_INFINITY;
+
+            #[inline]
+            fn relu(self) -> Self {
+                self.max(0.0)
+            }
+
+            #[inline]
+            fn maximum(self, other: Self) -> Self {
+                $t::max(self, other)
+            }
+        }
+    };
+}
+
+real_float!(f32);
+real_float!(f64);
+
+/// Whether the training kernels run on `x`: a CPU f32 or f64 tensor. (Other devices keep
+/// Candle's ops, which run in parallel there.)
+pub fn train_kernels_supported(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The contiguous elements of a CPU tensor of element type `T` (an error names `op` and `what`
+/// when its dtype or layout is another).
+pub(crate) fn slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let Ok(all) = s.as_slice::<T>() else {
+        candle_core::bail!("{op}: the {what} is {:?}, not {:?}", s.dtype(), T::DTYPE)
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => candle_core::bail!("{op}: the {what} is not contiguous"),
+    }
+}
+
+/// `f` on the contiguous CPU elements of `N` tensors (each named for errors), e.g. a backward
+/// pass's inputs and gradient.
+pub(crate) fn with_cpu_slices<T: WithDType, R, const N: usize>(
+    op: &str,
+    ts: [(&Tensor, &str); N],
+    f: impl FnOnce([&[T]; N]) -> R,
+) -> candle_core::Result<R> {
+    let guards = ts.map(|(t, what)| (t.storage_and_layout(), what));
+    let mut slices = Vec::with_capacity(N);
+    for ((storage, layout), what) in &guards {
+        let Storage::Cpu(s) = &**storage else {
+            candle_core::bail!("{op}: the {what} is not a CPU tensor")
+        };
+        slices.push(slice(s, layout, op, what)?);
+    }
+    match <[&[T]; N]>::try_from(slices) {
+        Ok(all) => Ok(f(all)),
+        Err(_) => candle_core::bail!("{op}: {N} tensors expected"),
+    }
+}
+
+/// `f32()` or `f64()` as `dtype` says (the only float types the kernels take).
+pub(crate) fn by_dtype<R>(
+    dtype: DType,
+    op: &str,
+    f32: impl FnOnce() -> candle_core::Result<R>,
+    f64: impl FnOnce() -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    match dtype {
+        DType::F32 => f32(),
+        DType::F64 => f64(),
+        other => candle_core::bail!("{op}: {other:?} input (f32 or f64 only)"),
+    }
+}
+
+/// A vector of `n` elements built in parallel: chunk `i` (`chunk` elements, the last one
+/// shorter) is zeroed and handed to `f(i, chunk)`, rayon tasks of at least [`MIN_TASK`]
+/// elements. Zeroing each chunk just before `f` writes it keeps it in the cache: one pass over
+/// memory, where `vec![0; n]` (a serial `memset` of memory the allocator reuses) and then `f`
+/// would be two, the first on one thread.
+pub(crate) fn par_chunks_zeroed<T: WithDType>(
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    if n == 0 {
+        return v;
+    }
+    let chunk = chunk.max(1);
+    let per_task = MIN_TASK.div_ceil(chunk).max(1);
+    v.spare_capacity_mut().par_chunks_mut(chunk).with_min_len(per_task).enumerate().for_each(
+        |(i, part)| {
+            for e in part.iter_mut() {
+                e.write(T::zero());
+            }
+            // SAFETY: every element of `part` was initialised just above, and `MaybeUninit<T>`
+            // has the layout of `T`.
+            let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
+            f(i, part);
+        },
+    );
+    // SAFETY: the chunks cover the first `n` elements (the capacity is `n`), all initialised
+    // above; a panic in `f` propagates before this line and drops `v` with length 0.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Source columns per task of [`transpose`]: 32 output rows written side by side, the source
+/// read in runs of 32.
+const TILE: usize = 32;
+
+/// `x^T` as a contiguous tensor, for a contiguous 2-d CPU f32 / f64 tensor `x`, in parallel
+/// (Candle's strided copy of a transposed view walks it element by element on one thread).
+/// Other tensors go through Candle's `t().contiguous()`.
+///
+/// # Shapes
+/// `x: [r, c]` -> `[c, r]`
+pub(crate) fn transpose(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (r, c) = x.dims2()?;
+    if !train_kernels_supported(x) || !x.is_contiguous() {
+        return x.t()?.contiguous();
+    }
+    fn go<T: WithDType>(x: &Tensor, r: usize, c: usize) -> candle_core::Result<Tensor> {
+        let out = with_cpu_slices::<T, _, 1>("transpose", [(x, "input")], |[src]| {
+            // Output rows j0..j0 + TILE (source columns) per chunk, filled TILE x TILE tile by
+            // tile: the tile's source rows stay in the L1 cache while each output row gets a
+            // contiguous run.
+            par_chunks_zeroed(r * c, TILE * r, |block, out: &mut [T]| {
+                let j0 = block * TILE;
+                for i0 in (0..r).step_by(TILE) {
+                    let i1 = (i0 + TILE).min(r);
+                    for (dj, row) in out.chunks_exact_mut(r).enumerate() {
+                        for (o, i) in row[i0..i1].iter_mut().zip(i0..i1) {
+                            *o = src[i * c + j0 + dj];
+                        }
+                    }
+                }
+            })
+        })?;
+        Tensor::from_vec(out, (c, r), x.device())
+    }
+    by_dtype(x.dtype(), "transpose", || go::<f32>(x, r, c), || go::<f64>(x, r, c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_same_values, randn_var};
+
+    /// Equals Candle's transposed copy, in f32 and f64, for sides below, at and above the tile.
+    #[test]
+    fn transpose_equals_candle() {
+        for dtype in [DType::F32, DType::F64] {
+            for (r, c) in [(1, 1), (3, 70), (64, 33), (100, 7)] {
+                let x = randn_var(&[r, c], dtype);
+                let want = x.t().unwrap().contiguous().unwrap();
+                assert_same_values(&transpose(&x).unwrap(), &want, &format!("{r}x{c}"));
+            }
+        }
+    }
+}
