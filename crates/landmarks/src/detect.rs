@@ -30,6 +30,20 @@
 //! that overlap no SSD face if the SSD network finds them again in a crop
 //! [`MTCNN_CONFIRM_CROP`] times their side (README.md, "Which detector").
 //!
+//! BlazeFace ([`crate::blazeface`]) draws a square that reaches from the brows to below the
+//! mouth. Over the 18 faces both it and the SSD detector found among the photos without
+//! annotation (`tests/fixtures/real` and the nine photos of the other package), the re-framed
+//! SSD box was 1.22 BlazeFace box heights wide (median 1.19, range 0.97-1.49: BlazeFace's box is
+//! relatively smaller on smaller faces) and centred 0.016 heights lower (median 0.025); its boxes
+//! are re-framed with [`BLAZEFACE_FRAME_SIDE`] and [`BLAZEFACE_FRAME_DROP`]. With that box the
+//! landmark net did better than with the re-framed SSD box on 3 of the 4 annotated real faces
+//! (NME lenna 0.0491 against 0.0502, takeo 0.0473 against 0.0494, the face turned 45 degrees
+//! 0.0896 against 0.1136; Einstein's tilted 85 px face 0.0665 against 0.0584) and on the
+//! synthetic test faces (0.0643 against 0.0720), so [`DetectorKind::SsdBlazeFace`] gives every
+//! face BlazeFace also finds BlazeFace's box, and adds BlazeFace's other faces if the SSD network
+//! finds them in a crop [`BLAZEFACE_CONFIRM_CROP`] times their side (README.md, "Which
+//! detector").
+//!
 //! Both SSD modes also drop a face that lies mostly inside a better one: face-api's NMS (IoU 0.5)
 //! keeps the upper half of a face that fills the frame as a second face (IoU 0.45, measured on
 //! `tests/fixtures/real/grace_hopper_closeup.jpg`).
@@ -37,9 +51,10 @@
 use candle_core::Device;
 use image::RgbImage;
 
+use crate::blazeface::{BlazeFace, Detection, MIN_SCORE as BLAZEFACE_MIN_SCORE};
 use crate::detector::{DetectorKind, DetectorOptions, TinyFaceDetector};
 use crate::error::Result;
-use crate::geometry::{FaceBox, mutual_centres, shifted, square};
+use crate::geometry::{FaceBox, distance, mutual_centres, shifted, square};
 use crate::mtcnn::Mtcnn;
 use crate::ssd::SsdMobilenetV1;
 use crate::weights::EmbeddedNet;
@@ -57,6 +72,12 @@ const CONFIRM_CROP: f32 = 3.0;
 /// below 0.25 in its crop; at 2 it confirms it and still rejects the one false face MTCNN and
 /// the flip check let through (grass texture upscaled 4 times).
 const MTCNN_CONFIRM_CROP: f32 = 2.0;
+/// Side of the crop that confirms a face only BlazeFace found, in BlazeFace box sides (about 1.6
+/// re-framed SSD box sides). On the two faces only BlazeFace found in the photos measured, the
+/// SSD network scored 0.80 and 0.53 at this crop (a grey face turned about 60 degrees, a laughing
+/// face half covered by a hand), and 0.32 on the one non-face (a coffee cup; the flip check
+/// drops it).
+const BLAZEFACE_CONFIRM_CROP: f32 = 2.0;
 /// Score the SSD network must give such a face again in that crop.
 const CONFIRM_MIN_SCORE: f32 = 0.25;
 /// Faces overlapping a better one by more than this IoU are dropped when merging.
@@ -74,6 +95,20 @@ pub const MTCNN_FRAME_SIDE: f32 = 1.00;
 /// How far down the re-framed MTCNN box's centre moves, in MTCNN box heights.
 pub const MTCNN_FRAME_DROP: f32 = 0.09;
 
+/// [`yaw_offset`] above which a face BlazeFace found and the SSD network confirmed skips the flip
+/// check. The check assumes the landmark net fits the face and its mirror image alike, which holds
+/// up to about 45 degrees of yaw (at most 0.030 on the real faces measured, README.md) and fails
+/// beyond: a grey photo of a soldier turned about 60-70 degrees and shouting, offset 1.37, gave
+/// 0.23-0.27, above a cat's face (0.18). On the other faces measured the offset was 0-0.73 (0.73:
+/// the grey profile in `camera.png`, which passes the check), on the one non-face BlazeFace and
+/// the SSD crop both took for a face (a coffee cup) 0.63; 1.0 is about 70 degrees of yaw by the
+/// offsets of the faces turned about 45 degrees (0.33-0.40).
+pub const TURNED_YAW_OFFSET: f32 = 1.0;
+/// Side of the re-framed BlazeFace box, in BlazeFace box heights (see the module doc).
+pub const BLAZEFACE_FRAME_SIDE: f32 = 1.22;
+/// How far down the re-framed BlazeFace box's centre moves, in BlazeFace box heights.
+pub const BLAZEFACE_FRAME_DROP: f32 = 0.02;
+
 /// An SSD box re-framed as the tiny detector draws faces (see the module doc).
 pub fn tiny_framing(f: &FaceBox) -> FaceBox {
     framing(f, FRAME_SIDE, FRAME_DROP)
@@ -88,48 +123,145 @@ fn framing(f: &FaceBox, side: f32, drop: f32) -> FaceBox {
 
 /// A loaded face detector.
 pub enum FaceDetector {
-    Ssd(SsdMobilenetV1),
     Tiny(TinyFaceDetector),
     Mtcnn(Mtcnn),
-    SsdMtcnn(SsdMobilenetV1, Mtcnn),
+    BlazeFace(BlazeFace),
+    /// The SSD network, alone or with MTCNN and BlazeFace adding the faces it missed.
+    Ssd {
+        ssd: Box<SsdMobilenetV1>,
+        mtcnn: Option<Mtcnn>,
+        blazeface: Option<BlazeFace>,
+    },
 }
 
 impl FaceDetector {
-    /// Loads the weights of `kind`'s network.
+    /// Loads the weights of `kind`'s networks.
     pub fn new(kind: DetectorKind, device: &Device) -> Result<Self> {
-        Ok(match kind {
-            DetectorKind::Ssd | DetectorKind::SsdWhole => Self::Ssd(SsdMobilenetV1::new(device)?),
-            DetectorKind::Tiny => Self::Tiny(TinyFaceDetector::new(device)?),
-            DetectorKind::Mtcnn => Self::Mtcnn(Mtcnn::new(device)?),
-            DetectorKind::SsdMtcnn => {
-                Self::SsdMtcnn(SsdMobilenetV1::new(device)?, Mtcnn::new(device)?)
-            }
-        })
+        let ssd = |mtcnn: bool, blazeface: bool| -> Result<Self> {
+            Ok(Self::Ssd {
+                ssd: Box::new(SsdMobilenetV1::new(device)?),
+                mtcnn: if mtcnn { Some(Mtcnn::new(device)?) } else { None },
+                blazeface: if blazeface { Some(BlazeFace::new(device)?) } else { None },
+            })
+        };
+        match kind {
+            DetectorKind::Ssd | DetectorKind::SsdWhole => ssd(false, false),
+            DetectorKind::SsdMtcnn => ssd(true, false),
+            DetectorKind::SsdBlazeFace => ssd(false, true),
+            DetectorKind::SsdMtcnnBlazeFace => ssd(true, true),
+            DetectorKind::Tiny => Ok(Self::Tiny(TinyFaceDetector::new(device)?)),
+            DetectorKind::Mtcnn => Ok(Self::Mtcnn(Mtcnn::new(device)?)),
+            DetectorKind::BlazeFace => Ok(Self::BlazeFace(BlazeFace::new(device)?)),
+        }
     }
 
     /// Faces in `image`, best score first, in image pixels. For the SSD network `options.kind`
-    /// says whether to add the tiles ([`DetectorKind::Ssd`], [`DetectorKind::SsdMtcnn`]) or not.
+    /// says whether to add the tiles ([`DetectorKind::SsdWhole`] does not).
     pub fn detect(&self, image: &RgbImage, options: &DetectorOptions) -> Result<Vec<FaceBox>> {
+        Ok(self.detect_found(image, options)?.into_iter().map(|f| f.face).collect())
+    }
+
+    /// [`Self::detect`], saying for each face whether the flip check applies to it. BlazeFace
+    /// keeps MediaPipe's score threshold ([`crate::blazeface::MIN_SCORE`]), as MTCNN keeps
+    /// facenet-pytorch's; `options.score_threshold` is the SSD and tiny detectors'.
+    pub fn detect_found(&self, image: &RgbImage, options: &DetectorOptions) -> Result<Vec<Found>> {
         options.check()?;
+        let checked = |faces: Vec<FaceBox>| faces.into_iter().map(Found::checked).collect();
         match self {
-            Self::Tiny(det) => Ok(det.detect_batch(&[image], options)?.pop().unwrap_or_default()),
-            Self::Ssd(det) => ssd_faces(det, image, options),
-            Self::Mtcnn(det) => Ok(merge(Vec::new(), mtcnn_faces(det, image)?)),
-            Self::SsdMtcnn(ssd, mtcnn) => {
-                let found = ssd_faces(ssd, image, options)?;
-                // MTCNN's faces the SSD network did not find, kept if it finds them in a crop
-                // around them (see `confirm`): alone, MTCNN took grass upscaled 4 times for a
-                // face, and the flip check let it through.
-                let new: Vec<FaceBox> = mtcnn
-                    .detect(image)?
+            Self::Tiny(det) => {
+                Ok(checked(det.detect_batch(&[image], options)?.pop().unwrap_or_default()))
+            }
+            Self::Mtcnn(det) => Ok(checked(merge(Vec::new(), mtcnn_faces(det, image)?))),
+            Self::BlazeFace(det) => {
+                let found = det.detect_batch(&[image], BLAZEFACE_MIN_SCORE)?;
+                let faces = found.into_iter().next().unwrap_or_default();
+                Ok(checked(merge(
+                    Vec::new(),
+                    faces.iter().map(|d| blazeface_framing(&d.face)).collect(),
+                )))
+            }
+            Self::Ssd { ssd, mtcnn, blazeface } => {
+                let mut found = ssd_faces(ssd, image, options)?;
+                if let Some(mtcnn) = mtcnn {
+                    // MTCNN's faces the SSD network did not find, kept if it finds them in a crop
+                    // around them (see `confirm`): alone, MTCNN took grass upscaled 4 times for a
+                    // face, and the flip check let it through.
+                    let new: Vec<FaceBox> = mtcnn
+                        .detect(image)?
+                        .into_iter()
+                        .filter(|f| !clashes(&found, &mtcnn_framing(f)))
+                        .collect();
+                    let confirmed = confirm(ssd, image, new, MTCNN_CONFIRM_CROP)?;
+                    found = merge(found, confirmed.iter().map(|(f, _)| mtcnn_framing(f)).collect());
+                }
+                let mut turned = Vec::new();
+                if let Some(blazeface) = blazeface {
+                    let detections = blazeface.detect_batch(&[image], BLAZEFACE_MIN_SCORE)?;
+                    let detections = detections.into_iter().next().unwrap_or_default();
+                    // A face BlazeFace found too gets BlazeFace's box, re-framed: with it the
+                    // landmark net did better than with the SSD network's (module doc).
+                    let mut reframed = vec![false; found.len()];
+                    let mut new: Vec<Detection> = Vec::new();
+                    for d in detections {
+                        let framed = blazeface_framing(&d.face);
+                        let same = (0..found.len())
+                            .find(|&i| !reframed[i] && mutual_centres(&found[i], &framed));
+                        if let Some(i) = same {
+                            found[i] = FaceBox { score: found[i].score, ..framed };
+                            reframed[i] = true;
+                        } else if !clashes(&found, &framed) {
+                            new.push(d);
+                        }
+                    }
+                    // BlazeFace's faces the others did not find, kept if the SSD network finds
+                    // them in a crop around them (alone, BlazeFace took a coffee cup for a face).
+                    let boxes = new.iter().map(|d| d.face).collect();
+                    let mut extra = Vec::new();
+                    for (f, _) in confirm(ssd, image, boxes, BLAZEFACE_CONFIRM_CROP)? {
+                        let d = new.iter().find(|d| d.face == f).expect("confirm keeps its inputs");
+                        let framed = blazeface_framing(&d.face);
+                        if yaw_offset(d) > TURNED_YAW_OFFSET {
+                            turned.push(framed);
+                        }
+                        extra.push(framed);
+                    }
+                    found = merge(found, extra);
+                }
+                Ok(found
                     .into_iter()
-                    .filter(|f| !clashes(&found, &mtcnn_framing(f)))
-                    .collect();
-                let confirmed = confirm(ssd, image, new, MTCNN_CONFIRM_CROP)?;
-                Ok(merge(found, confirmed.iter().map(mtcnn_framing).collect()))
+                    .map(|face| Found { face, flip_check: !turned.contains(&face) })
+                    .collect())
             }
         }
     }
+}
+
+/// A detected face, and whether [`crate::Landmarker`]'s flip check applies to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Found {
+    pub face: FaceBox,
+    /// False for a face turned too far for the check to mean anything (see
+    /// [`TURNED_YAW_OFFSET`]), which two detectors found instead.
+    pub flip_check: bool,
+}
+
+impl Found {
+    fn checked(face: FaceBox) -> Self {
+        Self { face, flip_check: true }
+    }
+}
+
+/// How far BlazeFace's nose-tip keypoint lies beside the midpoint of its two eye keypoints,
+/// in eye distances: 0 on a frontal face, growing with the head's yaw.
+pub fn yaw_offset(d: &Detection) -> f32 {
+    let [right_eye, left_eye, nose] = [d.keypoints[0], d.keypoints[1], d.keypoints[2]];
+    let eyes = distance(right_eye, left_eye).max(1e-6);
+    (nose[0] - (right_eye[0] + left_eye[0]) / 2.0).abs() / eyes
+}
+
+/// A BlazeFace box re-framed as the tiny detector draws faces (see the module doc).
+pub fn blazeface_framing(f: &FaceBox) -> FaceBox {
+    framing(f, BLAZEFACE_FRAME_SIDE, BLAZEFACE_FRAME_DROP)
 }
 
 /// MTCNN's faces, re-framed for the landmark net.
@@ -177,11 +309,15 @@ fn ssd_faces(
     let new: Vec<FaceBox> =
         merge(whole.clone(), extra).into_iter().filter(|f| !whole.contains(f)).collect();
     let confirmed = confirm(det, image, new, CONFIRM_CROP)?;
-    Ok(merge(whole, confirmed).iter().map(tiny_framing).collect())
+    Ok(merge(whole, confirmed.into_iter().map(|(f, _)| f).collect())
+        .iter()
+        .map(tiny_framing)
+        .collect())
 }
 
-/// Keeps the faces that the SSD network finds again in a square crop [`CONFIRM_CROP`] times their
-/// side, centred on them (one batch), with a score of at least [`CONFIRM_MIN_SCORE`].
+/// Keeps the faces that the SSD network finds again in a square crop `crop` times their side,
+/// centred on them (one batch), with a score of at least [`CONFIRM_MIN_SCORE`]; each with the
+/// best such SSD box, in image pixels (not re-framed).
 ///
 /// Four more passes over parts of the image give four more chances to see a face in texture: on a
 /// 2223 x 1500 photo of a motorcycle in a garage (scikit-image's `motorcycle_left.png` upscaled 3x)
@@ -194,9 +330,9 @@ fn confirm(
     image: &RgbImage,
     faces: Vec<FaceBox>,
     crop: f32,
-) -> Result<Vec<FaceBox>> {
+) -> Result<Vec<(FaceBox, FaceBox)>> {
     if faces.is_empty() {
-        return Ok(faces);
+        return Ok(Vec::new());
     }
     let (w, h) = (image.width() as f32, image.height() as f32);
     let mut crops = Vec::with_capacity(faces.len());
@@ -217,11 +353,11 @@ fn confirm(
     Ok(faces
         .into_iter()
         .zip(again.iter().zip(&corners))
-        .filter(|(f, (seen, corner))| {
-            let (dx, dy) = **corner;
-            seen.iter().any(|g| mutual_centres(&shifted(g, dx, dy), f))
+        .filter_map(|(f, (seen, &(dx, dy)))| {
+            // `seen` is best first.
+            let g = seen.iter().map(|g| shifted(g, dx, dy)).find(|g| mutual_centres(g, &f))?;
+            Some((f, g))
         })
-        .map(|(f, _)| f)
         .collect())
 }
 
@@ -299,12 +435,29 @@ mod tests {
         // takeo.faces: the face at (32, 86)-(126, 172); the top-left corner holds only backdrop.
         let face = b(31.0, 58.0, 128.0, 164.0, 0.9);
         let wall = b(2.0, 2.0, 22.0, 22.0, 0.9);
-        assert_eq!(confirm(&det, &img, vec![face, wall], CONFIRM_CROP).unwrap(), vec![face]);
+        let kept = confirm(&det, &img, vec![face, wall], CONFIRM_CROP).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, face);
+        // With the SSD network's own box for it, holding the face's centre.
+        assert!(mutual_centres(&kept[0].1, &face), "{:?}", kept[0].1);
         // The same face painted over is not confirmed.
         for p in img.pixels_mut() {
             *p = image::Rgb([90, 90, 90]);
         }
         assert!(confirm(&det, &img, vec![face], CONFIRM_CROP).unwrap().is_empty());
+    }
+
+    #[test]
+    fn yaw_offset_is_the_nose_shift_in_eye_distances() {
+        let face = b(0.0, 0.0, 10.0, 10.0, 0.9);
+        let at = |nose_x: f32| Detection {
+            face,
+            keypoints: [[3.0, 4.0], [7.0, 4.0], [nose_x, 6.0], [5.0, 8.0], [0.0, 5.0], [10.0, 5.0]],
+        };
+        assert_eq!(yaw_offset(&at(5.0)), 0.0);
+        assert_eq!(yaw_offset(&at(7.0)), 0.5);
+        assert_eq!(yaw_offset(&at(1.0)), 1.0);
+        assert!(yaw_offset(&at(0.0)) > TURNED_YAW_OFFSET);
     }
 
     #[test]

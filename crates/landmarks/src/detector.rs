@@ -40,8 +40,9 @@ pub struct DetectorOptions {
     /// The tiny detector's input side, a multiple of 32 (face-api default 416); the SSD detector's
     /// input is always 512.
     pub input_size: usize,
-    /// Minimum score of a face (face-api default 0.5 for both its detectors). MTCNN keeps
-    /// facenet-pytorch's thresholds ([`crate::mtcnn::THRESHOLDS`]).
+    /// Minimum score of a face of the SSD and tiny detectors (face-api's default 0.5 for both).
+    /// MTCNN keeps facenet-pytorch's thresholds ([`crate::mtcnn::THRESHOLDS`]), BlazeFace
+    /// MediaPipe's ([`crate::blazeface::MIN_SCORE`]).
     pub score_threshold: f32,
     /// Whether [`crate::Landmarker::detect_faces`] drops detections whose landmarks disagree with
     /// those of the mirrored crop (not faces: see [`crate::FLIP_MAX_DISAGREEMENT`]). On by default.
@@ -59,7 +60,7 @@ impl Default for DetectorOptions {
     }
 }
 
-/// The face detectors this crate ships (both face-api's, MIT).
+/// The face detectors this crate ships, alone or combined (README.md, "Which detector").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DetectorKind {
     /// SSD MobileNet v1 on the whole image, plus four overlapping tiles when the image's longer
@@ -75,16 +76,36 @@ pub enum DetectorKind {
     /// MTCNN (facenet-pytorch's, [`crate::mtcnn`]) alone: finds faces partly covered by a hand
     /// that the SSD network scores low, misses faces that fill the frame.
     Mtcnn,
+    /// MediaPipe's BlazeFace back-camera model ([`crate::blazeface`]) alone: one fast pass at
+    /// 256 x 256, finds turned and grey faces the others miss, misses small faces of large
+    /// photos and takes some non-faces (a cat, a cup) for faces.
+    BlazeFace,
     /// [`Self::Ssd`] plus the faces MTCNN finds that it missed, each kept if the SSD network
-    /// finds it again in a crop around it (`crate::detect`). The default: it finds every face
-    /// the others find and more (README.md, "Which detector"), at about twice [`Self::Ssd`]'s time.
-    #[default]
+    /// finds it again in a crop around it (`crate::detect`).
     SsdMtcnn,
+    /// [`Self::Ssd`] plus the faces BlazeFace finds that it missed, each kept if the SSD network
+    /// finds it again in a crop around it; every face BlazeFace finds gets its box, re-framed
+    /// (`crate::detect`). The default: it finds every face the others find, at about
+    /// [`Self::Ssd`]'s time (README.md, "Which detector").
+    #[default]
+    SsdBlazeFace,
+    /// [`Self::SsdMtcnn`] plus BlazeFace's faces as in [`Self::SsdBlazeFace`] (found no face
+    /// more than [`Self::SsdBlazeFace`] on the photos measured, at twice its time).
+    SsdMtcnnBlazeFace,
 }
 
 impl DetectorKind {
     /// Every detector, in the order `aue-landmarks eval --all-detectors` lists them.
-    pub const ALL: [Self; 5] = [Self::Ssd, Self::SsdWhole, Self::Tiny, Self::Mtcnn, Self::SsdMtcnn];
+    pub const ALL: [Self; 8] = [
+        Self::Ssd,
+        Self::SsdWhole,
+        Self::Tiny,
+        Self::Mtcnn,
+        Self::BlazeFace,
+        Self::SsdMtcnn,
+        Self::SsdBlazeFace,
+        Self::SsdMtcnnBlazeFace,
+    ];
 
     /// The name used on command lines.
     pub fn name(self) -> &'static str {
@@ -93,7 +114,10 @@ impl DetectorKind {
             Self::SsdWhole => "ssd-whole",
             Self::Tiny => "tiny",
             Self::Mtcnn => "mtcnn",
+            Self::BlazeFace => "blazeface",
             Self::SsdMtcnn => "ssd+mtcnn",
+            Self::SsdBlazeFace => "ssd+blazeface",
+            Self::SsdMtcnnBlazeFace => "ssd+mtcnn+blazeface",
         }
     }
 }
@@ -102,9 +126,8 @@ impl std::str::FromStr for DetectorKind {
     type Err = LandmarkError;
     fn from_str(s: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            LandmarkError::Invalid(format!(
-                "unknown detector {s:?} (use ssd, ssd-whole, tiny, mtcnn or ssd+mtcnn)"
-            ))
+            let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+            LandmarkError::Invalid(format!("unknown detector {s:?} (use {})", names.join(", ")))
         })
     }
 }

@@ -19,6 +19,7 @@
 //! # Ok::<(), aue_landmarks::LandmarkError>(())
 //! ```
 
+pub mod blazeface;
 pub mod dataset;
 pub mod detect;
 pub mod detector;
@@ -109,38 +110,39 @@ impl Landmarker {
     /// Each image is its own forward pass: a 416 x 416 detector batch of 16 holds about 180 MB
     /// per layer and runs at half the speed per image of single images (measured on 2 cores).
     /// With [`DetectorOptions::flip_check`] (the default) a detection is kept only if its
-    /// [`Self::flip_disagreement`] is at most [`FLIP_MAX_DISAGREEMENT`].
+    /// [`Self::flip_disagreement`] is at most [`FLIP_MAX_DISAGREEMENT`], unless the detector
+    /// exempts it (a strongly turned face two detectors found: [`detect::TURNED_YAW_OFFSET`]).
     pub fn detect_faces_batch(&self, images: &[&RgbImage]) -> Result<Vec<Vec<FaceBox>>> {
         images
             .par_iter()
             .map(|img| {
-                let faces = self.detector.detect(img, &self.config.detector)?;
+                let found = self.detector.detect_found(img, &self.config.detector)?;
                 if !self.config.detector.flip_check {
-                    return Ok(faces);
+                    return Ok(found.into_iter().map(|f| f.face).collect());
                 }
                 // A box with less than a pixel inside the image has no crop to check (nor
                 // landmarks): not a usable face.
-                let faces: Vec<FaceBox> = faces
+                let found: Vec<_> = found
                     .into_iter()
-                    .filter(|f| face_crop(f, img.width(), img.height()).is_ok())
+                    .filter(|f| face_crop(&f.face, img.width(), img.height()).is_ok())
                     .collect();
-                if faces.is_empty() {
-                    return Ok(faces);
+                let pairs: Vec<_> =
+                    found.iter().filter(|f| f.flip_check).map(|f| (*img, f.face)).collect();
+                let mut disagreement = self.flip_disagreement(&pairs)?.into_iter();
+                let mut faces = Vec::with_capacity(found.len());
+                for f in found {
+                    if !f.flip_check {
+                        faces.push(f.face);
+                        continue;
+                    }
+                    let d = disagreement.next().expect("one value per checked face");
+                    if d <= FLIP_MAX_DISAGREEMENT {
+                        faces.push(f.face);
+                    } else {
+                        tracing::debug!(face = ?f.face, disagreement = d, "not a face: flip check");
+                    }
                 }
-                let pairs: Vec<_> = faces.iter().map(|f| (*img, *f)).collect();
-                let disagreement = self.flip_disagreement(&pairs)?;
-                Ok(faces
-                    .into_iter()
-                    .zip(disagreement)
-                    .filter(|(f, d)| {
-                        let keep = *d <= FLIP_MAX_DISAGREEMENT;
-                        if !keep {
-                            tracing::debug!(face = ?f, disagreement = d, "not a face: flip check");
-                        }
-                        keep
-                    })
-                    .map(|(f, _)| f)
-                    .collect())
+                Ok(faces)
             })
             .collect()
     }

@@ -7,7 +7,8 @@
 //! aue-landmarks eval --root DIR [--split test] | --pts DIR   [--overlays DIR]
 //! aue-landmarks eval --faces DIR [--all-detectors]
 //! aue-landmarks overlay --out DIR IMAGE...
-//! (every command: [--detector ssd+mtcnn|ssd|ssd-whole|mtcnn|tiny] [--device cpu|cuda|cuda:N]
+//! (every command: [--detector ssd+blazeface|ssd|ssd-whole|tiny|mtcnn|blazeface|ssd+mtcnn|
+//! ssd+mtcnn+blazeface] [--device cpu|cuda|cuda:N]
 //! [--net full|tiny])
 //! ```
 
@@ -54,18 +55,20 @@ struct NetArgs {
     /// Landmark net.
     #[arg(long, value_enum, default_value_t = NetChoice::Full)]
     net: NetChoice,
-    /// Face detector: ssd+mtcnn (SSD MobileNet v1 with tiles on photos over 768 px, plus the
-    /// faces MTCNN finds that it misses, such as a face half covered by a hand), ssd (the SSD
-    /// part alone, about half the time), ssd-whole (one SSD pass, faster on large photos), mtcnn
-    /// (alone; misses faces that fill the frame) or tiny (fastest, misses large, turned and grey
-    /// faces).
-    #[arg(long, default_value = "ssd+mtcnn", value_parser = parse_detector)]
+    /// Face detector: ssd+blazeface (SSD MobileNet v1 with tiles on photos over 768 px, plus the
+    /// faces MediaPipe's BlazeFace finds that it misses, such as a grey face turned 60 degrees or
+    /// one half covered by a hand; BlazeFace's boxes for the landmarks), ssd (the SSD part
+    /// alone), ssd-whole (one SSD pass, faster on large photos), tiny (fastest, misses large,
+    /// turned and grey faces), mtcnn or blazeface (alone: miss faces filling the frame, resp.
+    /// small faces of large photos), ssd+mtcnn or ssd+mtcnn+blazeface (MTCNN's faces added too;
+    /// about twice the time, no face more on the photos measured).
+    #[arg(long, default_value = DetectorKind::default().name(), value_parser = parse_detector)]
     detector: DetectorKind,
     /// Tiny detector input side (multiple of 32; the SSD detector always reads 512 x 512).
     #[arg(long, default_value_t = 416)]
     input_size: usize,
     /// Minimum detector score of a face (SSD and tiny detectors; MTCNN keeps its own thresholds,
-    /// 0.6 / 0.7 / 0.7).
+    /// 0.6 / 0.7 / 0.7, and BlazeFace MediaPipe's, 0.5).
     #[arg(long, default_value_t = 0.5)]
     min_score: f32,
     /// Keep detections whose landmarks disagree with those of the mirrored crop (by default they
@@ -126,8 +129,7 @@ struct EvalArgs {
     /// time per image (set RAYON_NUM_THREADS=1 for one thread).
     #[arg(long, conflicts_with = "pts")]
     faces: Option<PathBuf>,
-    /// With --faces: one row per detector (ssd, ssd-whole, tiny, mtcnn, ssd+mtcnn) instead of
-    /// --detector's only.
+    /// With --faces: one row per detector (every --detector choice) instead of --detector's only.
     #[arg(long, requires = "faces")]
     all_detectors: bool,
     /// Folder of image + iBUG .pts pairs instead (boxes = the points' extent).

@@ -159,6 +159,8 @@ pub enum Activation {
     Leaky,
     /// `clip(x, 0, 6)` (MobileNet's ReLU6).
     Relu6,
+    /// `max(x, 0)`.
+    Relu,
 }
 
 /// `act(x + bias[c])` in one pass.
@@ -199,6 +201,7 @@ fn apply_bias_act(o: &mut [f32], bias: f32, act: Activation) {
         Activation::None => o.iter_mut().for_each(|v| *v += bias),
         Activation::Leaky => o.iter_mut().for_each(|v| *v = leaky_value(*v + bias)),
         Activation::Relu6 => o.iter_mut().for_each(|v| *v = (*v + bias).clamp(0.0, 6.0)),
+        Activation::Relu => o.iter_mut().for_each(|v| *v = (*v + bias).max(0.0)),
     }
 }
 
@@ -322,6 +325,7 @@ mod generic {
                 (&v - &min).and_then(|d| d.relu()).and_then(|r| r + &min).op("leaky")
             }
             Activation::Relu6 => v.clamp(0f32, 6f32).op("relu6"),
+            Activation::Relu => v.relu().op("relu"),
         }
     }
 
@@ -708,7 +712,7 @@ mod tests {
                 assert!(max_diff(&got, &want) < 1e-5);
             }
         }
-        for act in [Activation::None, Activation::Leaky, Activation::Relu6] {
+        for act in [Activation::None, Activation::Leaky, Activation::Relu6, Activation::Relu] {
             let pads = ((0, 1), (1, 1));
             let want = bias_act(&depthwise_conv2d(&x, &k, 2, pads).unwrap(), &bias, act).unwrap();
             let fused = depthwise_conv2d_bias_act(&x, &k, &bias, 2, pads, act).unwrap();

@@ -6,14 +6,15 @@
 //! manifest, so the float weights are bit-identical to the original implementation's.
 //!
 //! A few tensors are stored as plain f32 instead (the SSD detector's anchors, which face-api keeps
-//! unquantised); they load as they are.
+//! unquantised); they load as they are. Other converted nets store plain f32 (MTCNN) or f16
+//! (BlazeFace, whose TFLite file holds f16), widened exactly to f32 at load time.
 //!
 //! Loading is strict: a missing tensor, a wrong shape or a tensor the network does not use is an
 //! error naming the tensor.
 
 use std::collections::{BTreeSet, HashMap};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{CandleContext, LandmarkError, Result};
@@ -30,6 +31,9 @@ pub const SSD_MOBILENETV1: &[u8] = include_bytes!("../weights/ssd_mobilenetv1.sa
 /// facenet-pytorch's MTCNN face detector (PNet, RNet, ONet), converted by
 /// `tools/landmarks/convert_mtcnn.py` (plain f32).
 pub const MTCNN: &[u8] = include_bytes!("../weights/mtcnn.safetensors");
+/// MediaPipe's BlazeFace back-camera face detector, converted by
+/// `tools/landmarks/convert_blazeface.py` (the TFLite file's f16 values, unchanged).
+pub const BLAZEFACE_BACK: &[u8] = include_bytes!("../weights/blazeface_back.safetensors");
 
 /// A network whose converted weights ship inside the library.
 pub trait EmbeddedNet: Sized {
@@ -75,9 +79,17 @@ impl Weights {
                 tensors.insert(name, tensor);
                 continue;
             }
+            if view.dtype() == Dtype::F16 {
+                // Every f16 value is exactly an f32 value.
+                let tensor = Tensor::from_raw_buffer(view.data(), DType::F16, view.shape(), device)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .op("weights: build tensor")?;
+                tensors.insert(name, tensor);
+                continue;
+            }
             if view.dtype() != Dtype::U8 {
                 return Err(err(format!(
-                    "{name}: expected u8 codes or f32, found {:?}",
+                    "{name}: expected u8 codes, f16 or f32, found {:?}",
                     view.dtype()
                 )));
             }

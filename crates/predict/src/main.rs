@@ -24,7 +24,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Predict expressions and action units of the faces in images and videos with an AUE-CRL
 /// checkpoint.
 ///
-/// Each face is detected (aue-landmarks' default: SSD MobileNet v1 plus MTCNN), given 68 landmarks, cropped as the
+/// Each face is detected (aue-landmarks' default: SSD MobileNet v1 plus MediaPipe's BlazeFace), given 68 landmarks, cropped as the
 /// reference's test mode (the detected box enlarged by 7.5% of its width per side, resized to
 /// the checkpoint's input side) and run in eval mode. One row per face: file, frame, timestamp,
 /// face, box, detector score, status, the top expression and the class probabilities (softmax
@@ -101,7 +101,7 @@ struct Args {
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     device: DeviceSpec,
 
-    /// Minimum SSD detector score of a face, in (0, 1) (MTCNN keeps its own thresholds).
+    /// Minimum SSD detector score of a face, in (0, 1) (BlazeFace keeps MediaPipe's, 0.5).
     #[arg(long, default_value_t = 0.5)]
     min_score: f32,
 }
