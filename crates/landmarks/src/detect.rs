@@ -104,6 +104,12 @@ pub const MTCNN_FRAME_DROP: f32 = 0.09;
 /// the SSD crop both took for a face (a coffee cup) 0.63; 1.0 is about 70 degrees of yaw by the
 /// offsets of the faces turned about 45 degrees (0.33-0.40).
 pub const TURNED_YAW_OFFSET: f32 = 1.0;
+/// IoU above which a re-framed BlazeFace box and a face already found are the same face, which
+/// then gets BlazeFace's box. Two re-framed boxes of one face differ in side by at most a fifth
+/// (the spread of BlazeFace's box, module doc), an IoU of about 0.65 when concentric; holding
+/// each other's centre is not enough: on a grey close-up filling the frame BlazeFace's
+/// back-camera model saw a face in the upper half of the face (0.58 of the SSD box's side).
+const REFRAME_IOU: f32 = 0.5;
 /// Side of the re-framed BlazeFace box, in BlazeFace box heights (see the module doc).
 pub const BLAZEFACE_FRAME_SIDE: f32 = 1.22;
 /// How far down the re-framed BlazeFace box's centre moves, in BlazeFace box heights.
@@ -205,7 +211,7 @@ impl FaceDetector {
                     for d in detections {
                         let framed = blazeface_framing(&d.face);
                         let same = (0..found.len())
-                            .find(|&i| !reframed[i] && mutual_centres(&found[i], &framed));
+                            .find(|&i| !reframed[i] && found[i].iou(&framed) > REFRAME_IOU);
                         if let Some(i) = same {
                             found[i] = FaceBox { score: found[i].score, ..framed };
                             reframed[i] = true;

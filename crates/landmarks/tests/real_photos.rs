@@ -169,6 +169,23 @@ fn blazeface_adds_faces_the_ssd_network_scores_low() {
 }
 
 #[test]
+fn a_partial_blazeface_box_does_not_replace_a_close_up_face() {
+    // On a grey copy of the close-up filling the frame, BlazeFace's back-camera model sees a
+    // "face" in the face's upper half, holding the SSD box's centre; the default detector must
+    // keep the SSD network's box (IoU rule in detect.rs), which the flip check accepts.
+    let lm = Landmarker::new(&LandmarkerConfig::default()).unwrap();
+    let item = &set(&["grace_hopper_closeup"])[0];
+    let colour = load_image(&item.image).unwrap();
+    let grey = image::DynamicImage::ImageRgb8(colour).grayscale().to_rgb8();
+    let found = lm.detect_faces(&grey).unwrap();
+    let matched = match_faces(&item.faces, &found);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(matched[0].is_some(), "{found:?} vs {:?}", item.faces);
+    let ratio = (found[0].area() / item.faces[0].area()).sqrt();
+    assert!((0.8..1.6).contains(&ratio), "{found:?}");
+}
+
+#[test]
 fn blazeface_alone_finds_turned_and_grey_faces() {
     let cfg = LandmarkerConfig {
         detector: DetectorOptions { kind: DetectorKind::BlazeFace, ..Default::default() },
