@@ -123,6 +123,12 @@ fn the_tiny_detector_stays_available() {
     }
 }
 
+/// `kind` with the SSD score threshold at 0.999 (the other detectors keep their own).
+fn strict(kind: DetectorKind) -> Landmarker {
+    let detector = DetectorOptions { kind, score_threshold: 0.999, ..Default::default() };
+    Landmarker::new(&LandmarkerConfig { detector, ..Default::default() }).unwrap()
+}
+
 #[test]
 fn mtcnn_adds_faces_the_ssd_network_scores_low() {
     // An SSD score threshold of 0.999 stands in for a face the SSD network scores low (lenna's
@@ -130,10 +136,6 @@ fn mtcnn_adds_faces_the_ssd_network_scores_low() {
     // the SSD detector alone then misses lenna, the default finds her through MTCNN (the SSD
     // network confirms her in a crop around MTCNN's box at its own lower threshold), and still
     // finds nothing in the cat and coffee photos.
-    let strict = |kind| {
-        let detector = DetectorOptions { kind, score_threshold: 0.999, ..Default::default() };
-        Landmarker::new(&LandmarkerConfig { detector, ..Default::default() }).unwrap()
-    };
     let lenna = &set(&["lenna"])[0];
     assert_eq!(run(&strict(DetectorKind::Ssd), lenna).0, 0);
     let both = strict(DetectorKind::SsdMtcnn);
@@ -153,10 +155,6 @@ fn blazeface_adds_faces_the_ssd_network_scores_low() {
     // (MediaPipe's threshold, 0.5) finds her, the SSD network confirms her in a crop around
     // BlazeFace's box; the cat and the coffee cup (which BlazeFace alone takes for faces before
     // the flip check) stay out.
-    let strict = |kind| {
-        let detector = DetectorOptions { kind, score_threshold: 0.999, ..Default::default() };
-        Landmarker::new(&LandmarkerConfig { detector, ..Default::default() }).unwrap()
-    };
     let both = strict(DetectorKind::SsdBlazeFace);
     for item in set(&["lenna", "chelsea", "coffee"]) {
         let (found, fp, nme) = run(&both, &item);
