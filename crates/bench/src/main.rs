@@ -4,7 +4,7 @@
 //! ```text
 //! aue-bench [--preset resnet18] [--batch 8] [--size 224] [--threads 1,2] [--reps 5] [--warmup 1]
 //!           [--modes stage1,stage2,stage3,eval,eval-unfused] [--python python3] [--no-torch]
-//!           [--out FILE]
+//!           [--authors DIR] [--out FILE]
 //!
 //! `eval` times aue's fused inference model, with the unfused one (`eval-unfused`) as a third
 //! worker beside it; with more than one `--threads` value a second table gives each
@@ -18,7 +18,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, bail};
 use aue_bench::candle_worker::Numerics;
 use aue_bench::inputs::{self, Setup};
-use aue_bench::report::{markdown_table, scaling_table};
+use aue_bench::report::{authors_table, markdown_table, scaling_table};
 use aue_bench::worker::{Step, Worker};
 use aue_bench::{Measurement, Mode, Row, candle_worker};
 use aue_cli::DeviceSpec;
@@ -77,6 +77,12 @@ struct BenchArgs {
     /// Time aue alone (no Python needed).
     #[arg(long)]
     no_torch: bool,
+    /// Also time the authors' released code (HCPLab-SYSU/AUE-CRL) found in this folder (a
+    /// checkout with their model.py, loss.py and utils.py, imported unchanged by
+    /// tools/bench_worker.py; needs their imports, e.g. pandas and torchvision). ResNet-101
+    /// (`--preset resnet101`) in f32 only: their model class.
+    #[arg(long, value_name = "DIR")]
+    authors: Option<PathBuf>,
     /// Seed of the weights and the batch.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -126,6 +132,8 @@ enum Impl {
     Torch,
     /// aue's inference through the training model (beside `eval`).
     Unfused,
+    /// The authors' released code (`--authors`).
+    Authors,
 }
 
 fn tools_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -171,6 +179,19 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--reps, --batch and every --threads value must be > 0");
     }
     check_dtype(args.dtype, args.device)?;
+    if let Some(dir) = &args.authors {
+        if args.no_torch {
+            bail!("--authors runs their Python code: it cannot go with --no-torch");
+        }
+        if args.preset != Preset::Resnet101 || args.dtype != Precision::F32 {
+            bail!("--authors times their ResNet-101 in f32: use --preset resnet101 --dtype f32");
+        }
+        for file in ["model.py", "loss.py", "utils.py"] {
+            if !dir.join(file).is_file() {
+                bail!("--authors {}: no {file} there (a checkout of their code)", dir.display());
+            }
+        }
+    }
     let setup = Setup { preset: args.preset, batch: args.batch, size: args.size, seed: args.seed };
     let tools = if args.no_torch { None } else { Some(tools_dir(args.tools.as_deref())?) };
     let temp = tempfile::tempdir().context("creating a temp folder")?;
@@ -223,20 +244,27 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 with_common(&mut cmd);
                 cmd
             };
-            let torch_cmd = |tools: &Path| {
+            let torch_cmd = |tools: &Path, authors: Option<&Path>| {
                 let mut cmd = Command::new(&args.python);
                 for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
                     cmd.env(var, threads.to_string());
                 }
                 cmd.arg(tools.join("bench_worker.py")).args(["--mode", mode.torch_name()]);
                 cmd.args(["--threads", &threads.to_string()]);
+                if let Some(dir) = authors {
+                    cmd.arg("--authors").arg(dir);
+                }
                 with_common(&mut cmd);
                 cmd
             };
-            // The workers: aue, PyTorch (unless --no-torch), aue unfused (beside `eval`).
+            // The workers: aue, PyTorch (unless --no-torch), the authors' code (with
+            // --authors), aue unfused (beside `eval`).
             let mut jobs = vec![(Impl::Aue, "aue", candle_cmd(mode))];
             if let Some(t) = &tools {
-                jobs.push((Impl::Torch, "PyTorch", torch_cmd(t)));
+                jobs.push((Impl::Torch, "PyTorch", torch_cmd(t, None)));
+                if let Some(dir) = args.authors.as_deref().filter(|_| mode != Mode::EvalUnfused) {
+                    jobs.push((Impl::Authors, "authors' code", torch_cmd(t, Some(dir))));
+                }
             }
             if mode == Mode::Eval {
                 jobs.push((Impl::Unfused, "aue unfused", candle_cmd(Mode::EvalUnfused)));
@@ -301,14 +329,14 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             };
             let pick =
                 |role: Impl| results.iter().find(|(r, _)| *r == role).map(|(_, m)| m.clone());
-            let torch = pick(Impl::Torch);
+            let (torch, authors) = (pick(Impl::Torch), pick(Impl::Authors));
             if let Some(candle) = pick(Impl::Aue) {
-                let batch = args.batch;
-                rows.push(Row { mode, threads, batch, candle, torch: torch.clone() });
+                let (batch, torch) = (args.batch, torch.clone());
+                rows.push(Row { mode, threads, batch, candle, torch, authors });
             }
             if let Some(candle) = pick(Impl::Unfused) {
                 let mode = Mode::EvalUnfused;
-                rows.push(Row { mode, threads, batch: args.batch, candle, torch });
+                rows.push(Row { mode, threads, batch: args.batch, candle, torch, authors: None });
             }
         }
     }
@@ -332,6 +360,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         versions.join(", ")
     );
     report.push_str(&markdown_table(&rows));
+    report.push_str(&authors_table(&rows));
     report.push_str(&scaling_table(&rows));
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(report.as_bytes())?;

@@ -79,6 +79,8 @@ pub struct Row {
     pub candle: Measurement,
     /// The PyTorch reference, when it ran.
     pub torch: Option<Measurement>,
+    /// The authors' released code (`--authors`), when it ran.
+    pub authors: Option<Measurement>,
 }
 
 impl Row {
@@ -188,10 +190,13 @@ pub fn scaling_table(rows: &[Row]) -> String {
     let median = |m: Option<&Measurement>| m.and_then(Measurement::stats).map(|s| s.median);
     for mode in modes {
         let at = |t: usize| rows.iter().find(|r| r.mode == mode && r.threads == t);
-        let impls: [(&str, &MeasurementOf); 2] =
-            [("aue", &|r| Some(&r.candle)), ("PyTorch", &|r| r.torch.as_ref())];
+        let impls: [(&str, &MeasurementOf); 3] = [
+            ("aue", &|r| Some(&r.candle)),
+            ("PyTorch", &|r| r.torch.as_ref()),
+            ("authors' code", &|r| r.authors.as_ref()),
+        ];
         for (name, get) in impls {
-            if name == "PyTorch" && mode == Mode::EvalUnfused {
+            if name != "aue" && mode == Mode::EvalUnfused {
                 continue;
             }
             let med: Vec<Option<f64>> =
@@ -209,6 +214,38 @@ pub fn scaling_table(rows: &[Row]) -> String {
             };
             out.push_str(&format!(" {} |\n", ratio(speedup)));
         }
+    }
+    out
+}
+
+/// aue against the authors' released code (`aue-bench --authors`): median ms and their ratio, per
+/// step and thread count; empty when it did not run.
+pub fn authors_table(rows: &[Row]) -> String {
+    let mut rows: Vec<&Row> = rows.iter().filter(|r| r.authors.is_some()).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    rows.sort_by_key(|r| (r.threads, r.mode));
+    let mut out = String::from(
+        "\n### Against the authors' released code\n\n| step | threads | aue ms, median (min-max) \
+         | authors' code ms, median (min-max) | time aue/authors |\n|---|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let c = r.candle.stats();
+        let a = r.authors.as_ref().and_then(Measurement::stats);
+        let q = match (c, a) {
+            (Some(c), Some(a)) if a.median > 0.0 => Some(c.median / a.median),
+            _ => None,
+        };
+        let show = |s: Option<Stats>| s.map_or_else(|| "-".into(), |s| ms(&s));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.mode.label(),
+            r.threads,
+            show(c),
+            show(a),
+            ratio(q)
+        ));
     }
     out
 }
@@ -295,6 +332,7 @@ mod tests {
             batch: 8,
             candle: m(&[0.9, 1.0, 1.1], 300 * mib, 100 * mib),
             torch: Some(m(&[2.0, 2.0, 2.2], 400 * mib, 200 * mib)),
+            authors: None,
         };
         assert!((row.time_ratio().unwrap() - 0.5).abs() < 1e-12);
         assert!((row.memory_ratio().unwrap() - 0.75).abs() < 1e-12);
@@ -321,6 +359,7 @@ mod tests {
             batch: 8,
             candle: m(&[c], mib, 0),
             torch: t.map(|t| m(&[t], mib, 0)),
+            authors: None,
         };
         let rows = [
             row(Mode::Eval, 1, 0.6, Some(0.7)),
@@ -345,7 +384,14 @@ mod tests {
         let mut torch = m(&[1.0, 1.0, 1.0], 0, 0);
         torch.device_peak_bytes = Some(1000 * mib);
         torch.losses = vec![2.0, f64::NAN];
-        let row = Row { mode: Mode::Stage1, threads: 1, batch: 64, candle, torch: Some(torch) };
+        let row = Row {
+            mode: Mode::Stage1,
+            threads: 1,
+            batch: 64,
+            candle,
+            torch: Some(torch),
+            authors: None,
+        };
         let table = markdown_table(&[row]);
         let line = table.lines().nth(2).unwrap();
         assert!(
@@ -353,5 +399,26 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("(not finite!)"), "{line}");
+    }
+
+    #[test]
+    fn authors_table_lists_the_rows_where_their_code_ran() {
+        let mib = 1024 * 1024;
+        let row = |mode, a: Option<f64>| Row {
+            mode,
+            threads: 1,
+            batch: 4,
+            candle: m(&[3.0, 3.2, 3.4], mib, 0),
+            torch: None,
+            authors: a.map(|a| m(&[a], mib, 0)),
+        };
+        assert_eq!(authors_table(&[row(Mode::Stage1, None)]), "");
+        let table = authors_table(&[row(Mode::Stage2, Some(4.0)), row(Mode::Stage1, None)]);
+        let lines: Vec<&str> = table.lines().filter(|l| l.starts_with("| stage")).collect();
+        assert_eq!(
+            lines,
+            ["| stage 2 (AU) train step | 1 | 3200 (3000-3400) | 4000 (4000-4000) | 0.80 |"],
+            "{table}"
+        );
     }
 }
