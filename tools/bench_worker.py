@@ -18,8 +18,9 @@ body of main.py's `Train()` per step (model.train(), the backbone in eval mode f
 target from `get_au_target`, the stage's loss as main.py sums it, zero_grad, backward, SGD step);
 inference is their 'Fuse' forward in eval mode under no_grad. Their code calls `.cuda()` on the
 tensors it creates; on the CPU that call is made a no-op. Their model.py uses `pad` and
-`avg_pool3d` without importing them; torch.nn.functional's are put into its namespace. ResNet-101 and float32 only (their
-model class and the float32 tensors it creates).
+`avg_pool3d` without importing them; torch.nn.functional's are put into its namespace.
+ResNet-101 only (their model class), float32 (float64 for stage 1, whose path creates no tensor of
+its own).
 """
 
 import argparse
@@ -110,9 +111,13 @@ def authors_step(args, weights, image, au_loc, label, device):
     """The step function of the authors' released code in args.authors (see the module doc)."""
     import torch
 
-    if args.preset != "resnet101" or args.dtype != "f32" or args.no_dropout or args.nudge:
-        sys.exit("--authors times their ResNet-101 in float32 as released: use --preset resnet101, "
-                 "--dtype f32, no --no-dropout or --nudge")
+    # float64 only for stage 1: their EM path creates no tensor of its own, the AU and Fuse paths
+    # make float32 ones (crops, masks, targets) that would silently round.
+    f64_ok = args.mode == "stage1"
+    if args.preset != "resnet101" or (args.dtype == "f64" and not f64_ok) or args.no_dropout \
+            or args.nudge:
+        sys.exit("--authors runs their ResNet-101 as released: use --preset resnet101, --dtype f32 "
+                 "(f64: stage 1 only), no --no-dropout or --nudge")
     import warnings
 
     warnings.filterwarnings("ignore")  # as their main.py does (torchvision's `pretrained` notices)
@@ -132,7 +137,9 @@ def authors_step(args, weights, image, au_loc, label, device):
     model = authors_model.ResNet101(dim)
     model.load_state_dict(weights, strict=True)
     weights.clear()
-    model.to(device)
+    dtype = torch.float64 if args.dtype == "f64" else torch.float32
+    model.to(device=device, dtype=dtype)
+    image = image.to(dtype)
     experiment = {"eval": "Fuse", "stage1": "EM", "stage2": "AU", "stage3": "Fuse"}[args.mode]
     ns = argparse.Namespace(Experiment=experiment, LearnRate=args.lr)
 

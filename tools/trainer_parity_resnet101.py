@@ -7,7 +7,9 @@ on both sides):
     aue:        `aue-bench worker --mode stageN --dtype f64`: aue-train's Trainer, the step the
                 stage binaries run;
     reference:  tools/bench_worker.py --mode stageN --dtype f64: aue_reference's set_stage_mode,
-                stage_forward_loss, backward and torch.optim.SGD.
+                stage_forward_loss, backward and torch.optim.SGD; with `--authors DIR` the
+                authors' released code instead (bench_worker.py --authors: their model, loss and
+                optimizer set-up unchanged, their Train() loop body; stage 1 only in f64).
 Both load the same files and answer `step` with the step's loss (computed before its update). The
 script prints one row per step and fails (exit 1) when a loss differs by more than --tol
 (relative). In float64 the first losses agree to about 1e-13, and the difference then grows
@@ -106,8 +108,13 @@ def main():
     ap.add_argument("--control", action="store_true",
                     help="also run the reference on images x (1 + eps): how far a perturbation of one "
                          "rounding error grows in the reference alone")
+    ap.add_argument("--authors", metavar="DIR",
+                    help="the reference side is the authors' released code in DIR (a checkout of "
+                         "HCPLab-SYSU/AUE-CRL; stage 1 in f64, or f32), run by bench_worker.py --authors")
     ap.add_argument("--aue-bench", default=os.path.join(ROOT, "target", "release", "aue-bench"))
     args = ap.parse_args()
+    if args.authors and args.control:
+        raise SystemExit("--control perturbs aue_reference's run: run it without --authors")
     if not os.path.isfile(args.aue_bench):
         raise SystemExit(f"{args.aue_bench} not found: run `cargo build --release -p aue-bench` first")
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
@@ -122,14 +129,17 @@ def main():
                            str(args.size), "--device", "cpu", "--lr", str(args.lr), *files]
                    + (["--dev-no-dropout"] if dropout_off else []), env),
             Worker("reference", [sys.executable, os.path.join(HERE, "bench_worker.py"), *common, "--lr",
-                                 str(args.lr), "--threads", str(args.threads), *files] + (["--no-dropout"] if dropout_off else []), env),
+                                 str(args.lr), "--threads", str(args.threads), *files]
+                   + (["--no-dropout"] if dropout_off else [])
+                   + (["--authors", args.authors] if args.authors else []), env),
         ]
         if args.control:
             workers.append(Worker("control", workers[1].cmd + ["--nudge"], env))
         print(f"{args.preset} stage {args.stage}, {args.dtype}, batch {args.batch}, {args.size}x{args.size} px, SGD lr {args.lr} "
               f"momentum 0.9, one fixed batch, {args.init} weights\n", flush=True)
         control = " reference vs reference on images x (1 + eps) |" if args.control else ""
-        print(f"| step | aue loss | reference loss | relative difference | aue s | reference s |{control}")
+        ref = "authors' code" if args.authors else "reference"
+        print(f"| step | aue loss | {ref} loss | relative difference | aue s | {ref} s |{control}")
         print("|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.control else ""), flush=True)
         worst = 0.0
         for step in range(1, args.steps + 1):
