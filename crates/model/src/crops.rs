@@ -211,7 +211,7 @@ impl CropNets {
         // Crop_Net_1: kernels [34, c_out, c_in, 3, 3] -> [34, ky, kx, c_in, c_out] -> [34, 9 c, c]
         let w1 = mode.see(&self.conv_w).permute((0, 3, 4, 2, 1))?.reshape((NUM_CROPS, 9 * c, c))?;
         let b1 = mode.see(&self.conv_b).unsqueeze(1)?; // [34, 1, c]
-        let h1 = cols.matmul(&w1)?.broadcast_add(&b1)?.relu()?; // [34, b * l * l, c]
+        let h1 = bmm(&cols, &w1)?.broadcast_add(&b1)?.relu()?; // [34, b * l * l, c]
         // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
         let h1 = h1.reshape((NUM_CROPS, b, l * l, c))?.transpose(2, 3)?.reshape((
             NUM_CROPS,
@@ -223,10 +223,17 @@ impl CropNets {
         // the largest tensor of the model).
         let w2 = mode.see(&self.fc_w);
         let b2 = mode.see(&self.fc_b).unsqueeze(2)?; // [34, F, 1]
-        let h2 = w2.matmul(&h1.transpose(1, 2)?)?.broadcast_add(&b2)?.relu()?; // [34, F, b]
+        let h2 = bmm(&w2, &h1.transpose(1, 2)?)?.broadcast_add(&b2)?.relu()?; // [34, F, b]
         let h2 = dropout(&h2, self.dropout, mode)?;
         Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
     }
+}
+
+/// The crops' batched products: aue-kernels' `batched_matmul` runs the 34 products in parallel
+/// on the CPU, each whole on one thread (gemm's packing of the large factor included), with
+/// Candle's values and gradients bit for bit; Candle's `matmul` elsewhere.
+fn bmm(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    Ok(aue_kernels::batched_matmul(lhs, rhs).map_err(candle_core::Error::from)?)
 }
 
 impl CropGrid {
