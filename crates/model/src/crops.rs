@@ -220,10 +220,10 @@ impl CropNets {
         ))?;
         // Crop_Net_2 as W [34, F, c l^2] x h1^T [34, c l^2, b]: the weight is the left factor in
         // its own layout, so its gradient is one product in that layout (no transposed copy of
-        // the largest tensor of the model).
+        // the largest tensor of the model), and h1's gradient comes out in h1's layout.
         let w2 = mode.see(&self.fc_w);
         let b2 = mode.see(&self.fc_b).unsqueeze(2)?; // [34, F, 1]
-        let h2 = bmm(&w2, &h1.transpose(1, 2)?)?.broadcast_add(&b2)?.relu()?; // [34, F, b]
+        let h2 = bmm_nt(&w2, &h1)?.broadcast_add(&b2)?.relu()?; // [34, F, b]
         let h2 = dropout(&h2, self.dropout, mode)?;
         Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
     }
@@ -234,6 +234,13 @@ impl CropNets {
 /// Candle's values and gradients bit for bit; Candle's `matmul` elsewhere.
 fn bmm(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     Ok(aue_kernels::batched_matmul(lhs, rhs).map_err(candle_core::Error::from)?)
+}
+
+/// `lhs x rhs^T` as [`bmm`] of `rhs`'s transposed view, but `rhs`'s gradient is computed in its
+/// own layout (`grad^T x lhs`): for `Crop_Net_2` the faster product, and no transposed copy of it
+/// (rounding may differ from Candle's `lhs^T x grad`; see aue-kernels' tests).
+fn bmm_nt(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    Ok(aue_kernels::batched_matmul_nt(lhs, rhs).map_err(candle_core::Error::from)?)
 }
 
 impl CropGrid {
