@@ -40,6 +40,7 @@ mod pool;
 mod relu;
 #[cfg(test)]
 mod testing;
+mod transpose;
 
 pub use batch_norm::{batch_norm_supported, batch_norm_train};
 pub use cpu::train_kernels_supported;
@@ -49,4 +50,5 @@ pub use matmul::{batched_matmul, batched_matmul_nt};
 pub use op::{conv_transpose2d, conv2d, conv2d_grouped};
 pub use params::{ConvParams, ConvTransposeParams};
 pub use pool::{PoolWindow, max_pool2d_train, max_pool2d_train_ops};
-pub use relu::{add_relu, relu};
+pub use relu::{add_relu, bias_relu, relu};
+pub use transpose::transpose_copy;

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::nn::{Params, PartMode, dropout};
+use crate::nn::{Params, PartMode, dropout, relu};
 
 /// Number of crops: two centres per AU.
 pub const NUM_CROPS: usize = 2 * NUM_AUS;
@@ -210,20 +210,16 @@ impl CropNets {
         let cols = self.geom.im2col(m, centres)?; // [34, b * l * l, 9 c]
         // Crop_Net_1: kernels [34, c_out, c_in, 3, 3] -> [34, ky, kx, c_in, c_out] -> [34, 9 c, c]
         let w1 = mode.see(&self.conv_w).permute((0, 3, 4, 2, 1))?.reshape((NUM_CROPS, 9 * c, c))?;
-        let b1 = mode.see(&self.conv_b).unsqueeze(1)?; // [34, 1, c]
-        let h1 = bmm(&cols, &w1)?.broadcast_add(&b1)?.relu()?; // [34, b * l * l, c]
+        let h1 = bias_relu(&bmm(&cols, &w1)?, &mode.see(&self.conv_b))?; // [34, b * l * l, c]
         // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
-        let h1 = h1.reshape((NUM_CROPS, b, l * l, c))?.transpose(2, 3)?.reshape((
-            NUM_CROPS,
-            b,
-            c * l * l,
-        ))?;
+        let h1 = transpose_copy(&h1.reshape((NUM_CROPS * b, l * l, c))?)?; // [34 b, c, l * l]
+        let h1 = h1.reshape((NUM_CROPS, b, c * l * l))?;
         // Crop_Net_2 as W [34, F, c l^2] x h1^T [34, c l^2, b]: the weight is the left factor in
         // its own layout, so its gradient is one product in that layout (no transposed copy of
         // the largest tensor of the model), and h1's gradient comes out in h1's layout.
         let w2 = mode.see(&self.fc_w);
         let b2 = mode.see(&self.fc_b).unsqueeze(2)?; // [34, F, 1]
-        let h2 = bmm_nt(&w2, &h1)?.broadcast_add(&b2)?.relu()?; // [34, F, b]
+        let h2 = relu(&bmm_nt(&w2, &h1)?.broadcast_add(&b2)?)?; // [34, F, b]
         let h2 = dropout(&h2, self.dropout, mode)?;
         Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
     }
@@ -234,6 +230,21 @@ impl CropNets {
 /// Candle's values and gradients bit for bit; Candle's `matmul` elsewhere.
 fn bmm(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     Ok(aue_kernels::batched_matmul(lhs, rhs).map_err(candle_core::Error::from)?)
+}
+
+/// `relu(x + bias)` with one bias per group and channel: aue-kernels' one-pass op on the CPU
+/// (its bias gradient summed per group in parallel), Candle's values and gradients bit for bit.
+///
+/// # Shapes
+/// x [g, p, c], bias [g, c] -> [g, p, c]
+fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    Ok(aue_kernels::bias_relu(x, bias).map_err(candle_core::Error::from)?)
+}
+
+/// `x` with its last two dimensions swapped, copied in parallel both ways on the CPU (Candle's
+/// strided copy runs on one thread).
+fn transpose_copy(x: &Tensor) -> Result<Tensor> {
+    Ok(aue_kernels::transpose_copy(x).map_err(candle_core::Error::from)?)
 }
 
 /// `lhs x rhs^T` as [`bmm`] of `rhs`'s transposed view, but `rhs`'s gradient is computed in its
