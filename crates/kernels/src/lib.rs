@@ -30,6 +30,7 @@
 mod batch_norm;
 mod cpu;
 mod error;
+mod gather;
 pub mod grad;
 mod im2col;
 pub mod infer;
@@ -45,6 +46,7 @@ mod transpose;
 pub use batch_norm::{batch_norm_supported, batch_norm_train};
 pub use cpu::train_kernels_supported;
 pub use error::{KernelError, Result};
+pub use gather::index_select_rows;
 pub use grad::{Engine, WeightGradAlgo};
 pub use matmul::{batched_matmul, batched_matmul_nt};
 pub use op::{conv_transpose2d, conv2d, conv2d_grouped};

@@ -12,7 +12,7 @@
 //! the forward pass (`Tensor::stack` of the variables keeps the gradient flowing to each of them).
 
 use aue_core::NUM_AUS;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -123,16 +123,13 @@ impl CropCentres {
     /// tap). A zero read points to row 0, a padding zero (L/2 >= 1).
     ///
     /// # Shapes
-    /// -> u32 [34 * B * L * L * 9]
-    fn im2col_rows(&self, grid: usize, side: usize, device: &Device) -> Result<Tensor> {
+    /// -> [34 * B * L * L * 9]
+    fn im2col_rows(&self, grid: usize, side: usize) -> Vec<u32> {
         let (gp, h) = (grid + side, side / 2);
-        let ids: Vec<u32> = self
-            .taps(grid, side)
+        self.taps(grid, side)
             .into_iter()
             .map(|t| t.map_or(0, |(n, y, x)| (n * gp * gp + (y + h) * gp + x + h) as u32))
-            .collect();
-        let len = ids.len();
-        Ok(Tensor::from_vec(ids, len, device)?)
+            .collect()
     }
 
     /// Where each entry of the crops' im2col reads channel 0 of the NCHW map [B, C, G, G]
@@ -273,7 +270,8 @@ impl CropGrid {
     }
 
     /// The im2col matrix of the crop convs: one `index_select` on the zero-padded channels-last
-    /// map (see the module doc).
+    /// map (see the module doc); aue-kernels' parallel one on the CPU, whose backward adds each
+    /// row's gradients in parallel in `index_add`'s order (Candle's values and gradient).
     ///
     /// # Shapes
     /// m [B, C, G, G] -> [34, B * L * L, 9 C], columns ordered (tap, channel)
@@ -289,8 +287,9 @@ impl CropGrid {
             .pad_with_zeros(1, h, h)?
             .pad_with_zeros(2, h, h)?;
         let rows = padded.reshape((b * gp * gp, c))?;
-        let ids = centres.im2col_rows(g, l, m.device())?;
-        Ok(rows.index_select(&ids, 0)?.reshape((NUM_CROPS, b * l * l, 9 * c))?)
+        let ids = centres.im2col_rows(g, l);
+        let cols = aue_kernels::index_select_rows(&rows, &ids).map_err(candle_core::Error::from)?;
+        Ok(cols.reshape((NUM_CROPS, b * l * l, 9 * c))?)
     }
 
     /// The crops' im2col for inference, transposed: one parallel gather from the NCHW map (no
@@ -314,7 +313,7 @@ impl CropGrid {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use candle_core::{Device, Var};
     use candle_nn::VarMap;
 
     fn loc_tensor(loc: &[i64], batch: usize) -> Tensor {
