@@ -43,7 +43,7 @@ mod relu;
 mod testing;
 mod transpose;
 
-pub use batch_norm::{batch_norm_supported, batch_norm_train};
+pub use batch_norm::{batch_norm_supported, batch_norm_train, channel_affine};
 pub use cpu::train_kernels_supported;
 pub use error::{KernelError, Result};
 pub use gather::index_select_rows;
