@@ -259,6 +259,67 @@ impl CustomOp3 for BatchNormOp {
     }
 }
 
+/// Eval-mode batch norm folded into one scale and shift per channel, `x * scale + shift`
+/// (each product rounded, then the sum, as Candle's `broadcast_mul` then `broadcast_add`), in
+/// one parallel pass over CPU f32 / f64 tensors; Candle's two broadcast ops elsewhere, and
+/// whenever an argument tracks a gradient (this pass has no backward: it is for frozen parts,
+/// e.g. stage 3's backbone, whose two passes Candle ran op by op).
+///
+/// # Shapes
+/// `x: [b, c, ...]`, `scale`, `shift`: `[c]` or keep-dim `[1, c, 1, ...]` -> same as `x`
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    let fits = |t: &Tensor| t.elem_count() == c && t.dtype() == x.dtype();
+    if !fits(scale) || !fits(shift) {
+        return Err(KernelError::InvalidArgs {
+            op: "channel_affine",
+            msg: format!("scale and shift must hold {c} {:?} values", x.dtype()),
+            input: x.shape().clone(),
+            weight: scale.shape().clone(),
+            params: format!("shift {:?}", shift.shape()),
+        });
+    }
+    let tracked = x.track_op() || scale.track_op() || shift.track_op();
+    if tracked || !crate::cpu::train_kernels_supported(x) || x.rank() < 2 {
+        let keep: Vec<usize> = (0..x.rank()).map(|d| if d == 1 { c } else { 1 }).collect();
+        let (s, t) = (scale.reshape(keep.as_slice())?, shift.reshape(keep.as_slice())?);
+        return Ok(x.broadcast_mul(&s)?.broadcast_add(&t)?);
+    }
+    let inner: usize = x.dims()[2..].iter().product();
+    fn go<T: WithDType>(x: &[T], s: &[T], t: &[T], c: usize, inner: usize) -> Vec<T> {
+        // Chunks of whole planes (one channel of one sample each).
+        let planes = MIN_TASK.div_ceil(inner.max(1));
+        par_chunks_zeroed(x.len(), planes * inner.max(1), |i, out: &mut [T]| {
+            let start = i * planes * inner;
+            for (j, (o, v)) in out.chunks_mut(inner).zip(x[start..].chunks(inner)).enumerate() {
+                let ch = (i * planes + j) % c;
+                let (s, t) = (s[ch], t[ch]);
+                for (o, &v) in o.iter_mut().zip(v) {
+                    *o = v * s + t;
+                }
+            }
+        })
+    }
+    let (x, s, t) = (x.contiguous()?, scale.flatten_all()?, shift.flatten_all()?);
+    let y = match x.dtype() {
+        DType::F32 => {
+            let (s, t) = (s.to_vec1::<f32>()?, t.to_vec1::<f32>()?);
+            let y = crate::cpu::with_cpu_slices("channel_affine", [(&x, "input")], |[x]| {
+                go(x, &s, &t, c, inner)
+            })?;
+            Tensor::from_vec(y, x.shape(), x.device())?
+        }
+        _ => {
+            let (s, t) = (s.to_vec1::<f64>()?, t.to_vec1::<f64>()?);
+            let y = crate::cpu::with_cpu_slices("channel_affine", [(&x, "input")], |[x]| {
+                go(x, &s, &t, c, inner)
+            })?;
+            Tensor::from_vec(y, x.shape(), x.device())?
+        }
+    };
+    Ok(y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +345,39 @@ mod tests {
 
     /// f64: outputs, statistics and all three gradients equal the definition's to rounding, for
     /// the layouts the model uses ([B, C, HW], [B, C, 1], [1, C, B]).
+    /// `channel_affine` equals Candle's `x.broadcast_mul(scale)?.broadcast_add(shift)` bit for
+    /// bit, in f32 and f64, for [b, c] and [b, c, h, w] inputs; with a tracked input it is those
+    /// ops (so the gradient flows).
+    #[test]
+    fn channel_affine_equals_candle_ops() {
+        for dtype in [DType::F32, DType::F64] {
+            for dims in [&[4, 6][..], &[3, 5, 17, 19], &[2, 3, 1, 1]] {
+                let r = |d: &[usize]| {
+                    Tensor::randn(0f32, 1., d, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+                };
+                let (x, c) = (r(dims), dims[1]);
+                let keep: Vec<usize> =
+                    (0..dims.len()).map(|d| if d == 1 { c } else { 1 }).collect();
+                let (s, t) = (r(&keep), r(&keep));
+                let want = x.broadcast_mul(&s).unwrap().broadcast_add(&t).unwrap();
+                let got = channel_affine(&x, &s, &t).unwrap();
+                let flat = |t: &Tensor| {
+                    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+                };
+                assert_eq!(flat(&got), flat(&want), "{dtype:?} {dims:?}");
+                assert_eq!(got.dims(), dims);
+                let v = Var::from_tensor(&x).unwrap();
+                let y = channel_affine(&v, &s, &t).unwrap();
+                let g = y.sum_all().unwrap().backward().unwrap();
+                assert!(g.get(v.as_tensor()).is_some(), "{dtype:?} {dims:?}: no gradient");
+            }
+        }
+        let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let bad = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        let err = channel_affine(&x, &bad, &bad).unwrap_err().to_string();
+        assert!(err.contains("channel_affine") && err.contains("3"), "{err}");
+    }
+
     #[test]
     fn matches_the_op_by_op_definition_with_gradients() {
         let dev = Device::Cpu;

@@ -30,21 +30,27 @@
 mod batch_norm;
 mod cpu;
 mod error;
+mod gather;
 pub mod grad;
 mod im2col;
 pub mod infer;
+mod matmul;
 mod op;
 mod params;
 mod pool;
 mod relu;
 #[cfg(test)]
 mod testing;
+mod transpose;
 
-pub use batch_norm::{batch_norm_supported, batch_norm_train};
+pub use batch_norm::{batch_norm_supported, batch_norm_train, channel_affine};
 pub use cpu::train_kernels_supported;
 pub use error::{KernelError, Result};
+pub use gather::index_select_rows;
 pub use grad::{Engine, WeightGradAlgo};
+pub use matmul::{batched_matmul, batched_matmul_nt};
 pub use op::{conv_transpose2d, conv2d, conv2d_grouped};
 pub use params::{ConvParams, ConvTransposeParams};
 pub use pool::{PoolWindow, max_pool2d_train, max_pool2d_train_ops};
-pub use relu::{add_relu, relu};
+pub use relu::{add_relu, bias_relu, relu};
+pub use transpose::transpose_copy;

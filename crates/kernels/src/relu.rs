@@ -14,7 +14,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{MIN_TASK, Real, by_dtype, slice, train_kernels_supported, with_cpu_slices};
+use crate::cpu::{
+    MIN_TASK, Real, by_dtype, par_chunks_zeroed, slice, train_kernels_supported, with_cpu_slices,
+};
 use crate::error::{KernelError, Result};
 
 /// `max(x, 0)` with Candle's gradient; one parallel pass each way on CPU f32 / f64 tensors,
@@ -48,6 +50,32 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Ok((a + b)?.relu()?);
     }
     Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
+}
+
+/// `relu(x + bias)` with the bias broadcast over the middle dimension (a group of linear layers or
+/// 1x1 convolutions, one bias per group and channel), with Candle's gradient of
+/// `x.broadcast_add(&bias.unsqueeze(1)?)?.relu()`: one parallel pass each way on CPU f32 / f64
+/// tensors, Candle's ops elsewhere. Candle sums the bias gradient on one thread (`sum_keepdim`
+/// over the middle dimension); here each group's sum runs on its own thread, in Candle's order
+/// (rows in turn, from zero), so values and both gradients are Candle's bit for bit.
+///
+/// # Shapes
+/// `x: [g, p, c]`, `bias: [g, c]` -> `[g, p, c]`
+pub fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (g, _, c) = x.dims3()?;
+    if bias.dims() != [g, c] || bias.dtype() != x.dtype() {
+        return Err(KernelError::InvalidArgs {
+            op: "bias_relu",
+            msg: format!("the bias must be {:?} [{g}, {c}], got {:?}", x.dtype(), bias.dtype()),
+            input: x.shape().clone(),
+            weight: bias.shape().clone(),
+            params: String::new(),
+        });
+    }
+    if !train_kernels_supported(x) || !x.device().same_device(bias.device()) {
+        return Ok(x.broadcast_add(&bias.unsqueeze(1)?)?.relu()?);
+    }
+    Ok(x.contiguous()?.apply_op2(&bias.contiguous()?, BiasRelu)?)
 }
 
 /// `f(a[i], b[i])` for every `i`, in parallel.
@@ -151,6 +179,100 @@ impl CustomOp2 for AddRelu {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+struct BiasRelu;
+
+impl BiasRelu {
+    fn fwd<T: Real>(
+        (sx, lx): (&CpuStorage, &Layout),
+        (sb, lb): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice::<T>(sx, lx, "bias_relu", "input")?;
+        let bias = slice::<T>(sb, lb, "bias_relu", "bias")?;
+        let (_, p, c) = lx.shape().dims3()?;
+        // Chunks of whole rows, so that each row meets its group's bias at offset 0.
+        let rows = MIN_TASK.div_ceil(c.max(1));
+        let y = par_chunks_zeroed(x.len(), rows * c, |i, out: &mut [T]| {
+            let start = i * rows * c;
+            for (j, (o, row)) in out.chunks_mut(c).zip(x[start..].chunks(c)).enumerate() {
+                let b = &bias[((start / c + j) / p) * c..][..c];
+                for ((o, &v), &b) in o.iter_mut().zip(row).zip(b) {
+                    *o = (v + b).relu();
+                }
+            }
+        });
+        Ok((T::to_cpu_storage_owned(y), lx.shape().clone()))
+    }
+
+    /// The gradients of `x` and of the bias.
+    fn bwd_as<T: Real>(
+        x: &Tensor,
+        bias: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (g, p, c) = x.dims3()?;
+        let parts = [(x, "input"), (bias, "bias"), (grad, "gradient")];
+        let (dx, db) = with_cpu_slices("bias_relu", parts, |[x, bias, gy]: [&[T]; 3]| {
+            let mut dx = vec![T::zero(); x.len()];
+            let mut db = vec![T::zero(); g * c];
+            // One group per task: its input gradient rows, then its bias gradient summed over
+            // them in row order, as Candle's `sum_keepdim` adds them.
+            dx.par_chunks_mut((p * c).max(1))
+                .zip(db.par_chunks_mut(c.max(1)))
+                .enumerate()
+                .for_each(|(k, (dx, db))| {
+                    let (x, gy, b) =
+                        (&x[k * p * c..][..p * c], &gy[k * p * c..][..p * c], &bias[k * c..][..c]);
+                    for ((dx, x), gy) in dx.chunks_mut(c).zip(x.chunks(c)).zip(gy.chunks(c)) {
+                        for ((((d, &x), &gy), &b), s) in
+                            dx.iter_mut().zip(x).zip(gy).zip(b).zip(db.iter_mut())
+                        {
+                            *d = (x + b).relu_grad(gy);
+                            *s += *d;
+                        }
+                    }
+                });
+            (dx, db)
+        })?;
+        Ok((
+            Tensor::from_vec(dx, (g, p, c), x.device())?,
+            Tensor::from_vec(db, (g, c), x.device())?,
+        ))
+    }
+}
+
+impl CustomOp2 for BiasRelu {
+    fn name(&self) -> &'static str {
+        "aue-bias-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let args = ((sx, lx), (sb, lb));
+        let (f32, f64) = (|| Self::fwd::<f32>(args.0, args.1), || Self::fwd::<f64>(args.0, args.1));
+        by_dtype(sx.dtype(), "bias_relu", f32, f64)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (f32, f64) =
+            (|| Self::bwd_as::<f32>(x, bias, &grad), || Self::bwd_as::<f64>(x, bias, &grad));
+        let (dx, db) = by_dtype(x.dtype(), "bias_relu", f32, f64)?;
+        Ok((x.track_op().then_some(dx), bias.track_op().then_some(db)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +306,33 @@ mod tests {
             assert_same_values(&g[0], &gt[0], "add_relu gradient of a");
             assert_same_values(&g[1], &gt[1], "add_relu gradient of b");
         }
+    }
+
+    /// `bias_relu` equals Candle's `x.broadcast_add(&bias.unsqueeze(1)?)?.relu()` bit for bit,
+    /// values and both gradients, in f32 and f64, with exact zeros of `x + bias` and groups of
+    /// several tasks.
+    #[test]
+    fn bias_relu_equals_candle_bit_for_bit() {
+        for dtype in [DType::F32, DType::F64] {
+            for (g, p, c) in [(3, 700, 13), (5, 2, 64), (1, 1, 1)] {
+                let bias = randn_var(&[g, c], dtype);
+                let x = randn_var(&[g, p, c], dtype);
+                // x = -bias on the first row: x + bias is exactly 0 there.
+                let neg = bias.as_tensor().neg().unwrap().unsqueeze(1).unwrap();
+                x.slice_set(&neg, 1, 0).unwrap();
+                let coef = randn_var(&[g, p, c], dtype);
+                let mine = bias_relu(&x, &bias).unwrap();
+                let theirs = x.broadcast_add(&bias.unsqueeze(1).unwrap()).unwrap().relu().unwrap();
+                let what = format!("{dtype:?} [{g}, {p}, {c}]");
+                assert_same_values(&mine, &theirs, &what);
+                let (gm, gt) = candle_grads(&mine, &theirs, &coef, &[&x, &bias]);
+                assert_same_values(&gm[0], &gt[0], &format!("{what}: input gradient"));
+                assert_same_values(&gm[1], &gt[1], &format!("{what}: bias gradient"));
+            }
+        }
+        let x = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        let err = bias_relu(&x, &x.get(0).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("bias_relu") && err.contains("[2, 4]"), "{err}");
     }
 
     #[test]

@@ -12,11 +12,11 @@
 //! the forward pass (`Tensor::stack` of the variables keeps the gradient flowing to each of them).
 
 use aue_core::NUM_AUS;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::nn::{Params, PartMode, dropout};
+use crate::nn::{Params, PartMode, dropout, relu};
 
 /// Number of crops: two centres per AU.
 pub const NUM_CROPS: usize = 2 * NUM_AUS;
@@ -123,16 +123,13 @@ impl CropCentres {
     /// tap). A zero read points to row 0, a padding zero (L/2 >= 1).
     ///
     /// # Shapes
-    /// -> u32 [34 * B * L * L * 9]
-    fn im2col_rows(&self, grid: usize, side: usize, device: &Device) -> Result<Tensor> {
+    /// -> [34 * B * L * L * 9]
+    fn im2col_rows(&self, grid: usize, side: usize) -> Vec<u32> {
         let (gp, h) = (grid + side, side / 2);
-        let ids: Vec<u32> = self
-            .taps(grid, side)
+        self.taps(grid, side)
             .into_iter()
             .map(|t| t.map_or(0, |(n, y, x)| (n * gp * gp + (y + h) * gp + x + h) as u32))
-            .collect();
-        let len = ids.len();
-        Ok(Tensor::from_vec(ids, len, device)?)
+            .collect()
     }
 
     /// Where each entry of the crops' im2col reads channel 0 of the NCHW map [B, C, G, G]
@@ -210,23 +207,48 @@ impl CropNets {
         let cols = self.geom.im2col(m, centres)?; // [34, b * l * l, 9 c]
         // Crop_Net_1: kernels [34, c_out, c_in, 3, 3] -> [34, ky, kx, c_in, c_out] -> [34, 9 c, c]
         let w1 = mode.see(&self.conv_w).permute((0, 3, 4, 2, 1))?.reshape((NUM_CROPS, 9 * c, c))?;
-        let b1 = mode.see(&self.conv_b).unsqueeze(1)?; // [34, 1, c]
-        let h1 = cols.matmul(&w1)?.broadcast_add(&b1)?.relu()?; // [34, b * l * l, c]
+        let h1 = bias_relu(&bmm(&cols, &w1)?, &mode.see(&self.conv_b))?; // [34, b * l * l, c]
         // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
-        let h1 = h1.reshape((NUM_CROPS, b, l * l, c))?.transpose(2, 3)?.reshape((
-            NUM_CROPS,
-            b,
-            c * l * l,
-        ))?;
+        let h1 = transpose_copy(&h1.reshape((NUM_CROPS * b, l * l, c))?)?; // [34 b, c, l * l]
+        let h1 = h1.reshape((NUM_CROPS, b, c * l * l))?;
         // Crop_Net_2 as W [34, F, c l^2] x h1^T [34, c l^2, b]: the weight is the left factor in
         // its own layout, so its gradient is one product in that layout (no transposed copy of
-        // the largest tensor of the model).
+        // the largest tensor of the model), and h1's gradient comes out in h1's layout.
         let w2 = mode.see(&self.fc_w);
         let b2 = mode.see(&self.fc_b).unsqueeze(2)?; // [34, F, 1]
-        let h2 = w2.matmul(&h1.transpose(1, 2)?)?.broadcast_add(&b2)?.relu()?; // [34, F, b]
+        let h2 = relu(&bmm_nt(&w2, &h1)?.broadcast_add(&b2)?)?; // [34, F, b]
         let h2 = dropout(&h2, self.dropout, mode)?;
         Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
     }
+}
+
+/// The crops' batched products: aue-kernels' `batched_matmul` runs the 34 products in parallel
+/// on the CPU, each whole on one thread (gemm's packing of the large factor included), with
+/// Candle's values and gradients bit for bit; Candle's `matmul` elsewhere.
+fn bmm(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    Ok(aue_kernels::batched_matmul(lhs, rhs).map_err(candle_core::Error::from)?)
+}
+
+/// `relu(x + bias)` with one bias per group and channel: aue-kernels' one-pass op on the CPU
+/// (its bias gradient summed per group in parallel), Candle's values and gradients bit for bit.
+///
+/// # Shapes
+/// x [g, p, c], bias [g, c] -> [g, p, c]
+fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    Ok(aue_kernels::bias_relu(x, bias).map_err(candle_core::Error::from)?)
+}
+
+/// `x` with its last two dimensions swapped, copied in parallel both ways on the CPU (Candle's
+/// strided copy runs on one thread).
+fn transpose_copy(x: &Tensor) -> Result<Tensor> {
+    Ok(aue_kernels::transpose_copy(x).map_err(candle_core::Error::from)?)
+}
+
+/// `lhs x rhs^T` as [`bmm`] of `rhs`'s transposed view, but `rhs`'s gradient is computed in its
+/// own layout (`grad^T x lhs`): for `Crop_Net_2` the faster product, and no transposed copy of it
+/// (rounding may differ from Candle's `lhs^T x grad`; see aue-kernels' tests).
+fn bmm_nt(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    Ok(aue_kernels::batched_matmul_nt(lhs, rhs).map_err(candle_core::Error::from)?)
 }
 
 impl CropGrid {
@@ -248,7 +270,8 @@ impl CropGrid {
     }
 
     /// The im2col matrix of the crop convs: one `index_select` on the zero-padded channels-last
-    /// map (see the module doc).
+    /// map (see the module doc); aue-kernels' parallel one on the CPU, whose backward adds each
+    /// row's gradients in parallel in `index_add`'s order (Candle's values and gradient).
     ///
     /// # Shapes
     /// m [B, C, G, G] -> [34, B * L * L, 9 C], columns ordered (tap, channel)
@@ -264,8 +287,9 @@ impl CropGrid {
             .pad_with_zeros(1, h, h)?
             .pad_with_zeros(2, h, h)?;
         let rows = padded.reshape((b * gp * gp, c))?;
-        let ids = centres.im2col_rows(g, l, m.device())?;
-        Ok(rows.index_select(&ids, 0)?.reshape((NUM_CROPS, b * l * l, 9 * c))?)
+        let ids = centres.im2col_rows(g, l);
+        let cols = aue_kernels::index_select_rows(&rows, &ids).map_err(candle_core::Error::from)?;
+        Ok(cols.reshape((NUM_CROPS, b * l * l, 9 * c))?)
     }
 
     /// The crops' im2col for inference, transposed: one parallel gather from the NCHW map (no
@@ -289,7 +313,7 @@ impl CropGrid {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use candle_core::{Device, Var};
     use candle_nn::VarMap;
 
     fn loc_tensor(loc: &[i64], batch: usize) -> Tensor {

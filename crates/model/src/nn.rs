@@ -405,7 +405,13 @@ pub(crate) fn batch_norm_eval(
 ) -> Result<Tensor> {
     let scale = weight.broadcast_div(&(running_var + BN_EPS)?.sqrt()?)?;
     let shift = bias.broadcast_sub(&running_mean.broadcast_mul(&scale)?)?;
-    Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
+    if scale.elem_count() != x.dim(1)? {
+        // A group of layers (statistics per group and channel): Candle's broadcast ops.
+        return Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?);
+    }
+    // One parallel pass on the CPU without gradient (a frozen part), Candle's two broadcast ops
+    // otherwise; the same values either way.
+    Ok(aue_kernels::channel_affine(x, &scale, &shift).map_err(candle_core::Error::from)?)
 }
 
 /// PyTorch's running-statistics update: r <- (1 - m) r + m s, num_batches_tracked += 1. Works

@@ -1,0 +1,354 @@
+//! Batched matrix products whose batch is split across threads, with Candle's gradient, on the CPU.
+//!
+//! Candle's CPU `matmul` runs the products of a batch one after the other, each spread over the
+//! threads inside gemm. For the AU crop nets' products (34 of them: `[256, 36864] x [36864, 8]`
+//! forward, and the backward's), gemm first packs the large operand on the calling thread, so a
+//! stage-2 or stage-3 step read Crop_Net_2's 1.3 GB of weights on one thread while the others
+//! waited; Candle also fills each result with zeros on that thread before gemm overwrites it.
+//! [`batched_matmul`] runs each product of the batch whole on one thread (gemm without threads of
+//! its own) and the products in parallel, each writing its own block of the result.
+//!
+//! Each product is the gemm call Candle makes (same sizes and strides, so the same blocking of
+//! the sums), so values and gradients are Candle's bit for bit at any thread count. (One
+//! exception, which no caller here meets: Candle folds a batch whose right factor has batch
+//! stride 0 into one product, whose blocking may differ.) The backward is Candle's:
+//! `grad x rhs^T` and `lhs^T x grad`, through the same kernel.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::cpu::{Real, by_dtype, train_kernels_supported};
+use crate::error::{KernelError, Result};
+
+/// `lhs x rhs` for each of the batch's matrices, the batch split across threads on CPU f32 / f64
+/// tensors (any strides, transposed views included); Candle's `matmul` elsewhere.
+///
+/// # Shapes
+/// `lhs: [g, m, k]`, `rhs: [g, k, n]` -> `[g, m, n]`
+pub fn batched_matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    check("batched_matmul", lhs, rhs, false)?;
+    if !train_kernels_supported(lhs) || !lhs.device().same_device(rhs.device()) {
+        return Ok(lhs.matmul(rhs)?);
+    }
+    Ok(lhs.apply_op2(rhs, BatchedMatMul { rhs_t: false })?)
+}
+
+/// `lhs x rhs^T` for each of the batch's matrices, with `rhs` held as `[g, n, k]`: as
+/// [`batched_matmul`] of `rhs`'s transposed view, but its gradient comes out in `rhs`'s own
+/// layout, as the product `grad^T x lhs`, where Candle's transposed view would give
+/// `lhs^T x grad` (`[g, k, n]`) and then a strided copy of it on one thread. For the crop nets'
+/// `Crop_Net_2` (`lhs` the 34 weights `[256, 36864]`, `rhs` the crops' features `[8, 36864]`)
+/// that product is also the faster one (gemm packs the weights in slices, in parallel, instead
+/// of a column-major view of them). The input gradient's sums run in another blocking than
+/// Candle's, so they may round differently (see the tests).
+///
+/// # Shapes
+/// `lhs: [g, m, k]`, `rhs: [g, n, k]` -> `[g, m, n]`
+pub fn batched_matmul_nt(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    check("batched_matmul_nt", lhs, rhs, true)?;
+    if !train_kernels_supported(lhs) || !lhs.device().same_device(rhs.device()) {
+        return Ok(lhs.matmul(&rhs.transpose(1, 2)?)?);
+    }
+    Ok(lhs.apply_op2(rhs, BatchedMatMul { rhs_t: true })?)
+}
+
+/// Checks that `lhs` and `rhs` (transposed when `rhs_t`) can be multiplied.
+fn check(op: &'static str, lhs: &Tensor, rhs: &Tensor, rhs_t: bool) -> Result<()> {
+    let (g, _, k) = lhs.dims3()?;
+    let (g2, a, b) = rhs.dims3()?;
+    let k2 = if rhs_t { b } else { a };
+    if g != g2 || k != k2 || lhs.dtype() != rhs.dtype() {
+        return Err(KernelError::InvalidArgs {
+            op,
+            msg: format!("the factors do not fit ({:?} and {:?})", lhs.dtype(), rhs.dtype()),
+            input: lhs.shape().clone(),
+            weight: rhs.shape().clone(),
+            params: String::new(),
+        });
+    }
+    Ok(())
+}
+
+/// One operand of a product: the storage's elements and the view's layout `[g, rows, cols]`.
+#[derive(Clone, Copy)]
+struct Operand<'a, T> {
+    data: &'a [T],
+    start: usize,
+    /// Strides of the batch, row and column dimensions.
+    strides: [usize; 3],
+}
+
+impl<'a, T: Real> Operand<'a, T> {
+    /// The view `layout` of `data`; with `transposed`, its transpose (rows and columns swapped).
+    fn new(
+        data: &'a [T],
+        layout: &Layout,
+        what: &str,
+        transposed: bool,
+    ) -> candle_core::Result<Self> {
+        let dims = layout.dims();
+        let &[sg, sr, sc] = layout.stride() else {
+            candle_core::bail!("batched_matmul: the {what} is not 3-d")
+        };
+        // The last element the view reaches must lie in the storage (Candle's layouts do).
+        if !dims.contains(&0) {
+            let reach: usize = dims.iter().zip([sg, sr, sc]).map(|(&d, s)| (d - 1) * s).sum();
+            if layout.start_offset() + reach >= data.len() {
+                candle_core::bail!("batched_matmul: the {what}'s view leaves its storage")
+            }
+        }
+        let strides = if transposed { [sg, sc, sr] } else { [sg, sr, sc] };
+        Ok(Operand { data, start: layout.start_offset(), strides })
+    }
+
+    /// Pointer to matrix `i`'s first element.
+    fn matrix(&self, i: usize) -> *const T {
+        self.data[self.start + i * self.strides[0]..].as_ptr()
+    }
+}
+
+/// The products `lhs[i] x rhs[i]`, `[g, m, n]` row-major: in parallel over the batch when it has
+/// at least as many matrices as there are threads, else one after the other with gemm's threads.
+fn product<T: Real>(
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+    (g, m, k, n): (usize, usize, usize, usize),
+) -> Vec<T> {
+    let len = g * m * n;
+    if k == 0 || len == 0 {
+        // An empty sum: gemm would write nothing.
+        return vec![T::zero(); len];
+    }
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let run = |i: usize, dst: *mut T, parallelism: Parallelism| {
+        let (l, r) = (lhs.strides, rhs.strides);
+        // SAFETY: `dst` points to `m * n` writable elements (matrix `i` of `out`'s capacity);
+        // `Operand::new` checked that every element the views reach lies in their storage. With
+        // `read_dst` false and alpha 0, gemm writes every element of dst without reading it, so
+        // the uninitialised capacity is never read.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                1,
+                n as isize,
+                false,
+                lhs.matrix(i),
+                l[2] as isize,
+                l[1] as isize,
+                rhs.matrix(i),
+                r[2] as isize,
+                r[1] as isize,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    };
+    let threads = rayon::current_num_threads();
+    let spare = &mut out.spare_capacity_mut()[..len];
+    if threads > 1 && g >= threads {
+        spare.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| {
+            run(i, dst.as_mut_ptr().cast::<T>(), Parallelism::None);
+        });
+    } else {
+        let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        for (i, dst) in spare.chunks_mut(m * n).enumerate() {
+            run(i, dst.as_mut_ptr().cast::<T>(), parallelism);
+        }
+    }
+    // SAFETY: the products above wrote all `len` elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `lhs x rhs` of two CPU tensors, as a new tensor without a gradient graph.
+fn product_tensor<T: Real>(lhs: &Tensor, rhs: &Tensor) -> candle_core::Result<Tensor> {
+    let (g, m, k) = lhs.dims3()?;
+    let n = rhs.dim(2)?;
+    let (ls, ll) = lhs.storage_and_layout();
+    let (rs, rl) = rhs.storage_and_layout();
+    let (candle_core::Storage::Cpu(ls), candle_core::Storage::Cpu(rs)) = (&*ls, &*rs) else {
+        candle_core::bail!("batched_matmul: the factors are not CPU tensors")
+    };
+    let lhs_op = Operand::new(ls.as_slice::<T>()?, ll, "left factor", false)?;
+    let rhs_op = Operand::new(rs.as_slice::<T>()?, rl, "right factor", false)?;
+    let out = product(lhs_op, rhs_op, (g, m, k, n));
+    Tensor::from_vec(out, (g, m, n), lhs.device())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BatchedMatMul {
+    /// The right factor is held transposed (`[g, n, k]`).
+    rhs_t: bool,
+}
+
+impl BatchedMatMul {
+    fn fwd<T: Real>(
+        self,
+        (sa, la): (&CpuStorage, &Layout),
+        (sb, lb): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, m, k) = la.shape().dims3()?;
+        let n = lb.shape().dims()[if self.rhs_t { 1 } else { 2 }];
+        let lhs = Operand::new(sa.as_slice::<T>()?, la, "left factor", false)?;
+        let rhs = Operand::new(sb.as_slice::<T>()?, lb, "right factor", self.rhs_t)?;
+        let out = product(lhs, rhs, (g, m, k, n));
+        Ok((T::to_cpu_storage_owned(out), Shape::from((g, m, n))))
+    }
+}
+
+impl CustomOp2 for BatchedMatMul {
+    fn name(&self) -> &'static str {
+        "aue-batched-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sa: &CpuStorage,
+        la: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let args = ((sa, la), (sb, lb));
+        let (f32, f64) = (|| self.fwd::<f32>(args.0, args.1), || self.fwd::<f64>(args.0, args.1));
+        by_dtype(sa.dtype(), "batched_matmul", f32, f64)
+    }
+
+    fn bwd(
+        &self,
+        lhs: &Tensor,
+        rhs: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let prod = |a: &Tensor, b: &Tensor| {
+            by_dtype(
+                a.dtype(),
+                "batched_matmul",
+                || product_tensor::<f32>(a, b),
+                || product_tensor::<f64>(a, b),
+            )
+        };
+        let (grad_lhs, grad_rhs) = if self.rhs_t {
+            // y = lhs x rhs^T: d lhs = grad x rhs, d rhs = grad^T x lhs (in rhs's layout).
+            let gl = if lhs.track_op() { Some(prod(grad, rhs)?) } else { None };
+            let gr = if rhs.track_op() { Some(prod(&grad.t()?, lhs)?) } else { None };
+            (gl, gr)
+        } else {
+            // Candle's matmul backward, the same products through the same kernel.
+            let gl = if lhs.track_op() { Some(prod(grad, &rhs.t()?)?) } else { None };
+            let gr = if rhs.track_op() { Some(prod(&lhs.t()?, grad)?) } else { None };
+            (gl, gr)
+        };
+        Ok((grad_lhs, grad_rhs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_same_values, candle_grads, randn_var};
+    use candle_core::{DType, Device};
+
+    /// `[g, r, c]` as a contiguous variable, or as the transposed view of a `[g, c, r]` one.
+    fn factor(g: usize, r: usize, c: usize, transposed: bool, dtype: DType) -> candle_core::Var {
+        if transposed {
+            let v = randn_var(&[g, c, r], dtype);
+            candle_core::Var::from_tensor(&v.as_tensor().transpose(1, 2).unwrap()).unwrap()
+        } else {
+            randn_var(&[g, r, c], dtype)
+        }
+    }
+
+    /// Values and both gradients equal Candle's `matmul` bit for bit, in f32 and f64, for
+    /// contiguous and transposed factors, thin and square products, batches above and below the
+    /// thread count, and on one thread.
+    #[test]
+    fn equals_candle_matmul_bit_for_bit() {
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for dtype in [DType::F32, DType::F64] {
+            for (g, m, k, n) in [(5, 40, 300, 3), (3, 7, 50, 33), (1, 20, 9, 20), (6, 1, 5, 1)] {
+                for (tl, tr) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let what = format!("{dtype:?} [{g}, {m}, {k}] x [{g}, {k}, {n}] t {tl} {tr}");
+                    let a = factor(g, m, k, tl, dtype);
+                    let b = factor(g, k, n, tr, dtype);
+                    let coef = randn_var(&[g, m, n], dtype);
+                    let theirs = a.matmul(&b).unwrap();
+                    for single in [false, true] {
+                        let mine = if single {
+                            one.install(|| batched_matmul(&a, &b)).unwrap()
+                        } else {
+                            batched_matmul(&a, &b).unwrap()
+                        };
+                        assert_same_values(&mine, &theirs, &what);
+                        let (g1, g2) = candle_grads(&mine, &theirs, &coef, &[&a, &b]);
+                        assert_same_values(&g1[0], &g2[0], &format!("{what}: left gradient"));
+                        assert_same_values(&g1[1], &g2[1], &format!("{what}: right gradient"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Relative Frobenius distance of two tensors.
+    fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+        let f = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let (a, b) = (f(a), f(b));
+        let sq = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        (sq(&(&a - &b).unwrap()) / sq(&b)).sqrt()
+    }
+
+    /// `batched_matmul_nt` equals Candle's `lhs.matmul(rhs^T)` bit for bit, and so does the left
+    /// factor's gradient (the same products); the right factor's gradient, computed as
+    /// `grad^T x lhs` in another blocking, is within rounding of Candle's (relative error below
+    /// 1e-6 in f32, 1e-14 in f64), also with the crop nets' sizes of `Crop_Net_2` (k = 2304).
+    #[test]
+    fn nt_equals_candle_matmul_of_the_transposed_view() {
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for (dtype, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-14)] {
+            for (g, m, k, n) in [(5, 40, 300, 3), (3, 7, 50, 33), (1, 20, 9, 20), (4, 64, 2304, 2)]
+            {
+                let what = format!("{dtype:?} [{g}, {m}, {k}] x [{g}, {n}, {k}]^T");
+                let a = randn_var(&[g, m, k], dtype);
+                let b = randn_var(&[g, n, k], dtype);
+                let coef = randn_var(&[g, m, n], dtype);
+                let theirs = a.matmul(&b.transpose(1, 2).unwrap()).unwrap();
+                for single in [false, true] {
+                    let mine = if single {
+                        one.install(|| batched_matmul_nt(&a, &b)).unwrap()
+                    } else {
+                        batched_matmul_nt(&a, &b).unwrap()
+                    };
+                    assert_same_values(&mine, &theirs, &what);
+                    let (g1, g2) = candle_grads(&mine, &theirs, &coef, &[&a, &b]);
+                    assert_same_values(&g1[0], &g2[0], &format!("{what}: left gradient"));
+                    assert_eq!(g1[1].dims(), g2[1].dims());
+                    let e = rel_err(&g1[1], &g2[1]);
+                    assert!(e <= tol, "{what}: right gradient, relative error {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_sums_are_zero_and_mismatches_are_errors() {
+        let a = Tensor::zeros((2, 3, 0), DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros((2, 0, 4), DType::F32, &Device::Cpu).unwrap();
+        let y = batched_matmul(&a, &b).unwrap();
+        assert_eq!(y.dims(), [2, 3, 4]);
+        assert_eq!(y.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let c = Tensor::zeros((2, 5, 4), DType::F32, &Device::Cpu).unwrap();
+        let err = batched_matmul(&a, &c).unwrap_err().to_string();
+        assert!(err.contains("batched_matmul") && err.contains("do not fit"), "{err}");
+        let err = batched_matmul_nt(&c, &c.transpose(1, 2).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("batched_matmul_nt") && err.contains("do not fit"), "{err}");
+    }
+}
