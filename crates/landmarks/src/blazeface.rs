@@ -124,7 +124,10 @@ pub struct Detection {
 /// The BlazeFace back-camera network with its weights and anchors.
 pub struct BlazeFace {
     stem: Layer,
+    /// Blocks 0-30, each with its residual connection.
     blocks: Vec<Block>,
+    /// Block 31: the stride-2 separable convolution to the 8 x 8 map, no residual.
+    last: Block,
     classifier_16: Layer,
     regressor_16: Layer,
     classifier_32: Layer,
@@ -154,9 +157,11 @@ impl EmbeddedNet for BlazeFace {
             });
             c_in = c_out;
         }
+        let last = blocks.pop().ok_or_else(|| LandmarkError::Invalid("no blocks".into()))?;
         let net = Self {
             stem,
             blocks,
+            last,
             classifier_16: Layer::load(&mut w, "classifier_16", [2, 96, 1, 1])?,
             regressor_16: Layer::load(&mut w, "regressor_16", [2 * VALUES, 96, 1, 1])?,
             classifier_32: Layer::load(&mut w, "classifier_32", [6, 96, 1, 1])?,
@@ -193,12 +198,11 @@ impl BlazeFace {
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let y = conv2d_same(x, &self.stem.weight, 2)?; // [b, 24, 128, 128]
         let mut x = bias_act(&y, &self.stem.bias, Activation::Relu)?;
-        let (last, residual) = self.blocks.split_last().expect("32 blocks");
-        for block in residual {
+        for block in &self.blocks {
             x = block.residual(&x)?;
         }
         let map_16 = x; // [b, 96, 16, 16]
-        let map_8 = last.branch(&map_16, Activation::Relu)?; // [b, 96, 8, 8]
+        let map_8 = self.last.branch(&map_16, Activation::Relu)?; // [b, 96, 8, 8]
         let b = map_16.dim(0).op("blazeface: batch")?;
         // NHWC order, as TFLite's reshape of its NHWC outputs: (cell row, cell column, anchor).
         let nhwc = |t: Tensor, values: usize| -> Result<Tensor> {

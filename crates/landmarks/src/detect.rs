@@ -197,8 +197,10 @@ impl FaceDetector {
                         .into_iter()
                         .filter(|f| !clashes(&found, &mtcnn_framing(f)))
                         .collect();
-                    let confirmed = confirm(ssd, image, new, MTCNN_CONFIRM_CROP)?;
-                    found = merge(found, confirmed.iter().map(|(f, _)| mtcnn_framing(f)).collect());
+                    let keep = confirm(ssd, image, &new, MTCNN_CONFIRM_CROP)?;
+                    let confirmed =
+                        new.iter().zip(keep).filter(|(_, k)| *k).map(|(f, _)| mtcnn_framing(f));
+                    found = merge(found, confirmed.collect());
                 }
                 let mut turned = Vec::new();
                 if let Some(blazeface) = blazeface {
@@ -221,10 +223,10 @@ impl FaceDetector {
                     }
                     // BlazeFace's faces the others did not find, kept if the SSD network finds
                     // them in a crop around them (alone, BlazeFace took a coffee cup for a face).
-                    let boxes = new.iter().map(|d| d.face).collect();
+                    let boxes: Vec<FaceBox> = new.iter().map(|d| d.face).collect();
+                    let keep = confirm(ssd, image, &boxes, BLAZEFACE_CONFIRM_CROP)?;
                     let mut extra = Vec::new();
-                    for (f, _) in confirm(ssd, image, boxes, BLAZEFACE_CONFIRM_CROP)? {
-                        let d = new.iter().find(|d| d.face == f).expect("confirm keeps its inputs");
+                    for d in new.iter().zip(keep).filter(|(_, k)| *k).map(|(d, _)| d) {
                         let framed = blazeface_framing(&d.face);
                         if yaw_offset(d) > TURNED_YAW_OFFSET {
                             turned.push(framed);
@@ -314,16 +316,13 @@ fn ssd_faces(
     // The faces only the tiles found, each once.
     let new: Vec<FaceBox> =
         merge(whole.clone(), extra).into_iter().filter(|f| !whole.contains(f)).collect();
-    let confirmed = confirm(det, image, new, CONFIRM_CROP)?;
-    Ok(merge(whole, confirmed.into_iter().map(|(f, _)| f).collect())
-        .iter()
-        .map(tiny_framing)
-        .collect())
+    let keep = confirm(det, image, &new, CONFIRM_CROP)?;
+    let confirmed = new.into_iter().zip(keep).filter_map(|(f, k)| k.then_some(f)).collect();
+    Ok(merge(whole, confirmed).iter().map(tiny_framing).collect())
 }
 
-/// Keeps the faces that the SSD network finds again in a square crop `crop` times their side,
-/// centred on them (one batch), with a score of at least [`CONFIRM_MIN_SCORE`]; each with the
-/// best such SSD box, in image pixels (not re-framed).
+/// Whether the SSD network finds each face again in a square crop `crop` times its side, centred
+/// on it (one batch), with a score of at least [`CONFIRM_MIN_SCORE`].
 ///
 /// Four more passes over parts of the image give four more chances to see a face in texture: on a
 /// 2223 x 1500 photo of a motorcycle in a garage (scikit-image's `motorcycle_left.png` upscaled 3x)
@@ -334,16 +333,16 @@ fn ssd_faces(
 fn confirm(
     det: &SsdMobilenetV1,
     image: &RgbImage,
-    faces: Vec<FaceBox>,
+    faces: &[FaceBox],
     crop: f32,
-) -> Result<Vec<(FaceBox, FaceBox)>> {
+) -> Result<Vec<bool>> {
     if faces.is_empty() {
         return Ok(Vec::new());
     }
     let (w, h) = (image.width() as f32, image.height() as f32);
     let mut crops = Vec::with_capacity(faces.len());
     let mut corners = Vec::with_capacity(faces.len());
-    for f in &faces {
+    for f in faces {
         let half = crop * f.width().max(f.height()) / 2.0;
         let [cx, cy] = f.centre();
         let (x0, y0) = ((cx - half).clamp(0.0, w - 1.0), (cy - half).clamp(0.0, h - 1.0));
@@ -357,13 +356,9 @@ fn confirm(
     let refs: Vec<&RgbImage> = crops.iter().collect();
     let again = det.detect_batch(&refs, CONFIRM_MIN_SCORE)?;
     Ok(faces
-        .into_iter()
+        .iter()
         .zip(again.iter().zip(&corners))
-        .filter_map(|(f, (seen, &(dx, dy)))| {
-            // `seen` is best first.
-            let g = seen.iter().map(|g| shifted(g, dx, dy)).find(|g| mutual_centres(g, &f))?;
-            Some((f, g))
-        })
+        .map(|(f, (seen, &(dx, dy)))| seen.iter().any(|g| mutual_centres(&shifted(g, dx, dy), f)))
         .collect())
 }
 
@@ -441,16 +436,12 @@ mod tests {
         // takeo.faces: the face at (32, 86)-(126, 172); the top-left corner holds only backdrop.
         let face = b(31.0, 58.0, 128.0, 164.0, 0.9);
         let wall = b(2.0, 2.0, 22.0, 22.0, 0.9);
-        let kept = confirm(&det, &img, vec![face, wall], CONFIRM_CROP).unwrap();
-        assert_eq!(kept.len(), 1);
-        assert_eq!(kept[0].0, face);
-        // With the SSD network's own box for it, holding the face's centre.
-        assert!(mutual_centres(&kept[0].1, &face), "{:?}", kept[0].1);
+        assert_eq!(confirm(&det, &img, &[face, wall], CONFIRM_CROP).unwrap(), [true, false]);
         // The same face painted over is not confirmed.
         for p in img.pixels_mut() {
             *p = image::Rgb([90, 90, 90]);
         }
-        assert!(confirm(&det, &img, vec![face], CONFIRM_CROP).unwrap().is_empty());
+        assert_eq!(confirm(&det, &img, &[face], CONFIRM_CROP).unwrap(), [false]);
     }
 
     #[test]

@@ -131,12 +131,9 @@ impl Landmarker {
                 let mut disagreement = self.flip_disagreement(&pairs)?.into_iter();
                 let mut faces = Vec::with_capacity(found.len());
                 for f in found {
-                    if !f.flip_check {
-                        faces.push(f.face);
-                        continue;
-                    }
-                    let d = disagreement.next().expect("one value per checked face");
-                    if d <= FLIP_MAX_DISAGREEMENT {
+                    // One value per checked face, in order; none for an exempt one.
+                    let d = if f.flip_check { disagreement.next() } else { None };
+                    if d.is_none_or(|d| d <= FLIP_MAX_DISAGREEMENT) {
                         faces.push(f.face);
                     } else {
                         tracing::debug!(face = ?f.face, disagreement = d, "not a face: flip check");
