@@ -339,9 +339,17 @@ impl Im2Col {
                 let out_row = &mut out[oy * ow + x_lo..oy * ow + x_hi];
                 if step == 1 {
                     out_row.copy_from_slice(&src[row..row + out_row.len()]);
+                } else if step == 2 {
+                    // Pairs without bounds checks, so that the loop vectorises (stride-2 stems
+                    // and downsampling convolutions).
+                    let n = out_row.len();
+                    let pairs = src[row..row + 2 * n - 1].chunks(2);
+                    for (o, pair) in out_row.iter_mut().zip(pairs) {
+                        *o = pair[0];
+                    }
                 } else {
-                    for (j, o) in out_row.iter_mut().enumerate() {
-                        *o = src[row + j * step];
+                    for (o, &v) in out_row.iter_mut().zip(src[row..].iter().step_by(step)) {
+                        *o = v;
                     }
                 }
             }
