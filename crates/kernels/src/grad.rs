@@ -33,15 +33,24 @@ use candle_core::{DType, Tensor};
 
 use crate::im2col::{self, Window};
 use crate::params::ConvParams;
+use crate::shifted::{self, Pass};
+use crate::winograd;
 
 /// Which forward convolution the functions of this module are built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
-    /// `Im2col` on the CPU for f32, f64 and f16; `Candle` otherwise.
+    /// On the CPU `Shifted` for stride-1 convolutions with few spare output columns (f32, f64;
+    /// `shifted.rs` says which), else `Im2col` (f32, f64, f16); `Candle` elsewhere.
     #[default]
     Auto,
     /// This crate's im2col / col2im + one gemm per chunk of images (CPU only).
     Im2col,
+    /// Stride 1 on CPU f32 / f64: one gemm per tap on a shifted view of the zero-padded input,
+    /// no column matrix (`shifted.rs`); other convolutions as `Im2col`.
+    Shifted,
+    /// 3x3 stride-1 convolutions (padding <= 2, dilation 1) on CPU f32 / f64 by Winograd's
+    /// F(2x2, 3x3) (`winograd.rs`), forward and input gradient; other convolutions as `Auto`.
+    Winograd,
     /// Candle's `conv2d` with tensor-level windowing around it (every device).
     Candle,
 }
@@ -51,6 +60,7 @@ impl Engine {
     fn resolve(self, t: &Tensor) -> Engine {
         match self {
             Engine::Auto if im2col_supports(t) => Engine::Im2col,
+            Engine::Shifted | Engine::Winograd if !im2col_supports(t) => Engine::Candle,
             Engine::Auto => Engine::Candle,
             other => other,
         }
@@ -72,6 +82,10 @@ pub enum WeightGradAlgo {
     /// This crate's CPU im2col into a `[c_in*kh*kw, b*oh*ow]` matrix, then one
     /// `[c_out, b*oh*ow] x [b*oh*ow, c_in*kh*kw]` gemm. CPU only.
     Im2col,
+    /// Stride 1 on CPU f32 / f64: per tap, one gemm of the output gradient with a shifted view
+    /// of the zero-padded input (`shifted.rs`), no column matrix; `Auto` otherwise. `Auto` takes
+    /// it on the CPU for 1x1 kernels over at least 1024 pixels per image.
+    Shifted,
     /// The same product with the im2col done by tensor operations (a strided `unfold` view of
     /// the padded input, copied once): works on every device. Dilation 1 only (else `Conv`).
     Unfold,
@@ -112,8 +126,21 @@ pub(crate) fn forward_view(
     };
     let full = (size(h, kh)?, size(wd, kw)?);
     let out = out.unwrap_or(full);
+    let resolved = engine.resolve(x);
+    let winograd = engine == Engine::Winograd || (engine == Engine::Auto && winograd::enabled());
+    if winograd && out == full && winograd::supports(x, (kh, kw), p) {
+        return winograd::conv(x, w, p);
+    }
+    let engine = if resolved == Engine::Winograd { Engine::Auto } else { engine };
     match engine.resolve(x) {
-        Engine::Im2col => im2col::conv(x, w, Window::of_conv(p, out), im2col::COLUMN_BUDGET),
+        Engine::Im2col | Engine::Shifted
+            if shifted::applies(x, p, (h, wd), out, Pass::Data, engine) =>
+        {
+            shifted::conv(x, w, p, out)
+        }
+        Engine::Im2col | Engine::Shifted => {
+            im2col::conv(x, w, Window::of_conv(p, out), im2col::COLUMN_BUDGET)
+        }
         _ => {
             let y = x.conv2d(w, p.padding, p.stride, p.dilation, 1)?;
             if out == full { Ok(y) } else { y.narrow(2, 0, out.0)?.narrow(3, 0, out.1) }
@@ -223,7 +250,21 @@ pub fn conv2d_input_grad(
     let (b, _, oh, ow) = grad.dims4()?;
     let (_, c_in, kh, kw) = w.dims4()?;
     let (h, wd) = input_hw;
-    if engine.resolve(grad) == Engine::Im2col {
+    let resolved = engine.resolve(grad);
+    let winograd = engine == Engine::Winograd || (engine == Engine::Auto && winograd::enabled());
+    // (With stride 1 the input size is the output size plus 2 - 2p; checked all the same.)
+    let fits = (h + 2 * p.padding, wd + 2 * p.padding) == (oh + 2, ow + 2);
+    if winograd && fits && winograd::supports(grad, (kh, kw), p) {
+        return winograd::input_grad(grad, w, p);
+    }
+    let (engine, resolved) = match resolved {
+        Engine::Winograd => (Engine::Auto, Engine::Auto.resolve(grad)),
+        other => (engine, other),
+    };
+    if matches!(resolved, Engine::Im2col | Engine::Shifted) {
+        if shifted::applies(grad, p, input_hw, (oh, ow), Pass::Data, engine) {
+            return shifted::conv_input_grad(grad, w, p, input_hw);
+        }
         let win = Window::of_conv(p, (oh, ow));
         return im2col::input_grad(grad, w, win, input_hw, im2col::COLUMN_BUDGET);
     }
@@ -298,17 +339,35 @@ pub fn conv2d_weight_grad(
     algo: WeightGradAlgo,
 ) -> candle_core::Result<Tensor> {
     let (kh, kw) = kernel_hw;
+    let (_, _, h, wd) = x.dims4()?;
+    let (_, _, oh, ow) = grad.dims4()?;
+    let applies = |engine| {
+        let pass = Pass::Weight { kernel: kernel_hw };
+        shifted::applies(x, p, (h, wd), (oh, ow), pass, engine)
+    };
     let algo = match algo {
-        WeightGradAlgo::Auto if im2col_supports(x) => WeightGradAlgo::Im2col,
+        WeightGradAlgo::Auto if applies(Engine::Auto) => WeightGradAlgo::Shifted,
+        WeightGradAlgo::Shifted if applies(Engine::Shifted) => WeightGradAlgo::Shifted,
+        WeightGradAlgo::Auto | WeightGradAlgo::Shifted if im2col_supports(x) => {
+            WeightGradAlgo::Im2col
+        }
         // Candle's CPU matmul has no bf16, its CPU conv2d has.
-        WeightGradAlgo::Auto if x.device().is_cpu() => WeightGradAlgo::Conv,
-        WeightGradAlgo::Auto | WeightGradAlgo::Unfold if p.dilation == 1 => WeightGradAlgo::Unfold,
-        WeightGradAlgo::Auto | WeightGradAlgo::Unfold => WeightGradAlgo::Conv,
+        WeightGradAlgo::Auto | WeightGradAlgo::Shifted if x.device().is_cpu() => {
+            WeightGradAlgo::Conv
+        }
+        WeightGradAlgo::Auto | WeightGradAlgo::Shifted | WeightGradAlgo::Unfold
+            if p.dilation == 1 =>
+        {
+            WeightGradAlgo::Unfold
+        }
+        WeightGradAlgo::Auto | WeightGradAlgo::Shifted | WeightGradAlgo::Unfold => {
+            WeightGradAlgo::Conv
+        }
         other => other,
     };
     match algo {
+        WeightGradAlgo::Shifted => shifted::conv_weight_grad(x, grad, p, kernel_hw),
         WeightGradAlgo::Im2col => {
-            let (_, _, oh, ow) = grad.dims4()?;
             let win = Window::of_conv(p, (oh, ow));
             im2col::weight_grad(x, grad, kernel_hw, win, im2col::COLUMN_BUDGET)
         }

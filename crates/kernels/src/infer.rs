@@ -20,9 +20,12 @@ use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
+use crate::grad::Engine;
 use crate::im2col::{self, Window};
 use crate::params::ConvParams;
 use crate::pool::{Pool, PoolWindow};
+use crate::shifted::{self, Pass};
+use crate::winograd;
 
 /// Elements per rayon task, at least (short planes are grouped).
 const MIN_TASK: usize = 4096;
@@ -276,8 +279,22 @@ pub fn conv2d_bias_act(
         origin: (origin, origin),
         out: (oh, ow),
     };
-    let cm = im2col::conv_channel_major(&x, &w, win, im2col::COLUMN_BUDGET)?; // [c_out, b, oh, ow]
     let plane = oh * ow;
+    let input = (x.dim(2)?, x.dim(3)?);
+    let winograd = winograd::enabled() && winograd::supports(&x, (w.dim(2)?, w.dim(3)?), params);
+    if winograd || shifted::applies(&x, params, input, (oh, ow), Pass::Data, Engine::Auto) {
+        let y = if winograd {
+            winograd::conv(&x, &w, params)?
+        } else {
+            shifted::conv(&x, &w, params, (oh, ow))?
+        }; // [b, c_out, oh, ow]
+        let out = with_f32(&y, |src| {
+            ep.run(&dims, 1, |n, co| &src[(n * c_out + co) * plane..(n * c_out + co + 1) * plane])
+        });
+        return out
+            .ok_or_else(|| invalid("conv2d_bias_act", &y, "result is not CPU f32".into()))?;
+    }
+    let cm = im2col::conv_channel_major(&x, &w, win, im2col::COLUMN_BUDGET)?; // [c_out, b, oh, ow]
     let y = with_f32(&cm, |src| {
         ep.run(&dims, 1, |n, co| &src[(co * b + n) * plane..(co * b + n + 1) * plane])
     });
@@ -462,18 +479,25 @@ mod tests {
     /// with and without residual, strided and padded.
     #[test]
     fn conv_epilogue_matches_ops() {
-        let x = randn(&[3, 4, 9, 8]);
-        let w = randn(&[5, 4, 3, 3]);
         let bias = randn(&[5]);
-        let p = ConvParams { stride: 2, padding: 1, dilation: 1 };
-        let plain = crate::conv2d(&x, &w, p).unwrap();
-        let res = randn(plain.dims());
-        for act in [Act::Identity, Act::Relu, Act::Tanh, Act::Sigmoid] {
-            for residual in [None, Some(&res)] {
-                let ep = Epilogue { bias: Some(&bias), residual, act };
-                let got = conv2d_bias_act(&x, &w, p, ep).unwrap();
-                let expect = ep.apply_ops(&plain, 1).unwrap();
-                assert!(max_diff(&got, &expect) < 1e-5, "{act:?} residual {}", residual.is_some());
+        // Strided (im2col), 3x3 stride 1 (Winograd, unless switched off), 1x1 stride 1 (shifted
+        // views).
+        for (x_dims, k, stride, padding) in
+            [([3, 4, 9, 8], 3, 2, 1), ([3, 4, 6, 21], 3, 1, 1), ([2, 4, 5, 7], 1, 1, 0)]
+        {
+            let x = randn(&x_dims);
+            let w = randn(&[5, 4, k, k]);
+            let p = ConvParams { stride, padding, dilation: 1 };
+            let plain = x.conv2d(&w, padding, stride, 1, 1).unwrap();
+            let res = randn(plain.dims());
+            for act in [Act::Identity, Act::Relu, Act::Tanh, Act::Sigmoid] {
+                for residual in [None, Some(&res)] {
+                    let ep = Epilogue { bias: Some(&bias), residual, act };
+                    let got = conv2d_bias_act(&x, &w, p, ep).unwrap();
+                    let expect = ep.apply_ops(&plain, 1).unwrap();
+                    let what = format!("{x_dims:?} k {k} {act:?} residual {}", residual.is_some());
+                    assert!(max_diff(&got, &expect) < 1e-5, "{what}");
+                }
             }
         }
         // A linear layer's output [b, out] with the channel last.

@@ -39,9 +39,11 @@ mod op;
 mod params;
 mod pool;
 mod relu;
+mod shifted;
 #[cfg(test)]
 mod testing;
 mod transpose;
+mod winograd;
 
 pub use batch_norm::{batch_norm_supported, batch_norm_train, channel_affine};
 pub use cpu::train_kernels_supported;
@@ -54,3 +56,4 @@ pub use params::{ConvParams, ConvTransposeParams};
 pub use pool::{PoolWindow, max_pool2d_train, max_pool2d_train_ops};
 pub use relu::{add_relu, bias_relu, relu};
 pub use transpose::transpose_copy;
+pub use winograd::set_winograd;

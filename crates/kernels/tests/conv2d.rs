@@ -153,6 +153,11 @@ fn forward_matches_candles_conv2d() {
             let tol = if dtype == DType::F64 { 1e-14 } else { 1e-6 };
             let e = rel_err(&vals(&ours), &vals(&theirs));
             assert!(e < tol, "{case:?} {dtype:?}: {e:e}");
+            for engine in [Engine::Im2col, Engine::Shifted, Engine::Winograd] {
+                let y = conv2d_forward(&x, &w, p, engine).expect("forward");
+                let e = rel_err(&vals(&y), &vals(&theirs));
+                assert!(e < tol, "{case:?} {dtype:?} {engine:?}: {e:e}");
+            }
             // The Candle engine is Candle's conv2d itself.
             let same = conv2d_forward(&x, &w, p, Engine::Candle).expect("candle engine");
             assert_eq!(vals(&same), vals(&theirs), "{case:?} {dtype:?}");
@@ -274,19 +279,58 @@ fn every_engine_and_weight_gradient_algorithm_matches_the_definition() {
         let (x, w, g) = case.data(500 + i as u64);
         let (_, gx_ref, gw_ref) = conv_ref(&x, &w, Some(&g), case.geo());
         let (x, w, g) = (x.to_tensor(DType::F64), w.to_tensor(DType::F64), g.to_tensor(DType::F64));
-        for engine in [Engine::Im2col, Engine::Candle] {
+        for engine in [Engine::Im2col, Engine::Shifted, Engine::Winograd, Engine::Candle] {
             let gx = conv2d_input_grad(&g, &w, case.p, case.hw, engine).expect("input grad");
             assert_eq!(gx.dims(), x.dims(), "{case:?}");
             let e = rel_err(&vals(&gx), &gx_ref.v);
             assert!(e < 1e-12, "{case:?} {engine:?}: {e:e}");
         }
         let kernel = (case.k, case.k);
-        for algo in [WeightGradAlgo::Im2col, WeightGradAlgo::Unfold, WeightGradAlgo::Conv] {
+        for algo in [
+            WeightGradAlgo::Im2col,
+            WeightGradAlgo::Shifted,
+            WeightGradAlgo::Unfold,
+            WeightGradAlgo::Conv,
+        ] {
             let gw = conv2d_weight_grad(&x, &g, case.p, kernel, algo).expect("weight grad");
             assert_eq!(gw.dims(), w.dims(), "{case:?}");
             let e = rel_err(&vals(&gw), &gw_ref.v);
             assert!(e < 1e-12, "{case:?} {algo:?}: {e:e}");
         }
+    }
+}
+
+#[test]
+fn shifted_views_and_winograd_on_one_thread_and_on_more_threads_than_images() {
+    // The shifted-view and Winograd paths split their work by thread count (images in parallel,
+    // or gemm's own threads when there are fewer images than threads; the weight gradient's taps
+    // and channel blocks in parallel): each way gives the definition's values. Stride 1 only
+    // (else im2col); Winograd 3x3 with padding <= 2 only (else the Auto engine).
+    let mut cases: Vec<Case> = all_cases().into_iter().filter(|c| c.p.stride == 1).collect();
+    cases.push(Case::new((9, 11), 3, 1, 2, 2));
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        pool.install(|| {
+            for (i, case) in cases.iter().enumerate() {
+                let (x, w, g) = case.data(700 + i as u64);
+                let (y_ref, gx_ref, gw_ref) = conv_ref(&x, &w, Some(&g), case.geo());
+                let (x, w, g) =
+                    (x.to_tensor(DType::F64), w.to_tensor(DType::F64), g.to_tensor(DType::F64));
+                let kernel = (case.k, case.k);
+                let gw = conv2d_weight_grad(&x, &g, case.p, kernel, WeightGradAlgo::Shifted)
+                    .expect("gw");
+                let e = rel_err(&vals(&gw), &gw_ref.v);
+                assert!(e < 1e-12, "{threads} threads, {case:?}: gw {e:e}");
+                for engine in [Engine::Shifted, Engine::Winograd] {
+                    let y = conv2d_forward(&x, &w, case.p, engine).expect("forward");
+                    let gx = conv2d_input_grad(&g, &w, case.p, case.hw, engine).expect("gx");
+                    for (name, ours, want) in [("y", &y, &y_ref.v), ("gx", &gx, &gx_ref.v)] {
+                        let e = rel_err(&vals(ours), want);
+                        assert!(e < 1e-12, "{threads} threads, {engine:?}, {case:?}: {name} {e:e}");
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -1,0 +1,535 @@
+//! 3x3 stride-1 convolutions on the CPU by Winograd's minimal filtering F(2x2, 3x3) (Lavin and
+//! Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): each 2x2 block of outputs
+//! comes from a 4x4 block of inputs with 16 multiplications per input and output channel pair
+//! instead of 36, so the products shrink by 2.25x for the price of two cheap linear transforms.
+//!
+//! With the filter transformed once, `U = G g G^T` (4x4 per channel pair), and each 4x4 input
+//! tile `d` (tiles overlap by 2, zero outside the input) transformed as `V = B^T d B`, the 16
+//! positions `k` of the tiles are 16 independent products over the channels,
+//! `M_k [c_out, tiles] = U_k [c_out, c_in] x V_k [c_in, tiles]` (one gemm each), and each output
+//! block is `A^T M A`:
+//!
+//! ```text
+//! B^T = [1  0 -1  0]    G = [1    0    0 ]    A^T = [1  1  1  0]
+//!       [0  1  1  0]        [1/2  1/2  1/2]          [0  1 -1 -1]
+//!       [0 -1  1  0]        [1/2 -1/2  1/2]
+//!       [0  1  0 -1]        [0    0    1 ]
+//! ```
+//!
+//! No crate offers this for Candle tensors (Candle convolves by im2col), hence the hand-written
+//! transforms; the products are `gemm`'s, as elsewhere in this crate. The result equals the
+//! direct convolution up to rounding: the transforms add and halve, so f32 results differ from
+//! the direct sums by a few units in the last place more than another summation order would
+//! (the tests hold it to the definition with the same bounds as im2col in f64 and 1e-5 in f32).
+//!
+//! The input gradient of a 3x3 stride-1 convolution with padding `p <= 2` is itself one: the
+//! output gradient convolved with the flipped, transposed kernel and padding `2 - p`.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::Tensor;
+use gemm::Parallelism;
+
+use rayon::prelude::*;
+
+use crate::cpu::{Real, by_dtype, par_chunks_zeroed, train_kernels_supported, with_cpu_slices};
+use crate::params::ConvParams;
+
+/// Output tile side (F(2x2, 3x3)).
+const M: usize = 2;
+/// Input tile side.
+const A: usize = 4;
+/// Positions per tile.
+const K: usize = A * A;
+
+/// Tiles per product, at least (images are grouped until their tiles reach it): fewer columns
+/// make the 16 products too narrow for gemm's blocking (7 x 7 maps have 16 tiles per image).
+const MIN_COLUMNS: usize = 256;
+
+/// Whether `Engine::Auto` takes Winograd's algorithm where it applies: unset (read from the
+/// environment on first use), on or off (see [`set_winograd`]).
+static STATE: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
+
+/// Whether `Engine::Auto` convolves 3x3 stride-1 kernels on the CPU by Winograd's F(2x2, 3x3)
+/// (the default) or directly (shifted views or im2col, as every other convolution): the results
+/// agree up to rounding, Winograd's rounding a little larger in f32 (see the module doc).
+/// Process-wide; without a call, the environment variable `AUE_CONV` decides (`direct`: off;
+/// unset, `auto` or `winograd`: on). `Engine::Winograd` asks for it whatever this says.
+pub fn set_winograd(enabled: bool) {
+    STATE.store(if enabled { ON } else { OFF }, Ordering::Relaxed);
+}
+
+/// See [`set_winograd`].
+pub(crate) fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let on = match std::env::var("AUE_CONV") {
+                Err(_) => true,
+                Ok(v) => match v.as_str() {
+                    "" | "auto" | "winograd" => true,
+                    "direct" => false,
+                    other => {
+                        tracing::warn!(
+                            "AUE_CONV={other:?} is not one of auto, winograd, direct: using auto"
+                        );
+                        true
+                    }
+                },
+            };
+            // A concurrent set_winograd wins over the environment.
+            let _ = STATE.compare_exchange(
+                UNSET,
+                if on { ON } else { OFF },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            STATE.load(Ordering::Relaxed) == ON
+        }
+    }
+}
+
+/// Whether [`conv`] computes `conv2d(x, w, p)` for a `kernel`-sized kernel on tensors like `t`:
+/// CPU f32 / f64, 3x3, stride 1, dilation 1, padding at most 2.
+pub(crate) fn supports(t: &Tensor, kernel: (usize, usize), p: ConvParams) -> bool {
+    kernel == (3, 3)
+        && p.stride == 1
+        && p.dilation == 1
+        && p.padding <= 2
+        && train_kernels_supported(t)
+}
+
+/// One convolution's sizes.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    b: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    /// Tiles per image: rows, columns.
+    fn tiles(&self) -> (usize, usize) {
+        (self.oh.div_ceil(M), self.ow.div_ceil(M))
+    }
+
+    /// Images per group of products (see [`MIN_COLUMNS`]).
+    fn group(&self) -> usize {
+        let (th, tw) = self.tiles();
+        MIN_COLUMNS.div_ceil((th * tw).max(1)).clamp(1, self.b.max(1))
+    }
+}
+
+/// `U = G g G^T` for every channel pair of `w` (`[c_out, c_in, 3, 3]`), stored `[16, c_out,
+/// c_in]`; with `flip`, of the flipped, transposed kernel (`w'[ci, co] = w[co, ci]` rotated by
+/// 180 degrees, stored `[16, c_in, c_out]`: the input gradient's kernel).
+///
+/// Row by row of the result (`co`, or `ci` when flipped): its nine taps are first gathered into
+/// nine contiguous runs, so that the transform is element-wise over runs (it vectorises).
+fn filter_transform<T: Real>(w: &[T], c_out: usize, c_in: usize, flip: bool) -> Vec<T> {
+    let half = T::from_f64(0.5);
+    let pairs = c_out * c_in;
+    let (rows, inner) = if flip { (c_in, c_out) } else { (c_out, c_in) };
+    let mut u = vec![T::zero(); K * pairs];
+    let mut taps = vec![T::zero(); 9 * inner];
+    // G g, row by row of G: [4][3 columns][inner].
+    let mut gg = vec![T::zero(); A * 3 * inner];
+    for a in 0..rows {
+        for b in 0..inner {
+            let (co, ci) = if flip { (b, a) } else { (a, b) };
+            let src = &w[(co * c_in + ci) * 9..][..9];
+            for t in 0..9 {
+                // Flipped: tap (r, c) of w' is tap (2 - r, 2 - c) of w.
+                taps[t * inner + b] = if flip { src[8 - t] } else { src[t] };
+            }
+        }
+        let tap = |r: usize, c: usize| &taps[(r * 3 + c) * inner..(r * 3 + c + 1) * inner];
+        for c in 0..3 {
+            let (g0, g1, g2) = (tap(0, c), tap(1, c), tap(2, c));
+            let run = |r: usize| (r * 3 + c) * inner;
+            for j in 0..inner {
+                gg[run(0) + j] = g0[j];
+                gg[run(1) + j] = (g0[j] + g1[j] + g2[j]) * half;
+                gg[run(2) + j] = (g0[j] - g1[j] + g2[j]) * half;
+                gg[run(3) + j] = g2[j];
+            }
+        }
+        for r in 0..A {
+            let col = |c: usize| &gg[(r * 3 + c) * inner..(r * 3 + c + 1) * inner];
+            let (x, y, z) = (col(0), col(1), col(2));
+            let at = |k: usize| k * pairs + a * inner;
+            let (k0, k1, k2, k3) = (at(r * A), at(r * A + 1), at(r * A + 2), at(r * A + 3));
+            for j in 0..inner {
+                u[k0 + j] = x[j];
+                u[k1 + j] = (x[j] + y[j] + z[j]) * half;
+                u[k2 + j] = (x[j] - y[j] + z[j]) * half;
+                u[k3 + j] = z[j];
+            }
+        }
+    }
+    u
+}
+
+/// Scratch rows of the transforms, reused across channels.
+struct Scratch<T> {
+    /// Per input row of a tile row: its even and odd columns (`tw + 1` each).
+    even: Vec<T>,
+    odd: Vec<T>,
+    /// Input tile rows after the column transform `[row][column][tile]`, or the output's
+    /// `A^T M` `[row][column][tile]`.
+    rows: Vec<T>,
+    /// An output row's even and odd columns.
+    ye: Vec<T>,
+    yo: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new(tw: usize) -> Self {
+        let z = T::zero();
+        Self {
+            even: vec![z; A * (tw + 1)],
+            odd: vec![z; A * (tw + 1)],
+            rows: vec![z; A * A * tw],
+            ye: vec![z; tw],
+            yo: vec![z; tw],
+        }
+    }
+}
+
+/// `V = B^T d B` for every tile of one input plane (`h x w`, zero padding `pad`), tile row `ti`
+/// written to `dst(k)[ti*tw..(ti+1)*tw]` for each of the 16 positions `k`.
+///
+/// Written to vectorise across the tiles of a row: each of a tile row's four input rows is split
+/// into its even and odd columns (tile `j` reads columns `2j..2j+4`: even `j`, `j+1`, odd `j`,
+/// `j+1`), so every step below is an element-wise operation on contiguous runs of `tw` values.
+fn input_plane<'a, T: Real>(
+    plane: &[T],
+    (h, w): (usize, usize),
+    pad: usize,
+    (th, tw): (usize, usize),
+    s: &mut Scratch<T>,
+    mut dst: impl FnMut(usize) -> &'a mut [T],
+) {
+    let half = tw + 1;
+    for ti in 0..th {
+        for r in 0..A {
+            let e = &mut s.even[r * half..(r + 1) * half];
+            let o = &mut s.odd[r * half..(r + 1) * half];
+            e.fill(T::zero());
+            o.fill(T::zero());
+            let iy = (ti * M + r) as isize - pad as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+            // Tile-row column q (0 <= q < 2*tw + 2) is input column q - pad.
+            for (ix, &val) in src.iter().enumerate().take((2 * half).saturating_sub(pad)) {
+                let q = ix + pad;
+                if q.is_multiple_of(2) { e[q / 2] = val } else { o[q / 2] = val }
+            }
+        }
+        // d B per row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
+        for r in 0..A {
+            let e = &s.even[r * half..(r + 1) * half];
+            let o = &s.odd[r * half..(r + 1) * half];
+            let out = &mut s.rows[r * A * tw..(r + 1) * A * tw];
+            let (c0, rest) = out.split_at_mut(tw);
+            let (c1, rest) = rest.split_at_mut(tw);
+            let (c2, c3) = rest.split_at_mut(tw);
+            // Runs of exactly `tw` (so that the loop has no bounds checks and vectorises).
+            let (e0, e1, o0, o1) = (&e[..tw], &e[1..=tw], &o[..tw], &o[1..=tw]);
+            let (c0, c1, c2, c3) = (&mut c0[..tw], &mut c1[..tw], &mut c2[..tw], &mut c3[..tw]);
+            for j in 0..tw {
+                let (d0, d1, d2, d3) = (e0[j], o0[j], e1[j], o1[j]);
+                c0[j] = d0 - d2;
+                c1[j] = d1 + d2;
+                c2[j] = d2 - d1;
+                c3[j] = d1 - d3;
+            }
+        }
+        // B^T (d B): rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3), column by column.
+        for col in 0..A {
+            let row = |r: usize| &s.rows[(r * A + col) * tw..(r * A + col + 1) * tw];
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let run = |k: usize, dst: &mut dyn FnMut(usize) -> &'a mut [T]| -> &'a mut [T] {
+                &mut dst(k)[ti * tw..(ti + 1) * tw]
+            };
+            let (r0, r1, r2, r3) = (&r0[..tw], &r1[..tw], &r2[..tw], &r3[..tw]);
+            let out = &mut run(col, &mut dst)[..tw];
+            for j in 0..tw {
+                out[j] = r0[j] - r2[j];
+            }
+            let out = &mut run(A + col, &mut dst)[..tw];
+            for j in 0..tw {
+                out[j] = r1[j] + r2[j];
+            }
+            let out = &mut run(2 * A + col, &mut dst)[..tw];
+            for j in 0..tw {
+                out[j] = r2[j] - r1[j];
+            }
+            let out = &mut run(3 * A + col, &mut dst)[..tw];
+            for j in 0..tw {
+                out[j] = r1[j] - r3[j];
+            }
+        }
+    }
+}
+
+/// `Y = A^T M A` for every tile of one output plane (`oh x ow`, into `out`), from the 16
+/// positions' runs `m(k)` (`th * tw` tiles each). Vectorised across the tiles of a row like
+/// [`input_plane`].
+fn output_plane<'a, T: Real>(
+    m: impl Fn(usize) -> &'a [T],
+    (th, tw): (usize, usize),
+    out: &mut [T],
+    (oh, ow): (usize, usize),
+    s: &mut Scratch<T>,
+) {
+    for ti in 0..th {
+        let at = |k: usize| &m(k)[ti * tw..(ti + 1) * tw];
+        // A^T M: two rows of four columns, each a run over the tiles.
+        for col in 0..A {
+            let (a, b, cc, d) = (at(col), at(A + col), at(2 * A + col), at(3 * A + col));
+            let (a, b, cc, d) = (&a[..tw], &b[..tw], &cc[..tw], &d[..tw]);
+            let (s0, s1) = s.rows.split_at_mut(A * tw);
+            let s0 = &mut s0[col * tw..(col + 1) * tw];
+            let s1 = &mut s1[col * tw..(col + 1) * tw];
+            for j in 0..tw {
+                s0[j] = a[j] + b[j] + cc[j];
+                s1[j] = b[j] - cc[j] - d[j];
+            }
+        }
+        for r in 0..M {
+            let oy = ti * M + r;
+            if oy >= oh {
+                break;
+            }
+            let row = |col: usize| &s.rows[(r * A + col) * tw..(r * A + col + 1) * tw];
+            let (a, b, cc, d) = (&row(0)[..tw], &row(1)[..tw], &row(2)[..tw], &row(3)[..tw]);
+            let (ye, yo) = (&mut s.ye[..tw], &mut s.yo[..tw]);
+            for j in 0..tw {
+                ye[j] = a[j] + b[j] + cc[j];
+                yo[j] = b[j] - cc[j] - d[j];
+            }
+            let dst = &mut out[oy * ow..(oy + 1) * ow];
+            for (pair, (&e, &o)) in dst.chunks_mut(2).zip(s.ye.iter().zip(&s.yo)) {
+                pair[0] = e;
+                if let Some(second) = pair.get_mut(1) {
+                    *second = o;
+                }
+            }
+        }
+    }
+}
+
+/// `M_k = U_k x V_k` (`[c_out, c_in] x [c_in, cols]`) into `m` (`[c_out, cols]`).
+fn product<T: Real>(
+    (c_out, c_in, cols): (usize, usize, usize),
+    u_k: &[T],
+    v_k: &[T],
+    m_k: &mut [T],
+    parallelism: Parallelism,
+) {
+    debug_assert!(u_k.len() >= c_out * c_in && v_k.len() >= c_in * cols);
+    debug_assert!(m_k.len() >= c_out * cols);
+    // SAFETY: the three row-major matrices lie inside their slices (checked above in debug
+    // builds; the callers slice them to these sizes); dst is written without being read.
+    unsafe {
+        gemm::gemm(
+            c_out,
+            cols,
+            c_in,
+            m_k.as_mut_ptr(),
+            1,
+            cols as isize,
+            false,
+            u_k.as_ptr(),
+            1,
+            c_in as isize,
+            v_k.as_ptr(),
+            1,
+            cols as isize,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// A raw pointer shared by tasks that write disjoint elements through it.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+// SAFETY: the tasks of `convolve_phased` write disjoint runs (one image and channel each) and
+// nothing reads them until all are done.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// `len` elements from `at` on.
+    ///
+    /// # Safety
+    /// They must lie in the allocation, and no other live reference may touch them.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn run(&self, at: usize, len: usize) -> &mut [T] {
+        // SAFETY: as the caller promises.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
+
+/// The convolution of `x` (`[b, c_in, h, w]`) with the transformed filter `u` (`[16, c_out,
+/// c_in]`): `[b, c_out, oh, ow]`. On one thread, or with a thread per image on large maps, the
+/// images go in groups of at least [`MIN_COLUMNS`] tiles (transforms and products in the cache
+/// together); otherwise each phase runs in parallel over the whole batch.
+fn convolve<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
+    let threads = rayon::current_num_threads();
+    let (th, tw) = g.tiles();
+    let tiles = th * tw;
+    if threads > 1 && !(tiles >= MIN_COLUMNS && g.b >= threads) {
+        return convolve_phased(x, u, g);
+    }
+    let group = g.group();
+    let (image_in, image_out) = (g.c_in * g.h * g.w, g.c_out * g.oh * g.ow);
+    let run = |first: usize, y: &mut [T]| {
+        let n = y.len() / image_out;
+        let cols = n * tiles;
+        let mut s = Scratch::new(tw);
+        let mut v = vec![T::zero(); K * g.c_in * cols];
+        for i in 0..n {
+            let xi = &x[(first + i) * image_in..(first + i + 1) * image_in];
+            for (ch, plane) in xi.chunks_exact(g.h * g.w).enumerate() {
+                let v = SharedMut(v.as_mut_ptr());
+                let at = |k: usize| (k * g.c_in + ch) * cols + i * tiles;
+                // SAFETY: each k's run is inside `v` and read by nothing else meanwhile.
+                input_plane(plane, (g.h, g.w), g.pad, (th, tw), &mut s, |k| unsafe {
+                    v.run(at(k), tiles)
+                });
+            }
+        }
+        let mut m = vec![T::zero(); K * g.c_out * cols];
+        for (k, m_k) in m.chunks_exact_mut(g.c_out * cols).enumerate() {
+            let u_k = &u[k * g.c_out * g.c_in..(k + 1) * g.c_out * g.c_in];
+            let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
+            product((g.c_out, g.c_in, cols), u_k, v_k, m_k, Parallelism::None);
+        }
+        for (p, out) in y.chunks_exact_mut(g.oh * g.ow).enumerate() {
+            let (i, ch) = (p / g.c_out, p % g.c_out);
+            let m_run = |k: usize| &m[(k * g.c_out + ch) * cols + i * tiles..][..tiles];
+            output_plane(m_run, (th, tw), out, (g.oh, g.ow), &mut s);
+        }
+    };
+    if threads > 1 {
+        par_chunks_zeroed(g.b * image_out, group * image_out, |j, y| run(j * group, y))
+    } else {
+        let mut y = vec![T::zero(); g.b * image_out];
+        for (j, part) in y.chunks_mut(group * image_out).enumerate() {
+            run(j * group, part);
+        }
+        y
+    }
+}
+
+/// [`convolve`] with each phase in parallel over the whole batch: the input transform by
+/// (image, channel), the 16 products by position (each whole on one thread), the output
+/// transform by output plane.
+fn convolve_phased<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
+    let (th, tw) = g.tiles();
+    let tiles = th * tw;
+    let cols = g.b * tiles;
+    let plane_in = g.h * g.w;
+    let mut v = vec![T::zero(); K * g.c_in * cols];
+    let vp = SharedMut(v.as_mut_ptr());
+    x.par_chunks_exact(plane_in).enumerate().for_each_init(
+        || Scratch::new(tw),
+        |s, (p, plane)| {
+            let (i, ch) = (p / g.c_in, p % g.c_in);
+            let at = |k: usize| (k * g.c_in + ch) * cols + i * tiles;
+            // SAFETY: image i and channel ch own these runs of `v`.
+            input_plane(plane, (g.h, g.w), g.pad, (th, tw), s, |k| unsafe { vp.run(at(k), tiles) });
+        },
+    );
+    let mut m = vec![T::zero(); K * g.c_out * cols];
+    m.par_chunks_exact_mut(g.c_out * cols).enumerate().for_each(|(k, m_k)| {
+        let u_k = &u[k * g.c_out * g.c_in..(k + 1) * g.c_out * g.c_in];
+        let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
+        product((g.c_out, g.c_in, cols), u_k, v_k, m_k, Parallelism::None);
+    });
+    let mut y = vec![T::zero(); g.b * g.c_out * g.oh * g.ow];
+    y.par_chunks_exact_mut(g.oh * g.ow).enumerate().for_each_init(
+        || Scratch::new(tw),
+        |s, (p, out)| {
+            let (i, ch) = (p / g.c_out, p % g.c_out);
+            let m_run = |k: usize| &m[(k * g.c_out + ch) * cols + i * tiles..][..tiles];
+            output_plane(m_run, (th, tw), out, (g.oh, g.ow), s);
+        },
+    );
+    y
+}
+
+/// `conv2d(x, w, p)` for a 3x3 kernel, stride 1 (see [`supports`]): `[b, c_out, oh, ow]`.
+pub(crate) fn conv(x: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result<Tensor> {
+    let (b, c_in, h, wd) = x.dims4()?;
+    let c_out = w.dim(0)?;
+    let (oh, ow) = (h + 2 * p.padding - 2, wd + 2 * p.padding - 2);
+    let g = Geometry { b, c_in, c_out, h, w: wd, pad: p.padding, oh, ow };
+    run(x, w, &g, false, "conv2d")
+}
+
+/// The input gradient of `conv2d(x, w, p)` for the output gradient `grad` (3x3, stride 1,
+/// padding <= 2; see [`supports`]): `[b, c_in, h, w]`.
+pub(crate) fn input_grad(grad: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result<Tensor> {
+    let (b, c_out, oh, ow) = grad.dims4()?;
+    let c_in = w.dim(1)?;
+    let pad = 2 - p.padding;
+    let g = Geometry {
+        b,
+        c_in: c_out,
+        c_out: c_in,
+        h: oh,
+        w: ow,
+        pad,
+        oh: oh + 2 * pad - 2,
+        ow: ow + 2 * pad - 2,
+    };
+    run(grad, w, &g, true, "conv2d input gradient")
+}
+
+/// [`convolve`] on tensors: `x` is the input (or output gradient), `w` the `[c_out, c_in, 3, 3]`
+/// weight, flipped and transposed when `flip`.
+fn run(x: &Tensor, w: &Tensor, g: &Geometry, flip: bool, op: &str) -> candle_core::Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    if x.dtype() != w.dtype() {
+        candle_core::bail!("{op}: input is {:?}, weight {:?}", x.dtype(), w.dtype())
+    }
+    let (wo, wi) = (w.dim(0)?, w.dim(1)?);
+    let shape = (g.b, g.c_out, g.oh, g.ow);
+    let dev = x.device().clone();
+    let ts = [(&x, "input"), (&w, "weight")];
+    by_dtype(
+        x.dtype(),
+        op,
+        || {
+            let y = with_cpu_slices::<f32, _, 2>(op, ts, |[x, w]| {
+                convolve(x, &filter_transform(w, wo, wi, flip), g)
+            })?;
+            Tensor::from_vec(y, shape, &dev)
+        },
+        || {
+            let y = with_cpu_slices::<f64, _, 2>(op, ts, |[x, w]| {
+                convolve(x, &filter_transform(w, wo, wi, flip), g)
+            })?;
+            Tensor::from_vec(y, shape, &dev)
+        },
+    )
+}
