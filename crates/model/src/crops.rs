@@ -202,25 +202,69 @@ impl CropNets {
         centres: &CropCentres,
         mode: PartMode,
     ) -> Result<Tensor> {
-        let (b, c, _, _) = m.dims4()?;
-        let l = self.geom.side;
-        let cols = self.geom.im2col(m, centres)?; // [34, b * l * l, 9 c]
-        // Crop_Net_1: kernels [34, c_out, c_in, 3, 3] -> [34, ky, kx, c_in, c_out] -> [34, 9 c, c]
-        let w1 = mode.see(&self.conv_w).permute((0, 3, 4, 2, 1))?.reshape((NUM_CROPS, 9 * c, c))?;
-        let h1 = bias_relu(&bmm(&cols, &w1)?, &mode.see(&self.conv_b))?; // [34, b * l * l, c]
-        // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
-        let h1 = transpose_copy(&h1.reshape((NUM_CROPS * b, l * l, c))?)?; // [34 b, c, l * l]
-        let h1 = h1.reshape((NUM_CROPS, b, c * l * l))?;
-        // Crop_Net_2 as W [34, F, c l^2] x h1^T [34, c l^2, b]: the weight is the left factor in
-        // its own layout, so its gradient is one product in that layout (no transposed copy of
-        // the largest tensor of the model), and h1's gradient comes out in h1's layout.
-        let w2 = mode.see(&self.fc_w);
-        let b2 = mode.see(&self.fc_b).unsqueeze(2)?; // [34, F, 1]
-        let h2 = relu(&bmm_nt(&w2, &h1)?.broadcast_add(&b2)?)?; // [34, F, b]
-        let h2 = dropout(&h2, self.dropout, mode)?;
+        let rows = self.geom.padded_rows(m, centres)?;
+        let ids = centres.im2col_rows(self.geom.grid, self.geom.side);
+        let h2 = if mode.grad {
+            self.crops(&rows, &ids, m.dims4()?, 0..NUM_CROPS, mode)?
+        } else {
+            // Without a gradient the crops go a few at a time, so that the im2col matrix of all
+            // 34 (360 MB for resnet18 at batch 8, which backward passes need) never exists at
+            // once. Each crop's products are the same gemm calls: the same values.
+            let chunk = EVAL_CROPS.max(rayon::current_num_threads()).min(NUM_CROPS);
+            let parts = (0..NUM_CROPS)
+                .step_by(chunk)
+                .map(|k0| {
+                    let range = k0..(k0 + chunk).min(NUM_CROPS);
+                    self.crops(&rows, &ids, m.dims4()?, range, mode)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)?
+        };
         Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
     }
+
+    /// The crop nets `range` on their crops of the padded map `rows` (`CropGrid::padded_rows`)
+    /// at `ids` (all crops' im2col rows).
+    ///
+    /// # Shapes
+    /// -> [range.len(), F, B]
+    fn crops(
+        &self,
+        rows: &Tensor,
+        ids: &[u32],
+        (b, c, _, _): (usize, usize, usize, usize),
+        range: std::ops::Range<usize>,
+        mode: PartMode,
+    ) -> Result<Tensor> {
+        let l = self.geom.side;
+        let (k0, n) = (range.start, range.len());
+        let per_crop = b * l * l * 9;
+        let ids = &ids[k0 * per_crop..(k0 + n) * per_crop];
+        let cols = aue_kernels::index_select_rows(rows, ids).map_err(candle_core::Error::from)?;
+        let cols = cols.reshape((n, b * l * l, 9 * c))?;
+        let part = |t: &Tensor| -> Result<Tensor> {
+            let t = mode.see(t);
+            Ok(if n == NUM_CROPS { t } else { t.narrow(0, k0, n)? })
+        };
+        // Crop_Net_1: kernels [n, c_out, c_in, 3, 3] -> [n, ky, kx, c_in, c_out] -> [n, 9 c, c]
+        let w1 = part(&self.conv_w)?.permute((0, 3, 4, 2, 1))?.reshape((n, 9 * c, c))?;
+        let h1 = bias_relu(&bmm(&cols, &w1)?, &part(&self.conv_b)?)?; // [n, b * l * l, c]
+        // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
+        let h1 = transpose_copy(&h1.reshape((n * b, l * l, c))?)?; // [n b, c, l * l]
+        let h1 = h1.reshape((n, b, c * l * l))?;
+        // Crop_Net_2 as W [n, F, c l^2] x h1^T [n, c l^2, b]: the weight is the left factor in
+        // its own layout, so its gradient is one product in that layout (no transposed copy of
+        // the largest tensor of the model), and h1's gradient comes out in h1's layout.
+        let w2 = part(&self.fc_w)?;
+        let b2 = part(&self.fc_b)?.unsqueeze(2)?; // [n, F, 1]
+        let h2 = relu(&bmm_nt(&w2, &h1)?.broadcast_add(&b2)?)?; // [n, F, b]
+        dropout(&h2, self.dropout, mode)
+    }
 }
+
+/// Crops per chunk of an eval forward pass without gradient ([`CropNets::forward`]), at least
+/// (more with more threads, so that each runs one crop's products).
+const EVAL_CROPS: usize = 4;
 
 /// The crops' batched products: aue-kernels' `batched_matmul` runs the 34 products in parallel
 /// on the CPU, each whole on one thread (gemm's packing of the large factor included), with
@@ -276,6 +320,20 @@ impl CropGrid {
     /// # Shapes
     /// m [B, C, G, G] -> [34, B * L * L, 9 C], columns ordered (tap, channel)
     pub(crate) fn im2col(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
+        let (b, c, _, _) = m.dims4()?;
+        let l = self.side;
+        let rows = self.padded_rows(m, centres)?;
+        let ids = centres.im2col_rows(self.grid, l);
+        let cols = aue_kernels::index_select_rows(&rows, &ids).map_err(candle_core::Error::from)?;
+        Ok(cols.reshape((NUM_CROPS, b * l * l, 9 * c))?)
+    }
+
+    /// The map zero-padded by half a crop on every side, channels last, one row per position:
+    /// what [`CropCentres::im2col_rows`] indexes.
+    ///
+    /// # Shapes
+    /// m [B, C, G, G] -> [B * (G + L)^2, C]
+    pub(crate) fn padded_rows(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
         self.check(m, centres)?;
         let (b, c, g, _) = m.dims4()?;
         let (l, h) = (self.side, self.side / 2);
@@ -286,10 +344,7 @@ impl CropGrid {
             .contiguous()?
             .pad_with_zeros(1, h, h)?
             .pad_with_zeros(2, h, h)?;
-        let rows = padded.reshape((b * gp * gp, c))?;
-        let ids = centres.im2col_rows(g, l);
-        let cols = aue_kernels::index_select_rows(&rows, &ids).map_err(candle_core::Error::from)?;
-        Ok(cols.reshape((NUM_CROPS, b * l * l, 9 * c))?)
+        Ok(padded.reshape((b * gp * gp, c))?)
     }
 
     /// The crops' im2col for inference, transposed: one parallel gather from the NCHW map (no

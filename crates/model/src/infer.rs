@@ -25,7 +25,7 @@ use crate::error::{ModelError, Result};
 use crate::fold::{BnStats, fold};
 use crate::loss::AuKnowledge;
 use crate::model::{AueModel, ForwardOptions, OutputSet, Outputs};
-use crate::nn::{BatchNorm, Conv2d, ConvTranspose2d, Linear, lrn_quirk};
+use crate::nn::{BatchNorm, Conv2d, ConvTranspose2d, Linear, PartMode, lrn_quirk};
 use crate::resnet::{Block, ConvBn, ResNet};
 
 /// A model that computes the eval-mode outputs (every part in eval mode, no gradient).
@@ -287,6 +287,9 @@ struct FusedCrops {
     w2: Tensor,
     /// [34, F]
     b2: Tensor,
+    /// The training model's crop nets, when `dtype` is theirs: on the CPU (f32) their eval
+    /// forward is the faster one (see `forward`).
+    nets: Option<CropNets>,
 }
 
 impl FusedCrops {
@@ -300,6 +303,7 @@ impl FusedCrops {
             b1: nets.conv_b.detach().to_dtype(dtype)?,
             w2: nets.fc_w.detach().to_dtype(dtype)?,
             b2: nets.fc_b.detach().to_dtype(dtype)?,
+            nets: (nets.fc_w.dtype() == dtype).then(|| nets.clone()),
         })
     }
 
@@ -322,14 +326,17 @@ impl FusedCrops {
     /// # Shapes
     /// m [B, C, G, G] -> au_feat [B, 34, F]
     fn forward(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
+        if let (Some(nets), true) = (&self.nets, k::cpu_f32(m)) {
+            return nets.forward(m, centres, PartMode::EVAL);
+        }
         let b = m.dim(0)?;
         let cols = self.im2col_t(m, centres)?; // [34, 9 c, l * l * b]
         // Crop_Net_1 transposed: each crop's output comes out as [c, l * l, b], the flatten
         // order of PyTorch's [c, l, l] with the batch last: Crop_Net_2's right factor as it is.
-        let h1 = self.w1t.matmul(&cols)?; // [34, c, l * l * b]
+        let h1 = aue_kernels::batched_matmul(&self.w1t, &cols).map_err(kernel_err)?; // [34, c, l * l * b]
         let h1 = k::bias_act(&h1, 1, Epilogue::bias(&self.b1, Act::Relu)).map_err(kernel_err)?;
         let h1 = h1.reshape((NUM_CROPS, (), b))?; // [34, c * l * l, b]
-        let h2 = self.w2.matmul(&h1)?; // [34, F, b]
+        let h2 = aue_kernels::batched_matmul(&self.w2, &h1).map_err(kernel_err)?; // [34, F, b]
         let h2 = k::bias_act(&h2, 1, Epilogue::bias(&self.b2, Act::Relu)).map_err(kernel_err)?;
         Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
     }
