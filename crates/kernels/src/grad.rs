@@ -86,6 +86,11 @@ pub enum WeightGradAlgo {
     /// of the zero-padded input (`shifted.rs`), no column matrix; `Auto` otherwise. `Auto` takes
     /// it on the CPU for 1x1 kernels over at least 1024 pixels per image.
     Shifted,
+    /// 3x3 stride-1 kernels (padding <= 2, dilation 1) on CPU f32 / f64 by the adjoint of
+    /// Winograd's F(2x2, 3x3) (`winograd.rs`); `Auto` otherwise. `Auto` takes it where
+    /// `Engine::Auto` takes Winograd's algorithm and it measured faster than im2col (maps of
+    /// 32 to 256 tiles, e.g. 28 x 28 and 14 x 14).
+    Winograd,
     /// The same product with the im2col done by tensor operations (a strided `unfold` view of
     /// the padded input, copied once): works on every device. Dilation 1 only (else `Conv`).
     Unfold,
@@ -345,6 +350,16 @@ pub fn conv2d_weight_grad(
         let pass = Pass::Weight { kernel: kernel_hw };
         shifted::applies(x, p, (h, wd), (oh, ow), pass, engine)
     };
+    let winograd = algo == WeightGradAlgo::Winograd
+        || (algo == WeightGradAlgo::Auto
+            && winograd::enabled()
+            && winograd::weight_grad_pays((oh, ow)));
+    // (With stride 1 the output size is the input size plus 2p - 2; checked all the same.)
+    let fits = (h + 2 * p.padding, wd + 2 * p.padding) == (oh + 2, ow + 2);
+    if winograd && fits && winograd::supports(x, kernel_hw, p) {
+        return winograd::weight_grad(x, grad, p);
+    }
+    let algo = if algo == WeightGradAlgo::Winograd { WeightGradAlgo::Auto } else { algo };
     let algo = match algo {
         WeightGradAlgo::Auto if applies(Engine::Auto) => WeightGradAlgo::Shifted,
         WeightGradAlgo::Shifted if applies(Engine::Shifted) => WeightGradAlgo::Shifted,

@@ -289,6 +289,7 @@ fn every_engine_and_weight_gradient_algorithm_matches_the_definition() {
         for algo in [
             WeightGradAlgo::Im2col,
             WeightGradAlgo::Shifted,
+            WeightGradAlgo::Winograd,
             WeightGradAlgo::Unfold,
             WeightGradAlgo::Conv,
         ] {
@@ -317,10 +318,11 @@ fn shifted_views_and_winograd_on_one_thread_and_on_more_threads_than_images() {
                 let (x, w, g) =
                     (x.to_tensor(DType::F64), w.to_tensor(DType::F64), g.to_tensor(DType::F64));
                 let kernel = (case.k, case.k);
-                let gw = conv2d_weight_grad(&x, &g, case.p, kernel, WeightGradAlgo::Shifted)
-                    .expect("gw");
-                let e = rel_err(&vals(&gw), &gw_ref.v);
-                assert!(e < 1e-12, "{threads} threads, {case:?}: gw {e:e}");
+                for algo in [WeightGradAlgo::Shifted, WeightGradAlgo::Winograd] {
+                    let gw = conv2d_weight_grad(&x, &g, case.p, kernel, algo).expect("gw");
+                    let e = rel_err(&vals(&gw), &gw_ref.v);
+                    assert!(e < 1e-12, "{threads} threads, {algo:?}, {case:?}: gw {e:e}");
+                }
                 for engine in [Engine::Shifted, Engine::Winograd] {
                     let y = conv2d_forward(&x, &w, case.p, engine).expect("forward");
                     let gx = conv2d_input_grad(&g, &w, case.p, case.hw, engine).expect("gx");
