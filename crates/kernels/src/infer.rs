@@ -128,6 +128,22 @@ fn epilogue_row(dst: &mut [f32], src: &[f32], bias: f32, residual: Option<&[f32]
     }
 }
 
+/// [`epilogue_row`] with the row as its own source (the same arithmetic).
+fn epilogue_row_in_place(row: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Act) {
+    match residual {
+        Some(r) => {
+            for (o, &r) in row.iter_mut().zip(r) {
+                *o = act.apply(*o + bias + r);
+            }
+        }
+        None => {
+            for o in row.iter_mut() {
+                *o = act.apply(*o + bias);
+            }
+        }
+    }
+}
+
 /// What an epilogue adds: a bias per channel and a residual shaped like the output.
 #[derive(Debug, Clone, Copy)]
 pub struct Epilogue<'a> {
@@ -191,6 +207,32 @@ impl<'a> Epilogue<'a> {
     /// Whether the CPU kernel takes this epilogue's tensors.
     fn cpu_f32(&self) -> bool {
         self.bias.is_none_or(cpu_f32) && self.residual.is_none_or(cpu_f32)
+    }
+
+    /// Runs the CPU kernel on `dst` itself (channels on dim 1): no second buffer.
+    fn run_in_place(&self, mut dst: Vec<f32>, dims: &[usize]) -> Result<Tensor> {
+        let c = dims[1];
+        let inner: usize = dims[2..].iter().product();
+        let bias = match self.bias {
+            Some(b) => b.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; c],
+        };
+        // As in `run`: one bias of c elements, or one per image.
+        let per_group = dims[0] / (bias.len() / c).max(1);
+        let residual = self.residual.map(Tensor::contiguous).transpose()?;
+        let mut run = |res: Option<&[f32]>| {
+            par_planes(&mut dst, c, inner, |plane, ch, row| {
+                let (o, r) = (plane / c, res.map(|r| &r[plane * inner..(plane + 1) * inner]));
+                let b = bias[(o / per_group.max(1)) * c + ch];
+                epilogue_row_in_place(row, b, r, self.act);
+            });
+        };
+        match &residual {
+            Some(r) => with_f32(r, |r| run(Some(r)))
+                .ok_or_else(|| invalid("epilogue", r, "residual is not CPU f32".into()))?,
+            None => run(None),
+        }
+        Ok(Tensor::from_vec(dst, dims, &candle_core::Device::Cpu)?)
     }
 
     /// Runs the CPU kernel: `src_plane(outer, channel)` is the source row of each output plane.
@@ -284,15 +326,11 @@ pub fn conv2d_bias_act(
     let winograd = winograd::enabled() && winograd::supports(&x, (w.dim(2)?, w.dim(3)?), params);
     if winograd || shifted::applies(&x, params, input, (oh, ow), Pass::Data, Engine::Auto) {
         let y = if winograd {
-            winograd::conv(&x, &w, params)?
+            winograd::conv_f32(&x, &w, params)?
         } else {
-            shifted::conv(&x, &w, params, (oh, ow))?
+            shifted::conv_f32(&x, &w, params, (oh, ow))?
         }; // [b, c_out, oh, ow]
-        let out = with_f32(&y, |src| {
-            ep.run(&dims, 1, |n, co| &src[(n * c_out + co) * plane..(n * c_out + co + 1) * plane])
-        });
-        return out
-            .ok_or_else(|| invalid("conv2d_bias_act", &y, "result is not CPU f32".into()))?;
+        return ep.run_in_place(y, &dims);
     }
     let cm = im2col::conv_channel_major(&x, &w, win, im2col::COLUMN_BUDGET)?; // [c_out, b, oh, ow]
     let y = with_f32(&cm, |src| {

@@ -448,6 +448,21 @@ pub(crate) fn conv(
     on_slices("conv2d", (x, "input"), (w, "weight"), &g, shape, forward, forward)
 }
 
+/// [`conv`]'s values (f32) as they come out: for an epilogue applied in place.
+pub(crate) fn conv_f32(
+    x: &Tensor,
+    w: &Tensor,
+    p: ConvParams,
+    out: (usize, usize),
+) -> candle_core::Result<Vec<f32>> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let (c_out, _, kh, kw) = w.dims4()?;
+    let g = Geometry::new(x.dims4()?, (c_out, kh, kw), p, out);
+    with_cpu_slices::<f32, _, 2>("conv2d", [(&x, "input"), (&w, "weight")], |[x, w]| {
+        forward(x, w, &g)
+    })
+}
+
 /// The input gradient of `conv2d(x, w, p)` (stride 1) for `x` of spatial size `input_hw`.
 ///
 /// # Shapes

@@ -496,6 +496,18 @@ pub(crate) fn conv(x: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result
     run(x, w, &g, false, "conv2d")
 }
 
+/// [`conv`]'s values (f32) as they come out: for an epilogue applied in place.
+pub(crate) fn conv_f32(x: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result<Vec<f32>> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let (b, c_in, h, wd) = x.dims4()?;
+    let c_out = w.dim(0)?;
+    let (oh, ow) = (h + 2 * p.padding - 2, wd + 2 * p.padding - 2);
+    let g = Geometry { b, c_in, c_out, h, w: wd, pad: p.padding, oh, ow };
+    with_cpu_slices::<f32, _, 2>("conv2d", [(&x, "input"), (&w, "weight")], |[x, w]| {
+        convolve(x, &filter_transform(w, c_out, c_in, false), &g)
+    })
+}
+
 /// The input gradient of `conv2d(x, w, p)` for the output gradient `grad` (3x3, stride 1,
 /// padding <= 2; see [`supports`]): `[b, c_in, h, w]`.
 pub(crate) fn input_grad(grad: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result<Tensor> {
