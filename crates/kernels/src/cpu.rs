@@ -5,6 +5,7 @@ use std::mem::MaybeUninit;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Elements per rayon task, at least (short runs are grouped).
@@ -146,6 +147,82 @@ pub(crate) fn par_chunks_zeroed<T: WithDType>(
     // above; a panic in `f` propagates before this line and drops `v` with length 0.
     unsafe { v.set_len(n) };
     v
+}
+
+/// A matrix view for [`gemm_view`]: its first element and its (row, column) strides.
+#[derive(Clone, Copy)]
+pub(crate) struct View<P> {
+    pub ptr: P,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst = lhs x rhs` (`m x k` times `k x n`), or `dst += lhs x rhs` when `accumulate`.
+///
+/// # Safety
+/// Every element the three views reach (`m x n`, `m x k`, `k x n` with their strides) must lie
+/// in live allocations, `dst`'s elements must be distinct, writable and not aliased by the
+/// operands, and initialised when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_view<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: View<*mut T>,
+    accumulate: bool,
+    lhs: View<*const T>,
+    rhs: View<*const T>,
+    parallelism: Parallelism,
+) {
+    // SAFETY: as the caller promises. gemm computes `alpha * dst + beta * lhs x rhs`, reading
+    // dst only when `read_dst`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr,
+            dst.cs as isize,
+            dst.rs as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.ptr,
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// A raw pointer shared by parallel tasks that write disjoint elements through it (the
+/// shifted-view weight gradient's taps, the Winograd transforms' runs).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub *mut T);
+// SAFETY: every user writes disjoint elements from its tasks and reads nothing through the
+// pointer until all tasks are done.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so that closures capture the wrapper, not its field).
+    pub(crate) fn get(&self) -> *mut T {
+        self.0
+    }
+
+    /// `len` elements from `at` on.
+    ///
+    /// # Safety
+    /// They must lie in the allocation, and no other live reference may touch them.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn run(&self, at: usize, len: usize) -> &mut [T] {
+        // SAFETY: as the caller promises.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
 }
 
 /// Source columns per task of [`transpose`]: 32 output rows written side by side, the source

@@ -29,7 +29,10 @@ use candle_core::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::cpu::{Real, by_dtype, par_chunks_zeroed, train_kernels_supported, with_cpu_slices};
+use crate::cpu::{
+    Real, SharedMut, View, by_dtype, gemm_view, par_chunks_zeroed, train_kernels_supported,
+    with_cpu_slices,
+};
 use crate::grad::Engine;
 use crate::params::ConvParams;
 
@@ -201,71 +204,6 @@ fn extract<T: Real>(
     }
 }
 
-/// A matrix view for [`gemm`]: its first element and its (row, column) strides.
-#[derive(Clone, Copy)]
-struct View<P> {
-    ptr: P,
-    rs: usize,
-    cs: usize,
-}
-
-/// `dst = lhs x rhs` (`m x k` times `k x n`), or `dst += lhs x rhs` when `accumulate`.
-///
-/// # Safety
-/// Every element the three views reach (`m x n`, `m x k`, `k x n` with their strides) must lie
-/// in live allocations, `dst`'s elements must be distinct, writable and not aliased by the
-/// operands, and initialised when `accumulate`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm<T: Real>(
-    (m, n, k): (usize, usize, usize),
-    dst: View<*mut T>,
-    accumulate: bool,
-    lhs: View<*const T>,
-    rhs: View<*const T>,
-    parallelism: Parallelism,
-) {
-    // SAFETY: as the caller promises. gemm computes `alpha * dst + beta * lhs x rhs`, reading
-    // dst only when `read_dst`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.ptr,
-            dst.cs as isize,
-            dst.rs as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.ptr,
-            rhs.cs as isize,
-            rhs.rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
-/// A raw pointer shared by tasks that write disjoint elements through it.
-#[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
-// SAFETY: the tasks of `weight_grad` write disjoint elements (one tap and block of channels
-// each) and nothing reads them until all are done.
-unsafe impl<T: Send> Send for SharedMut<T> {}
-unsafe impl<T: Send> Sync for SharedMut<T> {}
-
-impl<T> SharedMut<T> {
-    /// The pointer (a method, so that closures capture the wrapper, not its field).
-    fn get(&self) -> *mut T {
-        self.0
-    }
-}
-
 /// `f(i, out_i, parallelism)` for each image `i` of a `b`-image result with `len` elements per
 /// image (zeroed before `f`): images in parallel, each whole on one thread, when there are at
 /// least as many as threads; else one after the other with gemm's threads.
@@ -313,7 +251,7 @@ fn forward<T: Real>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
             // SAFETY: `w` is `[c_out, c_in, taps]`; the rhs reaches `(c_in - 1) * plane +
             // offset(t) + n - 1 < c_in * plane` (see `Geometry::plane`) of `src`; `dst` is
             // `[c_out, n]`, written by tap 0 before the others add to it.
-            unsafe { gemm((g.c_out, n, g.c_in), out, t > 0, lhs, rhs, parallelism) };
+            unsafe { gemm_view((g.c_out, n, g.c_in), out, t > 0, lhs, rhs, parallelism) };
         }
         if g.spare() {
             extract(&spread, n, g.wp(), (0, 0), y, (g.oh, g.ow));
@@ -349,7 +287,7 @@ fn input_grad<T: Real>(gy: &[T], w: &[T], g: &Geometry) -> Vec<T> {
             // SAFETY: as in `forward`, with the roles of the padded planes and the outputs
             // exchanged; rows of `out` are `plane >= offset(t) + n` apart, so distinct. `dst`
             // is zeroed (by `per_image` or above), so tap 0 may overwrite.
-            unsafe { gemm((g.c_in, n, g.c_out), out, t > 0, lhs, rhs, parallelism) };
+            unsafe { gemm_view((g.c_in, n, g.c_out), out, t > 0, lhs, rhs, parallelism) };
         }
         if !g.input_as_is() {
             extract(&padded, plane, g.wp(), (g.pad, g.pad), gx, (g.h, g.w));
@@ -391,7 +329,7 @@ fn weight_grad<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
             // SAFETY: rows r0..r0+m of tap t (elements (co, ci, t)) belong to this task alone;
             // `gw` outlives the tasks; the operands stay inside `gs` and `xs` as in `forward`.
             let out = View { ptr: unsafe { dst.get().add(r0 * row + t) }, rs: row, cs: taps };
-            unsafe { gemm((m, g.c_in, n), out, i > 0, lhs, rhs, Parallelism::None) };
+            unsafe { gemm_view((m, g.c_in, n), out, i > 0, lhs, rhs, Parallelism::None) };
         }
     };
     if rayon::current_num_threads() > 1 {

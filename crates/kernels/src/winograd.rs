@@ -32,7 +32,10 @@ use gemm::Parallelism;
 
 use rayon::prelude::*;
 
-use crate::cpu::{Real, by_dtype, par_chunks_zeroed, train_kernels_supported, with_cpu_slices};
+use crate::cpu::{
+    Real, SharedMut, View, by_dtype, gemm_view, par_chunks_zeroed, train_kernels_supported,
+    with_cpu_slices,
+};
 use crate::params::ConvParams;
 
 /// Output tile side (F(2x2, 3x3)).
@@ -351,51 +354,12 @@ fn product<T: Real>(
 ) {
     debug_assert!(u_k.len() >= c_out * c_in && v_k.len() >= c_in * cols);
     debug_assert!(m_k.len() >= c_out * cols);
+    let dst = View { ptr: m_k.as_mut_ptr(), rs: cols, cs: 1 };
+    let lhs = View { ptr: u_k.as_ptr(), rs: c_in, cs: 1 };
+    let rhs = View { ptr: v_k.as_ptr(), rs: cols, cs: 1 };
     // SAFETY: the three row-major matrices lie inside their slices (checked above in debug
     // builds; the callers slice them to these sizes); dst is written without being read.
-    unsafe {
-        gemm::gemm(
-            c_out,
-            cols,
-            c_in,
-            m_k.as_mut_ptr(),
-            1,
-            cols as isize,
-            false,
-            u_k.as_ptr(),
-            1,
-            c_in as isize,
-            v_k.as_ptr(),
-            1,
-            cols as isize,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
-/// A raw pointer shared by tasks that write disjoint elements through it.
-#[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
-// SAFETY: the tasks of `convolve_phased` write disjoint runs (one image and channel each) and
-// nothing reads them until all are done.
-unsafe impl<T: Send> Send for SharedMut<T> {}
-unsafe impl<T: Send> Sync for SharedMut<T> {}
-
-impl<T> SharedMut<T> {
-    /// `len` elements from `at` on.
-    ///
-    /// # Safety
-    /// They must lie in the allocation, and no other live reference may touch them.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn run(&self, at: usize, len: usize) -> &mut [T] {
-        // SAFETY: as the caller promises.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
-    }
+    unsafe { gemm_view((c_out, cols, c_in), dst, false, lhs, rhs, parallelism) }
 }
 
 /// The convolution of `x` (`[b, c_in, h, w]`) with the transformed filter `u` (`[16, c_out,
@@ -668,31 +632,14 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
         m.par_chunks_exact_mut(pairs).enumerate().for_each(|(k, m_k)| {
             let z_k = &z[k * g.c_out * cols..(k + 1) * g.c_out * cols];
             let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
-            // SAFETY: m_k is [c_out, c_in] (initialised), z_k [c_out, cols], v_k^T [cols, c_in]
-            // (v_k read with row stride 1 and column stride cols), all inside their slices.
-            unsafe {
-                gemm::gemm(
-                    g.c_out,
-                    g.c_in,
-                    cols,
-                    m_k.as_mut_ptr(),
-                    1,
-                    g.c_in as isize,
-                    accumulate,
-                    z_k.as_ptr(),
-                    1,
-                    cols as isize,
-                    v_k.as_ptr(),
-                    cols as isize,
-                    1,
-                    T::one(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
-            };
+            let dst = View { ptr: m_k.as_mut_ptr(), rs: g.c_in, cs: 1 };
+            let lhs = View { ptr: z_k.as_ptr(), rs: cols, cs: 1 };
+            // V_k^T: element (tile, ci) of V_k [c_in, cols].
+            let rhs = View { ptr: v_k.as_ptr(), rs: 1, cs: cols };
+            // SAFETY: m_k is [c_out, c_in] (initialised), z_k [c_out, cols], v_k^T [cols, c_in],
+            // all inside their slices.
+            let shape = (g.c_out, g.c_in, cols);
+            unsafe { gemm_view(shape, dst, accumulate, lhs, rhs, Parallelism::None) };
         });
     }
     // gw = G^T M G per pair (G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]), element-wise
