@@ -225,6 +225,12 @@ impl<T> SharedMut<T> {
     }
 }
 
+/// `n` zeros written in parallel chunks: a `vec![0; n]` of a large buffer is one `memset` on the
+/// calling thread, which at two threads was the largest serial item of an inference pass.
+pub(crate) fn par_zeroed<T: WithDType>(n: usize) -> Vec<T> {
+    par_chunks_zeroed(n, 1 << 16, |_, _| {})
+}
+
 /// Source columns per task of [`transpose`]: 32 output rows written side by side, the source
 /// read in runs of 32.
 const TILE: usize = 32;

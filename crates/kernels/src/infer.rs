@@ -19,6 +19,7 @@
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu::par_zeroed;
 use crate::error::{KernelError, Result};
 use crate::grad::Engine;
 use crate::im2col::{self, Window};
@@ -245,7 +246,7 @@ impl<'a> Epilogue<'a> {
         let c = dims[channel_dim];
         let inner: usize = dims[channel_dim + 1..].iter().product();
         let outer: usize = dims[..channel_dim].iter().product();
-        let mut dst = vec![0f32; dims.iter().product()];
+        let mut dst = par_zeroed::<f32>(dims.iter().product());
         let bias = match self.bias {
             Some(b) => b.flatten_all()?.to_vec1::<f32>()?,
             None => vec![0.0; c],
@@ -350,7 +351,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
         return Ok(max_pool2d_ops(x, kernel, stride, padding)?);
     }
     let x = x.contiguous()?;
-    let mut dst = vec![0f32; b * c * pool.oh * pool.ow];
+    let mut dst = par_zeroed::<f32>(b * c * pool.oh * pool.ow);
     let done = with_f32(&x, |src| {
         par_planes(&mut dst, c, pool.oh * pool.ow, |plane, _, out| {
             pool.forward_plane(&src[plane * h * w..(plane + 1) * h * w], out)
@@ -413,7 +414,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
         return Ok(e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1)?)?);
     }
     let x = x.contiguous()?;
-    let mut dst = vec![0f32; x.elem_count()];
+    let mut dst = par_zeroed::<f32>(x.elem_count());
     let done = with_f32(&x, |src| {
         dst.par_chunks_mut(n).zip(src.par_chunks(n)).with_min_len(MIN_TASK.div_ceil(n)).for_each(
             |(out, row)| {
@@ -443,7 +444,7 @@ pub fn lrn_prev_channel(x: &Tensor, alpha: f32, beta: f32, k: f32) -> Result<Ten
     }
     let x = x.contiguous()?;
     let plane = h * w;
-    let mut dst = vec![0f32; x.elem_count()];
+    let mut dst = par_zeroed::<f32>(x.elem_count());
     let done = with_f32(&x, |src| {
         par_planes(&mut dst, c, plane, |p, ch, out| {
             let cur = &src[p * plane..(p + 1) * plane];
@@ -484,7 +485,7 @@ pub fn gather_channels(x: &Tensor, bases: &[u32], rows: usize) -> Result<Tensor>
         return Err(invalid("gather_channels", x, "needs a CPU f32 tensor".into()));
     }
     let x = x.contiguous()?;
-    let mut dst = vec![0f32; rows * c * j];
+    let mut dst = par_zeroed::<f32>(rows * c * j);
     let done = with_f32(&x, |src| {
         par_planes(&mut dst, c, j, |p, ch, out| {
             let idx = &bases[(p / c) * j..(p / c + 1) * j];

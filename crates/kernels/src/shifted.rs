@@ -30,8 +30,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu::{
-    Real, SharedMut, View, by_dtype, gemm_view, par_chunks_zeroed, train_kernels_supported,
-    with_cpu_slices,
+    Real, SharedMut, View, by_dtype, gemm_view, par_chunks_zeroed, par_zeroed,
+    train_kernels_supported, with_cpu_slices,
 };
 use crate::grad::Engine;
 use crate::params::ConvParams;
@@ -217,7 +217,7 @@ fn per_image<T: Real>(
         return par_chunks_zeroed(b * len, len, |i, out| f(i, out, Parallelism::None));
     }
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    let mut v = vec![T::zero(); b * len];
+    let mut v = par_zeroed(b * len);
     for (i, out) in v.chunks_mut(len.max(1)).enumerate() {
         f(i, out, parallelism);
     }

@@ -33,8 +33,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu::{
-    Real, SharedMut, View, by_dtype, gemm_view, par_chunks_zeroed, train_kernels_supported,
-    with_cpu_slices,
+    Real, SharedMut, View, by_dtype, gemm_view, par_chunks_zeroed, par_zeroed,
+    train_kernels_supported, with_cpu_slices,
 };
 use crate::params::ConvParams;
 
@@ -152,11 +152,11 @@ fn filter_transform<T: Real>(w: &[T], c_out: usize, c_in: usize, flip: bool) -> 
     let half = T::from_f64(0.5);
     let pairs = c_out * c_in;
     let (rows, inner) = if flip { (c_in, c_out) } else { (c_out, c_in) };
-    let mut u = vec![T::zero(); K * pairs];
-    let mut taps = vec![T::zero(); 9 * inner];
-    // G g, row by row of G: [4][3 columns][inner].
-    let mut gg = vec![T::zero(); A * 3 * inner];
-    for a in 0..rows {
+    let mut u = par_zeroed(K * pairs);
+    let up = SharedMut(u.as_mut_ptr());
+    // Scratch per task: the row's taps [9][inner] and G g, row by row of G: [4][3 columns][inner].
+    let scratch = || (vec![T::zero(); 9 * inner], vec![T::zero(); A * 3 * inner]);
+    (0..rows).into_par_iter().for_each_init(scratch, |(taps, gg), a| {
         for b in 0..inner {
             let (co, ci) = if flip { (b, a) } else { (a, b) };
             let src = &w[(co * c_in + ci) * 9..][..9];
@@ -179,16 +179,17 @@ fn filter_transform<T: Real>(w: &[T], c_out: usize, c_in: usize, flip: bool) -> 
         for r in 0..A {
             let col = |c: usize| &gg[(r * 3 + c) * inner..(r * 3 + c + 1) * inner];
             let (x, y, z) = (col(0), col(1), col(2));
-            let at = |k: usize| k * pairs + a * inner;
-            let (k0, k1, k2, k3) = (at(r * A), at(r * A + 1), at(r * A + 2), at(r * A + 3));
+            // SAFETY: row `a` of each of the 16 planes belongs to this task alone.
+            let out = |k: usize| unsafe { up.run(k * pairs + a * inner, inner) };
+            let (u0, u1, u2, u3) = (out(r * A), out(r * A + 1), out(r * A + 2), out(r * A + 3));
             for j in 0..inner {
-                u[k0 + j] = x[j];
-                u[k1 + j] = (x[j] + y[j] + z[j]) * half;
-                u[k2 + j] = (x[j] - y[j] + z[j]) * half;
-                u[k3 + j] = z[j];
+                u0[j] = x[j];
+                u1[j] = (x[j] + y[j] + z[j]) * half;
+                u2[j] = (x[j] - y[j] + z[j]) * half;
+                u3[j] = z[j];
             }
         }
-    }
+    });
     u
 }
 
@@ -422,7 +423,7 @@ fn convolve_phased<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
     let tiles = th * tw;
     let cols = g.b * tiles;
     let plane_in = g.h * g.w;
-    let mut v = vec![T::zero(); K * g.c_in * cols];
+    let mut v = par_zeroed(K * g.c_in * cols);
     let vp = SharedMut(v.as_mut_ptr());
     x.par_chunks_exact(plane_in).enumerate().for_each_init(
         || Scratch::new(tw),
@@ -433,13 +434,13 @@ fn convolve_phased<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
             input_plane(plane, (g.h, g.w), g.pad, (th, tw), s, |k| unsafe { vp.run(at(k), tiles) });
         },
     );
-    let mut m = vec![T::zero(); K * g.c_out * cols];
+    let mut m = par_zeroed(K * g.c_out * cols);
     m.par_chunks_exact_mut(g.c_out * cols).enumerate().for_each(|(k, m_k)| {
         let u_k = &u[k * g.c_out * g.c_in..(k + 1) * g.c_out * g.c_in];
         let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
         product((g.c_out, g.c_in, cols), u_k, v_k, m_k, Parallelism::None);
     });
-    let mut y = vec![T::zero(); g.b * g.c_out * g.oh * g.ow];
+    let mut y = par_zeroed(g.b * g.c_out * g.oh * g.ow);
     y.par_chunks_exact_mut(g.oh * g.ow).enumerate().for_each_init(
         || Scratch::new(tw),
         |s, (p, out)| {
@@ -597,12 +598,12 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
     let pairs = g.c_out * g.c_in;
     // M_k = sum over the tiles of Z_k x V_k^T: [16, c_out, c_in], summed group of images by
     // group of images (each group's transforms stay in the cache), the groups in order.
-    let mut m = vec![T::zero(); K * pairs];
+    let mut m = par_zeroed(K * pairs);
     let group = g.group();
     for first in (0..g.b).step_by(group) {
         let n = group.min(g.b - first);
         let cols = n * tiles;
-        let mut v = vec![T::zero(); K * g.c_in * cols];
+        let mut v = par_zeroed(K * g.c_in * cols);
         let vp = SharedMut(v.as_mut_ptr());
         let xs = &x[first * g.c_in * plane_in..(first + n) * g.c_in * plane_in];
         xs.par_chunks_exact(plane_in).enumerate().for_each_init(
@@ -616,7 +617,7 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
                 });
             },
         );
-        let mut z = vec![T::zero(); K * g.c_out * cols];
+        let mut z = par_zeroed(K * g.c_out * cols);
         let zp = SharedMut(z.as_mut_ptr());
         let gys = &gy[first * g.c_out * plane_out..(first + n) * g.c_out * plane_out];
         gys.par_chunks_exact(plane_out).enumerate().for_each_init(
