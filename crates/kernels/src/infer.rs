@@ -10,8 +10,8 @@
 //!   shift), the optional residual and applies the activation: one pass instead of four;
 //! - [`bias_act`]: the same epilogue after any other producer (a transposed convolution, a
 //!   matrix product);
-//! - [`max_pool2d`], [`mean_planes`], [`softmax_last`], [`lrn_prev_channel`] and
-//!   [`gather_channels`] (the AU crops' gather): each one pass, in parallel.
+//! - [`max_pool2d`], [`mean_planes`], [`softmax_last`] and [`lrn_prev_channel`]: each one
+//!   pass, in parallel.
 //!
 //! Other devices and dtypes run the same maths with Candle ops (the `*_ops` functions, also what
 //! the CPU kernels are tested against).
@@ -77,8 +77,8 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
-/// Whether the CPU kernels take `t` (a CPU f32 tensor); [`lrn_prev_channel`] and
-/// [`gather_channels`] need it, the others fall back to Candle ops.
+/// Whether the CPU kernels take `t` (a CPU f32 tensor); [`lrn_prev_channel`] needs it, the
+/// others fall back to Candle ops.
 pub fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
@@ -459,47 +459,6 @@ pub fn lrn_prev_channel(x: &Tensor, alpha: f32, beta: f32, k: f32) -> Result<Ten
     Ok(Tensor::from_vec(dst, x.shape(), x.device())?)
 }
 
-/// Values of every channel of an NCHW map at gathered positions, channel-major per row:
-/// `out[r, ch, j] = x[n, ch, y, x]` where `bases[r * J + j] = n * C * H * W + y * W + x`, or zero
-/// where it is `u32::MAX`. (The AU crops' im2col, laid out as the crop convs' product reads it.)
-///
-/// # Shapes
-/// `x: [b, c, h, w]`, `bases: [r * j]` -> `[r, c, j]`
-pub fn gather_channels(x: &Tensor, bases: &[u32], rows: usize) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let plane = h * w;
-    if rows == 0 || !bases.len().is_multiple_of(rows) {
-        return Err(invalid("gather_channels", x, format!("{} bases in {rows} rows", bases.len())));
-    }
-    let j = bases.len() / rows;
-    if let Some(bad) = bases.iter().find(|&&i| {
-        i != u32::MAX && (i as usize % (c * plane) >= plane || i as usize >= b * c * plane)
-    }) {
-        return Err(invalid(
-            "gather_channels",
-            x,
-            format!("base {bad} is not a pixel of channel 0"),
-        ));
-    }
-    if !cpu_f32(x) {
-        return Err(invalid("gather_channels", x, "needs a CPU f32 tensor".into()));
-    }
-    let x = x.contiguous()?;
-    let mut dst = par_zeroed::<f32>(rows * c * j);
-    let done = with_f32(&x, |src| {
-        par_planes(&mut dst, c, j, |p, ch, out| {
-            let idx = &bases[(p / c) * j..(p / c + 1) * j];
-            for (o, &i) in out.iter_mut().zip(idx) {
-                if i != u32::MAX {
-                    *o = src[i as usize + ch * plane];
-                }
-            }
-        })
-    });
-    done.ok_or_else(|| invalid("gather_channels", &x, "not CPU f32".into()))?;
-    Ok(Tensor::from_vec(dst, (rows, c, j), x.device())?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn pooling_means_softmax_and_gathers_match_ops() {
+    fn pooling_means_and_softmax_match_ops() {
         let x = randn(&[2, 3, 9, 7]);
         for (k, s, p) in [(3, 2, 1), (2, 2, 0), (4, 4, 0)] {
             let got = max_pool2d(&x, k, s, p).unwrap();
@@ -571,14 +530,6 @@ mod tests {
             e.broadcast_div(&e.sum_keepdim(1).unwrap()).unwrap()
         };
         assert!(max_diff(&softmax_last(&logits).unwrap(), &expect) < 1e-6);
-        // [2, 3, 9, 7]: pixel (1, y 2, x 4) and a zero, in 2 rows of 1.
-        let base = (3 * 63 + 2 * 7 + 4) as u32;
-        let got = gather_channels(&x, &[base, u32::MAX], 2).unwrap();
-        let expect = x.get(1).unwrap().narrow(1, 2, 1).unwrap().narrow(2, 4, 1).unwrap();
-        let got0 = got.get(0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(got0, expect.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        assert_eq!(got.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0.0; 3]);
-        assert!(gather_channels(&x, &[7 * 9], 1).is_err());
     }
 
     #[test]

@@ -131,28 +131,6 @@ impl CropCentres {
             .map(|t| t.map_or(0, |(n, y, x)| (n * gp * gp + (y + h) * gp + x + h) as u32))
             .collect()
     }
-
-    /// Where each entry of the crops' im2col reads channel 0 of the NCHW map [B, C, G, G]
-    /// (`n C G^2 + y G + x`, `u32::MAX` for a zero), ordered (crop, tap, position, sample): the
-    /// layout `aue_kernels::infer::gather_channels` turns into [34 * 9, C, L^2 B].
-    pub(crate) fn channel_bases(&self, grid: usize, side: usize, channels: usize) -> Vec<u32> {
-        let taps = self.taps(grid, side); // (crop, sample, position, tap)
-        let (b, l2) = (self.batch, side * side);
-        let base = |t: Option<(usize, usize, usize)>| {
-            t.map_or(u32::MAX, |(n, y, x)| (n * channels * grid * grid + y * grid + x) as u32)
-        };
-        let mut out = Vec::with_capacity(taps.len());
-        for k in 0..NUM_CROPS {
-            for tap in 0..9 {
-                for p in 0..l2 {
-                    for n in 0..b {
-                        out.push(base(taps[((k * b + n) * l2 + p) * 9 + tap]));
-                    }
-                }
-            }
-        }
-        out
-    }
 }
 
 /// All 34 `Crop_Net_1.{k}` and `Crop_Net_2.{k}`, each family's parameters stacked in one group
@@ -189,6 +167,20 @@ impl CropNets {
             fc_b: root.group_param("Crop_Net_2", NUM_CROPS, "0.bias", &[f])?,
             geom: CropGrid { grid: cfg.grid(), side: cfg.crop_side() },
             dropout: cfg.dropout,
+        })
+    }
+
+    /// The same nets with their tensors detached and in `dtype` (shared, not copied, when it is
+    /// theirs): for the inference model.
+    pub(crate) fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let t = |x: &Tensor| x.detach().to_dtype(dtype);
+        Ok(CropNets {
+            conv_w: t(&self.conv_w)?,
+            conv_b: t(&self.conv_b)?,
+            fc_w: t(&self.fc_w)?,
+            fc_b: t(&self.fc_b)?,
+            geom: self.geom,
+            dropout: self.dropout,
         })
     }
 
@@ -313,23 +305,10 @@ impl CropGrid {
         Ok(())
     }
 
-    /// The im2col matrix of the crop convs: one `index_select` on the zero-padded channels-last
-    /// map (see the module doc); aue-kernels' parallel one on the CPU, whose backward adds each
-    /// row's gradients in parallel in `index_add`'s order (Candle's values and gradient).
-    ///
-    /// # Shapes
-    /// m [B, C, G, G] -> [34, B * L * L, 9 C], columns ordered (tap, channel)
-    pub(crate) fn im2col(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
-        let (b, c, _, _) = m.dims4()?;
-        let l = self.side;
-        let rows = self.padded_rows(m, centres)?;
-        let ids = centres.im2col_rows(self.grid, l);
-        let cols = aue_kernels::index_select_rows(&rows, &ids).map_err(candle_core::Error::from)?;
-        Ok(cols.reshape((NUM_CROPS, b * l * l, 9 * c))?)
-    }
-
     /// The map zero-padded by half a crop on every side, channels last, one row per position:
-    /// what [`CropCentres::im2col_rows`] indexes.
+    /// what [`CropCentres::im2col_rows`] indexes. `index_select_rows` of those rows is the crop
+    /// convs' im2col matrix (aue-kernels' parallel gather on the CPU, whose backward adds each
+    /// row's gradients in parallel in `index_add`'s order: Candle's values and gradient).
     ///
     /// # Shapes
     /// m [B, C, G, G] -> [B * (G + L)^2, C]
@@ -345,23 +324,6 @@ impl CropGrid {
             .pad_with_zeros(1, h, h)?
             .pad_with_zeros(2, h, h)?;
         Ok(padded.reshape((b * gp * gp, c))?)
-    }
-
-    /// The crops' im2col for inference, transposed: one parallel gather from the NCHW map (no
-    /// channels-last or padded copy). Rows are ordered (tap, channel), columns (position, sample),
-    /// so that the crop convs' product `W1^T [C, 9 C] x cols` leaves each crop's output as
-    /// `Crop_Net_2` reads it, (channel, position) by sample. CPU f32 only (`aue_kernels::infer`).
-    ///
-    /// # Shapes
-    /// m [B, C, G, G] -> [34, 9 C, L * L * B]
-    pub(crate) fn im2col_t_eval(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
-        self.check(m, centres)?;
-        let (b, c, g, _) = m.dims4()?;
-        let l = self.side;
-        let bases = centres.channel_bases(g, l, c);
-        let cols = aue_kernels::infer::gather_channels(m, &bases, NUM_CROPS * 9)
-            .map_err(candle_core::Error::from)?; // [34 * 9, c, l * l * b]
-        Ok(cols.reshape((NUM_CROPS, 9 * c, l * l * b))?)
     }
 }
 

@@ -3,13 +3,13 @@
 //!
 //! [`InferenceModel::new`] builds it once from a loaded [`AueModel`]: the BatchNorms are folded
 //! (`crate::fold`), the small weights laid out as the fused forward pass reads them (Linear
-//! weights transposed, the crop convs' kernels stacked for a transposed product whose output is
-//! already in `Crop_Net_2`'s input layout, so the largest tensor, `Crop_Net_2`'s weights, is
-//! shared with the training model, not copied), and nothing records a gradient. Its forward pass computes what [`AueModel::forward`] computes with
+//! weights transposed; the crop nets, which have no BatchNorm, are the training model's own,
+//! so the largest tensor, `Crop_Net_2`'s weights, is shared, not copied), and nothing records a
+//! gradient. Its forward pass computes what [`AueModel::forward`] computes with
 //! [`ForwardOptions::eval`] (docs/METHOD.md section 3), up to rounding: the tests hold every
 //! output to a relative L2 error of 1e-5. On the CPU (f32) the layers run through
-//! `aue_kernels::infer` (one parallel pass per layer's epilogue, parallel pooling, LRN, crop
-//! gather and softmax); on other devices the same maths runs as Candle ops.
+//! `aue_kernels::infer` (one parallel pass per layer's epilogue, parallel pooling, LRN and
+//! softmax); on other devices the same maths runs as Candle ops.
 //!
 //! [`EvalForward`] is what evaluation and prediction take: either model.
 
@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::branches::{AuBranch, ConvBnRelu, EmBranch, Fusion};
 use crate::config::ModelConfig;
-use crate::crops::{CropCentres, CropGrid, CropNets, NUM_CROPS};
+use crate::crops::{CropCentres, CropNets};
 use crate::error::{ModelError, Result};
 use crate::fold::{BnStats, fold};
 use crate::loss::AuKnowledge;
@@ -275,70 +275,26 @@ impl FusedEm {
     }
 }
 
-/// The 34 crop nets, laid out for inference.
+/// The 34 crop nets for inference: the training model's own (no BatchNorm to fold), run in
+/// eval mode without gradient, which goes a few crops at a time (`CropNets::forward`). A
+/// transposed layout of their products (`W1^T x cols`, the crops' output already in
+/// `Crop_Net_2`'s order) measured slower on the CPU and was removed (docs/PERFORMANCE.md).
 #[derive(Debug, Clone)]
 struct FusedCrops {
-    geom: CropGrid,
-    /// [34, c_out, 9 c_in]: columns ordered (tap, input channel).
-    w1t: Tensor,
-    /// [34, c]
-    b1: Tensor,
-    /// [34, F, c L^2]: the training model's own tensor (no copy).
-    w2: Tensor,
-    /// [34, F]
-    b2: Tensor,
-    /// The training model's crop nets, when `dtype` is theirs: on the CPU (f32) their eval
-    /// forward is the faster one (see `forward`).
-    nets: Option<CropNets>,
+    /// Their tensors in the inference model's dtype (`Crop_Net_2`'s 1.3 GB weight shared with
+    /// the loaded model, not copied, when the dtypes agree).
+    nets: CropNets,
 }
 
 impl FusedCrops {
     fn new(nets: &CropNets, dtype: DType) -> Result<Self> {
-        let (_, c, _, _, _) = nets.conv_w.dims5()?;
-        // [34, c_out, c_in, 3, 3] -> [34, c_out, ky, kx, c_in] -> [34, c_out, 9 c_in]
-        let w1t = nets.conv_w.detach().permute((0, 1, 3, 4, 2))?.contiguous()?;
-        Ok(FusedCrops {
-            geom: nets.geom,
-            w1t: w1t.reshape((NUM_CROPS, c, 9 * c))?.to_dtype(dtype)?,
-            b1: nets.conv_b.detach().to_dtype(dtype)?,
-            w2: nets.fc_w.detach().to_dtype(dtype)?,
-            b2: nets.fc_b.detach().to_dtype(dtype)?,
-            nets: (nets.fc_w.dtype() == dtype).then(|| nets.clone()),
-        })
-    }
-
-    /// The crops' im2col, transposed: [`CropGrid::im2col_t_eval`] on the CPU, the training
-    /// model's gather transposed elsewhere.
-    ///
-    /// # Shapes
-    /// m [B, C, G, G] -> [34, 9 C, L * L * B], columns ordered (position, sample)
-    fn im2col_t(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
-        if k::cpu_f32(m) {
-            return self.geom.im2col_t_eval(m, centres);
-        }
-        let (b, c, _, _) = m.dims4()?;
-        let l2 = self.geom.side * self.geom.side;
-        let cols = self.geom.im2col(m, centres)?; // [34, b * l * l, 9 c]
-        let cols = cols.reshape((NUM_CROPS, b, l2, 9 * c))?.permute((0, 3, 2, 1))?.contiguous()?;
-        Ok(cols.reshape((NUM_CROPS, 9 * c, l2 * b))?)
+        Ok(FusedCrops { nets: nets.to_dtype(dtype)? })
     }
 
     /// # Shapes
     /// m [B, C, G, G] -> au_feat [B, 34, F]
     fn forward(&self, m: &Tensor, centres: &CropCentres) -> Result<Tensor> {
-        if let (Some(nets), true) = (&self.nets, k::cpu_f32(m)) {
-            return nets.forward(m, centres, PartMode::EVAL);
-        }
-        let b = m.dim(0)?;
-        let cols = self.im2col_t(m, centres)?; // [34, 9 c, l * l * b]
-        // Crop_Net_1 transposed: each crop's output comes out as [c, l * l, b], the flatten
-        // order of PyTorch's [c, l, l] with the batch last: Crop_Net_2's right factor as it is.
-        let h1 = aue_kernels::batched_matmul(&self.w1t, &cols).map_err(kernel_err)?; // [34, c, l * l * b]
-        let h1 = k::bias_act(&h1, 1, Epilogue::bias(&self.b1, Act::Relu)).map_err(kernel_err)?;
-        let h1 = h1.reshape((NUM_CROPS, (), b))?; // [34, c * l * l, b]
-        let h2 = aue_kernels::batched_matmul(&self.w2, &h1).map_err(kernel_err)?; // [34, F, b]
-        let h2 = k::bias_act(&h2, 1, Epilogue::bias(&self.b2, Act::Relu)).map_err(kernel_err)?;
-        Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
+        self.nets.forward(m, centres, PartMode::EVAL)
     }
 }
 
