@@ -56,11 +56,23 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// The engine used for `t`.
+    /// Whether Winograd's algorithm is asked for: explicitly, or by `Auto` unless it is switched
+    /// off (`winograd::set_winograd`). It runs where `winograd::supports` says.
+    fn takes_winograd(self) -> bool {
+        self == Engine::Winograd || (self == Engine::Auto && winograd::enabled())
+    }
+
+    /// The engine for a convolution Winograd's algorithm does not take: `Winograd` becomes
+    /// `Auto`.
+    fn direct(self) -> Engine {
+        if self == Engine::Winograd { Engine::Auto } else { self }
+    }
+
+    /// The engine used for `t` (after [`Engine::direct`]).
     fn resolve(self, t: &Tensor) -> Engine {
         match self {
             Engine::Auto if im2col_supports(t) => Engine::Im2col,
-            Engine::Shifted | Engine::Winograd if !im2col_supports(t) => Engine::Candle,
+            Engine::Shifted if !im2col_supports(t) => Engine::Candle,
             Engine::Auto => Engine::Candle,
             other => other,
         }
@@ -131,12 +143,10 @@ pub(crate) fn forward_view(
     };
     let full = (size(h, kh)?, size(wd, kw)?);
     let out = out.unwrap_or(full);
-    let resolved = engine.resolve(x);
-    let winograd = engine == Engine::Winograd || (engine == Engine::Auto && winograd::enabled());
-    if winograd && out == full && winograd::supports(x, (kh, kw), p) {
+    if engine.takes_winograd() && out == full && winograd::supports(x, (kh, kw), p) {
         return winograd::conv(x, w, p);
     }
-    let engine = if resolved == Engine::Winograd { Engine::Auto } else { engine };
+    let engine = engine.direct();
     match engine.resolve(x) {
         Engine::Im2col | Engine::Shifted
             if shifted::applies(x, p, (h, wd), out, Pass::Data, engine) =>
@@ -255,17 +265,13 @@ pub fn conv2d_input_grad(
     let (b, _, oh, ow) = grad.dims4()?;
     let (_, c_in, kh, kw) = w.dims4()?;
     let (h, wd) = input_hw;
-    let resolved = engine.resolve(grad);
-    let winograd = engine == Engine::Winograd || (engine == Engine::Auto && winograd::enabled());
     // (With stride 1 the input size is the output size plus 2 - 2p; checked all the same.)
     let fits = (h + 2 * p.padding, wd + 2 * p.padding) == (oh + 2, ow + 2);
-    if winograd && fits && winograd::supports(grad, (kh, kw), p) {
+    if engine.takes_winograd() && fits && winograd::supports(grad, (kh, kw), p) {
         return winograd::input_grad(grad, w, p);
     }
-    let (engine, resolved) = match resolved {
-        Engine::Winograd => (Engine::Auto, Engine::Auto.resolve(grad)),
-        other => (engine, other),
-    };
+    let engine = engine.direct();
+    let resolved = engine.resolve(grad);
     if matches!(resolved, Engine::Im2col | Engine::Shifted) {
         if shifted::applies(grad, p, input_hw, (oh, ow), Pass::Data, engine) {
             return shifted::conv_input_grad(grad, w, p, input_hw);
