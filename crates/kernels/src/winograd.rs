@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::Tensor;
 use gemm::Parallelism;
+use multiversion::multiversion;
 
 use rayon::prelude::*;
 
@@ -219,12 +220,37 @@ impl<T: Real> Scratch<T> {
     }
 }
 
+/// Column `q` of a row padded by `pad` zeros on the left, i.e. `src[q - pad]`, into `even[q /
+/// 2]` (even `q`) or `odd[q / 2]` (odd `q`), for every `q` below `2 * even.len()`; the other
+/// entries are left as they are. Pairs of `src` go to one slot of each (a branch-free
+/// de-interleave the compiler vectorises).
+#[inline(always)]
+fn split_even_odd<T: Copy>(src: &[T], pad: usize, even: &mut [T], odd: &mut [T]) {
+    debug_assert!(even.len() == odd.len() && pad <= 2 * even.len());
+    let n = src.len().min(2 * even.len() - pad);
+    let src = &src[..n];
+    // Source pair (2j, 2j + 1) is padded columns (2j + pad, 2j + pad + 1).
+    let (first, second) = if pad.is_multiple_of(2) { (even, odd) } else { (odd, even) };
+    let pairs = n / 2;
+    let first = &mut first[pad / 2..];
+    let second = &mut second[pad.div_ceil(2)..][..pairs];
+    for ((a, b), pair) in first[..pairs].iter_mut().zip(second.iter_mut()).zip(src.chunks_exact(2))
+    {
+        *a = pair[0];
+        *b = pair[1];
+    }
+    if n % 2 == 1 {
+        first[pairs] = src[n - 1];
+    }
+}
+
 /// `V = B^T d B` for every tile of one input plane (`h x w`, zero padding `pad`), tile row `ti`
 /// written to `dst(k)[ti*tw..(ti+1)*tw]` for each of the 16 positions `k`.
 ///
 /// Written to vectorise across the tiles of a row: each of a tile row's four input rows is split
 /// into its even and odd columns (tile `j` reads columns `2j..2j+4`: even `j`, `j+1`, odd `j`,
 /// `j+1`), so every step below is an element-wise operation on contiguous runs of `tw` values.
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn input_plane<'a, T: Real>(
     plane: &[T],
     (h, w): (usize, usize),
@@ -244,12 +270,7 @@ fn input_plane<'a, T: Real>(
             if iy < 0 || iy >= h as isize {
                 continue;
             }
-            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-            // Tile-row column q (0 <= q < 2*tw + 2) is input column q - pad.
-            for (ix, &val) in src.iter().enumerate().take((2 * half).saturating_sub(pad)) {
-                let q = ix + pad;
-                if q.is_multiple_of(2) { e[q / 2] = val } else { o[q / 2] = val }
-            }
+            split_even_odd(&plane[iy as usize * w..(iy as usize + 1) * w], pad, e, o);
         }
         // d B per row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
         for r in 0..A {
@@ -301,6 +322,7 @@ fn input_plane<'a, T: Real>(
 /// `Y = A^T M A` for every tile of one output plane (`oh x ow`, into `out`), from the 16
 /// positions' runs `m(k)` (`th * tw` tiles each). Vectorised across the tiles of a row like
 /// [`input_plane`].
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn output_plane<'a, T: Real>(
     m: impl Fn(usize) -> &'a [T],
     (th, tw): (usize, usize),
@@ -524,6 +546,7 @@ fn run(x: &Tensor, w: &Tensor, g: &Geometry, flip: bool, op: &str) -> candle_cor
 /// `A gy A^T` for every 2x2 tile of one output-gradient plane (`oh x ow`, zero past its edge),
 /// tile row `ti` written to `dst(k)[ti*tw..(ti+1)*tw]` for each of the 16 positions `k`: the
 /// adjoint of the output transform (`A = [1 0; 1 1; 1 -1; 0 -1]`).
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn grad_plane<'a, T: Real>(
     plane: &[T],
     (oh, ow): (usize, usize),
@@ -542,9 +565,7 @@ fn grad_plane<'a, T: Real>(
             if oy >= oh {
                 continue;
             }
-            for (ox, &val) in plane[oy * ow..(oy + 1) * ow].iter().enumerate() {
-                if ox.is_multiple_of(2) { e[ox / 2] = val } else { o[ox / 2] = val }
-            }
+            split_even_odd(&plane[oy * ow..(oy + 1) * ow], 0, e, o);
         }
         // gy A^T per row: [p, q] -> [p, p + q, p - q, -q], into rows[r][col][tile].
         for r in 0..M {
