@@ -724,3 +724,28 @@ pub(crate) fn weight_grad(x: &Tensor, grad: &Tensor, p: ConvParams) -> candle_co
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::split_even_odd;
+
+    /// Every padding the transforms use, rows shorter, as long as and longer than the scratch.
+    #[test]
+    fn split_even_odd_matches_its_definition() {
+        for pad in 0..=2 {
+            for half in 1..6 {
+                for len in 0..14 {
+                    let src: Vec<i32> = (1..=len).collect();
+                    let (mut even, mut odd) = (vec![-1; half], vec![-1; half]);
+                    split_even_odd(&src, pad, &mut even, &mut odd);
+                    for q in 0..2 * half {
+                        let want =
+                            q.checked_sub(pad).and_then(|i| src.get(i)).copied().unwrap_or(-1);
+                        let got = if q % 2 == 0 { even[q / 2] } else { odd[q / 2] };
+                        assert_eq!(got, want, "pad {pad}, half {half}, len {len}, column {q}");
+                    }
+                }
+            }
+        }
+    }
+}
