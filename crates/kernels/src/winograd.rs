@@ -34,8 +34,8 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::cpu::{
-    Real, SharedMut, View, by_dtype, gemm_view, par_chunks_zeroed, par_zeroed,
-    train_kernels_supported, with_cpu_slices,
+    Real, SharedMut, View, by_dtype, gemm_view, par_zeroed, train_kernels_supported,
+    with_cpu_slices,
 };
 use crate::params::ConvParams;
 
@@ -398,23 +398,31 @@ fn convolve<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
     }
     let group = g.group();
     let (image_in, image_out) = (g.c_in * g.h * g.w, g.c_out * g.oh * g.ow);
-    let run = |first: usize, y: &mut [T]| {
+    // Each worker's transformed inputs and products, sized for a whole group and reused for
+    // every group it runs (every element a group reads is written first): allocating and zeroing
+    // them per group cost as much as the input transform.
+    let buffers = || Buffers {
+        v: vec![T::zero(); K * g.c_in * group * tiles],
+        m: vec![T::zero(); K * g.c_out * group * tiles],
+        s: Scratch::new(tw),
+    };
+    let run = |bufs: &mut Buffers<T>, first: usize, y: &mut [T]| {
         let n = y.len() / image_out;
         let cols = n * tiles;
-        let mut s = Scratch::new(tw);
-        let mut v = vec![T::zero(); K * g.c_in * cols];
+        let Buffers { v, m, s } = bufs;
+        let v = &mut v[..K * g.c_in * cols];
         for i in 0..n {
             let xi = &x[(first + i) * image_in..(first + i + 1) * image_in];
             for (ch, plane) in xi.chunks_exact(g.h * g.w).enumerate() {
                 let v = SharedMut(v.as_mut_ptr());
                 let at = |k: usize| (k * g.c_in + ch) * cols + i * tiles;
                 // SAFETY: each k's run is inside `v` and read by nothing else meanwhile.
-                input_plane(plane, (g.h, g.w), g.pad, (th, tw), &mut s, |k| unsafe {
+                input_plane(plane, (g.h, g.w), g.pad, (th, tw), s, |k| unsafe {
                     v.run(at(k), tiles)
                 });
             }
         }
-        let mut m = vec![T::zero(); K * g.c_out * cols];
+        let m = &mut m[..K * g.c_out * cols];
         for (k, m_k) in m.chunks_exact_mut(g.c_out * cols).enumerate() {
             let u_k = &u[k * g.c_out * g.c_in..(k + 1) * g.c_out * g.c_in];
             let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
@@ -423,18 +431,32 @@ fn convolve<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
         for (p, out) in y.chunks_exact_mut(g.oh * g.ow).enumerate() {
             let (i, ch) = (p / g.c_out, p % g.c_out);
             let m_run = |k: usize| &m[(k * g.c_out + ch) * cols + i * tiles..][..tiles];
-            output_plane(m_run, (th, tw), out, (g.oh, g.ow), &mut s);
+            output_plane(m_run, (th, tw), out, (g.oh, g.ow), s);
         }
     };
     if threads > 1 {
-        par_chunks_zeroed(g.b * image_out, group * image_out, |j, y| run(j * group, y))
+        let mut y = par_zeroed(g.b * image_out);
+        y.par_chunks_mut(group * image_out)
+            .enumerate()
+            .for_each_init(buffers, |bufs, (j, part)| run(bufs, j * group, part));
+        y
     } else {
         let mut y = vec![T::zero(); g.b * image_out];
+        let mut bufs = buffers();
         for (j, part) in y.chunks_mut(group * image_out).enumerate() {
-            run(j * group, part);
+            run(&mut bufs, j * group, part);
         }
         y
     }
+}
+
+/// One worker's buffers in [`convolve`].
+struct Buffers<T> {
+    /// The transformed inputs of a group: `[16, c_in, group * tiles]`.
+    v: Vec<T>,
+    /// Their products with the filter: `[16, c_out, group * tiles]`.
+    m: Vec<T>,
+    s: Scratch<T>,
 }
 
 /// [`convolve`] with each phase in parallel over the whole batch: the input transform by

@@ -309,6 +309,11 @@ fn shifted_views_and_winograd_on_one_thread_and_on_more_threads_than_images() {
     // (else im2col); Winograd 3x3 with padding <= 2 only (else the Auto engine).
     let mut cases: Vec<Case> = all_cases().into_iter().filter(|c| c.p.stride == 1).collect();
     cases.push(Case::new((9, 11), 3, 1, 2, 2));
+    // Winograd's images in groups of at least 256 tiles, each worker reusing its buffers: 132
+    // tiles per image make groups of 2, the last one shorter (5 images); 289 tiles, one image
+    // per group, with more images than threads.
+    cases.push(Case { b: 5, ..Case::new((24, 22), 3, 1, 1, 1) });
+    cases.push(Case { b: 4, ..Case::new((34, 34), 3, 1, 1, 1) });
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
         pool.install(|| {
