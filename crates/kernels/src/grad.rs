@@ -143,7 +143,11 @@ pub(crate) fn forward_view(
     };
     let full = (size(h, kh)?, size(wd, kw)?);
     let out = out.unwrap_or(full);
-    if engine.takes_winograd() && out == full && winograd::supports(x, (kh, kw), p) {
+    if engine.takes_winograd()
+        && out == full
+        && winograd::supports(x, (kh, kw), p)
+        && (engine == Engine::Winograd || winograd::forward_pays(full))
+    {
         return winograd::conv(x, w, p);
     }
     let engine = engine.direct();

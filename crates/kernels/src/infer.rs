@@ -324,7 +324,9 @@ pub fn conv2d_bias_act(
     };
     let plane = oh * ow;
     let input = (x.dim(2)?, x.dim(3)?);
-    let winograd = winograd::enabled() && winograd::supports(&x, (w.dim(2)?, w.dim(3)?), params);
+    let winograd = winograd::enabled()
+        && winograd::supports(&x, (w.dim(2)?, w.dim(3)?), params)
+        && winograd::forward_pays((oh, ow));
     if winograd || shifted::applies(&x, params, input, (oh, ow), Pass::Data, Engine::Auto) {
         let y = if winograd {
             winograd::conv_f32(&x, &w, params)?

@@ -107,6 +107,22 @@ pub(crate) fn supports(t: &Tensor, kernel: (usize, usize), p: ConvParams) -> boo
         && train_kernels_supported(t)
 }
 
+/// Tiles per output map below which `Engine::Auto` convolves forward directly (im2col) rather
+/// than by Winograd's algorithm.
+const MIN_FORWARD_TILES: usize = 32;
+
+/// Whether `Engine::Auto` takes Winograd's algorithm for a forward convolution with an output of
+/// `out`: on maps of at least [`MIN_FORWARD_TILES`] tiles. On 7 x 7 maps (16 tiles per image) a
+/// batch has so few tile columns that each of the 16 products is mostly the transformed filter,
+/// 16/9 of the weights, written by the filter transform and read back; the direct product reads
+/// the weights once. Measured (f32, batch 8, one thread, 3x3 512 -> 512 @ 7): Intel Xeon (Sapphire
+/// Rapids) im2col 20.7 ms, Winograd 27.5 ms; AMD EPYC 20.3 and 20.6 ms. The input gradient keeps
+/// Winograd's algorithm there: on the Intel machine im2col's was faster too (26.4 against 32.8
+/// ms), on AMD EPYC slower (26.0 against 21.6 ms).
+pub(crate) fn forward_pays(out: (usize, usize)) -> bool {
+    out.0.div_ceil(M) * out.1.div_ceil(M) >= MIN_FORWARD_TILES
+}
+
 /// Whether `WeightGradAlgo::Auto` takes [`weight_grad`] for an output of `out`: for maps of 32
 /// to 256 tiles per image. Measured against im2col (one thread, batch 8, f32, AMD EPYC): 3x3 at
 /// 28 x 28 (196 tiles) 24.7 -> 21.5 ms, at 14 x 14 (49) 21.5 -> 17.8 ms; slower at 56 x 56 (784
