@@ -81,6 +81,43 @@ pub fn batch_norm_train(
     Ok((y, stat(&s.mean)?, stat(&s.var)?))
 }
 
+/// Partial sums per run of the statistics: independent chains, so that the f64 adds do not
+/// each wait for the previous one (one running sum adds one element per add latency).
+const SUM_LANES: usize = 8;
+
+/// `sum_i f(xs[i])` in f64, element `i` into partial sum `i % SUM_LANES` (the tail into its
+/// own), the partial sums then added pairwise: a fixed order, the same at any thread count.
+#[inline]
+fn lane_sum<T: Copy>(xs: &[T], f: impl Fn(T) -> f64) -> f64 {
+    lane_sum2(xs, xs, |x, _| [f(x), 0.0])[0]
+}
+
+/// Two sums over the pairs `(xs[i], ys[i])` at once, as [`lane_sum`].
+#[inline]
+fn lane_sum2<A: Copy, B: Copy>(xs: &[A], ys: &[B], f: impl Fn(A, B) -> [f64; 2]) -> [f64; 2] {
+    let n = xs.len().min(ys.len());
+    let whole = n - n % SUM_LANES;
+    let mut acc = [[0f64; SUM_LANES]; 2];
+    for (a, b) in xs[..whole].chunks_exact(SUM_LANES).zip(ys[..whole].chunks_exact(SUM_LANES)) {
+        for l in 0..SUM_LANES {
+            let [p, q] = f(a[l], b[l]);
+            acc[0][l] += p;
+            acc[1][l] += q;
+        }
+    }
+    let mut tail = [0f64; 2];
+    for (&a, &b) in xs[whole..n].iter().zip(&ys[whole..n]) {
+        let [p, q] = f(a, b);
+        tail[0] += p;
+        tail[1] += q;
+    }
+    let fold = |a: &[f64; SUM_LANES]| {
+        let h: [f64; 4] = std::array::from_fn(|i| a[i] + a[i + 4]);
+        (h[0] + h[2]) + (h[1] + h[3])
+    };
+    [fold(&acc[0]) + tail[0], fold(&acc[1]) + tail[1]]
+}
+
 #[derive(Debug, Clone)]
 struct BatchNormOp {
     eps: f64,
@@ -98,12 +135,21 @@ impl BatchNormOp {
 
     /// `sum over samples n of f(channel, run)`, per channel.
     fn per_channel(&self, f: impl Fn(usize, Range<usize>) -> f64 + Sync) -> Vec<f64> {
+        self.per_channel2(|ch, r| [f(ch, r), 0.0]).into_iter().map(|[s, _]| s).collect()
+    }
+
+    /// Two sums at once, as [`Self::per_channel`] (one pass over the runs for both).
+    fn per_channel2(&self, f: impl Fn(usize, Range<usize>) -> [f64; 2] + Sync) -> Vec<[f64; 2]> {
         let (outer, c) = (self.outer, self.c);
         let per_task = (MIN_TASK / (self.inner * outer)).max(1);
         (0..c)
             .into_par_iter()
             .with_min_len(per_task)
-            .map(|ch| (0..outer).map(|n| f(ch, self.run(n * c + ch))).sum())
+            .map(|ch| {
+                (0..outer).map(|n| f(ch, self.run(n * c + ch))).fold([0.0; 2], |[a, b], [x, y]| {
+                    [a + x, b + y]
+                })
+            })
             .collect()
     }
 
@@ -111,12 +157,12 @@ impl BatchNormOp {
         let c = self.c;
         let m = (self.outer * self.inner) as f64;
         let mean: Vec<f64> = self
-            .per_channel(|_, r| x[r].iter().map(|v| v.to_f64()).sum())
+            .per_channel(|_, r| lane_sum(&x[r], |v| v.to_f64()))
             .into_iter()
             .map(|s| s / m)
             .collect();
         let var: Vec<f64> = self
-            .per_channel(|ch, r| x[r].iter().map(|v| (v.to_f64() - mean[ch]).powi(2)).sum())
+            .per_channel(|ch, r| lane_sum(&x[r], |v| (v.to_f64() - mean[ch]).powi(2)))
             .into_iter()
             .map(|s| s / m)
             .collect();
@@ -156,10 +202,14 @@ impl BatchNormOp {
             candle_core::bail!("batch_norm_train: backward before forward");
         }
         let (mean, invstd) = (&saved.mean, &saved.invstd);
-        let sum_dy = self.per_channel(|_, r| dy[r].iter().map(|v| v.to_f64()).sum());
-        let dot = self.per_channel(|ch, r| {
-            x[r.clone()].iter().zip(&dy[r]).map(|(x, g)| (x.to_f64() - mean[ch]) * g.to_f64()).sum()
+        // Per channel: the sum of dy and of (x - mean) dy, in one pass over both.
+        let sums = self.per_channel2(|ch, r| {
+            lane_sum2(&x[r.clone()], &dy[r], |x, g| {
+                let g = g.to_f64();
+                [g, (x.to_f64() - mean[ch]) * g]
+            })
         });
+        let (sum_dy, dot): (Vec<f64>, Vec<f64>) = sums.into_iter().map(|[a, b]| (a, b)).unzip();
         let dx = par_chunks_zeroed(x.len(), self.inner, |r, out: &mut [T]| {
             let ch = r % c;
             let k = dot[ch] * invstd[ch] * invstd[ch] / m;
