@@ -146,9 +146,9 @@ impl BatchNormOp {
             .into_par_iter()
             .with_min_len(per_task)
             .map(|ch| {
-                (0..outer).map(|n| f(ch, self.run(n * c + ch))).fold([0.0; 2], |[a, b], [x, y]| {
-                    [a + x, b + y]
-                })
+                (0..outer)
+                    .map(|n| f(ch, self.run(n * c + ch)))
+                    .fold([0.0; 2], |[a, b], [x, y]| [a + x, b + y])
             })
             .collect()
     }

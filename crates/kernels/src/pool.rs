@@ -77,33 +77,45 @@ impl Pool {
     }
 
     /// `out[oy * ow + ox]` = the max of its window of `img` (`-inf` for padding).
+    ///
+    /// Row by row of the output: the element-wise max of the window's input rows first (a
+    /// vectorised pass over whole rows), then each output the max of its columns of that row.
+    /// The max of a set does not depend on the order it is taken in (NaN aside, which `max`
+    /// skips either way).
     pub(crate) fn forward_plane<T: Real>(&self, img: &[T], out: &mut [T]) {
-        for oy in 0..self.oh {
-            for ox in 0..self.ow {
-                let (rows, cols) = self.window(oy, ox);
-                let mut m = T::NEG_INFINITY;
-                for r in rows {
-                    for &v in &img[r * self.w + cols.start..r * self.w + cols.end] {
-                        m = m.maximum(v);
-                    }
+        let w = self.w;
+        let mut rowmax = vec![T::NEG_INFINITY; w];
+        for (oy, out_row) in out.chunks_exact_mut(self.ow).enumerate() {
+            let (rows, _) = self.window(oy, 0);
+            rowmax.copy_from_slice(&img[rows.start * w..][..w]);
+            for r in rows.start + 1..rows.end {
+                for (m, &v) in rowmax.iter_mut().zip(&img[r * w..][..w]) {
+                    *m = m.maximum(v);
                 }
-                out[oy * self.ow + ox] = m;
+            }
+            for (ox, o) in out_row.iter_mut().enumerate() {
+                let (_, cols) = self.window(0, ox);
+                *o = rowmax[cols].iter().fold(T::NEG_INFINITY, |m, &v| m.maximum(v));
             }
         }
     }
 
     /// Adds each output's gradient `g` to every tap of its window of `img` that equals its max
-    /// `y`, into `dx` (zeros on entry).
+    /// `y`, into `dx` (zeros on entry). Row by row of the input under each output row, so that
+    /// the window's bounds are computed once per row and column instead of once per tap.
     fn backward_plane<T: Real>(&self, img: &[T], y: &[T], g: &[T], dx: &mut [T]) {
+        let w = self.w;
+        let cols: Vec<std::ops::Range<usize>> =
+            (0..self.ow).map(|ox| self.window(0, ox).1).collect();
         for oy in 0..self.oh {
-            for ox in 0..self.ow {
-                let o = oy * self.ow + ox;
-                let (rows, cols) = self.window(oy, ox);
-                for r in rows {
+            let (rows, _) = self.window(oy, 0);
+            let (y_row, g_row) = (&y[oy * self.ow..][..self.ow], &g[oy * self.ow..][..self.ow]);
+            for r in rows {
+                let (row, d_row) = (&img[r * w..][..w], &mut dx[r * w..][..w]);
+                for ((cols, &m), &go) in cols.iter().zip(y_row).zip(g_row) {
                     for c in cols.clone() {
-                        let i = r * self.w + c;
-                        if img[i] == y[o] {
-                            dx[i] += g[o];
+                        if row[c] == m {
+                            d_row[c] += go;
                         }
                     }
                 }
