@@ -113,10 +113,11 @@ impl Pool {
             for r in rows {
                 let (row, d_row) = (&img[r * w..][..w], &mut dx[r * w..][..w]);
                 for ((cols, &m), &go) in cols.iter().zip(y_row).zip(g_row) {
-                    for c in cols.clone() {
-                        if row[c] == m {
-                            d_row[c] += go;
-                        }
+                    // Branch-free (which taps hold the max is data, a branch on it mispredicts):
+                    // adding +0 to a tap that is not the max leaves it as it is, since `dx`
+                    // starts at +0 and a sum from +0 never becomes -0.
+                    for (&v, d) in row[cols.clone()].iter().zip(&mut d_row[cols.clone()]) {
+                        *d += if v == m { go } else { T::zero() };
                     }
                 }
             }
