@@ -28,6 +28,8 @@ fn main() -> candle_core::Result<()> {
         ("3x3 512 @ 7", 512, 512, 7, 3, 1),
         ("1x1 64 -> 256 @ 56", 64, 256, 56, 1, 0),
         ("1x1 1024 -> 256 @ 14", 1024, 256, 14, 1, 0),
+        // resnet18's EM branch: the four stage maps, pooled to 7 x 7 and stacked, to 1024.
+        ("3x3 960 -> 1024 @ 7", 960, 1024, 7, 3, 1),
     ];
     let methods = [
         ("im2col", Engine::Im2col, WeightGradAlgo::Im2col),
