@@ -28,7 +28,10 @@ pub struct BnStats<'a> {
 impl BnStats<'_> {
     /// The per-channel scale `s` and shift `beta - mean s`, in f64.
     pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
-        let f = |t: &Tensor| t.to_dtype(DType::F64);
+        // Detached: the parameters are variables, and a result computed from them would record
+        // its ops, so that a weight folded with it kept the layer's original weight alive
+        // through its graph (the fused inference model held both copies of every folded layer).
+        let f = |t: &Tensor| t.detach().to_dtype(DType::F64);
         let s = f(self.gamma)?.div(&(f(self.var)? + BN_EPS)?.sqrt()?)?;
         let shift = (f(self.beta)? - f(self.mean)?.mul(&s)?)?;
         Ok((s, shift))
@@ -78,5 +81,5 @@ pub fn fold(
         Some(b) => (b.to_dtype(DType::F64)?.mul(&s)? + shift)?,
         None => shift,
     };
-    Ok(Folded { weight: w.to_dtype(dtype)?, bias: b.to_dtype(dtype)? })
+    Ok(Folded { weight: w.to_dtype(dtype)?.detach(), bias: b.to_dtype(dtype)?.detach() })
 }
