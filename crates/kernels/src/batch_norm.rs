@@ -4,8 +4,9 @@
 //! channel (Candle reduces over leading dims with a strided fold, which is slow), four broadcast
 //! ops, and in the backward pass each broadcast's gradient reduced over the same dims again: about
 //! a third of a ResNet training step on the CPU. Here the statistics take two passes over the
-//! data, the output one, and the backward three, each over contiguous runs per (sample, channel),
-//! in parallel, with f64 accumulators (PyTorch's accumulator type for f32 on the CPU).
+//! data, the output one, and the backward two (both of its sums in one, then `dx`), each over
+//! contiguous runs per (sample, channel), in parallel, with f64 accumulators (PyTorch's
+//! accumulator type for f32 on the CPU), eight partial sums per run (`lane_sum2`).
 //!
 //! The formulas are PyTorch's CPU ones (`aten/src/ATen/native/Normalization.cpp`):
 //! forward `y = x * a + s` with `a = w / sqrt(var + eps)`, `s = bias - mean * a` (biased var);
