@@ -105,8 +105,7 @@ impl Pool {
     /// the window's bounds are computed once per row and column instead of once per tap.
     fn backward_plane<T: Real>(&self, img: &[T], y: &[T], g: &[T], dx: &mut [T]) {
         let w = self.w;
-        let cols: Vec<std::ops::Range<usize>> =
-            (0..self.ow).map(|ox| self.window(0, ox).1).collect();
+        let cols: Vec<Range<usize>> = (0..self.ow).map(|ox| self.window(0, ox).1).collect();
         for oy in 0..self.oh {
             let (rows, _) = self.window(oy, 0);
             let (y_row, g_row) = (&y[oy * self.ow..][..self.ow], &g[oy * self.ow..][..self.ow]);
