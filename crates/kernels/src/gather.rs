@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
 
 use crate::cpu::{MIN_TASK, Real, by_dtype, par_chunks_zeroed, slice, train_kernels_supported};
 use crate::error::{KernelError, Result};
@@ -52,8 +53,17 @@ fn gather<T: WithDType>(src: &[T], ids: &[u32], c: usize) -> Vec<T> {
 /// The gradient of [`gather`]: row `i` is the sum of the rows `j` of `grad` with `ids[j] == i`,
 /// added from zero in increasing `j` (`index_add`'s order); rows no index names are zero.
 fn scatter_add<T: Real>(grad: &[T], ids: &[u32], rows: usize, c: usize) -> Vec<T> {
-    // Counting sort of the positions by source row: `order[start[i]..start[i + 1]]` are the
-    // positions that read row i, increasing.
+    let mut out = crate::cpu::par_zeroed(rows * c);
+    scatter_add_into(&mut out, grad, ids, c);
+    out
+}
+
+/// Adds row `j` of `grad` (`[ids.len(), c]`) into row `ids[j]` of `dst` (`[_, c]`), each row of
+/// `dst` taking its rows in increasing `j` (`index_add`'s order), rows in parallel.
+pub(crate) fn scatter_add_into<T: Real>(dst: &mut [T], grad: &[T], ids: &[u32], c: usize) {
+    let rows = dst.len() / c.max(1);
+    // Counting sort of the positions by destination row: `order[start[i]..start[i + 1]]` are the
+    // positions that add into row i, increasing.
     let mut start = vec![0usize; rows + 1];
     for &i in ids {
         start[i as usize + 1] += 1;
@@ -68,7 +78,7 @@ fn scatter_add<T: Real>(grad: &[T], ids: &[u32], rows: usize, c: usize) -> Vec<T
         next[i as usize] += 1;
     }
     let per_task = MIN_TASK.div_ceil(c.max(1));
-    par_chunks_zeroed(rows * c, per_task * c, |t, out: &mut [T]| {
+    dst.par_chunks_mut(per_task * c.max(1)).enumerate().for_each(|(t, out)| {
         for (k, o) in out.chunks_mut(c).enumerate() {
             let i = t * per_task + k;
             for &j in &order[start[i]..start[i + 1]] {
@@ -77,7 +87,7 @@ fn scatter_add<T: Real>(grad: &[T], ids: &[u32], rows: usize, c: usize) -> Vec<T
                 }
             }
         }
-    })
+    });
 }
 
 #[derive(Debug, Clone)]

@@ -2,10 +2,13 @@
 //!
 //! The reference runs 34 separate `Crop_Net_1.{k}` (Conv2d 3x3 + ReLU) and `Crop_Net_2.{k}`
 //! (Linear + ReLU + Dropout) modules on 34 crops of the AU map M. Here:
-//! - one `index_select` on the zero-padded, channels-last map gathers the im2col matrix of all 34
-//!   crops at once (crop gather and im2col fused: the taps of the 3x3 conv that fall outside a crop,
-//!   the conv's own zero padding, read a padding zero);
-//! - `Crop_Net_1` is one batched matmul with the 34 kernels stacked to [34, 9 C, C];
+//! - the im2col matrix of each crop is rows of the zero-padded, channels-last map gathered by
+//!   index (crop gather and im2col fused: the taps of the 3x3 conv that fall outside a crop, the
+//!   conv's own zero padding, read a padding zero);
+//! - `Crop_Net_1` is one op, aue-kernels' `gather_batched_matmul`: those matrices times the 34
+//!   kernels stacked to [34, 9 C, C], each matrix gathered just before its product, forward and
+//!   backward, so that the graph keeps the map, not the 34 matrices (360 MB at resnet18's sizes,
+//!   batch 8), with the values and gradients of `index_select` then a batched matmul;
 //! - `Crop_Net_2` is one batched matmul with the 34 weights stacked to [34, F, C L^2].
 //!
 //! The variables stay per crop with the reference's names and shapes; the stacks are built inside
@@ -199,9 +202,9 @@ impl CropNets {
         let h2 = if mode.grad {
             self.crops(&rows, &ids, m.dims4()?, 0..NUM_CROPS, mode)?
         } else {
-            // Without a gradient the crops go a few at a time, so that the im2col matrix of all
-            // 34 (360 MB for resnet18 at batch 8, which backward passes need) never exists at
-            // once. Each crop's products are the same gemm calls: the same values.
+            // Without a gradient the crops go a few at a time (the products of Crop_Net_2's
+            // outputs with them too). Each crop's products are the same gemm calls: the same
+            // values.
             let chunk = EVAL_CROPS.max(rayon::current_num_threads()).min(NUM_CROPS);
             let parts = (0..NUM_CROPS)
                 .step_by(chunk)
@@ -232,15 +235,16 @@ impl CropNets {
         let (k0, n) = (range.start, range.len());
         let per_crop = b * l * l * 9;
         let ids = &ids[k0 * per_crop..(k0 + n) * per_crop];
-        let cols = aue_kernels::index_select_rows(rows, ids).map_err(candle_core::Error::from)?;
-        let cols = cols.reshape((n, b * l * l, 9 * c))?;
         let part = |t: &Tensor| -> Result<Tensor> {
             let t = mode.see(t);
             Ok(if n == NUM_CROPS { t } else { t.narrow(0, k0, n)? })
         };
-        // Crop_Net_1: kernels [n, c_out, c_in, 3, 3] -> [n, ky, kx, c_in, c_out] -> [n, 9 c, c]
+        // Crop_Net_1: kernels [n, c_out, c_in, 3, 3] -> [n, ky, kx, c_in, c_out] -> [n, 9 c, c],
+        // times the crops' im2col matrices [n, b * l * l, 9 c] gathered from `rows` at `ids`.
         let w1 = part(&self.conv_w)?.permute((0, 3, 4, 2, 1))?.reshape((n, 9 * c, c))?;
-        let h1 = bias_relu(&bmm(&cols, &w1)?, &part(&self.conv_b)?)?; // [n, b * l * l, c]
+        let conv =
+            aue_kernels::gather_batched_matmul(rows, ids, &w1).map_err(candle_core::Error::from)?;
+        let h1 = bias_relu(&conv, &part(&self.conv_b)?)?; // [n, b * l * l, c]
         // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
         let h1 = transpose_copy(&h1.reshape((n * b, l * l, c))?)?; // [n b, c, l * l]
         let h1 = h1.reshape((n, b, c * l * l))?;
@@ -258,13 +262,6 @@ impl CropNets {
 /// (more with more threads, so that each runs one crop's products).
 const EVAL_CROPS: usize = 4;
 
-/// The crops' batched products: aue-kernels' `batched_matmul` runs the 34 products in parallel
-/// on the CPU, each whole on one thread (gemm's packing of the large factor included), with
-/// Candle's values and gradients bit for bit; Candle's `matmul` elsewhere.
-fn bmm(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
-    Ok(aue_kernels::batched_matmul(lhs, rhs).map_err(candle_core::Error::from)?)
-}
-
 /// `relu(x + bias)` with one bias per group and channel: aue-kernels' one-pass op on the CPU
 /// (its bias gradient summed per group in parallel), Candle's values and gradients bit for bit.
 ///
@@ -280,7 +277,8 @@ fn transpose_copy(x: &Tensor) -> Result<Tensor> {
     Ok(aue_kernels::transpose_copy(x).map_err(candle_core::Error::from)?)
 }
 
-/// `lhs x rhs^T` as [`bmm`] of `rhs`'s transposed view, but `rhs`'s gradient is computed in its
+/// `lhs x rhs^T` as aue-kernels' `batched_matmul` (the products of a batch in parallel on the
+/// CPU, Candle's values) of `rhs`'s transposed view, but `rhs`'s gradient is computed in its
 /// own layout (`grad^T x lhs`): for `Crop_Net_2` the faster product, and no transposed copy of it
 /// (rounding may differ from Candle's `lhs^T x grad`; see aue-kernels' tests).
 fn bmm_nt(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
