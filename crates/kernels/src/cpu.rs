@@ -8,6 +8,8 @@ use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::skinny;
+
 /// Elements per rayon task, at least (short runs are grouped).
 pub(crate) const MIN_TASK: usize = 4096;
 
@@ -157,7 +159,9 @@ pub(crate) struct View<P> {
     pub cs: usize,
 }
 
-/// `dst = lhs x rhs` (`m x k` times `k x n`), or `dst += lhs x rhs` when `accumulate`.
+/// `dst = lhs x rhs` (`m x k` times `k x n`), or `dst += lhs x rhs` when `accumulate`: gemm, or
+/// for up to 16 columns with both factors contiguous along `k` (f32, AVX-512) `skinny.rs`'s
+/// kernel, which sums in another order.
 ///
 /// # Safety
 /// Every element the three views reach (`m x n`, `m x k`, `k x n` with their strides) must lie
@@ -172,6 +176,12 @@ pub(crate) unsafe fn gemm_view<T: Real>(
     rhs: View<*const T>,
     parallelism: Parallelism,
 ) {
+    if lhs.cs == 1 && rhs.rs == 1 && dst.cs == 1 && is_f32::<T>() && skinny::takes(n) {
+        let (a, b, y) = (lhs.ptr.cast::<f32>(), rhs.ptr.cast::<f32>(), dst.ptr.cast::<f32>());
+        // SAFETY: T is f32 and `takes(n)` holds; the views are the caller's.
+        unsafe { skinny::dot_rows_f32((m, n, k), a, lhs.rs, b, rhs.cs, y, dst.rs, accumulate) };
+        return;
+    }
     // SAFETY: as the caller promises. gemm computes `alpha * dst + beta * lhs x rhs`, reading
     // dst only when `read_dst`.
     unsafe {
@@ -197,6 +207,11 @@ pub(crate) unsafe fn gemm_view<T: Real>(
             parallelism,
         )
     }
+}
+
+/// Whether `T` is f32.
+fn is_f32<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
 }
 
 /// A raw pointer shared by parallel tasks that write disjoint elements through it (the

@@ -42,6 +42,7 @@ mod params;
 mod pool;
 mod relu;
 mod shifted;
+mod skinny;
 #[cfg(test)]
 mod testing;
 mod transpose;
