@@ -314,6 +314,9 @@ fn shifted_views_and_winograd_on_one_thread_and_on_more_threads_than_images() {
     // per group, with more images than threads.
     cases.push(Case { b: 5, ..Case::new((24, 22), 3, 1, 1, 1) });
     cases.push(Case { b: 4, ..Case::new((34, 34), 3, 1, 1, 1) });
+    // More channels than the other cases, neither a power of two: the filter transform's rows
+    // (c_out forward, c_in for the input gradient's flipped kernel) and their gathers.
+    cases.push(Case { ci: 11, co: 19, ..Case::new((9, 10), 3, 1, 1, 1) });
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
         pool.install(|| {
