@@ -246,13 +246,10 @@ impl FusedResNet {
     }
 }
 
-/// quirk: the reference's LRN (`crate::nn::lrn_quirk`), as one parallel pass on the CPU.
+/// quirk: the reference's LRN (`crate::nn::lrn_quirk`: one parallel pass on the CPU, as nothing
+/// here records a gradient).
 fn lrn(x: &Tensor) -> Result<Tensor> {
-    if k::cpu_f32(x) {
-        k::lrn_prev_channel(x, 1e-4, 0.75, 1.0).map_err(kernel_err)
-    } else {
-        lrn_quirk(x)
-    }
+    lrn_quirk(x)
 }
 
 /// The EM branch up to `feature`.

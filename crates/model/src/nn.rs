@@ -522,12 +522,21 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// beta 0.75, k 1, with the window SUMMED (it multiplies the average by the size):
 /// y_c = x_c / (1 + 1e-4 (x_{c-1}^2 + x_c^2))^0.75 with x_{-1} = 0. Not PyTorch's nn.LocalResponseNorm.
 ///
+/// Without a gradient to record (a frozen part, eval) on CPU f32: aue-kernels' parallel
+/// `lrn_prev_channel`, the same operations in the same order (equal bit for bit; Candle's element
+/// ops below run on one thread, its `powf` alone 1-2% of a two-thread stage-3 step).
+///
 /// # Shapes
 /// x [B, C, H, W] -> [B, C, H, W]
 pub fn lrn_quirk(x: &Tensor) -> Result<Tensor> {
     const ALPHA: f64 = 1e-4;
     const BETA: f64 = 0.75;
     const K: f64 = 1.0;
+    if !x.track_op() && x.dims().len() == 4 && aue_kernels::infer::cpu_f32(x) {
+        let (alpha, beta, k) = (ALPHA as f32, BETA as f32, K as f32);
+        let y = aue_kernels::infer::lrn_prev_channel(x, alpha, beta, k);
+        return Ok(y.map_err(candle_core::Error::from)?);
+    }
     let c = x.dim(1)?;
     let sq = x.sqr()?;
     let s = if c > 1 {
@@ -682,6 +691,19 @@ mod tests {
         assert_eq!(y.to_vec1::<f32>().unwrap(), [0.75, 1.0, 0.9, 1.0, 0.75]);
         let g = grad_of(&x, &y.sum_all().unwrap()).unwrap();
         assert_eq!(g.to_vec1::<f32>().unwrap(), [1., 1., 1., 0., 0.]);
+    }
+
+    #[test]
+    fn lrn_without_gradient_equals_the_recorded_ops_bit_for_bit() {
+        let x = (Tensor::randn(0f32, 1., (2, 7, 5, 3), &Device::Cpu).unwrap() * 40.).unwrap();
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let (plain, recorded) = (lrn_quirk(&x).unwrap(), lrn_quirk(var.as_tensor()).unwrap());
+        assert!(!plain.track_op() && recorded.track_op());
+        let bits = |t: &Tensor| {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+        };
+        let (a, b): (Vec<u32>, Vec<u32>) = (bits(&plain), bits(&recorded));
+        assert_eq!(a, b);
     }
 
     #[test]
