@@ -312,12 +312,11 @@ impl CropGrid {
         let (b, c, g, _) = m.dims4()?;
         let (l, h) = (self.side, self.side / 2);
         let gp = g + l;
-        // [b, gp, gp, c] -> rows [b * gp * gp, c]
-        let padded = m
-            .permute((0, 2, 3, 1))?
-            .contiguous()?
-            .pad_with_zeros(1, h, h)?
-            .pad_with_zeros(2, h, h)?;
+        // [b, c, g * g] -> [b, g * g, c] in parallel (Candle's strided copy of the permuted view
+        // runs on one thread), then [b, gp, gp, c] -> rows [b * gp * gp, c]
+        let last = transpose_copy(&m.reshape((b, c, g * g))?)?;
+        let padded =
+            last.reshape((b, g, g, c))?.pad_with_zeros(1, h, h)?.pad_with_zeros(2, h, h)?;
         Ok(padded.reshape((b * gp * gp, c))?)
     }
 }
