@@ -179,7 +179,9 @@ pub(crate) unsafe fn gemm_view<T: Real>(
     if lhs.cs == 1 && rhs.rs == 1 && dst.cs == 1 && is_f32::<T>() && skinny::takes(n) {
         let (a, b, y) = (lhs.ptr.cast::<f32>(), rhs.ptr.cast::<f32>(), dst.ptr.cast::<f32>());
         // SAFETY: T is f32 and `takes(n)` holds; the views are the caller's.
-        unsafe { skinny::dot_rows_f32((m, n, k), a, lhs.rs, b, rhs.cs, y, dst.rs, accumulate) };
+        unsafe {
+            skinny::dot_rows_f32((m, n, k), (a, lhs.rs), (b, rhs.cs), (y, dst.rs), accumulate)
+        };
         return;
     }
     // SAFETY: as the caller promises. gemm computes `alpha * dst + beta * lhs x rhs`, reading

@@ -46,12 +46,9 @@ pub(crate) fn takes(n: usize) -> bool {
 /// `accumulate`) must lie in their allocations, `y`'s rows not overlapping `a`, `b` or each other.
 pub(crate) unsafe fn dot_rows_f32(
     (m, n, k): (usize, usize, usize),
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    y: *mut f32,
-    ldy: usize,
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    (y, ldy): (*mut f32, usize),
     accumulate: bool,
 ) {
     debug_assert!(takes(n));
@@ -202,7 +199,7 @@ mod tests {
                 // SAFETY: takes(n) holds; every row lies in its vector.
                 unsafe {
                     let (pa, pb, py) = (a.as_ptr(), b.as_ptr(), y.as_mut_ptr());
-                    dot_rows_f32((m, n, k), pa, lda, pb, ldb, py, ldy, accumulate);
+                    dot_rows_f32((m, n, k), (pa, lda), (pb, ldb), (py, ldy), accumulate);
                 }
                 for i in 0..m {
                     for j in 0..ldy {
