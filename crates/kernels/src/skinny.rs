@@ -63,44 +63,34 @@ pub(crate) unsafe fn dot_rows_f32(
         if k == 0 {
             return;
         }
-        // Columns past n read row n - 1 again; their sums are dropped.
-        let cols = |count: usize| -> Vec<*const f32> {
-            (0..count).map(|j| b.add(j.min(n - 1) * ldb)).collect()
+        // Column j of block k0; columns past n read row n - 1 again, their sums dropped.
+        let col = |j: usize, k0: usize| b.add(j.min(n - 1) * ldb + k0);
+        // Adds a row's sums into row i of y.
+        let add = |i: usize, sums: &[f32]| {
+            let out = std::slice::from_raw_parts_mut(y.add(i * ldy), n);
+            out.iter_mut().zip(sums).for_each(|(o, s)| *o += s);
         };
         for k0 in (0..k).step_by(BLOCK) {
             let len = BLOCK.min(k - k0);
             if n <= 8 {
-                let cols = cols(8);
-                let mut bc = [std::ptr::null(); 8];
-                for (dst, &c) in bc.iter_mut().zip(&cols) {
-                    *dst = c.add(k0);
-                }
+                let cols: [*const f32; 8] = std::array::from_fn(|j| col(j, k0));
                 for i in (0..m).step_by(2) {
-                    // An odd last row is paired with itself.
+                    // An odd last row is paired with itself (its second sums dropped).
                     let i1 = (i + 1).min(m - 1);
                     let rows = [a.add(i * lda + k0), a.add(i1 * lda + k0)];
                     let mut sums = [[0f32; 8]; 2];
-                    x86::block::<2, 8>(rows, bc, len, &mut sums);
-                    for (r, &row) in [i, i1].iter().enumerate().take(if i1 == i { 1 } else { 2 }) {
-                        let out = std::slice::from_raw_parts_mut(y.add(row * ldy), n);
-                        for (o, s) in out.iter_mut().zip(sums[r]) {
-                            *o += s;
-                        }
+                    x86::block::<2, 8>(rows, cols, len, &mut sums);
+                    add(i, &sums[0]);
+                    if i1 != i {
+                        add(i1, &sums[1]);
                     }
                 }
             } else {
-                let cols = cols(16);
-                let mut bc = [std::ptr::null(); 16];
-                for (dst, &c) in bc.iter_mut().zip(&cols) {
-                    *dst = c.add(k0);
-                }
+                let cols: [*const f32; 16] = std::array::from_fn(|j| col(j, k0));
                 for i in 0..m {
                     let mut sums = [[0f32; 16]; 1];
-                    x86::block::<1, 16>([a.add(i * lda + k0)], bc, len, &mut sums);
-                    let out = std::slice::from_raw_parts_mut(y.add(i * ldy), n);
-                    for (o, s) in out.iter_mut().zip(sums[0]) {
-                        *o += s;
-                    }
+                    x86::block::<1, 16>([a.add(i * lda + k0)], cols, len, &mut sums);
+                    add(i, &sums[0]);
                 }
             }
         }

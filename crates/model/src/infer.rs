@@ -246,12 +246,6 @@ impl FusedResNet {
     }
 }
 
-/// quirk: the reference's LRN (`crate::nn::lrn_quirk`: one parallel pass on the CPU, as nothing
-/// here records a gradient).
-fn lrn(x: &Tensor) -> Result<Tensor> {
-    lrn_quirk(x)
-}
-
 /// The EM branch up to `feature`.
 #[derive(Debug, Clone)]
 struct FusedEm {
@@ -269,7 +263,8 @@ impl FusedEm {
     fn forward(&self, f: &[Tensor; 4]) -> Result<Tensor> {
         let pool = |t: &Tensor, s: usize| k::max_pool2d(t, s, s, 0).map_err(kernel_err);
         let x = Tensor::cat(&[pool(&f[0], 8)?, pool(&f[1], 4)?, pool(&f[2], 2)?, f[3].clone()], 1)?;
-        let x = self.reduce.forward(&lrn(&x)?, None, Act::Relu)?; // [B, em_dim, S/32, S/32]
+        // quirk: the reference's LRN (one parallel pass on the CPU: nothing here records a gradient).
+        let x = self.reduce.forward(&lrn_quirk(&x)?, None, Act::Relu)?; // [B, em_dim, S/32, S/32]
         k::mean_planes(&x).map_err(kernel_err)
     }
 }
@@ -331,7 +326,7 @@ impl FusedAu {
             let up = self.deconv[i].forward(&x)?; // [B, C_{3-i}, 2h, 2w]
             x = self.reduce[i].forward(&Tensor::cat(&[skip, &up], 1)?, None, Act::Relu)?;
         }
-        let m = lrn(&x)?; // [B, crop_channels, G, G]
+        let m = lrn_quirk(&x)?; // [B, crop_channels, G, G]
         let au_feat = self.crops.forward(&m, centres)?; // [B, 34, F]
         let pred_au = self.pred_au.forward(&au_feat.flatten_from(1)?, Act::Sigmoid)?; // [B, 17]
         Ok((au_feat, pred_au))
