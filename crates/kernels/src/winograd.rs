@@ -27,7 +27,7 @@
 //!
 //! On output maps of 28 x 28 and more, the forward pass and the input gradient use F(4x4, 3x3)
 //! instead (4x4 output blocks from 6x6 input blocks: 36 products per 16 outputs instead of 16 per
-//! 4; see [`F4_MIN_SIDE`]); the weight gradient stays F(2x2, 3x3).
+//! 4; see [`F4_MIN_SIDE`]), and so does the weight gradient there ([`weight_grad_pays`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -132,14 +132,17 @@ pub(crate) fn forward_pays(out: (usize, usize)) -> bool {
     out.0.div_ceil(M) * out.1.div_ceil(M) >= MIN_FORWARD_TILES
 }
 
-/// Whether `WeightGradAlgo::Auto` takes [`weight_grad`] for an output of `out`: for maps of 32
-/// to 256 tiles per image. Measured against im2col (one thread, batch 8, f32, AMD EPYC): 3x3 at
+/// Whether `WeightGradAlgo::Auto` takes [`weight_grad`] for an output of `out`: on the maps
+/// that F(4x4, 3x3) takes (see [`F4_MIN_SIDE`]), and F(2x2, 3x3) for maps of 32 to 256 of its
+/// tiles per image. Measured against im2col, F(2x2) (one thread, batch 8, f32, AMD EPYC): 3x3 at
 /// 28 x 28 (196 tiles) 24.7 -> 21.5 ms, at 14 x 14 (49) 21.5 -> 17.8 ms; slower at 56 x 56 (784
 /// tiles: 26.3 -> 31.1 ms, the transforms of both operands cost more than the products save)
-/// and at 7 x 7 (16 tiles, a third of them half empty: 21.0 -> 26.4 ms).
+/// and at 7 x 7 (16 tiles, a third of them half empty: 21.0 -> 26.4 ms). F(4x4) (Intel Xeon
+/// Sapphire Rapids, same settings, interleaved medians of 9), im2col / F(2x2) / F(4x4): 64 @ 56
+/// 19.5 / 18.7 / 15.2 ms, 128 @ 28 16.4 / 16.4 / 12.0.
 pub(crate) fn weight_grad_pays(out: (usize, usize)) -> bool {
     let tiles = out.0.div_ceil(M) * out.1.div_ceil(M);
-    (32..=256).contains(&tiles)
+    tile_side(out) == M4 || (32..=256).contains(&tiles)
 }
 
 /// Output maps at least this wide and high are convolved (forward and input gradient) by
@@ -1007,6 +1010,141 @@ fn grad_plane<'a, T: Real>(
     }
 }
 
+/// F(4x4, 3x3)'s `Z = A gy A^T` for every 4x4 tile of one output-gradient plane (`oh x ow`, zero
+/// past its edge), position `k`'s values of all `th * tw` tiles written to `dst(k)`: the adjoint
+/// of [`output_plane4`] (`A` is the transpose of its `A^T`), over whole-plane runs likewise.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn grad_plane4<'a, T: Real>(
+    plane: &[T],
+    (oh, ow): (usize, usize),
+    (th, tw): (usize, usize),
+    s: &mut Scratch<T>,
+    mut dst: impl FnMut(usize) -> &'a mut [T],
+) {
+    let tiles = th * tw;
+    let consts = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
+    let Scratch { phases, rows: d, spare: e, .. } = s;
+    // The tiles' 16 values gathered into runs d[r][q] (tile j of a row: columns 4j..4j + 4).
+    let d = &mut d[..M4 * M4 * tiles];
+    for ti in 0..th {
+        for r in 0..M4 {
+            let oy = ti * M4 + r;
+            let at = |q: usize| (r * M4 + q) * tiles + ti * tw;
+            if oy >= oh {
+                for q in 0..M4 {
+                    d[at(q)..at(q) + tw].fill(T::zero());
+                }
+                continue;
+            }
+            let ph = &mut phases[..M4 * tw];
+            ph.fill(T::zero());
+            split_phases4(&plane[oy * ow..(oy + 1) * ow], 0, ph, tw);
+            for q in 0..M4 {
+                d[at(q)..at(q) + tw].copy_from_slice(&ph[q * tw..(q + 1) * tw]);
+            }
+        }
+    }
+    // gy A^T: each row's four values to six, e[r][c].
+    let e = &mut e[..M4 * A4 * tiles];
+    for r in 0..M4 {
+        let runs = [0, 1, 2, 3].map(|q| &d[(r * M4 + q) * tiles..(r * M4 + q + 1) * tiles]);
+        let mut outs = e[r * A4 * tiles..(r + 1) * A4 * tiles].chunks_exact_mut(tiles);
+        let mut next = || outs.next().expect("six runs");
+        grad_rows4(runs, [next(), next(), next(), next(), next(), next()], consts);
+    }
+    // A (gy A^T): each column's four values to six, into the 36 positions.
+    for c in 0..A4 {
+        let runs = [0, 1, 2, 3].map(|r| &e[(r * A4 + c) * tiles..(r * A4 + c + 1) * tiles]);
+        let mut run = |r: usize| -> &'a mut [T] { &mut dst(r * A4 + c)[..tiles] };
+        let outs = [run(0), run(1), run(2), run(3), run(4), run(5)];
+        grad_rows4(runs, outs, consts);
+    }
+}
+
+/// `A`'s six rows (the columns of [`output_rows4`]'s `A^T`) applied across four runs:
+/// `[p0, p0 + p1 + p2 + p3, p0 - p1 + p2 - p3, p0 + 2 p1 + 4 p2 + 8 p3, p0 - 2 p1 + 4 p2 - 8 p3, p3]`.
+#[inline(always)]
+fn grad_rows4<T: Real>(p: [&[T]; M4], out: [&mut [T]; A4], (two, four, eight): (T, T, T)) {
+    let n = out[0].len();
+    let [p0, p1, p2, p3] = p.map(|r| &r[..n]);
+    let [c0, c1, c2, c3, c4, c5] = out;
+    let (c1, c2, c3, c4, c5) =
+        (&mut c1[..n], &mut c2[..n], &mut c3[..n], &mut c4[..n], &mut c5[..n]);
+    for j in 0..n {
+        let (even, odd) = (p0[j] + p2[j], p1[j] + p3[j]);
+        let (even2, odd2) = (p0[j] + four * p2[j], two * p1[j] + eight * p3[j]);
+        c0[j] = p0[j];
+        c1[j] = even + odd;
+        c2[j] = even - odd;
+        c3[j] = even2 + odd2;
+        c4[j] = even2 - odd2;
+        c5[j] = p3[j];
+    }
+}
+
+/// `gw = G^T M G` for every channel pair, from the summed products `m` (`[k][pairs]`, `k` = 16
+/// or 36 positions): the adjoint of the filter transform of the tile side `g.m`, element-wise
+/// over the pairs. `[pairs, 3, 3]`.
+fn weight_from_products<T: Real>(m: &[T], pairs: usize, tile: usize) -> Vec<T> {
+    // G^T's three rows applied across the a = 4 or 6 runs `v` into `out`.
+    fn gt<T: Real>(v: &[&[T]], out: [&mut [T]; 3]) {
+        let [o0, o1, o2] = out;
+        let n = o0.len();
+        let (o1, o2) = (&mut o1[..n], &mut o2[..n]);
+        if v.len() == A {
+            // G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]
+            let half = T::from_f64(0.5);
+            let (a, b, c, d) = (&v[0][..n], &v[1][..n], &v[2][..n], &v[3][..n]);
+            for j in 0..n {
+                o0[j] = a[j] + (b[j] + c[j]) * half;
+                o1[j] = (b[j] - c[j]) * half;
+                o2[j] = (b[j] + c[j]) * half + d[j];
+            }
+        } else {
+            // G^T = [1/4 -1/6 -1/6 1/24 1/24 0; 0 -1/6 1/6 1/12 -1/12 0; 0 -1/6 -1/6 1/6 1/6 1]
+            let (q, s, t, tf) = (
+                T::from_f64(0.25),
+                T::from_f64(1.0 / 6.0),
+                T::from_f64(1.0 / 12.0),
+                T::from_f64(1.0 / 24.0),
+            );
+            let [a, b, c, d, e, f] = [0, 1, 2, 3, 4, 5].map(|i| &v[i][..n]);
+            for j in 0..n {
+                let (s12, d12) = (b[j] + c[j], c[j] - b[j]);
+                let (s34, d34) = (d[j] + e[j], d[j] - e[j]);
+                o0[j] = a[j] * q - s12 * s + s34 * tf;
+                o1[j] = d12 * s + d34 * t;
+                o2[j] = (s34 - s12) * s + f[j];
+            }
+        }
+    }
+    let a = tile + 2;
+    let mut gw = vec![T::zero(); pairs * 9];
+    // (G^T M): [3 rows][a columns][pairs], then (G^T M) G row by row into `res` [3][3][pairs].
+    let mut rows = vec![T::zero(); 3 * a * pairs];
+    for c in 0..a {
+        let v: Vec<&[T]> =
+            (0..a).map(|r| &m[(r * a + c) * pairs..(r * a + c + 1) * pairs]).collect();
+        let mut outs = rows.chunks_exact_mut(pairs).skip(c).step_by(a);
+        let mut next = || outs.next().expect("three rows");
+        gt(&v, [next(), next(), next()]);
+    }
+    let mut res = vec![T::zero(); 9 * pairs];
+    for r in 0..3 {
+        let v: Vec<&[T]> =
+            (0..a).map(|c| &rows[(r * a + c) * pairs..(r * a + c + 1) * pairs]).collect();
+        let mut outs = res[r * 3 * pairs..(r + 1) * 3 * pairs].chunks_exact_mut(pairs);
+        let mut next = || outs.next().expect("three columns");
+        gt(&v, [next(), next(), next()]);
+    }
+    for (t, run) in res.chunks_exact(pairs).enumerate() {
+        for (j, &v) in run.iter().enumerate() {
+            gw[j * 9 + t] = v;
+        }
+    }
+    gw
+}
+
 /// The weight gradient of a 3x3 stride-1 convolution of `x` (`[b, c_in, h, w]`) whose output
 /// gradient is `gy` (`[b, c_out, oh, ow]`), by the adjoint of the forward algorithm: with the
 /// input tiles transformed as in the forward pass (`V = B^T d B`) and the gradient's 2x2 tiles
@@ -1017,14 +1155,14 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
     let tiles = th * tw;
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let pairs = g.c_out * g.c_in;
-    // M_k = sum over the tiles of Z_k x V_k^T: [16, c_out, c_in], summed group of images by
+    // M_k = sum over the tiles of Z_k x V_k^T: [16 or 36, c_out, c_in], summed group of images by
     // group of images (each group's transforms stay in the cache), the groups in order.
-    let mut m = par_zeroed(K * pairs);
+    let mut m = par_zeroed(g.k() * pairs);
     let group = g.group();
     for first in (0..g.b).step_by(group) {
         let n = group.min(g.b - first);
         let cols = n * tiles;
-        let mut v = par_zeroed(K * g.c_in * cols);
+        let mut v = par_zeroed(g.k() * g.c_in * cols);
         let vp = SharedMut(v.as_mut_ptr());
         let xs = &x[first * g.c_in * plane_in..(first + n) * g.c_in * plane_in];
         xs.par_chunks_exact(plane_in).enumerate().for_each_init(
@@ -1033,12 +1171,10 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
                 let (i, ch) = (p / g.c_in, p % g.c_in);
                 let at = |k: usize| (k * g.c_in + ch) * cols + i * tiles;
                 // SAFETY: image i and channel ch own these runs of `v`.
-                input_plane(plane, (g.h, g.w), g.pad, (th, tw), s, |k| unsafe {
-                    vp.run(at(k), tiles)
-                });
+                input_for(g, plane, s, |k| unsafe { vp.run(at(k), tiles) });
             },
         );
-        let mut z = par_zeroed(K * g.c_out * cols);
+        let mut z = par_zeroed(g.k() * g.c_out * cols);
         let zp = SharedMut(z.as_mut_ptr());
         let gys = &gy[first * g.c_out * plane_out..(first + n) * g.c_out * plane_out];
         gys.par_chunks_exact(plane_out).enumerate().for_each_init(
@@ -1047,7 +1183,12 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
                 let (i, ch) = (p / g.c_out, p % g.c_out);
                 let at = |k: usize| (k * g.c_out + ch) * cols + i * tiles;
                 // SAFETY: image i and channel ch own these runs of `z`.
-                grad_plane(plane, (g.oh, g.ow), (th, tw), s, |k| unsafe { zp.run(at(k), tiles) });
+                let dst = |k| unsafe { zp.run(at(k), tiles) };
+                if g.m == M4 {
+                    grad_plane4(plane, (g.oh, g.ow), (th, tw), s, dst)
+                } else {
+                    grad_plane(plane, (g.oh, g.ow), (th, tw), s, dst)
+                }
             },
         );
         let accumulate = first > 0;
@@ -1064,37 +1205,7 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
             unsafe { gemm_view(shape, dst, accumulate, lhs, rhs, Parallelism::None) };
         });
     }
-    // gw = G^T M G per pair (G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]), element-wise
-    // over the pairs.
-    let half = T::from_f64(0.5);
-    let mut gw = vec![T::zero(); pairs * 9];
-    let mut rows = vec![T::zero(); 3 * A * pairs]; // (G^T M): [3][4][pairs]
-    let mk = |k: usize| &m[k * pairs..(k + 1) * pairs];
-    for c in 0..A {
-        let (a, b, cc, d) = (mk(c), mk(A + c), mk(2 * A + c), mk(3 * A + c));
-        let (r0, rest) = rows.split_at_mut(A * pairs);
-        let (r1, r2) = rest.split_at_mut(A * pairs);
-        let (r0, r1, r2) = (
-            &mut r0[c * pairs..(c + 1) * pairs],
-            &mut r1[c * pairs..(c + 1) * pairs],
-            &mut r2[c * pairs..(c + 1) * pairs],
-        );
-        for j in 0..pairs {
-            r0[j] = a[j] + (b[j] + cc[j]) * half;
-            r1[j] = (b[j] - cc[j]) * half;
-            r2[j] = (b[j] + cc[j]) * half + d[j];
-        }
-    }
-    for r in 0..3 {
-        let row = |c: usize| &rows[(r * A + c) * pairs..(r * A + c + 1) * pairs];
-        let (a, b, cc, d) = (row(0), row(1), row(2), row(3));
-        for j in 0..pairs {
-            gw[j * 9 + r * 3] = a[j] + (b[j] + cc[j]) * half;
-            gw[j * 9 + r * 3 + 1] = (b[j] - cc[j]) * half;
-            gw[j * 9 + r * 3 + 2] = (b[j] + cc[j]) * half + d[j];
-        }
-    }
-    gw
+    weight_from_products(&m, pairs, g.m)
 }
 
 /// The weight gradient of `conv2d(x, w, p)` (3x3, stride 1, padding <= 2; see [`supports`])
@@ -1107,7 +1218,7 @@ pub(crate) fn weight_grad(x: &Tensor, grad: &Tensor, p: ConvParams) -> candle_co
     if x.dtype() != grad.dtype() {
         candle_core::bail!("{op}: input is {:?}, gradient {:?}", x.dtype(), grad.dtype())
     }
-    let g = Geometry { b, c_in, c_out, h, w, pad: p.padding, oh, ow, m: M };
+    let g = Geometry { b, c_in, c_out, h, w, pad: p.padding, oh, ow, m: tile_side((oh, ow)) };
     let shape = (c_out, c_in, 3, 3);
     let dev = x.device().clone();
     let ts = [(&x, "input"), (&grad, "gradient")];
@@ -1233,6 +1344,78 @@ mod tests {
                             let bound = if m == M4 { 4e-6 } else { 5e-7 };
                             assert!(e < bound, "{what}: f32 {e:e}");
                         }
+                    }
+                }
+            });
+        }
+    }
+
+    /// The weight gradient `gw[co, ci, r, c] = sum over (n, oy, ox) of gy[n, co, oy, ox]
+    /// x[n, ci, oy + r - pad, ox + c - pad]` by its definition, in f64.
+    fn direct_weight_grad(x: &[f64], gy: &[f64], g: &Geometry) -> Vec<f64> {
+        let mut gw = vec![0.0; g.c_out * g.c_in * 9];
+        for n in 0..g.b {
+            for co in 0..g.c_out {
+                for ci in 0..g.c_in {
+                    for t in 0..9 {
+                        let (r, c) = (t / 3, t % 3);
+                        let mut acc = 0.0;
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                let (iy, ix) = (
+                                    (oy + r) as isize - g.pad as isize,
+                                    (ox + c) as isize - g.pad as isize,
+                                );
+                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
+                                {
+                                    acc += gy[((n * g.c_out + co) * g.oh + oy) * g.ow + ox]
+                                        * x[((n * g.c_in + ci) * g.h + iy as usize) * g.w
+                                            + ix as usize];
+                                }
+                            }
+                        }
+                        gw[(co * g.c_in + ci) * 9 + t] += acc;
+                    }
+                }
+            }
+        }
+        gw
+    }
+
+    /// The weight gradient by both tile sides, on one thread and on three, groups of images
+    /// summed in turn (the last one shorter): the definition's values, to rounding (f64) and
+    /// within the same bounds as the forward pass (f32).
+    #[test]
+    fn weight_gradient_of_both_tile_sides_matches_the_definition() {
+        let shapes = [
+            (1, 3, 4, 5, 7, 0),
+            (2, 5, 3, 9, 6, 1),
+            (3, 4, 6, 13, 11, 2),
+            (2, 7, 5, 16, 17, 1),
+            (5, 2, 3, 24, 22, 1),
+        ];
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            pool.install(|| {
+                for (i, &(b, c_in, c_out, h, w, pad)) in shapes.iter().enumerate() {
+                    for m in [M, M4] {
+                        let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
+                        let g = Geometry { b, c_in, c_out, h, w, pad, oh, ow, m };
+                        let x: Vec<f64> = values(b * c_in * h * w, 200 + i as u64);
+                        let gy: Vec<f64> = values(b * c_out * oh * ow, 300 + i as u64);
+                        let want = direct_weight_grad(&x, &gy, &g);
+                        let e = rel_l2(&weight_grad_slices(&x, &gy, &g), &want);
+                        let what = format!("{threads} threads, F({m}), {:?}", shapes[i]);
+                        assert!(e < 1e-14, "{what}: f64 {e:e}");
+                        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+                        let gy32: Vec<f32> = gy.iter().map(|&v| v as f32).collect();
+                        let got: Vec<f64> = weight_grad_slices(&x32, &gy32, &g)
+                            .iter()
+                            .map(|&v| f64::from(v))
+                            .collect();
+                        let e = rel_l2(&got, &want);
+                        let bound = if m == M4 { 4e-6 } else { 5e-7 };
+                        assert!(e < bound, "{what}: f32 {e:e}");
                     }
                 }
             });
