@@ -4,8 +4,10 @@
 //! Candle's CPU `conv2d` spends most of its time in an element-by-element im2col loop inside
 //! each 512-pixel tile (measured: about 2/3 of a ResNet 3x3 layer), not in its gemm. Here the
 //! columns are gathered row by row (a `memcpy` per output row at stride 1) into one
-//! `[c_in*kh*kw, b*oh*ow]` matrix and each product is a single gemm through Candle's `matmul`:
-//! - forward: `y = W [c_out, K] x cols(x) [K, b*oh*ow]`;
+//! `[c_in*kh*kw, b*oh*ow]` matrix (per chunk of images, see [`COLUMN_BUDGET`]) and each product
+//! is one gemm:
+//! - forward: `y = W [c_out, K] x cols(x) [K, b*oh*ow]`, written by gemm straight into NCHW on
+//!   large planes (one product per image) or into `[c_out, b*oh*ow]` (see [`conv`]);
 //! - input gradient: `gx = col2im(W^T [K, c_out] x gy [c_out, b*oh*ow])` (PyTorch's CPU method:
 //!   one gemm and a scatter-add, for every stride, with no zero products);
 //! - weight gradient: `gw = gy [c_out, b*oh*ow] x cols(x)^T [b*oh*ow, K]`.
@@ -16,7 +18,12 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 
-use crate::cpu::{par_chunks_zeroed, transpose};
+use gemm::Parallelism;
+
+use crate::cpu::{
+    Real, View, by_dtype, gemm_view, par_chunks_zeroed, train_kernels_supported, transpose,
+    with_cpu_slices,
+};
 use crate::params::ConvParams;
 
 /// Which input position each output reads: output `(oy, ox)` through tap `(th, tw)` reads input
@@ -71,8 +78,12 @@ pub(crate) fn im2col(
     x.apply_op1_no_bwd(&Im2Col { kernel, win })
 }
 
-/// Convolution of `x` with `w` over the window `win`, as im2col + one gemm per chunk of images.
-/// Returns a transposed view (`[c_out, b, ...]` storage); callers copy it where they need to.
+/// Convolution of `x` with `w` over the window `win`, as im2col + gemm per chunk of images,
+/// contiguous NCHW (on CPU f32 / f64; other tensors get [`conv_channel_major`]'s transposed
+/// copy). Planes of at least [`NCHW_MIN_PLANE`] outputs take one product per image, written
+/// straight into its place in the result; smaller ones one product per chunk and a parallel
+/// copy from `[c_out, b, ...]` (Candle's `transpose` + `contiguous` of a 25 MB stem output was a
+/// one-thread strided copy, after a `cat` of the chunks).
 ///
 /// # Shapes
 /// `x: [b, c_in, h, w]`, `w: [c_out, c_in, kh, kw]` -> `[b, c_out, oh, ow]`.
@@ -82,7 +93,115 @@ pub(crate) fn conv(
     win: Window,
     budget: usize,
 ) -> candle_core::Result<Tensor> {
-    conv_channel_major(x, w, win, budget)?.transpose(0, 1) // [b, c_out, oh, ow]
+    if !(train_kernels_supported(x) && train_kernels_supported(w)) {
+        return conv_channel_major(x, w, win, budget)?.transpose(0, 1)?.contiguous();
+    }
+    let (b, c_out, (oh, ow)) = (x.dim(0)?, w.dim(0)?, win.out);
+    let plane = oh * ow;
+    let y = if plane >= NCHW_MIN_PLANE {
+        by_dtype(
+            x.dtype(),
+            "conv2d",
+            || {
+                Tensor::from_vec(
+                    products::<f32>(x, w, win, budget, true)?,
+                    (b, c_out, oh, ow),
+                    x.device(),
+                )
+            },
+            || {
+                Tensor::from_vec(
+                    products::<f64>(x, w, win, budget, true)?,
+                    (b, c_out, oh, ow),
+                    x.device(),
+                )
+            },
+        )?
+    } else {
+        let cm = conv_channel_major(x, w, win, budget)?; // [c_out, b, oh, ow]
+        fn swap<T: Real>(
+            cm: &Tensor,
+            (c_out, b, plane): (usize, usize, usize),
+        ) -> candle_core::Result<Vec<T>> {
+            with_cpu_slices::<T, _, 1>("conv2d", [(cm, "product")], |[src]| {
+                par_chunks_zeroed(b * c_out * plane, plane, |idx, out: &mut [T]| {
+                    let (n, co) = (idx / c_out, idx % c_out);
+                    out.copy_from_slice(&src[(co * b + n) * plane..][..plane]);
+                })
+            })
+        }
+        let dims = (c_out, b, plane);
+        by_dtype(
+            x.dtype(),
+            "conv2d",
+            || Tensor::from_vec(swap::<f32>(&cm, dims)?, (b, c_out, oh, ow), x.device()),
+            || Tensor::from_vec(swap::<f64>(&cm, dims)?, (b, c_out, oh, ow), x.device()),
+        )?
+    };
+    Ok(y)
+}
+
+/// Output planes from this size on are computed image by image into NCHW by [`conv`]: each
+/// product still has enough columns for gemm, and the weights it packs again per image are at
+/// most `1 / NCHW_MIN_PLANE` of its work.
+const NCHW_MIN_PLANE: usize = 256;
+
+/// The products of [`conv`] / [`conv_channel_major`] on CPU f32 / f64 tensors: into NCHW (one
+/// gemm per image) when `nchw`, else `[c_out, b * oh * ow]` (one gemm per chunk, written at its
+/// columns: no concatenation). Each element is written once, by gemm.
+fn products<T: Real>(
+    x: &Tensor,
+    w: &Tensor,
+    win: Window,
+    budget: usize,
+    nchw: bool,
+) -> candle_core::Result<Vec<T>> {
+    let (b, c_in, _, _) = x.dims4()?;
+    let (c_out, _, kh, kw) = w.dims4()?;
+    let plane = win.out.0 * win.out.1;
+    let k = c_in * kh * kw;
+    let len = c_out * b * plane;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    if k == 0 {
+        // An empty sum: gemm would write nothing.
+        out.resize(len, T::zero());
+        return Ok(out);
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let w = w.contiguous()?;
+    let dst = out.spare_capacity_mut()[..len].as_mut_ptr().cast::<T>();
+    let chunk = batch_chunk(b, k * plane, budget);
+    for start in (0..b).step_by(chunk) {
+        let n = chunk.min(b - start);
+        let cols = im2col(&x.narrow(0, start, n)?, (kh, kw), win)?; // [k, n * plane]
+        with_cpu_slices::<T, _, 2>("conv2d", [(&w, "weight"), (&cols, "columns")], |[w, cols]| {
+            let lhs = View { ptr: w.as_ptr(), rs: k, cs: 1 };
+            // SAFETY (both branches): `dst` has `len` elements of capacity and each product
+            // writes (without reading) its own `c_out x columns` block of them: image `start +
+            // i`'s `[c_out, plane]` in NCHW, or columns `start * plane..` of every row of `[c_out,
+            // b * plane]`; the factors lie inside `w` ([c_out, k]) and `cols` ([k, n * plane]).
+            if nchw {
+                for i in 0..n {
+                    let y = View {
+                        ptr: unsafe { dst.add((start + i) * c_out * plane) },
+                        rs: plane,
+                        cs: 1,
+                    };
+                    let rhs =
+                        View { ptr: unsafe { cols.as_ptr().add(i * plane) }, rs: n * plane, cs: 1 };
+                    unsafe { gemm_view((c_out, plane, k), y, false, lhs, rhs, parallelism) };
+                }
+            } else {
+                let y = View { ptr: unsafe { dst.add(start * plane) }, rs: b * plane, cs: 1 };
+                let rhs = View { ptr: cols.as_ptr(), rs: n * plane, cs: 1 };
+                unsafe { gemm_view((c_out, n * plane, k), y, false, lhs, rhs, parallelism) };
+            }
+        })?;
+    }
+    // SAFETY: the chunks' products above wrote all `len` elements.
+    unsafe { out.set_len(len) };
+    Ok(out)
 }
 
 /// [`conv`]'s gemm result as it is stored: contiguous, channel-major.
@@ -98,6 +217,26 @@ pub(crate) fn conv_channel_major(
     let (b, c_in, _, _) = x.dims4()?;
     let (c_out, _, kh, kw) = w.dims4()?;
     let (oh, ow) = win.out;
+    if train_kernels_supported(x) && train_kernels_supported(w) {
+        return by_dtype(
+            x.dtype(),
+            "conv2d",
+            || {
+                Tensor::from_vec(
+                    products::<f32>(x, w, win, budget, false)?,
+                    (c_out, b, oh, ow),
+                    x.device(),
+                )
+            },
+            || {
+                Tensor::from_vec(
+                    products::<f64>(x, w, win, budget, false)?,
+                    (c_out, b, oh, ow),
+                    x.device(),
+                )
+            },
+        );
+    }
     let k = c_in * kh * kw;
     let w2 = w.reshape((c_out, k))?; // [c_out, c_in*kh*kw]
     let chunk = batch_chunk(b, k * oh * ow, budget);
