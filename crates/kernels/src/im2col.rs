@@ -268,6 +268,26 @@ pub(crate) fn weight_grad(
     let k = c_in * kh * kw;
     let chunk = batch_chunk(b, k * oh * ow, budget);
     let transposed = weight_grad_transposed(c_out, k, chunk * oh * ow);
+    if b == 0 || oh * ow == 0 {
+        return Tensor::zeros((c_out, c_in, kh, kw), x.dtype(), x.device());
+    }
+    if train_kernels_supported(x) && train_kernels_supported(grad) {
+        let grad = grad.contiguous()?;
+        let gw = by_dtype(
+            x.dtype(),
+            "conv2d weight gradient",
+            || {
+                let v = weight_grad_products::<f32>(x, &grad, kernel, win, chunk, transposed)?;
+                Tensor::from_vec(v, if transposed { (k, c_out) } else { (c_out, k) }, x.device())
+            },
+            || {
+                let v = weight_grad_products::<f64>(x, &grad, kernel, win, chunk, transposed)?;
+                Tensor::from_vec(v, if transposed { (k, c_out) } else { (c_out, k) }, x.device())
+            },
+        )?;
+        let gw = if transposed { transpose(&gw)? } else { gw };
+        return gw.reshape((c_out, c_in, kh, kw));
+    }
     let mut acc: Option<Tensor> = None;
     for start in (0..b).step_by(chunk) {
         let n = chunk.min(b - start);
@@ -288,6 +308,69 @@ pub(crate) fn weight_grad(
         Some(gw) => gw.reshape((c_out, c_in, kh, kw)),
         None => Tensor::zeros((c_out, c_in, kh, kw), x.dtype(), x.device()),
     }
+}
+
+/// [`weight_grad`]'s products on CPU f32 / f64 tensors (`grad` contiguous, `b >= 1`): `[k,
+/// c_out]` when `transposed`, else `[c_out, k]`, each chunk's product added by gemm into the
+/// one result (no per-chunk result, zero fill or separate sum).
+fn weight_grad_products<T: Real>(
+    x: &Tensor,
+    grad: &Tensor,
+    kernel: (usize, usize),
+    win: Window,
+    chunk: usize,
+    transposed: bool,
+) -> candle_core::Result<Vec<T>> {
+    let (b, c_in, _, _) = x.dims4()?;
+    let (_, c_out, oh, ow) = grad.dims4()?;
+    let k = c_in * kernel.0 * kernel.1;
+    let plane = oh * ow;
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let mut gw: Vec<T> = Vec::with_capacity(c_out * k);
+    let dst = gw.spare_capacity_mut().as_mut_ptr().cast::<T>();
+    with_cpu_slices::<T, _, 1>("conv2d weight gradient", [(grad, "gradient")], |[gy]| {
+        for start in (0..b).step_by(chunk) {
+            let n = chunk.min(b - start);
+            let pixels = n * plane;
+            let cols = im2col(&x.narrow(0, start, n)?, kernel, win)?; // [k, n * plane]
+            // Images start..start + n of the gradient with one row per channel, [c_out, n *
+            // plane]: a view of `gy` itself for one image.
+            let gathered;
+            let rows: &[T] = if n == 1 {
+                &gy[start * c_out * plane..(start + 1) * c_out * plane]
+            } else {
+                gathered = par_chunks_zeroed(c_out * pixels, plane, |idx, out: &mut [T]| {
+                    let (co, i) = (idx / n, idx % n);
+                    out.copy_from_slice(&gy[((start + i) * c_out + co) * plane..][..plane]);
+                });
+                &gathered
+            };
+            with_cpu_slices::<T, _, 1>(
+                "conv2d weight gradient",
+                [(&cols, "columns")],
+                |[cols]| {
+                    // The transposed factor of each order reads its matrix with swapped strides.
+                    let (shape, lhs, rhs, y) = if transposed {
+                        let lhs = View { ptr: cols.as_ptr(), rs: pixels, cs: 1 };
+                        let rhs = View { ptr: rows.as_ptr(), rs: 1, cs: pixels };
+                        ((k, c_out, pixels), lhs, rhs, View { ptr: dst, rs: c_out, cs: 1 })
+                    } else {
+                        let lhs = View { ptr: rows.as_ptr(), rs: pixels, cs: 1 };
+                        let rhs = View { ptr: cols.as_ptr(), rs: 1, cs: pixels };
+                        ((c_out, k, pixels), lhs, rhs, View { ptr: dst, rs: k, cs: 1 })
+                    };
+                    // SAFETY: `dst` has `c_out * k` elements of capacity, written by the first
+                    // chunk's product (accumulate false) before any is read; the factors' views lie
+                    // inside `cols` ([k, pixels]) and `rows` ([c_out, pixels]).
+                    unsafe { gemm_view(shape, y, start > 0, lhs, rhs, parallelism) };
+                },
+            )?;
+        }
+        // SAFETY: the first chunk's product wrote all `c_out * k` elements (b >= 1).
+        unsafe { gw.set_len(c_out * k) };
+        Ok(gw)
+    })?
 }
 
 /// Whether [`weight_grad`] computes `cols x gy^T` (then transposes the `[k, c_out]` result)
