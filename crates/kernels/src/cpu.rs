@@ -132,23 +132,32 @@ pub(crate) fn par_chunks_zeroed<T: WithDType>(
     if n == 0 {
         return v;
     }
-    let chunk = chunk.max(1);
-    let per_task = MIN_TASK.div_ceil(chunk).max(1);
-    v.spare_capacity_mut().par_chunks_mut(chunk).with_min_len(per_task).enumerate().for_each(
-        |(i, part)| {
-            for e in part.iter_mut() {
-                e.write(T::zero());
-            }
-            // SAFETY: every element of `part` was initialised just above, and `MaybeUninit<T>`
-            // has the layout of `T`.
-            let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
-            f(i, part);
-        },
-    );
+    fill_chunks_zeroed(&mut v.spare_capacity_mut()[..n], chunk, f);
     // SAFETY: the chunks cover the first `n` elements (the capacity is `n`), all initialised
-    // above; a panic in `f` propagates before this line and drops `v` with length 0.
+    // by `fill_chunks_zeroed`; a panic in `f` propagates before this line and drops `v` with
+    // length 0.
     unsafe { v.set_len(n) };
     v
+}
+
+/// [`par_chunks_zeroed`] on part of a vector's spare capacity: every element of `dst` is
+/// initialised (zeroed, then handed to `f(i, chunk)`) when it returns.
+pub(crate) fn fill_chunks_zeroed<T: WithDType>(
+    dst: &mut [MaybeUninit<T>],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let chunk = chunk.max(1);
+    let per_task = MIN_TASK.div_ceil(chunk).max(1);
+    dst.par_chunks_mut(chunk).with_min_len(per_task).enumerate().for_each(|(i, part)| {
+        for e in part.iter_mut() {
+            e.write(T::zero());
+        }
+        // SAFETY: every element of `part` was initialised just above, and `MaybeUninit<T>` has
+        // the layout of `T`.
+        let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
+        f(i, part);
+    });
 }
 
 /// A matrix view for [`gemm_view`]: its first element and its (row, column) strides.

@@ -21,8 +21,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 
 use crate::cpu::{
-    Real, View, by_dtype, gemm_view, par_chunks_zeroed, train_kernels_supported, transpose,
-    with_cpu_slices,
+    Real, View, by_dtype, fill_chunks_zeroed, gemm_view, par_chunks_zeroed,
+    train_kernels_supported, transpose, with_cpu_slices,
 };
 use crate::params::ConvParams;
 
@@ -408,8 +408,24 @@ pub(crate) fn input_grad(
     let (b, c_out, oh, ow) = grad.dims4()?;
     let (_, c_in, kh, kw) = w.dims4()?;
     let k = c_in * kh * kw;
-    let wt = w.reshape((c_out, k))?.t()?; // [k, c_out]
     let chunk = batch_chunk(b, k * oh * ow, budget);
+    if train_kernels_supported(grad) && train_kernels_supported(w) {
+        let (grad, w) = (grad.contiguous()?, w.contiguous()?);
+        let shape = (b, c_in, input_hw.0, input_hw.1);
+        return by_dtype(
+            grad.dtype(),
+            "conv2d input gradient",
+            || {
+                let v = input_grad_products::<f32>(&grad, &w, win, shape, chunk)?;
+                Tensor::from_vec(v, shape, grad.device())
+            },
+            || {
+                let v = input_grad_products::<f64>(&grad, &w, win, shape, chunk)?;
+                Tensor::from_vec(v, shape, grad.device())
+            },
+        );
+    }
+    let wt = w.reshape((c_out, k))?.t()?; // [k, c_out]
     let mut parts = Vec::with_capacity(b.div_ceil(chunk));
     for start in (0..b).step_by(chunk) {
         let n = chunk.min(b - start);
@@ -418,6 +434,70 @@ pub(crate) fn input_grad(
         parts.push(cols.apply_op1_no_bwd(&op)?); // [n, c_in, h, w]
     }
     if parts.len() == 1 { Ok(parts.swap_remove(0)) } else { Tensor::cat(&parts, 0) }
+}
+
+/// [`input_grad`] on contiguous CPU f32 / f64 tensors: per chunk, `W^T x gy` by gemm into one
+/// column buffer (reused, never zero-filled) and col2im straight into the chunk's images of the
+/// result. `[b, c_in, h, w]` with `(b, c_in, h, w) = image`.
+fn input_grad_products<T: Real>(
+    grad: &Tensor,
+    w: &Tensor,
+    win: Window,
+    image: (usize, usize, usize, usize),
+    chunk: usize,
+) -> candle_core::Result<Vec<T>> {
+    let (b, c_in, h, wd) = image;
+    let (_, c_out, oh, ow) = grad.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    let (k, plane, img) = (c_in * kh * kw, oh * ow, c_in * h * wd);
+    if c_out == 0 {
+        // An empty sum: gemm would write nothing.
+        return Ok(vec![T::zero(); b * img]);
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let mut out: Vec<T> = Vec::with_capacity(b * img);
+    let mut cols: Vec<T> = Vec::with_capacity(k * chunk.min(b) * plane);
+    with_cpu_slices::<T, _, 2>(
+        "conv2d input gradient",
+        [(grad, "gradient"), (w, "weight")],
+        |[gy, w]| {
+            for start in (0..b).step_by(chunk) {
+                let n = chunk.min(b - start);
+                let pixels = n * plane;
+                let gathered;
+                let rows: &[T] = if n == 1 {
+                    &gy[start * c_out * plane..(start + 1) * c_out * plane]
+                } else {
+                    gathered = par_chunks_zeroed(c_out * pixels, plane, |idx, out: &mut [T]| {
+                        let (co, i) = (idx / n, idx % n);
+                        out.copy_from_slice(&gy[((start + i) * c_out + co) * plane..][..plane]);
+                    });
+                    &gathered
+                };
+                // W^T: element (t, co) of [k, c_out] is w[co, t].
+                let lhs = View { ptr: w.as_ptr(), rs: 1, cs: k };
+                let rhs = View { ptr: rows.as_ptr(), rs: pixels, cs: 1 };
+                let dst = View {
+                    ptr: cols.spare_capacity_mut().as_mut_ptr().cast::<T>(),
+                    rs: pixels,
+                    cs: 1,
+                };
+                // SAFETY: `cols` has capacity for `k x pixels` elements, all written (not read) by
+                // the product; `w` is [c_out, k] and `rows` [c_out, pixels].
+                unsafe { gemm_view((k, pixels, c_out), dst, false, lhs, rhs, parallelism) };
+                // SAFETY: the product above wrote the first `k * pixels` elements.
+                unsafe { cols.set_len(k * pixels) };
+                let op = Col2Im { kernel: (kh, kw), win, image: (n, c_in, h, wd) };
+                let part = &mut out.spare_capacity_mut()[..(start + n) * img][start * img..];
+                fill_chunks_zeroed(part, h * wd, |idx, img: &mut [T]| op.plane(&cols, idx, img));
+                cols.clear();
+            }
+        },
+    )?;
+    // SAFETY: the chunks' col2im above initialised all `b * img` elements.
+    unsafe { out.set_len(b * img) };
+    Ok(out)
 }
 
 /// The adjoint of [`Im2Col`]: `[c*kh*kw, b*oh*ow]` -> `[b, c, h, w]`, adding up every column
@@ -463,12 +543,18 @@ impl CustomOp1 for Col2Im {
 impl Col2Im {
     fn run<T: WithDType>(&self, cols: &[T]) -> Vec<T> {
         let (b, c, h, w) = self.image;
+        // One input plane per (image, channel): its writers are the rows (channel, th, tw) of
+        // the columns of that image, so the planes are independent.
+        par_chunks_zeroed(b * c * h * w, h * w, |idx, img: &mut [T]| self.plane(cols, idx, img))
+    }
+
+    /// Input plane `idx` (image `idx / c`, channel `idx % c`) into `img` (zeros on entry).
+    fn plane<T: WithDType>(&self, cols: &[T], idx: usize, img: &mut [T]) {
+        let (b, c, h, w) = self.image;
         let (kh, kw) = self.kernel;
         let Window { stride: s, dilation: d, origin: (o_h, o_w), out: (oh, ow) } = self.win;
         let plane = oh * ow;
-        // One input plane per (image, channel): its writers are the rows (channel, th, tw) of
-        // the columns of that image, so the planes are independent.
-        par_chunks_zeroed(b * c * h * w, h * w, |idx, img: &mut [T]| {
+        {
             let (n, ch) = (idx / c, idx % c);
             for th in 0..kh {
                 for tw in 0..kw {
@@ -498,7 +584,7 @@ impl Col2Im {
                     }
                 }
             }
-        })
+        }
     }
 }
 
