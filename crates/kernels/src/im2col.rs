@@ -15,6 +15,8 @@
 //! The window is general (any stride, dilation and a signed origin per axis with zeros outside
 //! the input).
 
+use std::borrow::Cow;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 
@@ -119,16 +121,8 @@ pub(crate) fn conv(
         )?
     } else {
         let cm = conv_channel_major(x, w, win, budget)?; // [c_out, b, oh, ow]
-        fn swap<T: Real>(
-            cm: &Tensor,
-            (c_out, b, plane): (usize, usize, usize),
-        ) -> candle_core::Result<Vec<T>> {
-            with_cpu_slices::<T, _, 1>("conv2d", [(cm, "product")], |[src]| {
-                par_chunks_zeroed(b * c_out * plane, plane, |idx, out: &mut [T]| {
-                    let (n, co) = (idx / c_out, idx % c_out);
-                    out.copy_from_slice(&src[(co * b + n) * plane..][..plane]);
-                })
-            })
+        fn swap<T: Real>(cm: &Tensor, dims: (usize, usize, usize)) -> candle_core::Result<Vec<T>> {
+            with_cpu_slices::<T, _, 1>("conv2d", [(cm, "product")], |[src]| swap_outer(src, dims))
         }
         let dims = (c_out, b, plane);
         by_dtype(
@@ -139,6 +133,28 @@ pub(crate) fn conv(
         )?
     };
     Ok(y)
+}
+
+/// `[d0, d1, plane]` -> `[d1, d0, plane]`, one parallel copy of whole planes.
+fn swap_outer<T: Real>(src: &[T], (d0, d1, plane): (usize, usize, usize)) -> Vec<T> {
+    par_chunks_zeroed(d0 * d1 * plane, plane, |idx, out: &mut [T]| {
+        let (j, i) = (idx / d0, idx % d0);
+        out.copy_from_slice(&src[(i * d1 + j) * plane..][..plane]);
+    })
+}
+
+/// Images `start..start + n` of the contiguous NCHW gradient `gy` (`c` channels of `plane`
+/// values) with one row per channel, `[c, n * plane]`: `gy` itself for one image, else a
+/// parallel copy.
+fn gradient_rows<T: Real>(
+    gy: &[T],
+    start: usize,
+    n: usize,
+    c: usize,
+    plane: usize,
+) -> Cow<'_, [T]> {
+    let images = &gy[start * c * plane..(start + n) * c * plane];
+    if n == 1 { Cow::Borrowed(images) } else { Cow::Owned(swap_outer(images, (n, c, plane))) }
 }
 
 /// Output planes from this size on are computed image by image into NCHW by [`conv`]: each
@@ -334,18 +350,7 @@ fn weight_grad_products<T: Real>(
             let n = chunk.min(b - start);
             let pixels = n * plane;
             let cols = im2col(&x.narrow(0, start, n)?, kernel, win)?; // [k, n * plane]
-            // Images start..start + n of the gradient with one row per channel, [c_out, n *
-            // plane]: a view of `gy` itself for one image.
-            let gathered;
-            let rows: &[T] = if n == 1 {
-                &gy[start * c_out * plane..(start + 1) * c_out * plane]
-            } else {
-                gathered = par_chunks_zeroed(c_out * pixels, plane, |idx, out: &mut [T]| {
-                    let (co, i) = (idx / n, idx % n);
-                    out.copy_from_slice(&gy[((start + i) * c_out + co) * plane..][..plane]);
-                });
-                &gathered
-            };
+            let rows = gradient_rows(gy, start, n, c_out, plane); // [c_out, n * plane]
             with_cpu_slices::<T, _, 1>(
                 "conv2d weight gradient",
                 [(&cols, "columns")],
@@ -465,16 +470,7 @@ fn input_grad_products<T: Real>(
             for start in (0..b).step_by(chunk) {
                 let n = chunk.min(b - start);
                 let pixels = n * plane;
-                let gathered;
-                let rows: &[T] = if n == 1 {
-                    &gy[start * c_out * plane..(start + 1) * c_out * plane]
-                } else {
-                    gathered = par_chunks_zeroed(c_out * pixels, plane, |idx, out: &mut [T]| {
-                        let (co, i) = (idx / n, idx % n);
-                        out.copy_from_slice(&gy[((start + i) * c_out + co) * plane..][..plane]);
-                    });
-                    &gathered
-                };
+                let rows = gradient_rows(gy, start, n, c_out, plane); // [c_out, n * plane]
                 // W^T: element (t, co) of [k, c_out] is w[co, t].
                 let lhs = View { ptr: w.as_ptr(), rs: 1, cs: k };
                 let rhs = View { ptr: rows.as_ptr(), rs: pixels, cs: 1 };
