@@ -49,7 +49,8 @@ pub enum Engine {
     /// no column matrix (`shifted.rs`); other convolutions as `Im2col`.
     Shifted,
     /// 3x3 stride-1 convolutions (padding <= 2, dilation 1) on CPU f32 / f64 by Winograd's
-    /// F(2x2, 3x3) (`winograd.rs`), forward and input gradient; other convolutions as `Auto`.
+    /// algorithm (`winograd.rs`: F(4x4, 3x3) on maps of 28 x 28 and more, else F(2x2, 3x3)),
+    /// forward and input gradient; other convolutions as `Auto`.
     Winograd,
     /// Candle's `conv2d` with tensor-level windowing around it (every device).
     Candle,
@@ -99,9 +100,9 @@ pub enum WeightGradAlgo {
     /// it on the CPU for 1x1 kernels over at least 1024 pixels per image.
     Shifted,
     /// 3x3 stride-1 kernels (padding <= 2, dilation 1) on CPU f32 / f64 by the adjoint of
-    /// Winograd's F(2x2, 3x3) (`winograd.rs`); `Auto` otherwise. `Auto` takes it where
-    /// `Engine::Auto` takes Winograd's algorithm and it measured faster than im2col (maps of
-    /// 32 to 256 tiles, e.g. 28 x 28 and 14 x 14).
+    /// Winograd's algorithm (`winograd.rs`); `Auto` otherwise. `Auto` takes it where
+    /// `Engine::Auto` takes Winograd's algorithm and it measured faster than im2col (F(4x4, 3x3)
+    /// on maps of 28 x 28 and more, F(2x2, 3x3) on 14 x 14).
     Winograd,
     /// The same product with the im2col done by tensor operations (a strided `unfold` view of
     /// the padded input, copied once): works on every device. Dilation 1 only (else `Conv`).

@@ -9,8 +9,8 @@
 //! is not routed to cuDNN on CUDA); it also runs the forward `conv_transpose2d` with that loop.
 //! [`conv2d`], [`conv2d_grouped`] and [`conv_transpose2d`] here give the same results (up to
 //! rounding), but compute the products of the forward and backward passes as gemms on the CPU
-//! (this crate's im2col / col2im, `im2col.rs`; for stride 1 Winograd's F(2x2, 3x3),
-//! `winograd.rs`, or shifted views of the padded input without a column matrix, `shifted.rs`)
+//! (this crate's im2col / col2im, `im2col.rs`; for stride 1 Winograd's F(2x2, 3x3) and
+//! F(4x4, 3x3), `winograd.rs`, or shifted views of the padded input without a column matrix, `shifted.rs`)
 //! and as Candle's forward `conv2d` (cuDNN) or a matrix product on other devices. See the README
 //! for the design and measured speed-ups, and `grad.rs` for the maths.
 //!

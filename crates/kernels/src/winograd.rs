@@ -66,7 +66,7 @@ const UNSET: u8 = 0;
 const ON: u8 = 1;
 const OFF: u8 = 2;
 
-/// Whether `Engine::Auto` convolves 3x3 stride-1 kernels on the CPU by Winograd's F(2x2, 3x3)
+/// Whether `Engine::Auto` convolves 3x3 stride-1 kernels on the CPU by Winograd's algorithm
 /// (the default) or directly (shifted views or im2col, as every other convolution): the results
 /// agree up to rounding, Winograd's rounding a little larger in f32 (see the module doc).
 /// Process-wide; without a call, the environment variable `AUE_CONV` decides (`direct`: off;
