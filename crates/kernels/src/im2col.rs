@@ -101,24 +101,7 @@ pub(crate) fn conv(
     let (b, c_out, (oh, ow)) = (x.dim(0)?, w.dim(0)?, win.out);
     let plane = oh * ow;
     let y = if plane >= NCHW_MIN_PLANE {
-        by_dtype(
-            x.dtype(),
-            "conv2d",
-            || {
-                Tensor::from_vec(
-                    products::<f32>(x, w, win, budget, true)?,
-                    (b, c_out, oh, ow),
-                    x.device(),
-                )
-            },
-            || {
-                Tensor::from_vec(
-                    products::<f64>(x, w, win, budget, true)?,
-                    (b, c_out, oh, ow),
-                    x.device(),
-                )
-            },
-        )?
+        products_tensor(x, w, win, budget, true)?
     } else {
         let cm = conv_channel_major(x, w, win, budget)?; // [c_out, b, oh, ow]
         fn swap<T: Real>(cm: &Tensor, dims: (usize, usize, usize)) -> candle_core::Result<Vec<T>> {
@@ -161,6 +144,24 @@ fn gradient_rows<T: Real>(
 /// product still has enough columns for gemm, and the weights it packs again per image are at
 /// most `1 / NCHW_MIN_PLANE` of its work.
 const NCHW_MIN_PLANE: usize = 256;
+
+/// [`products`] as a tensor: `[b, c_out, oh, ow]` when `nchw`, else `[c_out, b, oh, ow]`.
+fn products_tensor(
+    x: &Tensor,
+    w: &Tensor,
+    win: Window,
+    budget: usize,
+    nchw: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, c_out, (oh, ow)) = (x.dim(0)?, w.dim(0)?, win.out);
+    let shape = if nchw { (b, c_out, oh, ow) } else { (c_out, b, oh, ow) };
+    by_dtype(
+        x.dtype(),
+        "conv2d",
+        || Tensor::from_vec(products::<f32>(x, w, win, budget, nchw)?, shape, x.device()),
+        || Tensor::from_vec(products::<f64>(x, w, win, budget, nchw)?, shape, x.device()),
+    )
+}
 
 /// The products of [`conv`] / [`conv_channel_major`] on CPU f32 / f64 tensors: into NCHW (one
 /// gemm per image) when `nchw`, else `[c_out, b * oh * ow]` (one gemm per chunk, written at its
@@ -234,24 +235,7 @@ pub(crate) fn conv_channel_major(
     let (c_out, _, kh, kw) = w.dims4()?;
     let (oh, ow) = win.out;
     if train_kernels_supported(x) && train_kernels_supported(w) {
-        return by_dtype(
-            x.dtype(),
-            "conv2d",
-            || {
-                Tensor::from_vec(
-                    products::<f32>(x, w, win, budget, false)?,
-                    (c_out, b, oh, ow),
-                    x.device(),
-                )
-            },
-            || {
-                Tensor::from_vec(
-                    products::<f64>(x, w, win, budget, false)?,
-                    (c_out, b, oh, ow),
-                    x.device(),
-                )
-            },
-        );
+        return products_tensor(x, w, win, budget, false);
     }
     let k = c_in * kh * kw;
     let w2 = w.reshape((c_out, k))?; // [c_out, c_in*kh*kw]

@@ -209,14 +209,7 @@ fn filter_transform<T: Real>(w: &[T], c_out: usize, c_in: usize, flip: bool) -> 
     // Scratch per task: the row's taps [9][inner] and G g, row by row of G: [4][3 columns][inner].
     let scratch = || (vec![T::zero(); 9 * inner], vec![T::zero(); A * 3 * inner]);
     (0..rows).into_par_iter().for_each_init(scratch, |(taps, gg), a| {
-        for b in 0..inner {
-            let (co, ci) = if flip { (b, a) } else { (a, b) };
-            let src = &w[(co * c_in + ci) * 9..][..9];
-            for t in 0..9 {
-                // Flipped: tap (r, c) of w' is tap (2 - r, 2 - c) of w.
-                taps[t * inner + b] = if flip { src[8 - t] } else { src[t] };
-            }
-        }
+        gather_taps(w, c_in, flip, a, taps);
         let tap = |r: usize, c: usize| &taps[(r * 3 + c) * inner..(r * 3 + c + 1) * inner];
         for c in 0..3 {
             let (g0, g1, g2) = (tap(0, c), tap(1, c), tap(2, c));
@@ -243,6 +236,21 @@ fn filter_transform<T: Real>(w: &[T], c_out: usize, c_in: usize, flip: bool) -> 
         }
     });
     u
+}
+
+/// Row `a` of a filter transform's input (output channel `a`, or input channel `a` of the
+/// flipped kernel when `flip`): its nine taps as nine runs of `inner = taps.len() / 9` values,
+/// one per input (output) channel, so that the transform is element-wise over runs.
+fn gather_taps<T: Copy>(w: &[T], c_in: usize, flip: bool, a: usize, taps: &mut [T]) {
+    let inner = taps.len() / 9;
+    for b in 0..inner {
+        let (co, ci) = if flip { (b, a) } else { (a, b) };
+        let src = &w[(co * c_in + ci) * 9..][..9];
+        for t in 0..9 {
+            // Flipped: tap (r, c) of w' is tap (2 - r, 2 - c) of w.
+            taps[t * inner + b] = if flip { src[8 - t] } else { src[t] };
+        }
+    }
 }
 
 /// Scratch rows of the transforms, reused across channels.
@@ -475,13 +483,7 @@ fn filter_transform4<T: Real>(w: &[T], c_out: usize, c_in: usize, flip: bool) ->
     // Scratch per task: the row's taps [9][inner] and G g [6 rows][3 columns][inner].
     let scratch = || (vec![T::zero(); 9 * inner], vec![T::zero(); A4 * 3 * inner]);
     (0..rows).into_par_iter().for_each_init(scratch, |(taps, gg), a| {
-        for b in 0..inner {
-            let (co, ci) = if flip { (b, a) } else { (a, b) };
-            let src = &w[(co * c_in + ci) * 9..][..9];
-            for t in 0..9 {
-                taps[t * inner + b] = if flip { src[8 - t] } else { src[t] };
-            }
-        }
+        gather_taps(w, c_in, flip, a, taps);
         let tap = |r: usize, c: usize| &taps[(r * 3 + c) * inner..(r * 3 + c + 1) * inner];
         for c in 0..3 {
             // Rows r of G g for column c: runs (r * 3 + c).
@@ -1302,9 +1304,36 @@ mod tests {
         (d / n).sqrt()
     }
 
-    /// Both tile sides, forward and with the flipped kernel, on one thread and on three (the
-    /// grouped and the phased paths), maps not a multiple of the tile in either direction, every
-    /// padding: the definition's values, to rounding (f64) and within 1e-6 (f32).
+    /// `f(what, i, g)` for shape `i` of `shapes` (`b, c_in, c_out, h, w, pad`) with both tile
+    /// sides, on one thread and on three (the grouped and the phased paths).
+    fn each_case(
+        shapes: &[(usize, usize, usize, usize, usize, usize)],
+        f: impl Fn(&str, usize, &Geometry) + Sync,
+    ) {
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            pool.install(|| {
+                for (i, &(b, c_in, c_out, h, w, pad)) in shapes.iter().enumerate() {
+                    for m in [M, M4] {
+                        let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
+                        let g = Geometry { b, c_in, c_out, h, w, pad, oh, ow, m };
+                        f(&format!("{threads} threads, F({m}), {:?}", shapes[i]), i, &g);
+                    }
+                }
+            });
+        }
+    }
+
+    /// The f32 bound (relative L2 against the definition) for tile side `m`: F(4x4)'s rounding
+    /// is 5-8x F(2x2)'s here (5e-7 to 1.3e-6 against 1.1-1.8e-7): its transforms multiply by up
+    /// to 8 and sum six terms where F(2x2)'s add at most three.
+    fn f32_bound(m: usize) -> f64 {
+        if m == M4 { 4e-6 } else { 5e-7 }
+    }
+
+    /// Both tile sides, forward and with the flipped kernel, maps not a multiple of the tile in
+    /// either direction, every padding: the definition's values, to rounding (f64) and within
+    /// [`f32_bound`] (f32).
     #[test]
     fn both_tile_sides_match_the_definition() {
         let shapes = [
@@ -1314,40 +1343,23 @@ mod tests {
             (2, 7, 5, 16, 17, 1),
             (1, 2, 3, 3, 3, 2),
         ];
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-            pool.install(|| {
-                for (i, &(b, c_in, c_out, h, w, pad)) in shapes.iter().enumerate() {
-                    for m in [M, M4] {
-                        for flip in [false, true] {
-                            let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
-                            let g = Geometry { b, c_in, c_out, h, w, pad, oh, ow, m };
-                            let x: Vec<f64> = values(b * c_in * h * w, i as u64);
-                            let wt: Vec<f64> = values(c_out * c_in * 9, 100 + i as u64);
-                            let (wo, wi) = if flip { (c_in, c_out) } else { (c_out, c_in) };
-                            let want = direct(&x, &wt, &g, flip);
-                            let got = convolve(&x, &filter_for(&g, &wt, wo, wi, flip), &g);
-                            let e = rel_l2(&got, &want);
-                            let what =
-                                format!("{threads} threads, F({m}), flip {flip}, {:?}", shapes[i]);
-                            assert!(e < 1e-14, "{what}: f64 {e:e}");
-                            let (x32, w32): (Vec<f32>, Vec<f32>) = (
-                                x.iter().map(|&v| v as f32).collect(),
-                                wt.iter().map(|&v| v as f32).collect(),
-                            );
-                            let got = convolve(&x32, &filter_for(&g, &w32, wo, wi, flip), &g);
-                            let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
-                            let e = rel_l2(&got, &want);
-                            // F(4x4)'s f32 rounding is 5-8x F(2x2)'s here (1.1-1.4e-7
-                            // against 5.5e-7-1.1e-6 relative L2): its transforms multiply by up
-                            // to 8 and sum six terms where F(2x2)'s add at most three.
-                            let bound = if m == M4 { 4e-6 } else { 5e-7 };
-                            assert!(e < bound, "{what}: f32 {e:e}");
-                        }
-                    }
-                }
-            });
-        }
+        each_case(&shapes, |what, i, g| {
+            let (b, c_in, c_out) = (g.b, g.c_in, g.c_out);
+            for flip in [false, true] {
+                let x: Vec<f64> = values(b * c_in * g.h * g.w, i as u64);
+                let wt: Vec<f64> = values(c_out * c_in * 9, 100 + i as u64);
+                let (wo, wi) = if flip { (c_in, c_out) } else { (c_out, c_in) };
+                let want = direct(&x, &wt, g, flip);
+                let e = rel_l2(&convolve(&x, &filter_for(g, &wt, wo, wi, flip), g), &want);
+                assert!(e < 1e-14, "{what}, flip {flip}: f64 {e:e}");
+                let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+                let w32: Vec<f32> = wt.iter().map(|&v| v as f32).collect();
+                let got = convolve(&x32, &filter_for(g, &w32, wo, wi, flip), g);
+                let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+                let e = rel_l2(&got, &want);
+                assert!(e < f32_bound(g.m), "{what}, flip {flip}: f32 {e:e}");
+            }
+        });
     }
 
     /// The weight gradient `gw[co, ci, r, c] = sum over (n, oy, ox) of gy[n, co, oy, ox]
@@ -1382,9 +1394,8 @@ mod tests {
         gw
     }
 
-    /// The weight gradient by both tile sides, on one thread and on three, groups of images
-    /// summed in turn (the last one shorter): the definition's values, to rounding (f64) and
-    /// within the same bounds as the forward pass (f32).
+    /// The weight gradient by both tile sides, groups of images summed in turn (the last one
+    /// shorter): the definition's values, to rounding (f64) and within [`f32_bound`] (f32).
     #[test]
     fn weight_gradient_of_both_tile_sides_matches_the_definition() {
         let shapes = [
@@ -1394,32 +1405,19 @@ mod tests {
             (2, 7, 5, 16, 17, 1),
             (5, 2, 3, 24, 22, 1),
         ];
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-            pool.install(|| {
-                for (i, &(b, c_in, c_out, h, w, pad)) in shapes.iter().enumerate() {
-                    for m in [M, M4] {
-                        let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
-                        let g = Geometry { b, c_in, c_out, h, w, pad, oh, ow, m };
-                        let x: Vec<f64> = values(b * c_in * h * w, 200 + i as u64);
-                        let gy: Vec<f64> = values(b * c_out * oh * ow, 300 + i as u64);
-                        let want = direct_weight_grad(&x, &gy, &g);
-                        let e = rel_l2(&weight_grad_slices(&x, &gy, &g), &want);
-                        let what = format!("{threads} threads, F({m}), {:?}", shapes[i]);
-                        assert!(e < 1e-14, "{what}: f64 {e:e}");
-                        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-                        let gy32: Vec<f32> = gy.iter().map(|&v| v as f32).collect();
-                        let got: Vec<f64> = weight_grad_slices(&x32, &gy32, &g)
-                            .iter()
-                            .map(|&v| f64::from(v))
-                            .collect();
-                        let e = rel_l2(&got, &want);
-                        let bound = if m == M4 { 4e-6 } else { 5e-7 };
-                        assert!(e < bound, "{what}: f32 {e:e}");
-                    }
-                }
-            });
-        }
+        each_case(&shapes, |what, i, g| {
+            let x: Vec<f64> = values(g.b * g.c_in * g.h * g.w, 200 + i as u64);
+            let gy: Vec<f64> = values(g.b * g.c_out * g.oh * g.ow, 300 + i as u64);
+            let want = direct_weight_grad(&x, &gy, g);
+            let e = rel_l2(&weight_grad_slices(&x, &gy, g), &want);
+            assert!(e < 1e-14, "{what}: f64 {e:e}");
+            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let gy32: Vec<f32> = gy.iter().map(|&v| v as f32).collect();
+            let got: Vec<f64> =
+                weight_grad_slices(&x32, &gy32, g).iter().map(|&v| f64::from(v)).collect();
+            let e = rel_l2(&got, &want);
+            assert!(e < f32_bound(g.m), "{what}: f32 {e:e}");
+        });
     }
 
     #[test]
