@@ -577,25 +577,7 @@ fn input_plane4<'a, T: Real>(
     let consts = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(5.0));
     let Scratch { phases, rows: d, spare: e, .. } = s;
     let (d, e) = (&mut d[..K4 * tiles], &mut e[..K4 * tiles]);
-    for ti in 0..th {
-        for r in 0..A4 {
-            let iy = (ti * M4 + r) as isize - pad as isize;
-            let at = |c: usize| (r * A4 + c) * tiles + ti * tw;
-            if iy < 0 || iy >= h as isize {
-                for c in 0..A4 {
-                    d[at(c)..at(c) + tw].fill(T::zero());
-                }
-                continue;
-            }
-            let ph = &mut phases[..M4 * len];
-            ph.fill(T::zero());
-            split_phases4(&plane[iy as usize * w..(iy as usize + 1) * w], pad, ph, len);
-            for c in 0..A4 {
-                let from = (c % M4) * len + c / M4;
-                d[at(c)..at(c) + tw].copy_from_slice(&ph[from..from + tw]);
-            }
-        }
-    }
+    gather_tiles4(plane, (h, w), pad, (th, tw), A4, &mut phases[..M4 * len], d);
     // d B: the six columns of each row.
     for r in 0..A4 {
         let src = &d[r * A4 * tiles..(r + 1) * A4 * tiles];
@@ -611,6 +593,41 @@ fn input_plane4<'a, T: Real>(
         let mut run = |r: usize| -> &'a mut [T] { &mut dst(r * A4 + c)[..tiles] };
         let outs = [run(0), run(1), run(2), run(3), run(4), run(5)];
         input_rows4(runs, outs, consts);
+    }
+}
+
+/// The `side x side` values of every F(4x4) tile of one plane (`h x w`, zero padding `pad`,
+/// tiles 4 apart: 6x6 input tiles or 4x4 gradient tiles) into `side * side` runs of all `th * tw`
+/// tiles: `d[(r * side + c) * tiles + t]` is row `r`, column `c` of tile `t`. Each row of the
+/// plane is split by column phase mod 4 into `phases` (`4 * (tw + 1)`); tile `j` reads phase
+/// `c % 4` at `j + c / 4`.
+fn gather_tiles4<T: Real>(
+    plane: &[T],
+    (h, w): (usize, usize),
+    pad: usize,
+    (th, tw): (usize, usize),
+    side: usize,
+    phases: &mut [T],
+    d: &mut [T],
+) {
+    let (tiles, len) = (th * tw, tw + 1);
+    for ti in 0..th {
+        for r in 0..side {
+            let iy = (ti * M4 + r) as isize - pad as isize;
+            let at = |c: usize| (r * side + c) * tiles + ti * tw;
+            if iy < 0 || iy >= h as isize {
+                for c in 0..side {
+                    d[at(c)..at(c) + tw].fill(T::zero());
+                }
+                continue;
+            }
+            phases.fill(T::zero());
+            split_phases4(&plane[iy as usize * w..(iy as usize + 1) * w], pad, phases, len);
+            for c in 0..side {
+                let from = (c % M4) * len + c / M4;
+                d[at(c)..at(c) + tw].copy_from_slice(&phases[from..from + tw]);
+            }
+        }
     }
 }
 
@@ -1028,24 +1045,7 @@ fn grad_plane4<'a, T: Real>(
     let Scratch { phases, rows: d, spare: e, .. } = s;
     // The tiles' 16 values gathered into runs d[r][q] (tile j of a row: columns 4j..4j + 4).
     let d = &mut d[..M4 * M4 * tiles];
-    for ti in 0..th {
-        for r in 0..M4 {
-            let oy = ti * M4 + r;
-            let at = |q: usize| (r * M4 + q) * tiles + ti * tw;
-            if oy >= oh {
-                for q in 0..M4 {
-                    d[at(q)..at(q) + tw].fill(T::zero());
-                }
-                continue;
-            }
-            let ph = &mut phases[..M4 * tw];
-            ph.fill(T::zero());
-            split_phases4(&plane[oy * ow..(oy + 1) * ow], 0, ph, tw);
-            for q in 0..M4 {
-                d[at(q)..at(q) + tw].copy_from_slice(&ph[q * tw..(q + 1) * tw]);
-            }
-        }
-    }
+    gather_tiles4(plane, (oh, ow), 0, (th, tw), M4, &mut phases[..M4 * (tw + 1)], d);
     // gy A^T: each row's four values to six, e[r][c].
     let e = &mut e[..M4 * A4 * tiles];
     for r in 0..M4 {
