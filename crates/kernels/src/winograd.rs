@@ -255,18 +255,16 @@ fn gather_taps<T: Copy>(w: &[T], c_in: usize, flip: bool, a: usize, taps: &mut [
 
 /// Scratch rows of the transforms, reused across channels.
 struct Scratch<T> {
-    /// Per input row of a tile row: its even and odd columns (`tw + 1` each).
+    /// F(2x2)'s weight gradient: per gradient row of a tile row, its even and odd columns
+    /// (`tw + 1` each).
     even: Vec<T>,
     odd: Vec<T>,
     /// Input tile rows after the column transform `[row][column][tile]`, or the output's
     /// `A^T M` `[row][column][tile]`.
     rows: Vec<T>,
-    /// An output row's even and odd columns.
-    ye: Vec<T>,
-    yo: Vec<T>,
-    /// F(4x4): one input row's columns by phase mod 4 (`[phase][tw + 1]`), and a second buffer
-    /// of whole-plane runs beside `rows` (which holds 36 of them): the gathered tiles and their
-    /// row transform, or `A^T M` and its column transform.
+    /// One input row's columns by phase mod `m` (`[phase][tw + 1]`), and a second buffer of
+    /// whole-plane runs beside `rows` (which holds 16 or 36 of them): the gathered tiles and
+    /// their row transform, or `A^T M` and its column transform.
     phases: Vec<T>,
     spare: Vec<T>,
 }
@@ -275,14 +273,12 @@ impl<T: Real> Scratch<T> {
     /// For `(th, tw)` tiles per plane with output tile side `m`.
     fn new((th, tw): (usize, usize), m: usize) -> Self {
         let z = T::zero();
+        let tiles = th * tw;
         if m == M4 {
-            let tiles = th * tw;
             return Self {
                 even: Vec::new(),
                 odd: Vec::new(),
                 rows: vec![z; K4 * tiles],
-                ye: Vec::new(),
-                yo: Vec::new(),
                 phases: vec![z; M4 * (tw + 1)],
                 spare: vec![z; K4 * tiles],
             };
@@ -290,11 +286,9 @@ impl<T: Real> Scratch<T> {
         Self {
             even: vec![z; A * (tw + 1)],
             odd: vec![z; A * (tw + 1)],
-            rows: vec![z; A * A * tw],
-            ye: vec![z; tw],
-            yo: vec![z; tw],
-            phases: Vec::new(),
-            spare: Vec::new(),
+            rows: vec![z; K * tiles],
+            phases: vec![z; M * (tw + 1)],
+            spare: vec![z; K * tiles],
         }
     }
 }
@@ -323,12 +317,13 @@ fn split_even_odd<T: Copy>(src: &[T], pad: usize, even: &mut [T], odd: &mut [T])
     }
 }
 
-/// `V = B^T d B` for every tile of one input plane (`h x w`, zero padding `pad`), tile row `ti`
-/// written to `dst(k)[ti*tw..(ti+1)*tw]` for each of the 16 positions `k`.
+/// `V = B^T d B` for every tile of one input plane (`h x w`, zero padding `pad`), position `k`'s
+/// values of all `th * tw` tiles written to `dst(k)`.
 ///
-/// Written to vectorise across the tiles of a row: each of a tile row's four input rows is split
-/// into its even and odd columns (tile `j` reads columns `2j..2j+4`: even `j`, `j+1`, odd `j`,
-/// `j+1`), so every step below is an element-wise operation on contiguous runs of `tw` values.
+/// As in [`input_plane4`], the tiles' 16 input values are first gathered into 16 runs over the
+/// whole plane (tile `j` of a row reads columns `2j..2j + 4`: even and odd columns at `j` and
+/// `j + 1`), so that both passes run over runs of `th * tw` values: a 14 x 14 map has only 7
+/// tiles per row, a 7 x 7 map 4, too few to vectorise a tile row.
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn input_plane<'a, T: Real>(
     plane: &[T],
@@ -338,68 +333,49 @@ fn input_plane<'a, T: Real>(
     s: &mut Scratch<T>,
     mut dst: impl FnMut(usize) -> &'a mut [T],
 ) {
-    let half = tw + 1;
-    for ti in 0..th {
-        for r in 0..A {
-            let e = &mut s.even[r * half..(r + 1) * half];
-            let o = &mut s.odd[r * half..(r + 1) * half];
-            e.fill(T::zero());
-            o.fill(T::zero());
-            let iy = (ti * M + r) as isize - pad as isize;
-            if iy < 0 || iy >= h as isize {
-                continue;
-            }
-            split_even_odd(&plane[iy as usize * w..(iy as usize + 1) * w], pad, e, o);
+    let tiles = th * tw;
+    let Scratch { phases, rows: d, spare: e, .. } = s;
+    let (d, e) = (&mut d[..K * tiles], &mut e[..K * tiles]);
+    gather_tiles(plane, (h, w), pad, (th, tw), (M, A), &mut phases[..M * (tw + 1)], d);
+    // d B per row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
+    for r in 0..A {
+        let src = &d[r * A * tiles..(r + 1) * A * tiles];
+        let [d0, d1, d2, d3] = [0, 1, 2, 3].map(|c| &src[c * tiles..(c + 1) * tiles]);
+        let out = &mut e[r * A * tiles..(r + 1) * A * tiles];
+        let mut outs = out.chunks_exact_mut(tiles);
+        let mut next = || outs.next().expect("four runs");
+        let (c0, c1, c2, c3) = (next(), next(), next(), next());
+        for j in 0..tiles {
+            c0[j] = d0[j] - d2[j];
+            c1[j] = d1[j] + d2[j];
+            c2[j] = d2[j] - d1[j];
+            c3[j] = d1[j] - d3[j];
         }
-        // d B per row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
-        for r in 0..A {
-            let e = &s.even[r * half..(r + 1) * half];
-            let o = &s.odd[r * half..(r + 1) * half];
-            let out = &mut s.rows[r * A * tw..(r + 1) * A * tw];
-            let (c0, rest) = out.split_at_mut(tw);
-            let (c1, rest) = rest.split_at_mut(tw);
-            let (c2, c3) = rest.split_at_mut(tw);
-            // Runs of exactly `tw` (so that the loop has no bounds checks and vectorises).
-            let (e0, e1, o0, o1) = (&e[..tw], &e[1..=tw], &o[..tw], &o[1..=tw]);
-            let (c0, c1, c2, c3) = (&mut c0[..tw], &mut c1[..tw], &mut c2[..tw], &mut c3[..tw]);
-            for j in 0..tw {
-                let (d0, d1, d2, d3) = (e0[j], o0[j], e1[j], o1[j]);
-                c0[j] = d0 - d2;
-                c1[j] = d1 + d2;
-                c2[j] = d2 - d1;
-                c3[j] = d1 - d3;
-            }
+    }
+    // B^T (d B): rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3), column by column.
+    for col in 0..A {
+        let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|r| &e[(r * A + col) * tiles..][..tiles]);
+        let out = &mut dst(col)[..tiles];
+        for j in 0..tiles {
+            out[j] = r0[j] - r2[j];
         }
-        // B^T (d B): rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3), column by column.
-        for col in 0..A {
-            let row = |r: usize| &s.rows[(r * A + col) * tw..(r * A + col + 1) * tw];
-            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-            let run = |k: usize, dst: &mut dyn FnMut(usize) -> &'a mut [T]| -> &'a mut [T] {
-                &mut dst(k)[ti * tw..(ti + 1) * tw]
-            };
-            let (r0, r1, r2, r3) = (&r0[..tw], &r1[..tw], &r2[..tw], &r3[..tw]);
-            let out = &mut run(col, &mut dst)[..tw];
-            for j in 0..tw {
-                out[j] = r0[j] - r2[j];
-            }
-            let out = &mut run(A + col, &mut dst)[..tw];
-            for j in 0..tw {
-                out[j] = r1[j] + r2[j];
-            }
-            let out = &mut run(2 * A + col, &mut dst)[..tw];
-            for j in 0..tw {
-                out[j] = r2[j] - r1[j];
-            }
-            let out = &mut run(3 * A + col, &mut dst)[..tw];
-            for j in 0..tw {
-                out[j] = r1[j] - r3[j];
-            }
+        let out = &mut dst(A + col)[..tiles];
+        for j in 0..tiles {
+            out[j] = r1[j] + r2[j];
+        }
+        let out = &mut dst(2 * A + col)[..tiles];
+        for j in 0..tiles {
+            out[j] = r2[j] - r1[j];
+        }
+        let out = &mut dst(3 * A + col)[..tiles];
+        for j in 0..tiles {
+            out[j] = r1[j] - r3[j];
         }
     }
 }
 
 /// `Y = A^T M A` for every tile of one output plane (`oh x ow`, into `out`), from the 16
-/// positions' runs `m(k)` (`th * tw` tiles each). Vectorised across the tiles of a row like
+/// positions' runs `m(k)` (`th * tw` tiles each), both passes over whole-plane runs as in
 /// [`input_plane`].
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn output_plane<'a, T: Real>(
@@ -409,38 +385,45 @@ fn output_plane<'a, T: Real>(
     (oh, ow): (usize, usize),
     s: &mut Scratch<T>,
 ) {
-    for ti in 0..th {
-        let at = |k: usize| &m(k)[ti * tw..(ti + 1) * tw];
-        // A^T M: two rows of four columns, each a run over the tiles.
-        for col in 0..A {
-            let (a, b, cc, d) = (at(col), at(A + col), at(2 * A + col), at(3 * A + col));
-            let (a, b, cc, d) = (&a[..tw], &b[..tw], &cc[..tw], &d[..tw]);
-            let (s0, s1) = s.rows.split_at_mut(A * tw);
-            let s0 = &mut s0[col * tw..(col + 1) * tw];
-            let s1 = &mut s1[col * tw..(col + 1) * tw];
-            for j in 0..tw {
-                s0[j] = a[j] + b[j] + cc[j];
-                s1[j] = b[j] - cc[j] - d[j];
-            }
+    let tiles = th * tw;
+    let Scratch { rows, spare, .. } = s;
+    // A^T M: rows[r][c] for the two rows r of the result and the four columns c.
+    let (s0, s1) = rows[..M * A * tiles].split_at_mut(A * tiles);
+    for col in 0..A {
+        let [a, b, cc, d] = [0, 1, 2, 3].map(|r| &m(r * A + col)[..tiles]);
+        let s0 = &mut s0[col * tiles..(col + 1) * tiles];
+        let s1 = &mut s1[col * tiles..(col + 1) * tiles];
+        for j in 0..tiles {
+            s0[j] = a[j] + b[j] + cc[j];
+            s1[j] = b[j] - cc[j] - d[j];
         }
+    }
+    // (A^T M) A: ys[r][q], output (2 ti + r, 2 tj + q) of tile (ti, tj).
+    let ys = &mut spare[..M * M * tiles];
+    for r in 0..M {
+        let [a, b, cc, d] = [0, 1, 2, 3].map(|c| &rows[(r * A + c) * tiles..][..tiles]);
+        let (y0, y1) = ys[r * M * tiles..(r + 1) * M * tiles].split_at_mut(tiles);
+        for j in 0..tiles {
+            y0[j] = a[j] + b[j] + cc[j];
+            y1[j] = b[j] - cc[j] - d[j];
+        }
+    }
+    let full = ow / M;
+    for ti in 0..th {
         for r in 0..M {
             let oy = ti * M + r;
             if oy >= oh {
                 break;
             }
-            let row = |col: usize| &s.rows[(r * A + col) * tw..(r * A + col + 1) * tw];
-            let (a, b, cc, d) = (&row(0)[..tw], &row(1)[..tw], &row(2)[..tw], &row(3)[..tw]);
-            let (ye, yo) = (&mut s.ye[..tw], &mut s.yo[..tw]);
-            for j in 0..tw {
-                ye[j] = a[j] + b[j] + cc[j];
-                yo[j] = b[j] - cc[j] - d[j];
-            }
+            let y = |q: usize| &ys[(r * M + q) * tiles + ti * tw..][..tw];
+            let (y0, y1) = (y(0), y(1));
             let dst = &mut out[oy * ow..(oy + 1) * ow];
-            for (pair, (&e, &o)) in dst.chunks_mut(2).zip(s.ye.iter().zip(&s.yo)) {
-                pair[0] = e;
-                if let Some(second) = pair.get_mut(1) {
-                    *second = o;
-                }
+            for (j, pair) in dst.chunks_exact_mut(M).enumerate() {
+                pair[0] = y0[j];
+                pair[1] = y1[j];
+            }
+            if ow % M == 1 {
+                dst[full * M] = y0[full];
             }
         }
     }
@@ -560,10 +543,10 @@ fn split_phases4<T: Copy>(src: &[T], pad: usize, phases: &mut [T], len: usize) {
 ///       [0  4  0 -5  0  1]
 /// ```
 ///
-/// Unlike [`input_plane`], whose runs are one tile row long, the tiles' 36 input values are first
-/// gathered into 36 runs over the whole plane (`th * tw` values; tile `j` of a row reads columns
-/// `4j..4j + 6`: phases 0-3 of the row at `j`, phases 0-1 at `j + 1`), so that both passes of the
-/// transform run over long runs: a 28 x 28 map has 7 tiles per row, too few to vectorise.
+/// As in [`input_plane`], the tiles' 36 input values are first gathered into 36 runs over the
+/// whole plane (`th * tw` values; tile `j` of a row reads columns `4j..4j + 6`: phases 0-3 of the
+/// row at `j`, phases 0-1 at `j + 1`), so that both passes of the transform run over long runs: a
+/// 28 x 28 map has 7 tiles per row, too few to vectorise.
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn input_plane4<'a, T: Real>(
     plane: &[T],
@@ -577,7 +560,7 @@ fn input_plane4<'a, T: Real>(
     let consts = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(5.0));
     let Scratch { phases, rows: d, spare: e, .. } = s;
     let (d, e) = (&mut d[..K4 * tiles], &mut e[..K4 * tiles]);
-    gather_tiles4(plane, (h, w), pad, (th, tw), A4, &mut phases[..M4 * len], d);
+    gather_tiles(plane, (h, w), pad, (th, tw), (M4, A4), &mut phases[..M4 * len], d);
     // d B: the six columns of each row.
     for r in 0..A4 {
         let src = &d[r * A4 * tiles..(r + 1) * A4 * tiles];
@@ -596,24 +579,24 @@ fn input_plane4<'a, T: Real>(
     }
 }
 
-/// The `side x side` values of every F(4x4) tile of one plane (`h x w`, zero padding `pad`,
-/// tiles 4 apart: 6x6 input tiles or 4x4 gradient tiles) into `side * side` runs of all `th * tw`
-/// tiles: `d[(r * side + c) * tiles + t]` is row `r`, column `c` of tile `t`. Each row of the
-/// plane is split by column phase mod 4 into `phases` (`4 * (tw + 1)`); tile `j` reads phase
-/// `c % 4` at `j + c / 4`.
-fn gather_tiles4<T: Real>(
+/// The `side x side` values of every tile of one plane (`h x w`, zero padding `pad`, tiles
+/// `step` apart: F(2x2)'s 4x4 input tiles, F(4x4)'s 6x6 input or 4x4 gradient tiles) into
+/// `side * side` runs of all `th * tw` tiles: `d[(r * side + c) * tiles + t]` is row `r`, column
+/// `c` of tile `t`. Each row of the plane is split by column phase mod `step` into `phases`
+/// (`step * (tw + 1)`); tile `j` reads phase `c % step` at `j + c / step`.
+fn gather_tiles<T: Real>(
     plane: &[T],
     (h, w): (usize, usize),
     pad: usize,
     (th, tw): (usize, usize),
-    side: usize,
+    (step, side): (usize, usize),
     phases: &mut [T],
     d: &mut [T],
 ) {
     let (tiles, len) = (th * tw, tw + 1);
     for ti in 0..th {
         for r in 0..side {
-            let iy = (ti * M4 + r) as isize - pad as isize;
+            let iy = (ti * step + r) as isize - pad as isize;
             let at = |c: usize| (r * side + c) * tiles + ti * tw;
             if iy < 0 || iy >= h as isize {
                 for c in 0..side {
@@ -622,9 +605,15 @@ fn gather_tiles4<T: Real>(
                 continue;
             }
             phases.fill(T::zero());
-            split_phases4(&plane[iy as usize * w..(iy as usize + 1) * w], pad, phases, len);
+            let row = &plane[iy as usize * w..(iy as usize + 1) * w];
+            if step == M4 {
+                split_phases4(row, pad, phases, len);
+            } else {
+                let (even, odd) = phases.split_at_mut(len);
+                split_even_odd(row, pad, even, &mut odd[..len]);
+            }
             for c in 0..side {
-                let from = (c % M4) * len + c / M4;
+                let from = (c % step) * len + c / step;
                 d[at(c)..at(c) + tw].copy_from_slice(&phases[from..from + tw]);
             }
         }
@@ -1045,7 +1034,7 @@ fn grad_plane4<'a, T: Real>(
     let Scratch { phases, rows: d, spare: e, .. } = s;
     // The tiles' 16 values gathered into runs d[r][q] (tile j of a row: columns 4j..4j + 4).
     let d = &mut d[..M4 * M4 * tiles];
-    gather_tiles4(plane, (oh, ow), 0, (th, tw), M4, &mut phases[..M4 * (tw + 1)], d);
+    gather_tiles(plane, (oh, ow), 0, (th, tw), (M4, M4), &mut phases[..M4 * (tw + 1)], d);
     // gy A^T: each row's four values to six, e[r][c].
     let e = &mut e[..M4 * A4 * tiles];
     for r in 0..M4 {
