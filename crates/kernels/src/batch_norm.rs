@@ -21,7 +21,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{MIN_TASK, par_chunks_zeroed, slice};
+use crate::cpu::{MIN_TASK, par_chunks_from, slice};
 use crate::error::{KernelError, Result};
 
 /// Per-channel statistics of the forward pass, shared by the op (for its backward) and the caller.
@@ -174,11 +174,9 @@ impl BatchNormOp {
         let s: Vec<f64> = (0..c)
             .map(|ch| T::from_f64(b[ch].to_f64() - mean[ch] * invstd[ch] * w[ch].to_f64()).to_f64())
             .collect();
-        let y = par_chunks_zeroed(x.len(), self.inner, |r, out: &mut [T]| {
-            let ch = r % c;
-            for (o, v) in out.iter_mut().zip(&x[self.run(r)]) {
-                *o = T::from_f64(v.to_f64() * a[ch] + s[ch]);
-            }
+        let y = par_chunks_from(x.len(), self.inner, |r| {
+            let (a, s) = (a[r % c], s[r % c]);
+            x[self.run(r)].iter().map(move |v| T::from_f64(v.to_f64() * a + s))
         });
         if let Ok(mut saved) = self.saved.lock() {
             *saved = Saved { mean, invstd, var };
@@ -211,16 +209,17 @@ impl BatchNormOp {
             })
         });
         let (sum_dy, dot): (Vec<f64>, Vec<f64>) = sums.into_iter().map(|[a, b]| (a, b)).unzip();
-        let dx = par_chunks_zeroed(x.len(), self.inner, |r, out: &mut [T]| {
+        let dx = par_chunks_from(x.len(), self.inner, |r| {
             let ch = r % c;
             let k = dot[ch] * invstd[ch] * invstd[ch] / m;
             let g_mean = sum_dy[ch] / m;
             let scale = w[ch].to_f64() * invstd[ch];
+            let mean = mean[ch];
             let run = self.run(r);
-            for ((o, xv), g) in out.iter_mut().zip(&x[run.clone()]).zip(&dy[run]) {
-                let centred = xv.to_f64() - mean[ch];
-                *o = T::from_f64((g.to_f64() - g_mean - centred * k) * scale);
-            }
+            x[run.clone()].iter().zip(&dy[run]).map(move |(xv, g)| {
+                let centred = xv.to_f64() - mean;
+                T::from_f64((g.to_f64() - g_mean - centred * k) * scale)
+            })
         });
         let dw = (0..c).map(|ch| T::from_f64(dot[ch] * invstd[ch])).collect();
         let db = sum_dy.iter().map(|&s| T::from_f64(s)).collect();
@@ -339,16 +338,10 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tens
     let inner: usize = x.dims()[2..].iter().product();
     fn go<T: WithDType>(x: &[T], s: &[T], t: &[T], c: usize, inner: usize) -> Vec<T> {
         // Chunks of whole planes (one channel of one sample each).
-        let planes = MIN_TASK.div_ceil(inner.max(1));
-        par_chunks_zeroed(x.len(), planes * inner.max(1), |i, out: &mut [T]| {
-            let start = i * planes * inner;
-            for (j, (o, v)) in out.chunks_mut(inner).zip(x[start..].chunks(inner)).enumerate() {
-                let ch = (i * planes + j) % c;
-                let (s, t) = (s[ch], t[ch]);
-                for (o, &v) in o.iter_mut().zip(v) {
-                    *o = v * s + t;
-                }
-            }
+        let inner = inner.max(1);
+        par_chunks_from(x.len(), inner, |i| {
+            let (s, t) = (s[i % c], t[i % c]);
+            x[i * inner..(i + 1) * inner].iter().map(move |&v| v * s + t)
         })
     }
     let (x, s, t) = (x.contiguous()?, scale.flatten_all()?, shift.flatten_all()?);

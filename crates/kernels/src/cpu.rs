@@ -140,6 +140,40 @@ pub(crate) fn par_chunks_zeroed<T: WithDType>(
     v
 }
 
+/// A vector of `n` elements built in parallel from values: chunk `i` (`chunk` elements, the
+/// last one shorter) takes the values of `f(i)` in order, rayon tasks of at least [`MIN_TASK`]
+/// elements. Unlike [`par_chunks_zeroed`] nothing is written twice: for element-wise results
+/// (a normalisation, a copy) the zeros were a second store pass. Should `f(i)` end early, the
+/// rest of its chunk is zero.
+pub(crate) fn par_chunks_from<T: WithDType, I: Iterator<Item = T>>(
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize) -> I + Sync,
+) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    if n == 0 {
+        return v;
+    }
+    let chunk = chunk.max(1);
+    let per_task = MIN_TASK.div_ceil(chunk).max(1);
+    v.spare_capacity_mut()[..n].par_chunks_mut(chunk).with_min_len(per_task).enumerate().for_each(
+        |(i, part)| {
+            let mut filled = 0;
+            for (slot, value) in part.iter_mut().zip(f(i)) {
+                slot.write(value);
+                filled += 1;
+            }
+            for slot in &mut part[filled..] {
+                slot.write(T::zero());
+            }
+        },
+    );
+    // SAFETY: the chunks cover the first `n` elements (the capacity is `n`), every one written
+    // just above; a panic in `f` propagates before this line and drops `v` with length 0.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// [`par_chunks_zeroed`] on part of a vector's spare capacity: every element of `dst` is
 /// initialised (zeroed, then handed to `f(i, chunk)`) when it returns.
 pub(crate) fn fill_chunks_zeroed<T: WithDType>(

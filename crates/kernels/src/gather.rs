@@ -13,7 +13,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{MIN_TASK, Real, by_dtype, par_chunks_zeroed, slice, train_kernels_supported};
+use crate::cpu::{MIN_TASK, Real, by_dtype, par_chunks_from, slice, train_kernels_supported};
 use crate::error::{KernelError, Result};
 
 /// `src.index_select(ids, 0)` for a 2-d `src`: row `j` of the result is row `ids[j]` of `src`.
@@ -42,12 +42,7 @@ pub fn index_select_rows(src: &Tensor, ids: &[u32]) -> Result<Tensor> {
 
 /// Rows `ids` of the `[_, c]` matrix `src`, in parallel chunks of whole rows.
 fn gather<T: WithDType>(src: &[T], ids: &[u32], c: usize) -> Vec<T> {
-    let rows = MIN_TASK.div_ceil(c.max(1));
-    par_chunks_zeroed(ids.len() * c, rows * c, |i, out: &mut [T]| {
-        for (o, &id) in out.chunks_mut(c).zip(&ids[i * rows..]) {
-            o.copy_from_slice(&src[id as usize * c..][..c]);
-        }
-    })
+    par_chunks_from(ids.len() * c, c, |i| src[ids[i] as usize * c..][..c].iter().copied())
 }
 
 /// The gradient of [`gather`]: row `i` is the sum of the rows `j` of `grad` with `ids[j] == i`,

@@ -112,12 +112,19 @@ impl GatherMatMul {
         let (_, c) = sl.shape().dims2()?;
         let (g, k, n) = wl.shape().dims3()?;
         let p = self.p;
-        let mut out = par_zeroed::<T>(g * p * n);
-        let dst = SharedMut(out.as_mut_ptr());
+        if k == 0 {
+            return Ok((
+                T::to_cpu_storage_owned(vec![T::zero(); g * p * n]),
+                Shape::from((g, p, n)),
+            ));
+        }
+        // Written only by gemm (accumulate false), so not zeroed first.
+        let mut out: Vec<T> = Vec::with_capacity(g * p * n);
+        let dst = SharedMut(out.spare_capacity_mut().as_mut_ptr().cast::<T>());
         self.each_matrix::<T>(p * k, |i, cols, parallelism| {
             self.gather_into(src, c, i, cols);
-            // SAFETY: matrix i of `out` (p x n) is written by this call alone; `cols` (p x k)
-            // and `w[i]` (k x n) lie in their slices.
+            // SAFETY: matrix i of `out` (p x n, inside the capacity) is written by this call
+            // alone, without being read; `cols` (p x k) and `w[i]` (k x n) lie in their slices.
             unsafe {
                 gemm_view(
                     (p, n, k),
@@ -129,6 +136,8 @@ impl GatherMatMul {
                 )
             }
         });
+        // SAFETY: the g products wrote every one of the g * p * n elements.
+        unsafe { out.set_len(g * p * n) };
         Ok((T::to_cpu_storage_owned(out), Shape::from((g, p, n))))
     }
 

@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 
 use crate::cpu::{
-    Real, View, by_dtype, fill_chunks_zeroed, gemm_view, par_chunks_zeroed,
+    Real, View, by_dtype, fill_chunks_zeroed, gemm_view, par_chunks_from, par_chunks_zeroed,
     train_kernels_supported, transpose, with_cpu_slices,
 };
 use crate::params::ConvParams;
@@ -120,9 +120,9 @@ pub(crate) fn conv(
 
 /// `[d0, d1, plane]` -> `[d1, d0, plane]`, one parallel copy of whole planes.
 fn swap_outer<T: Real>(src: &[T], (d0, d1, plane): (usize, usize, usize)) -> Vec<T> {
-    par_chunks_zeroed(d0 * d1 * plane, plane, |idx, out: &mut [T]| {
+    par_chunks_from(d0 * d1 * plane, plane, |idx| {
         let (j, i) = (idx / d0, idx % d0);
-        out.copy_from_slice(&src[(i * d1 + j) * plane..][..plane]);
+        src[(i * d1 + j) * plane..][..plane].iter().copied()
     })
 }
 

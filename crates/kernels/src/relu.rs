@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{
-    MIN_TASK, Real, by_dtype, par_chunks_zeroed, slice, train_kernels_supported, with_cpu_slices,
+    MIN_TASK, Real, by_dtype, par_chunks_from, slice, train_kernels_supported, with_cpu_slices,
 };
 use crate::error::{KernelError, Result};
 
@@ -191,15 +191,10 @@ impl BiasRelu {
         let bias = slice::<T>(sb, lb, "bias_relu", "bias")?;
         let (_, p, c) = lx.shape().dims3()?;
         // Chunks of whole rows, so that each row meets its group's bias at offset 0.
-        let rows = MIN_TASK.div_ceil(c.max(1));
-        let y = par_chunks_zeroed(x.len(), rows * c, |i, out: &mut [T]| {
-            let start = i * rows * c;
-            for (j, (o, row)) in out.chunks_mut(c).zip(x[start..].chunks(c)).enumerate() {
-                let b = &bias[((start / c + j) / p) * c..][..c];
-                for ((o, &v), &b) in o.iter_mut().zip(row).zip(b) {
-                    *o = (v + b).relu();
-                }
-            }
+        let c = c.max(1);
+        let y = par_chunks_from(x.len(), c, |i| {
+            let b = &bias[(i / p) * c..][..c];
+            x[i * c..(i + 1) * c].iter().zip(b).map(|(&v, &b)| (v + b).relu())
         });
         Ok((T::to_cpu_storage_owned(y), lx.shape().clone()))
     }

@@ -255,10 +255,6 @@ fn gather_taps<T: Copy>(w: &[T], c_in: usize, flip: bool, a: usize, taps: &mut [
 
 /// Scratch rows of the transforms, reused across channels.
 struct Scratch<T> {
-    /// F(2x2)'s weight gradient: per gradient row of a tile row, its even and odd columns
-    /// (`tw + 1` each).
-    even: Vec<T>,
-    odd: Vec<T>,
     /// Input tile rows after the column transform `[row][column][tile]`, or the output's
     /// `A^T M` `[row][column][tile]`.
     rows: Vec<T>,
@@ -276,20 +272,12 @@ impl<T: Real> Scratch<T> {
         let tiles = th * tw;
         if m == M4 {
             return Self {
-                even: Vec::new(),
-                odd: Vec::new(),
                 rows: vec![z; K4 * tiles],
                 phases: vec![z; M4 * (tw + 1)],
                 spare: vec![z; K4 * tiles],
             };
         }
-        Self {
-            even: vec![z; A * (tw + 1)],
-            odd: vec![z; A * (tw + 1)],
-            rows: vec![z; K * tiles],
-            phases: vec![z; M * (tw + 1)],
-            spare: vec![z; K * tiles],
-        }
+        Self { rows: vec![z; K * tiles], phases: vec![z; M * (tw + 1)], spare: vec![z; K * tiles] }
     }
 }
 
@@ -955,8 +943,8 @@ fn run(x: &Tensor, w: &Tensor, g: &Geometry, flip: bool, op: &str) -> candle_cor
 }
 
 /// `A gy A^T` for every 2x2 tile of one output-gradient plane (`oh x ow`, zero past its edge),
-/// tile row `ti` written to `dst(k)[ti*tw..(ti+1)*tw]` for each of the 16 positions `k`: the
-/// adjoint of the output transform (`A = [1 0; 1 1; 1 -1; 0 -1]`).
+/// position `k`'s values of all `th * tw` tiles written to `dst(k)`: the adjoint of the output
+/// transform (`A = [1 0; 1 1; 1 -1; 0 -1]`), over whole-plane runs as in [`input_plane`].
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn grad_plane<'a, T: Real>(
     plane: &[T],
@@ -965,55 +953,40 @@ fn grad_plane<'a, T: Real>(
     s: &mut Scratch<T>,
     mut dst: impl FnMut(usize) -> &'a mut [T],
 ) {
-    for ti in 0..th {
-        // The tile row's two gradient rows, split into even and odd columns (zero past edges).
-        for r in 0..M {
-            let e = &mut s.even[r * (tw + 1)..r * (tw + 1) + tw];
-            let o = &mut s.odd[r * (tw + 1)..r * (tw + 1) + tw];
-            e.fill(T::zero());
-            o.fill(T::zero());
-            let oy = ti * M + r;
-            if oy >= oh {
-                continue;
-            }
-            split_even_odd(&plane[oy * ow..(oy + 1) * ow], 0, e, o);
+    let tiles = th * tw;
+    let Scratch { phases, rows, spare: d, .. } = s;
+    let d = &mut d[..M * M * tiles];
+    gather_tiles(plane, (oh, ow), 0, (th, tw), (M, M), &mut phases[..M * (tw + 1)], d);
+    // gy A^T per row: [p, q] -> [p, p + q, p - q, -q], into rows[r][col][tile].
+    let rows = &mut rows[..M * A * tiles];
+    for r in 0..M {
+        let (p, q) = (&d[r * M * tiles..][..tiles], &d[(r * M + 1) * tiles..][..tiles]);
+        let mut outs = rows[r * A * tiles..(r + 1) * A * tiles].chunks_exact_mut(tiles);
+        let mut next = || outs.next().expect("four runs");
+        let (c0, c1, c2, c3) = (next(), next(), next(), next());
+        for j in 0..tiles {
+            c0[j] = p[j];
+            c1[j] = p[j] + q[j];
+            c2[j] = p[j] - q[j];
+            c3[j] = T::zero() - q[j];
         }
-        // gy A^T per row: [p, q] -> [p, p + q, p - q, -q], into rows[r][col][tile].
-        for r in 0..M {
-            let e = &s.even[r * (tw + 1)..r * (tw + 1) + tw];
-            let o = &s.odd[r * (tw + 1)..r * (tw + 1) + tw];
-            let out = &mut s.rows[r * A * tw..(r + 1) * A * tw];
-            let (c0, rest) = out.split_at_mut(tw);
-            let (c1, rest) = rest.split_at_mut(tw);
-            let (c2, c3) = rest.split_at_mut(tw);
-            let (c0, c1, c2, c3) = (&mut c0[..tw], &mut c1[..tw], &mut c2[..tw], &mut c3[..tw]);
-            for j in 0..tw {
-                let (p, q) = (e[j], o[j]);
-                c0[j] = p;
-                c1[j] = p + q;
-                c2[j] = p - q;
-                c3[j] = T::zero() - q;
-            }
+    }
+    // A (gy A^T): rows [r0, r0 + r1, r0 - r1, -r1], column by column.
+    for col in 0..A {
+        let r0 = &rows[col * tiles..][..tiles];
+        let r1 = &rows[(A + col) * tiles..][..tiles];
+        dst(col)[..tiles].copy_from_slice(r0);
+        let out = &mut dst(A + col)[..tiles];
+        for j in 0..tiles {
+            out[j] = r0[j] + r1[j];
         }
-        // A (gy A^T): rows [r0, r0 + r1, r0 - r1, -r1], column by column.
-        for col in 0..A {
-            let r0 = &s.rows[col * tw..(col + 1) * tw];
-            let r1 = &s.rows[(A + col) * tw..(A + col + 1) * tw];
-            let (r0, r1) = (&r0[..tw], &r1[..tw]);
-            let out = &mut dst(col)[ti * tw..(ti + 1) * tw];
-            out.copy_from_slice(r0);
-            let out = &mut dst(A + col)[ti * tw..(ti + 1) * tw];
-            for j in 0..tw {
-                out[j] = r0[j] + r1[j];
-            }
-            let out = &mut dst(2 * A + col)[ti * tw..(ti + 1) * tw];
-            for j in 0..tw {
-                out[j] = r0[j] - r1[j];
-            }
-            let out = &mut dst(3 * A + col)[ti * tw..(ti + 1) * tw];
-            for j in 0..tw {
-                out[j] = T::zero() - r1[j];
-            }
+        let out = &mut dst(2 * A + col)[..tiles];
+        for j in 0..tiles {
+            out[j] = r0[j] - r1[j];
+        }
+        let out = &mut dst(3 * A + col)[..tiles];
+        for j in 0..tiles {
+            out[j] = T::zero() - r1[j];
         }
     }
 }
