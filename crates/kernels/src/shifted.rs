@@ -224,9 +224,59 @@ fn per_image<T: Real>(
     v
 }
 
+/// [`per_image`] for results that `f` writes whole through gemm (accumulate false, nothing
+/// read): not zeroed first. `f(i, out_i, parallelism)` gets image `i`'s `len` elements as a
+/// raw pointer.
+///
+/// # Safety
+/// `f` must write every one of the `len` elements at its pointer (and nothing else).
+unsafe fn per_image_written<T: Real>(
+    b: usize,
+    len: usize,
+    f: impl Fn(usize, *mut T, Parallelism) + Sync,
+) -> Vec<T> {
+    let threads = rayon::current_num_threads();
+    let mut v: Vec<T> = Vec::with_capacity(b * len);
+    let dst = SharedMut(v.spare_capacity_mut().as_mut_ptr().cast::<T>());
+    if threads > 1 && b >= threads {
+        (0..b)
+            .into_par_iter()
+            .for_each(|i| f(i, dst.get().wrapping_add(i * len), Parallelism::None));
+    } else {
+        let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        for i in 0..b {
+            f(i, dst.get().wrapping_add(i * len), parallelism);
+        }
+    }
+    // SAFETY: the images cover the `b * len` elements of capacity, each written by `f` as the
+    // caller promises; a panic in `f` propagates before this line and drops `v` with length 0.
+    unsafe { v.set_len(b * len) };
+    v
+}
+
+/// Whether one gemm writes each image's result whole, in both directions: a 1x1 kernel without
+/// padding (the input planes as they are, no spare output columns: `plane = n = h * w`).
+fn single_product(g: &Geometry) -> bool {
+    g.taps() == 1 && g.input_as_is() && !g.spare()
+}
+
 /// The forward convolution, `[b, c_out, oh, ow]`.
 fn forward<T: Real>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
     let (image_in, taps, n) = (g.c_in * g.h * g.w, g.taps(), g.n());
+    if single_product(g) {
+        debug_assert_eq!(g.plane(), n);
+        let image_out = g.c_out * n;
+        // SAFETY: the one product writes the image's `[c_out, n]` result whole (n = oh * ow);
+        // `w` is `[c_out, c_in]`, the rhs is image i of `x` (`[c_in, n]`).
+        return unsafe {
+            per_image_written(g.b, image_out, |i, y, parallelism| {
+                let lhs = View { ptr: w.as_ptr(), rs: g.c_in, cs: 1 };
+                let rhs = View { ptr: x[i * image_in..].as_ptr(), rs: g.plane(), cs: 1 };
+                let out = View { ptr: y, rs: n, cs: 1 };
+                gemm_view((g.c_out, n, g.c_in), out, false, lhs, rhs, parallelism)
+            })
+        };
+    }
     per_image(g.b, g.c_out * g.oh * g.ow, |i, y, parallelism| {
         let xi = &x[i * image_in..(i + 1) * image_in];
         let mut padded = Vec::new();
@@ -262,6 +312,21 @@ fn forward<T: Real>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
 /// The input gradient, `[b, c_in, h, w]`.
 fn input_grad<T: Real>(gy: &[T], w: &[T], g: &Geometry) -> Vec<T> {
     let (image_out, taps, n, plane) = (g.c_out * g.oh * g.ow, g.taps(), g.n(), g.plane());
+    if single_product(g) {
+        debug_assert_eq!(plane, n);
+        let image_in = g.c_in * g.h * g.w;
+        // SAFETY: W^T (`[c_in, c_out]`, read with swapped strides) times image i's gradient
+        // (`[c_out, n]`, n = oh * ow = h * w) writes the image's `[c_in, h * w]` input gradient
+        // whole.
+        return unsafe {
+            per_image_written(g.b, image_in, |i, gx, parallelism| {
+                let lhs = View { ptr: w.as_ptr(), rs: 1, cs: g.c_in };
+                let rhs = View { ptr: gy[i * image_out..].as_ptr(), rs: n, cs: 1 };
+                let out = View { ptr: gx, rs: plane, cs: 1 };
+                gemm_view((g.c_in, n, g.c_out), out, false, lhs, rhs, parallelism)
+            })
+        };
+    }
     per_image(g.b, g.c_in * g.h * g.w, |i, gx, parallelism| {
         let gyi = &gy[i * image_out..(i + 1) * image_out];
         let mut spread = Vec::new();

@@ -317,6 +317,9 @@ fn shifted_views_and_winograd_on_one_thread_and_on_more_threads_than_images() {
     // More channels than the other cases, neither a power of two: the filter transform's rows
     // (c_out forward, c_in for the input gradient's flipped kernel) and their gathers.
     cases.push(Case { ci: 11, co: 19, ..Case::new((9, 10), 3, 1, 1, 1) });
+    // A 1x1 kernel without padding, written by one product per image: images in parallel
+    // (5 images, 3 threads) as well as one after the other.
+    cases.push(Case { b: 5, ..Case::new((9, 11), 1, 1, 0, 1) });
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
         pool.install(|| {
