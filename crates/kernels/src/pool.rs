@@ -93,6 +93,25 @@ impl Pool {
                     *m = m.maximum(v);
                 }
             }
+            if (self.kernel, self.stride, self.padding) == (3, 2, 1) && w >= 2 {
+                // ResNet's stem pool: window j is columns 2j - 1..=2j + 1, clipped; the same
+                // maxima in the same order, without the window's bounds per output.
+                let m = |a: T, b: T| a.maximum(b);
+                let ow = out_row.len();
+                out_row[0] = m(m(T::NEG_INFINITY, rowmax[0]), rowmax[1]);
+                let inner = ow.min(w / 2);
+                for j in 1..inner {
+                    out_row[j] = m(
+                        m(m(T::NEG_INFINITY, rowmax[2 * j - 1]), rowmax[2 * j]),
+                        rowmax[2 * j + 1],
+                    );
+                }
+                for (j, o) in out_row.iter_mut().enumerate().skip(inner.max(1)) {
+                    let (_, cols) = self.window(0, j);
+                    *o = rowmax[cols].iter().fold(T::NEG_INFINITY, |m, &v| m.maximum(v));
+                }
+                continue;
+            }
             for (ox, o) in out_row.iter_mut().enumerate() {
                 let (_, cols) = self.window(0, ox);
                 *o = rowmax[cols].iter().fold(T::NEG_INFINITY, |m, &v| m.maximum(v));
