@@ -445,6 +445,16 @@ impl InferenceModel {
         au_loc: Option<&Tensor>,
         outputs: OutputSet,
     ) -> Result<Outputs> {
+        // On a thread of the pool: see `aue_model::in_pool`.
+        crate::nn::in_pool(|| self.forward_here(images, au_loc, outputs))
+    }
+
+    fn forward_here(
+        &self,
+        images: &Tensor,
+        au_loc: Option<&Tensor>,
+        outputs: OutputSet,
+    ) -> Result<Outputs> {
         let s = self.config.input_size;
         let dims = images.dims();
         if images.dtype() != self.dtype || dims.len() != 4 || dims[1..] != [3, s, s] {

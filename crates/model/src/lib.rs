@@ -27,4 +27,4 @@ pub use model::{
     AueModel, ForwardOptions, OutputSet, Outputs, Stage, is_bn_buffer, is_trainable,
     trainable_prefixes, trainable_vars,
 };
-pub use nn::{PartMode, seed_dropout};
+pub use nn::{PartMode, in_pool, seed_dropout};

@@ -450,6 +450,26 @@ pub fn seed_dropout(seed: u64, epoch: u64) {
     DROPOUT_RNG.with(|r| *r.borrow_mut() = Some(ChaCha8Rng::from_seed(key)));
 }
 
+/// Runs `f` on a thread of Rayon's global pool and returns its result, carrying this thread's
+/// dropout stream ([`seed_dropout`]) there and back, so that masks continue exactly as on this
+/// thread.
+///
+/// A training step or a forward pass is hundreds of parallel loops. Started from a thread outside
+/// the pool, each loop hands its work to the pool and puts the caller to sleep until it is done
+/// (two thread switches per loop, and the pool's threads sleep between loops); started from a
+/// worker, a loop runs on that worker and its siblings steal from it. From a worker (a nested
+/// call) `f` runs in place.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let stream = DROPOUT_RNG.with(|r| r.borrow_mut().take());
+    let (out, stream) = rayon::scope(move |_| {
+        let outer = DROPOUT_RNG.with(|r| r.replace(stream));
+        let out = f();
+        (out, DROPOUT_RNG.with(|r| r.replace(outer)))
+    });
+    DROPOUT_RNG.with(|r| *r.borrow_mut() = stream);
+    out
+}
+
 /// Dropout with drop probability `p` when the part's dropout is active; identity otherwise.
 /// Kept elements are scaled by 1 / (1 - p), as in `candle_nn::ops::dropout` and PyTorch; the mask
 /// comes from the [`seed_dropout`] stream when the thread has one.
@@ -587,6 +607,26 @@ mod tests {
         assert!((dropped - 0.25).abs() < 0.03, "dropped fraction {dropped}");
         let eval = dropout(&x, 0.25, PartMode::EVAL).unwrap();
         assert_eq!(eval.sum_all().unwrap().to_scalar::<f32>().unwrap(), 4000.0);
+    }
+
+    #[test]
+    fn in_pool_continues_this_threads_dropout_stream() {
+        let x = Tensor::ones((2, 500), DType::F32, &Device::Cpu).unwrap();
+        let draw = || dropout(&x, 0.5, PartMode::TRAIN).unwrap().flatten_all().unwrap();
+        let masks = |pooled: [bool; 3]| {
+            seed_dropout(7, 0);
+            pooled
+                .map(|p| if p { in_pool(draw) } else { draw() }.to_vec1::<f32>().unwrap())
+                .concat()
+        };
+        let here = masks([false; 3]);
+        assert_eq!(masks([true, false, true]), here, "the pool's draws continue the stream");
+        assert_eq!(masks([true; 3]), here);
+        // Nested: the inner call runs in place and still draws from the same stream.
+        seed_dropout(7, 0);
+        let nested =
+            in_pool(|| [draw(), in_pool(draw), draw()]).map(|t| t.to_vec1::<f32>().unwrap());
+        assert_eq!(nested.concat(), here);
     }
 
     /// Fails when Candle fixes its max_pool2d backward (then `max_pool_exact` can go).

@@ -94,6 +94,16 @@ impl<'a> Trainer<'a> {
         lr: f64,
         acc: &mut SplitAccumulator,
     ) -> Result<Tensor> {
+        // Forward, backward and update on a thread of the pool: see `aue_model::in_pool`.
+        aue_model::in_pool(|| self.train_step_here(batch, lr, acc))
+    }
+
+    fn train_step_here(
+        &mut self,
+        batch: &DeviceBatch,
+        lr: f64,
+        acc: &mut SplitAccumulator,
+    ) -> Result<Tensor> {
         let batch = &batch.images_as(self.model.dtype())?;
         let out = self
             .model
