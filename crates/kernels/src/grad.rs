@@ -31,6 +31,7 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::cpu::{Real, train_kernels_supported};
 use crate::im2col::{self, Window};
 use crate::params::ConvParams;
 use crate::shifted::{self, Pass};
@@ -164,6 +165,67 @@ pub(crate) fn forward_view(
         _ => {
             let y = x.conv2d(w, p.padding, p.stride, p.dilation, 1)?;
             if out == full { Ok(y) } else { y.narrow(2, 0, out.0)?.narrow(3, 0, out.1) }
+        }
+    }
+}
+
+/// How [`forward_view`] computes a full-size forward convolution, when it is one of this crate's
+/// CPU kernels that work on slices: the convolution op then runs it on the storages Candle hands
+/// its forward (no result computed beforehand and copied into them). `None` for the other paths.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SlicePlan {
+    Winograd(winograd::Plan),
+    Shifted(shifted::Plan),
+}
+
+impl SlicePlan {
+    /// The plan [`forward_view`] follows for `(x, w, p)` with `engine`, when it works on slices
+    /// (contiguous CPU f32 / f64 operands).
+    pub(crate) fn of(
+        x: &Tensor,
+        w: &Tensor,
+        p: ConvParams,
+        engine: Engine,
+    ) -> candle_core::Result<Option<Self>> {
+        if !(x.is_contiguous() && w.is_contiguous() && train_kernels_supported(w)) {
+            return Ok(None);
+        }
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let (Some(oh), Some(ow)) = (p.output_size(h, kh), p.output_size(wd, kw)) else {
+            return Ok(None);
+        };
+        // The same choices as `forward_view` with `out == full`.
+        if engine.takes_winograd()
+            && winograd::supports(x, (kh, kw), p)
+            && (engine == Engine::Winograd || winograd::forward_pays((oh, ow)))
+        {
+            return Ok(Some(Self::Winograd(winograd::Plan::new(x, w, p)?)));
+        }
+        let engine = engine.direct();
+        Ok(match engine.resolve(x) {
+            Engine::Im2col | Engine::Shifted
+                if shifted::applies(x, p, (h, wd), (oh, ow), Pass::Data, engine) =>
+            {
+                Some(Self::Shifted(shifted::Plan::new(x, w, p, (oh, ow))?))
+            }
+            _ => None,
+        })
+    }
+
+    /// The output's, the input's and the weight's dimensions.
+    pub(crate) fn dims(&self) -> [[usize; 4]; 3] {
+        match self {
+            Self::Winograd(plan) => plan.dims(),
+            Self::Shifted(plan) => plan.dims(),
+        }
+    }
+
+    /// The convolution of contiguous `x` and `w`: `[b, c_out, oh, ow]`, contiguous.
+    pub(crate) fn run<T: Real>(&self, x: &[T], w: &[T]) -> Vec<T> {
+        match self {
+            Self::Winograd(plan) => plan.run(x, w),
+            Self::Shifted(plan) => plan.run(x, w),
         }
     }
 }

@@ -15,8 +15,11 @@ use std::sync::Mutex;
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 
+use crate::cpu::Real;
 use crate::error::{KernelError, Result};
-use crate::grad::{Engine, WeightGradAlgo, conv2d_input_grad, conv2d_weight_grad, forward_view};
+use crate::grad::{
+    Engine, SlicePlan, WeightGradAlgo, conv2d_input_grad, conv2d_weight_grad, forward_view,
+};
 use crate::params::{ConvParams, ConvTransposeParams};
 
 /// 2D convolution (NCHW, groups = 1) with a fast backward pass.
@@ -45,6 +48,13 @@ pub fn conv2d(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor> {
 pub fn conv2d_grouped(x: &Tensor, w: &Tensor, params: ConvParams, groups: usize) -> Result<Tensor> {
     let (input_hw, kernel_hw, out_hw) = check_conv("conv2d", x, w, params, groups)?;
     tracing::trace!(x = ?x.dims(), w = ?w.dims(), ?params, groups, "conv2d");
+    let backward = Conv2dBackward { params, groups, input_hw, kernel_hw };
+    if groups == 1
+        && (x.track_op() || w.track_op())
+        && let Some(plan) = SlicePlan::of(x, w, params, Engine::Auto)?
+    {
+        return Ok(x.apply_op2(w, OnSlices { plan, backward })?);
+    }
     let (xd, wd) = (x.detach(), w.detach());
     // [b, c_out, oh, ow]
     let y = per_group(groups, (&xd, 1), (&wd, 0), 1, |x, w| {
@@ -54,8 +64,7 @@ pub fn conv2d_grouped(x: &Tensor, w: &Tensor, params: ConvParams, groups: usize)
     if !x.track_op() && !w.track_op() {
         return Ok(y.contiguous()?);
     }
-    let op = Precomputed::new(Conv2dBackward { params, groups, input_hw, kernel_hw }, y);
-    Ok(x.apply_op2(w, op)?)
+    Ok(x.apply_op2(w, Precomputed::new(backward, y))?)
 }
 
 /// `f` on each group's slices of `a` (channels along `a.1`) and `b` (along `b.1`), the results
@@ -308,6 +317,81 @@ impl<B: Backward2> CustomOp2 for Precomputed<B> {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         self.backward.backward(x, w, grad)
+    }
+}
+
+/// A Candle op that computes its forward result from the storages it is handed, by one of this
+/// crate's CPU kernels ([`SlicePlan`]), and differentiates with `B`: no result computed before
+/// and copied in, as [`Precomputed`] must.
+struct OnSlices<B> {
+    plan: SlicePlan,
+    backward: B,
+}
+
+impl<B: Backward2> CustomOp2 for OnSlices<B> {
+    fn name(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Real>(
+            plan: &SlicePlan,
+            (x, x_layout): (&[T], &Layout),
+            (w, w_layout): (&[T], &Layout),
+        ) -> candle_core::Result<Vec<T>> {
+            let (x, w) = (contiguous(x, x_layout)?, contiguous(w, w_layout)?);
+            Ok(plan.run(x, w))
+        }
+        let dims = self.out_dims(x_layout, w_layout)?;
+        let y = match (x, w) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                CpuStorage::F32(run(&self.plan, (x, x_layout), (w, w_layout))?)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
+                CpuStorage::F64(run(&self.plan, (x, x_layout), (w, w_layout))?)
+            }
+            _ => candle_core::bail!("{}: input and weight must both be f32 or f64", B::NAME),
+        };
+        Ok((y, Shape::from(&dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        self.backward.backward(x, w, grad)
+    }
+}
+
+impl<B> OnSlices<B> {
+    /// `[b, c_out, oh, ow]` of the plan, checked against the operands' layouts.
+    fn out_dims(&self, x: &Layout, w: &Layout) -> candle_core::Result<[usize; 4]> {
+        let [dims, x_dims, w_dims] = self.plan.dims();
+        if x.dims() != x_dims || w.dims() != w_dims {
+            candle_core::bail!(
+                "conv2d: planned for {x_dims:?} x {w_dims:?}, given {:?} x {:?}",
+                x.dims(),
+                w.dims()
+            )
+        }
+        Ok(dims)
+    }
+}
+
+/// The elements of a contiguous layout of `s`.
+fn contiguous<'a, T>(s: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) if end <= s.len() => Ok(&s[start..end]),
+        _ => candle_core::bail!("conv2d: operand not contiguous ({layout:?})"),
     }
 }
 

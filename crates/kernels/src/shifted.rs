@@ -451,6 +451,35 @@ pub(crate) fn conv(
     on_slices("conv2d", (x, "input"), (w, "weight"), &g, shape, forward, forward)
 }
 
+/// [`conv`] prepared from the tensors' shapes and run later on their slices (see
+/// `winograd::Plan`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan(Geometry);
+
+impl Plan {
+    /// The plan of `conv(x, w, p, out)` (shapes as [`conv`]).
+    pub(crate) fn new(
+        x: &Tensor,
+        w: &Tensor,
+        p: ConvParams,
+        out: (usize, usize),
+    ) -> candle_core::Result<Self> {
+        let (c_out, _, kh, kw) = w.dims4()?;
+        Ok(Self(Geometry::new(x.dims4()?, (c_out, kh, kw), p, out)))
+    }
+
+    /// The output's, the input's and the weight's dimensions.
+    pub(crate) fn dims(&self) -> [[usize; 4]; 3] {
+        let g = &self.0;
+        [[g.b, g.c_out, g.oh, g.ow], [g.b, g.c_in, g.h, g.w], [g.c_out, g.c_in, g.kh, g.kw]]
+    }
+
+    /// `conv(x, w, p, out)` of contiguous `x` and `w` as the plan's shapes say.
+    pub(crate) fn run<T: Real>(&self, x: &[T], w: &[T]) -> Vec<T> {
+        forward(x, w, &self.0)
+    }
+}
+
 /// [`conv`]'s values (f32) as they come out: for an epilogue applied in place.
 pub(crate) fn conv_f32(
     x: &Tensor,

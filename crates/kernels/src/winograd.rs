@@ -29,6 +29,7 @@
 //! instead (4x4 output blocks from 6x6 input blocks: 36 products per 16 outputs instead of 16 per
 //! 4; see [`F4_MIN_SIDE`]), and so does the weight gradient there ([`weight_grad_pays`]).
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::Tensor;
@@ -325,7 +326,7 @@ fn input_plane<'a, T: Real>(
     pad: usize,
     (th, tw): (usize, usize),
     s: &mut Scratch<T>,
-    mut dst: impl FnMut(usize) -> &'a mut [T],
+    mut dst: impl FnMut(usize) -> &'a mut [MaybeUninit<T>],
 ) {
     let tiles = th * tw;
     let Scratch { phases, rows: d, spare: e, .. } = s;
@@ -351,19 +352,19 @@ fn input_plane<'a, T: Real>(
         let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|r| &e[(r * A + col) * tiles..][..tiles]);
         let out = &mut dst(col)[..tiles];
         for j in 0..tiles {
-            out[j] = r0[j] - r2[j];
+            out[j].write(r0[j] - r2[j]);
         }
         let out = &mut dst(A + col)[..tiles];
         for j in 0..tiles {
-            out[j] = r1[j] + r2[j];
+            out[j].write(r1[j] + r2[j]);
         }
         let out = &mut dst(2 * A + col)[..tiles];
         for j in 0..tiles {
-            out[j] = r2[j] - r1[j];
+            out[j].write(r2[j] - r1[j]);
         }
         let out = &mut dst(3 * A + col)[..tiles];
         for j in 0..tiles {
-            out[j] = r1[j] - r3[j];
+            out[j].write(r1[j] - r3[j]);
         }
     }
 }
@@ -375,7 +376,7 @@ fn input_plane<'a, T: Real>(
 fn output_plane<'a, T: Real>(
     m: impl Fn(usize) -> &'a [T],
     (th, tw): (usize, usize),
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
     (oh, ow): (usize, usize),
     s: &mut Scratch<T>,
 ) {
@@ -413,11 +414,11 @@ fn output_plane<'a, T: Real>(
             let (y0, y1) = (y(0), y(1));
             let dst = &mut out[oy * ow..(oy + 1) * ow];
             for (j, pair) in dst.chunks_exact_mut(M).enumerate() {
-                pair[0] = y0[j];
-                pair[1] = y1[j];
+                pair[0].write(y0[j]);
+                pair[1].write(y1[j]);
             }
             if ow % M == 1 {
-                dst[full * M] = y0[full];
+                dst[full * M].write(y0[full]);
             }
         }
     }
@@ -548,7 +549,7 @@ fn input_plane4<'a, T: Real>(
     pad: usize,
     (th, tw): (usize, usize),
     s: &mut Scratch<T>,
-    mut dst: impl FnMut(usize) -> &'a mut [T],
+    mut dst: impl FnMut(usize) -> &'a mut [MaybeUninit<T>],
 ) {
     let (tiles, len) = (th * tw, tw + 1);
     let consts = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(5.0));
@@ -559,7 +560,7 @@ fn input_plane4<'a, T: Real>(
     for r in 0..A4 {
         let src = &d[r * A4 * tiles..(r + 1) * A4 * tiles];
         let out = &mut e[r * A4 * tiles..(r + 1) * A4 * tiles];
-        let mut outs = out.chunks_exact_mut(tiles);
+        let mut outs = as_uninit(out).chunks_exact_mut(tiles);
         let mut next = || outs.next().expect("six runs");
         let runs = [0, 1, 2, 3, 4, 5].map(|c| &src[c * tiles..(c + 1) * tiles]);
         input_rows4(runs, [next(), next(), next(), next(), next(), next()], consts);
@@ -567,7 +568,7 @@ fn input_plane4<'a, T: Real>(
     // B^T (d B): the six rows of each column, into the 36 positions.
     for c in 0..A4 {
         let runs = [0, 1, 2, 3, 4, 5].map(|r| &e[(r * A4 + c) * tiles..(r * A4 + c + 1) * tiles]);
-        let mut run = |r: usize| -> &'a mut [T] { &mut dst(r * A4 + c)[..tiles] };
+        let mut run = |r: usize| -> &'a mut [MaybeUninit<T>] { &mut dst(r * A4 + c)[..tiles] };
         let outs = [run(0), run(1), run(2), run(3), run(4), run(5)];
         input_rows4(runs, outs, consts);
     }
@@ -616,7 +617,11 @@ fn gather_tiles<T: Real>(
 
 /// `B^T`'s six rows applied across six runs: `out[i][j] = sum over q of B^T[i][q] d[q][j]`.
 #[inline(always)]
-fn input_rows4<T: Real>(d: [&[T]; A4], out: [&mut [T]; A4], (two, four, five): (T, T, T)) {
+fn input_rows4<T: Real>(
+    d: [&[T]; A4],
+    out: [&mut [MaybeUninit<T>]; A4],
+    (two, four, five): (T, T, T),
+) {
     let n = out[0].len();
     let [d0, d1, d2, d3, d4, d5] = d.map(|r| &r[..n]);
     let [c0, c1, c2, c3, c4, c5] = out;
@@ -624,12 +629,12 @@ fn input_rows4<T: Real>(d: [&[T]; A4], out: [&mut [T]; A4], (two, four, five): (
         (&mut c1[..n], &mut c2[..n], &mut c3[..n], &mut c4[..n], &mut c5[..n]);
     for j in 0..n {
         let (a0, a1, a2, a3, a4, a5) = (d0[j], d1[j], d2[j], d3[j], d4[j], d5[j]);
-        c0[j] = four * a0 - five * a2 + a4;
-        c1[j] = a3 + a4 - four * (a1 + a2);
-        c2[j] = four * (a1 - a2) + a4 - a3;
-        c3[j] = two * (a3 - a1) + a4 - a2;
-        c4[j] = two * (a1 - a3) + a4 - a2;
-        c5[j] = four * a1 - five * a3 + a5;
+        c0[j].write(four * a0 - five * a2 + a4);
+        c1[j].write(a3 + a4 - four * (a1 + a2));
+        c2[j].write(four * (a1 - a2) + a4 - a3);
+        c3[j].write(two * (a3 - a1) + a4 - a2);
+        c4[j].write(two * (a1 - a3) + a4 - a2);
+        c5[j].write(four * a1 - five * a3 + a5);
     }
 }
 
@@ -664,7 +669,7 @@ fn output_rows4<T: Real>(d: [&[T]; A4], out: [&mut [T]; M4], (two, four, eight):
 fn output_plane4<'a, T: Real>(
     m: impl Fn(usize) -> &'a [T],
     (th, tw): (usize, usize),
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
     (oh, ow): (usize, usize),
     s: &mut Scratch<T>,
 ) {
@@ -699,13 +704,13 @@ fn output_plane4<'a, T: Real>(
             let (y0, y1, y2, y3) = (y(0), y(1), y(2), y(3));
             let dst = &mut out[oy * ow..(oy + 1) * ow];
             for (j, quad) in dst.chunks_exact_mut(M4).enumerate() {
-                quad[0] = y0[j];
-                quad[1] = y1[j];
-                quad[2] = y2[j];
-                quad[3] = y3[j];
+                quad[0].write(y0[j]);
+                quad[1].write(y1[j]);
+                quad[2].write(y2[j]);
+                quad[3].write(y3[j]);
             }
             for (q, o) in dst[full * M4..].iter_mut().enumerate() {
-                *o = y(q)[full];
+                o.write(y(q)[full]);
             }
         }
     }
@@ -725,7 +730,7 @@ fn input_for<'a, T: Real>(
     g: &Geometry,
     plane: &[T],
     s: &mut Scratch<T>,
-    dst: impl FnMut(usize) -> &'a mut [T],
+    dst: impl FnMut(usize) -> &'a mut [MaybeUninit<T>],
 ) {
     if g.m == M4 {
         input_plane4(plane, (g.h, g.w), g.pad, g.tiles(), s, dst)
@@ -738,7 +743,7 @@ fn input_for<'a, T: Real>(
 fn output_for<'a, T: Real>(
     g: &Geometry,
     m: impl Fn(usize) -> &'a [T],
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
     s: &mut Scratch<T>,
 ) {
     if g.m == M4 {
@@ -753,12 +758,12 @@ fn product<T: Real>(
     (c_out, c_in, cols): (usize, usize, usize),
     u_k: &[T],
     v_k: &[T],
-    m_k: &mut [T],
+    m_k: &mut [MaybeUninit<T>],
     parallelism: Parallelism,
 ) {
     debug_assert!(u_k.len() >= c_out * c_in && v_k.len() >= c_in * cols);
     debug_assert!(m_k.len() >= c_out * cols);
-    let dst = View { ptr: m_k.as_mut_ptr(), rs: cols, cs: 1 };
+    let dst = View { ptr: m_k.as_mut_ptr().cast::<T>(), rs: cols, cs: 1 };
     let lhs = View { ptr: u_k.as_ptr(), rs: c_in, cs: 1 };
     let rhs = View { ptr: v_k.as_ptr(), rs: cols, cs: 1 };
     // SAFETY: the three row-major matrices lie inside their slices (checked above in debug
@@ -780,15 +785,15 @@ fn convolve<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
     let group = g.group();
     let (image_in, image_out) = (g.c_in * g.h * g.w, g.c_out * g.oh * g.ow);
     // Each worker's transformed inputs and products, sized for a whole group and reused for
-    // every group it runs (every element a group reads is written first): allocated and zeroed
-    // per group, they cost a memset and fresh page faults each time (about 2% of a stage-1 step
-    // in a one-thread profile on Intel).
+    // every group it runs (every element a group reads is written first, so they are not
+    // zero-filled; allocated per group, they cost fresh page faults each time: about 2% of a
+    // stage-1 step in a one-thread profile on Intel).
     let buffers = || Buffers {
-        v: vec![T::zero(); g.k() * g.c_in * group * tiles],
-        m: vec![T::zero(); g.k() * g.c_out * group * tiles],
+        v: slots(g.k() * g.c_in * group * tiles),
+        m: slots(g.k() * g.c_out * group * tiles),
         s: Scratch::new((th, tw), g.m),
     };
-    let run = |bufs: &mut Buffers<T>, first: usize, y: &mut [T]| {
+    let run = |bufs: &mut Buffers<T>, first: usize, y: &mut [MaybeUninit<T>]| {
         let n = y.len() / image_out;
         let cols = n * tiles;
         let Buffers { v, m, s } = bufs;
@@ -802,40 +807,80 @@ fn convolve<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
                 input_for(g, plane, s, |k| unsafe { v.run(at(k), tiles) });
             }
         }
+        // SAFETY: the input transforms above wrote every (position, channel, tile) of `v`.
+        let v = unsafe { assume_init(v) };
         let m = &mut m[..g.k() * g.c_out * cols];
         for (k, m_k) in m.chunks_exact_mut(g.c_out * cols).enumerate() {
             let u_k = &u[k * g.c_out * g.c_in..(k + 1) * g.c_out * g.c_in];
             let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
             product((g.c_out, g.c_in, cols), u_k, v_k, m_k, Parallelism::None);
         }
+        // SAFETY: the products above wrote every (position, output channel, tile) of `m`.
+        let m = unsafe { assume_init(m) };
         for (p, out) in y.chunks_exact_mut(g.oh * g.ow).enumerate() {
             let (i, ch) = (p / g.c_out, p % g.c_out);
             let m_run = |k: usize| &m[(k * g.c_out + ch) * cols + i * tiles..][..tiles];
             output_for(g, m_run, out, s);
         }
     };
+    // Every output plane is written whole by the output transform: not zero-filled first.
+    let len = g.b * image_out;
+    let mut y: Vec<T> = Vec::with_capacity(len);
+    let parts = &mut y.spare_capacity_mut()[..len];
     if threads > 1 {
-        let mut y = par_zeroed(g.b * image_out);
-        y.par_chunks_mut(group * image_out)
+        parts
+            .par_chunks_mut(group * image_out)
             .enumerate()
             .for_each_init(buffers, |bufs, (j, part)| run(bufs, j * group, part));
-        y
     } else {
-        let mut y = vec![T::zero(); g.b * image_out];
         let mut bufs = buffers();
-        for (j, part) in y.chunks_mut(group * image_out).enumerate() {
+        for (j, part) in parts.chunks_mut(group * image_out).enumerate() {
             run(&mut bufs, j * group, part);
         }
-        y
     }
+    // SAFETY: the groups cover the `len` elements, each plane written whole by `output_for`; a
+    // panic propagates before this line and drops `y` with length 0.
+    unsafe { y.set_len(len) };
+    y
+}
+
+/// `s` as slots to write: for a result written through [`MaybeUninit::write`] into either a
+/// fresh buffer ([`slots`]) or, through this, an initialised one (which stays initialised: only
+/// values are written).
+fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and the callers write only initialised values.
+    unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
+}
+
+/// `n` slots to be written before they are read: a buffer that every reader finds written
+/// (transformed tiles, products), so that zero-filling it first would be wasted (a `memset` of
+/// megabytes per convolution).
+/// Debug builds fill them with NaN, so that a slot read before it is written shows in a result.
+fn slots<T: Real>(n: usize) -> Vec<MaybeUninit<T>> {
+    if cfg!(debug_assertions) {
+        return vec![MaybeUninit::new(T::from_f64(f64::NAN)); n];
+    }
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit<T>` needs no initialisation; the capacity is `n`.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The values of slots that have all been written.
+///
+/// # Safety
+/// Every element of `s` must have been written.
+unsafe fn assume_init<T>(s: &[MaybeUninit<T>]) -> &[T] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout and the caller promises every element is set.
+    unsafe { &*(s as *const [MaybeUninit<T>] as *const [T]) }
 }
 
 /// One worker's buffers in [`convolve`].
 struct Buffers<T> {
     /// The transformed inputs of a group: `[16, c_in, group * tiles]`.
-    v: Vec<T>,
+    v: Vec<MaybeUninit<T>>,
     /// Their products with the filter: `[16, c_out, group * tiles]`.
-    m: Vec<T>,
+    m: Vec<MaybeUninit<T>>,
     s: Scratch<T>,
 }
 
@@ -847,7 +892,7 @@ fn convolve_phased<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
     let tiles = th * tw;
     let cols = g.b * tiles;
     let plane_in = g.h * g.w;
-    let mut v = par_zeroed(g.k() * g.c_in * cols);
+    let mut v = slots(g.k() * g.c_in * cols);
     let vp = SharedMut(v.as_mut_ptr());
     x.par_chunks_exact(plane_in).enumerate().for_each_init(
         || Scratch::new((th, tw), g.m),
@@ -858,14 +903,24 @@ fn convolve_phased<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
             input_for(g, plane, s, |k| unsafe { vp.run(at(k), tiles) });
         },
     );
-    let mut m = par_zeroed(g.k() * g.c_out * cols);
-    m.par_chunks_exact_mut(g.c_out * cols).enumerate().for_each(|(k, m_k)| {
-        let u_k = &u[k * g.c_out * g.c_in..(k + 1) * g.c_out * g.c_in];
-        let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
-        product((g.c_out, g.c_in, cols), u_k, v_k, m_k, Parallelism::None);
-    });
-    let mut y = par_zeroed(g.b * g.c_out * g.oh * g.ow);
-    y.par_chunks_exact_mut(g.oh * g.ow).enumerate().for_each_init(
+    // SAFETY: the (image, channel) tasks wrote every run of `v`.
+    let v = unsafe { assume_init(&v) };
+    // The products and the output are written whole (gemm without reading its result, the
+    // output transform plane by plane): not zero-filled first.
+    let m_len = g.k() * g.c_out * cols;
+    let mut m: Vec<T> = Vec::with_capacity(m_len);
+    m.spare_capacity_mut()[..m_len].par_chunks_exact_mut(g.c_out * cols).enumerate().for_each(
+        |(k, m_k)| {
+            let u_k = &u[k * g.c_out * g.c_in..(k + 1) * g.c_out * g.c_in];
+            let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
+            product((g.c_out, g.c_in, cols), u_k, v_k, m_k, Parallelism::None);
+        },
+    );
+    // SAFETY: the 16 or 36 products wrote their `c_out * cols` elements each, all of `m`.
+    unsafe { m.set_len(m_len) };
+    let y_len = g.b * g.c_out * g.oh * g.ow;
+    let mut y: Vec<T> = Vec::with_capacity(y_len);
+    y.spare_capacity_mut()[..y_len].par_chunks_exact_mut(g.oh * g.ow).enumerate().for_each_init(
         || Scratch::new((th, tw), g.m),
         |s, (p, out)| {
             let (i, ch) = (p / g.c_out, p % g.c_out);
@@ -873,6 +928,8 @@ fn convolve_phased<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
             output_for(g, m_run, out, s);
         },
     );
+    // SAFETY: every output plane was written whole by `output_for`.
+    unsafe { y.set_len(y_len) };
     y
 }
 
@@ -884,6 +941,43 @@ pub(crate) fn conv(x: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result
     let m = tile_side((oh, ow));
     let g = Geometry { b, c_in, c_out, h, w: wd, pad: p.padding, oh, ow, m };
     run(x, w, &g, false, "conv2d")
+}
+
+/// [`conv`] prepared from the tensors' shapes and run later on their slices: for the
+/// convolution op, which computes its result from the storages Candle hands it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan(Geometry);
+
+impl Plan {
+    /// The plan of `conv(x, w, p)` (shapes as [`conv`]).
+    pub(crate) fn new(x: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result<Self> {
+        let (b, c_in, h, wd) = x.dims4()?;
+        let c_out = w.dim(0)?;
+        let (oh, ow) = (h + 2 * p.padding - 2, wd + 2 * p.padding - 2);
+        Ok(Self(Geometry {
+            b,
+            c_in,
+            c_out,
+            h,
+            w: wd,
+            pad: p.padding,
+            oh,
+            ow,
+            m: tile_side((oh, ow)),
+        }))
+    }
+
+    /// The output's, the input's and the weight's dimensions.
+    pub(crate) fn dims(&self) -> [[usize; 4]; 3] {
+        let g = &self.0;
+        [[g.b, g.c_out, g.oh, g.ow], [g.b, g.c_in, g.h, g.w], [g.c_out, g.c_in, 3, 3]]
+    }
+
+    /// `conv(x, w, p)` of contiguous `x` and `w` as the plan's shapes say.
+    pub(crate) fn run<T: Real>(&self, x: &[T], w: &[T]) -> Vec<T> {
+        let g = &self.0;
+        convolve(x, &filter_for(g, w, g.c_out, g.c_in, false), g)
+    }
 }
 
 /// [`conv`]'s values (f32) as they come out: for an epilogue applied in place.
@@ -957,7 +1051,7 @@ fn grad_plane<'a, T: Real>(
     (oh, ow): (usize, usize),
     (th, tw): (usize, usize),
     s: &mut Scratch<T>,
-    mut dst: impl FnMut(usize) -> &'a mut [T],
+    mut dst: impl FnMut(usize) -> &'a mut [MaybeUninit<T>],
 ) {
     let tiles = th * tw;
     let Scratch { phases, rows, spare: d, .. } = s;
@@ -981,18 +1075,21 @@ fn grad_plane<'a, T: Real>(
     for col in 0..A {
         let r0 = &rows[col * tiles..][..tiles];
         let r1 = &rows[(A + col) * tiles..][..tiles];
-        dst(col)[..tiles].copy_from_slice(r0);
+        let out = &mut dst(col)[..tiles];
+        for j in 0..tiles {
+            out[j].write(r0[j]);
+        }
         let out = &mut dst(A + col)[..tiles];
         for j in 0..tiles {
-            out[j] = r0[j] + r1[j];
+            out[j].write(r0[j] + r1[j]);
         }
         let out = &mut dst(2 * A + col)[..tiles];
         for j in 0..tiles {
-            out[j] = r0[j] - r1[j];
+            out[j].write(r0[j] - r1[j]);
         }
         let out = &mut dst(3 * A + col)[..tiles];
         for j in 0..tiles {
-            out[j] = T::zero() - r1[j];
+            out[j].write(T::zero() - r1[j]);
         }
     }
 }
@@ -1006,7 +1103,7 @@ fn grad_plane4<'a, T: Real>(
     (oh, ow): (usize, usize),
     (th, tw): (usize, usize),
     s: &mut Scratch<T>,
-    mut dst: impl FnMut(usize) -> &'a mut [T],
+    mut dst: impl FnMut(usize) -> &'a mut [MaybeUninit<T>],
 ) {
     let tiles = th * tw;
     let consts = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
@@ -1018,14 +1115,15 @@ fn grad_plane4<'a, T: Real>(
     let e = &mut e[..M4 * A4 * tiles];
     for r in 0..M4 {
         let runs = [0, 1, 2, 3].map(|q| &d[(r * M4 + q) * tiles..(r * M4 + q + 1) * tiles]);
-        let mut outs = e[r * A4 * tiles..(r + 1) * A4 * tiles].chunks_exact_mut(tiles);
+        let mut outs =
+            as_uninit(&mut e[r * A4 * tiles..(r + 1) * A4 * tiles]).chunks_exact_mut(tiles);
         let mut next = || outs.next().expect("six runs");
         grad_rows4(runs, [next(), next(), next(), next(), next(), next()], consts);
     }
     // A (gy A^T): each column's four values to six, into the 36 positions.
     for c in 0..A4 {
         let runs = [0, 1, 2, 3].map(|r| &e[(r * A4 + c) * tiles..(r * A4 + c + 1) * tiles]);
-        let mut run = |r: usize| -> &'a mut [T] { &mut dst(r * A4 + c)[..tiles] };
+        let mut run = |r: usize| -> &'a mut [MaybeUninit<T>] { &mut dst(r * A4 + c)[..tiles] };
         let outs = [run(0), run(1), run(2), run(3), run(4), run(5)];
         grad_rows4(runs, outs, consts);
     }
@@ -1034,7 +1132,11 @@ fn grad_plane4<'a, T: Real>(
 /// `A`'s six rows (the columns of [`output_rows4`]'s `A^T`) applied across four runs:
 /// `[p0, p0 + p1 + p2 + p3, p0 - p1 + p2 - p3, p0 + 2 p1 + 4 p2 + 8 p3, p0 - 2 p1 + 4 p2 - 8 p3, p3]`.
 #[inline(always)]
-fn grad_rows4<T: Real>(p: [&[T]; M4], out: [&mut [T]; A4], (two, four, eight): (T, T, T)) {
+fn grad_rows4<T: Real>(
+    p: [&[T]; M4],
+    out: [&mut [MaybeUninit<T>]; A4],
+    (two, four, eight): (T, T, T),
+) {
     let n = out[0].len();
     let [p0, p1, p2, p3] = p.map(|r| &r[..n]);
     let [c0, c1, c2, c3, c4, c5] = out;
@@ -1043,12 +1145,12 @@ fn grad_rows4<T: Real>(p: [&[T]; M4], out: [&mut [T]; A4], (two, four, eight): (
     for j in 0..n {
         let (even, odd) = (p0[j] + p2[j], p1[j] + p3[j]);
         let (even2, odd2) = (p0[j] + four * p2[j], two * p1[j] + eight * p3[j]);
-        c0[j] = p0[j];
-        c1[j] = even + odd;
-        c2[j] = even - odd;
-        c3[j] = even2 + odd2;
-        c4[j] = even2 - odd2;
-        c5[j] = p3[j];
+        c0[j].write(p0[j]);
+        c1[j].write(even + odd);
+        c2[j].write(even - odd);
+        c3[j].write(even2 + odd2);
+        c4[j].write(even2 - odd2);
+        c5[j].write(p3[j]);
     }
 }
 
@@ -1127,12 +1229,16 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
     let pairs = g.c_out * g.c_in;
     // M_k = sum over the tiles of Z_k x V_k^T: [16 or 36, c_out, c_in], summed group of images by
     // group of images (each group's transforms stay in the cache), the groups in order.
-    let mut m = par_zeroed(g.k() * pairs);
+    if g.b == 0 {
+        return vec![T::zero(); pairs * 9];
+    }
+    // Written by the first group's products (not accumulated), then added to: not zero-filled.
+    let mut m = slots(g.k() * pairs);
     let group = g.group();
     for first in (0..g.b).step_by(group) {
         let n = group.min(g.b - first);
         let cols = n * tiles;
-        let mut v = par_zeroed(g.k() * g.c_in * cols);
+        let mut v = slots(g.k() * g.c_in * cols);
         let vp = SharedMut(v.as_mut_ptr());
         let xs = &x[first * g.c_in * plane_in..(first + n) * g.c_in * plane_in];
         xs.par_chunks_exact(plane_in).enumerate().for_each_init(
@@ -1144,7 +1250,7 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
                 input_for(g, plane, s, |k| unsafe { vp.run(at(k), tiles) });
             },
         );
-        let mut z = par_zeroed(g.k() * g.c_out * cols);
+        let mut z = slots(g.k() * g.c_out * cols);
         let zp = SharedMut(z.as_mut_ptr());
         let gys = &gy[first * g.c_out * plane_out..(first + n) * g.c_out * plane_out];
         gys.par_chunks_exact(plane_out).enumerate().for_each_init(
@@ -1161,21 +1267,25 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
                 }
             },
         );
+        // SAFETY: the (image, channel) tasks above wrote every run of `v` and of `z`.
+        let (v, z) = unsafe { (assume_init(&v), assume_init(&z)) };
         let accumulate = first > 0;
         m.par_chunks_exact_mut(pairs).enumerate().for_each(|(k, m_k)| {
             let z_k = &z[k * g.c_out * cols..(k + 1) * g.c_out * cols];
             let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
-            let dst = View { ptr: m_k.as_mut_ptr(), rs: g.c_in, cs: 1 };
+            let dst = View { ptr: m_k.as_mut_ptr().cast::<T>(), rs: g.c_in, cs: 1 };
             let lhs = View { ptr: z_k.as_ptr(), rs: cols, cs: 1 };
             // V_k^T: element (tile, ci) of V_k [c_in, cols].
             let rhs = View { ptr: v_k.as_ptr(), rs: 1, cs: cols };
-            // SAFETY: m_k is [c_out, c_in] (initialised), z_k [c_out, cols], v_k^T [cols, c_in],
-            // all inside their slices.
+            // SAFETY: m_k is [c_out, c_in] (written by the first group, which does not read it;
+            // added to by the others), z_k [c_out, cols], v_k^T [cols, c_in], all inside their
+            // slices.
             let shape = (g.c_out, g.c_in, cols);
             unsafe { gemm_view(shape, dst, accumulate, lhs, rhs, Parallelism::None) };
         });
     }
-    weight_from_products(&m, pairs, g.m)
+    // SAFETY: the first group's products (`first` 0: b >= 1) wrote all of `m`.
+    weight_from_products(unsafe { assume_init(&m) }, pairs, g.m)
 }
 
 /// The weight gradient of `conv2d(x, w, p)` (3x3, stride 1, padding <= 2; see [`supports`])
