@@ -285,6 +285,20 @@ impl<T> SharedMut<T> {
     }
 }
 
+/// `n` slots to be written before they are read: a buffer that every reader finds written
+/// (Winograd's transformed tiles and products, gathered crop columns), so that zero-filling it
+/// first would be wasted (a `memset` of megabytes per convolution). Debug builds fill them with
+/// NaN, so that a slot read before it is written shows in a result.
+pub(crate) fn slots<T: Real>(n: usize) -> Vec<MaybeUninit<T>> {
+    if cfg!(debug_assertions) {
+        return vec![MaybeUninit::new(T::from_f64(f64::NAN)); n];
+    }
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit<T>` needs no initialisation; the capacity is `n`.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// `n` zeros written in parallel chunks: a `vec![0; n]` of a large buffer is one `memset` on the
 /// calling thread, which at two threads was the largest serial item of an inference pass.
 pub(crate) fn par_zeroed<T: WithDType>(n: usize) -> Vec<T> {

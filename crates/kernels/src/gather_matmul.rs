@@ -14,6 +14,7 @@
 //! `index_add`'s order (by position in `ids`, from zero: the matrices in order, each one's rows
 //! in order).
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
@@ -22,7 +23,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu::{
-    Real, SharedMut, View, by_dtype, gemm_view, par_zeroed, slice, train_kernels_supported,
+    Real, SharedMut, View, by_dtype, gemm_view, par_zeroed, slice, slots, train_kernels_supported,
 };
 use crate::error::{KernelError, Result};
 
@@ -74,28 +75,35 @@ struct GatherMatMul {
 }
 
 impl GatherMatMul {
-    /// The gathered rows of matrix `i` of a `[_, c]` source into `out` (`p x t c`).
-    fn gather_into<T: Copy>(&self, src: &[T], c: usize, i: usize, out: &mut [T]) {
+    /// The gathered rows of matrix `i` of a `[_, c]` source into `out` (`p x t c`), every
+    /// element of it written.
+    fn gather_into<T: Copy>(&self, src: &[T], c: usize, i: usize, out: &mut [MaybeUninit<T>]) {
         let ids = &self.ids[i * self.p * self.t..(i + 1) * self.p * self.t];
+        debug_assert_eq!(out.len(), ids.len() * c);
         for (o, &id) in out.chunks_exact_mut(c).zip(ids) {
-            o.copy_from_slice(&src[id as usize * c..][..c]);
+            o.write_copy_of_slice(&src[id as usize * c..][..c]);
         }
     }
 
     /// `f(i, scratch)` for every matrix `i`: in parallel over the matrices when there are at
     /// least as many as threads (each product then on one thread), else one after the other with
-    /// gemm's threads (as `batched_matmul`), each with a scratch buffer of `len` elements.
-    fn each_matrix<T: Real>(&self, len: usize, f: impl Fn(usize, &mut [T], Parallelism) + Sync) {
+    /// gemm's threads (as `batched_matmul`), each with a scratch buffer of `len` elements that
+    /// `f` writes before it reads them (not zero-filled: the gathered matrix is 10 MB a crop at
+    /// resnet18's sizes, batch 8).
+    fn each_matrix<T: Real>(
+        &self,
+        len: usize,
+        f: impl Fn(usize, &mut [MaybeUninit<T>], Parallelism) + Sync,
+    ) {
         let threads = rayon::current_num_threads();
         if threads > 1 && self.g >= threads {
-            (0..self.g).into_par_iter().for_each_init(
-                || vec![T::zero(); len],
-                |scratch, i| f(i, scratch, Parallelism::None),
-            );
+            (0..self.g)
+                .into_par_iter()
+                .for_each_init(|| slots(len), |scratch, i| f(i, scratch, Parallelism::None));
         } else {
             let parallelism =
                 if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-            let mut scratch = vec![T::zero(); len];
+            let mut scratch = slots(len);
             for i in 0..self.g {
                 f(i, &mut scratch, parallelism);
             }
@@ -124,13 +132,14 @@ impl GatherMatMul {
         self.each_matrix::<T>(p * k, |i, cols, parallelism| {
             self.gather_into(src, c, i, cols);
             // SAFETY: matrix i of `out` (p x n, inside the capacity) is written by this call
-            // alone, without being read; `cols` (p x k) and `w[i]` (k x n) lie in their slices.
+            // alone, without being read; `cols` (p x k, just written whole) and `w[i]` (k x n)
+            // lie in their slices.
             unsafe {
                 gemm_view(
                     (p, n, k),
                     View { ptr: dst.get().add(i * p * n), rs: n, cs: 1 },
                     false,
-                    View { ptr: cols.as_ptr(), rs: k, cs: 1 },
+                    View { ptr: cols.as_ptr().cast::<T>(), rs: k, cs: 1 },
                     View { ptr: w[i * k * n..].as_ptr(), rs: n, cs: 1 },
                     parallelism,
                 )
@@ -164,25 +173,33 @@ impl GatherMatMul {
         let sv = slice::<T>(s_st, s_l, "gather_batched_matmul", "source")?;
         let wv = slice::<T>(w_st, w_l, "gather_batched_matmul", "weights")?;
         let gv = slice::<T>(g_st, g_l, "gather_batched_matmul", "gradient")?;
-        let grad_w = if want_w {
-            // d w[i] = cols_i^T x grad_i, cols_i regathered.
-            let mut gw = par_zeroed::<T>(g * k * n);
-            let dst = SharedMut(gw.as_mut_ptr());
+        let grad_w = if want_w && p == 0 {
+            // An empty sum: gemm would write nothing.
+            Some(Tensor::zeros((g, k, n), w.dtype(), w.device())?)
+        } else if want_w {
+            // d w[i] = cols_i^T x grad_i, cols_i regathered. Written only by gemm (accumulate
+            // false), so not zero-filled first (1.3 GB for Crop_Net_2 at resnet18's sizes).
+            let mut gw: Vec<T> = Vec::with_capacity(g * k * n);
+            let dst = SharedMut(gw.spare_capacity_mut().as_mut_ptr().cast::<T>());
             self.each_matrix::<T>(p * k, |i, cols, parallelism| {
                 self.gather_into(sv, c, i, cols);
-                // SAFETY: matrix i of `gw` (k x n) is written by this call alone; the operands
-                // lie in their buffers (`cols` read transposed: k x p with strides 1, k).
+                // SAFETY: matrix i of `gw` (k x n, inside the capacity) is written by this call
+                // alone, without being read; the operands lie in their buffers (`cols`, just
+                // written whole, read transposed: k x p with strides 1, k).
                 unsafe {
                     gemm_view(
                         (k, n, p),
                         View { ptr: dst.get().add(i * k * n), rs: n, cs: 1 },
                         false,
-                        View { ptr: cols.as_ptr(), rs: 1, cs: k },
+                        View { ptr: cols.as_ptr().cast::<T>(), rs: 1, cs: k },
                         View { ptr: gv[i * p * n..].as_ptr(), rs: n, cs: 1 },
                         parallelism,
                     )
                 }
             });
+            // SAFETY: the g products wrote every one of the g * k * n elements (a sum over
+            // p >= 1 rows); a panic propagates before this line and drops `gw` with length 0.
+            unsafe { gw.set_len(g * k * n) };
             Some(Tensor::from_vec(gw, (g, k, n), w.device())?)
         } else {
             None

@@ -39,7 +39,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::cpu::{
-    Real, SharedMut, View, by_dtype, gemm_view, par_zeroed, train_kernels_supported,
+    Real, SharedMut, View, by_dtype, gemm_view, par_zeroed, slots, train_kernels_supported,
     with_cpu_slices,
 };
 use crate::params::ConvParams;
@@ -850,20 +850,6 @@ fn convolve<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
 fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
     // SAFETY: `MaybeUninit<T>` has `T`'s layout, and the callers write only initialised values.
     unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
-}
-
-/// `n` slots to be written before they are read: a buffer that every reader finds written
-/// (transformed tiles, products), so that zero-filling it first would be wasted (a `memset` of
-/// megabytes per convolution).
-/// Debug builds fill them with NaN, so that a slot read before it is written shows in a result.
-fn slots<T: Real>(n: usize) -> Vec<MaybeUninit<T>> {
-    if cfg!(debug_assertions) {
-        return vec![MaybeUninit::new(T::from_f64(f64::NAN)); n];
-    }
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: `MaybeUninit<T>` needs no initialisation; the capacity is `n`.
-    unsafe { v.set_len(n) };
-    v
 }
 
 /// The values of slots that have all been written.
