@@ -81,7 +81,9 @@ impl GatherMatMul {
         let ids = &self.ids[i * self.p * self.t..(i + 1) * self.p * self.t];
         debug_assert_eq!(out.len(), ids.len() * c);
         for (o, &id) in out.chunks_exact_mut(c).zip(ids) {
-            o.write_copy_of_slice(&src[id as usize * c..][..c]);
+            for (slot, &v) in o.iter_mut().zip(&src[id as usize * c..][..c]) {
+                slot.write(v);
+            }
         }
     }
 
