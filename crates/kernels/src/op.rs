@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 
-use crate::cpu::Real;
+use crate::cpu::{by_dtype, slice};
 use crate::error::{KernelError, Result};
 use crate::grad::{
     Engine, SlicePlan, WeightGradAlgo, conv2d_input_grad, conv2d_weight_grad, forward_view,
@@ -340,24 +340,20 @@ impl<B: Backward2> CustomOp2 for OnSlices<B> {
         w: &CpuStorage,
         w_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn run<T: Real>(
-            plan: &SlicePlan,
-            (x, x_layout): (&[T], &Layout),
-            (w, w_layout): (&[T], &Layout),
-        ) -> candle_core::Result<Vec<T>> {
-            let (x, w) = (contiguous(x, x_layout)?, contiguous(w, w_layout)?);
-            Ok(plan.run(x, w))
-        }
         let dims = self.out_dims(x_layout, w_layout)?;
-        let y = match (x, w) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                CpuStorage::F32(run(&self.plan, (x, x_layout), (w, w_layout))?)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                CpuStorage::F64(run(&self.plan, (x, x_layout), (w, w_layout))?)
-            }
-            _ => candle_core::bail!("{}: input and weight must both be f32 or f64", B::NAME),
-        };
+        let (op, plan) = (B::NAME, &self.plan);
+        let y = by_dtype(
+            x.dtype(),
+            op,
+            || {
+                let (x, w) = (slice(x, x_layout, op, "input")?, slice(w, w_layout, op, "weight")?);
+                Ok(CpuStorage::F32(plan.run::<f32>(x, w)))
+            },
+            || {
+                let (x, w) = (slice(x, x_layout, op, "input")?, slice(w, w_layout, op, "weight")?);
+                Ok(CpuStorage::F64(plan.run::<f64>(x, w)))
+            },
+        )?;
         Ok((y, Shape::from(&dims)))
     }
 
@@ -384,14 +380,6 @@ impl<B> OnSlices<B> {
             )
         }
         Ok(dims)
-    }
-}
-
-/// The elements of a contiguous layout of `s`.
-fn contiguous<'a, T>(s: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) if end <= s.len() => Ok(&s[start..end]),
-        _ => candle_core::bail!("conv2d: operand not contiguous ({layout:?})"),
     }
 }
 
