@@ -3,12 +3,13 @@
 //!
 //! Candle offers no public way to build a tensor with a hand-written backward other than the
 //! `CustomOpN` traits, and its per-backend forward entry points (`BackendStorage::conv2d`) take a
-//! `ParamsConv2D` whose fields are private. So the forward result is computed first, outside any
-//! storage lock (this crate's im2col + gemm on the CPU, Candle's `conv2d` elsewhere), and the
-//! custom op's `cpu_fwd` / `cuda_fwd` only copy that result into the storage they must return.
-//! That copy is also the transposition the CPU gemm's `[c_out, b, ...]` result needs anyway, and
-//! the precomputed tensor is dropped as soon as it has been copied, so the graph keeps no second
-//! copy alive. When neither argument needs a gradient no op is recorded at all.
+//! `ParamsConv2D` whose fields are private. A convolution that one of this crate's slice kernels
+//! computes (Winograd's algorithm, the shifted views: [`SlicePlan`]) runs inside the op's
+//! `cpu_fwd`, on the storages Candle hands it. Any other is computed first, outside any storage
+//! lock (im2col + gemm on the CPU, Candle's `conv2d` elsewhere), and the op's `cpu_fwd` /
+//! `cuda_fwd` copy that result into the storage they must return ([`Precomputed`]); the
+//! precomputed tensor is dropped as soon as it has been copied, so the graph keeps no second copy
+//! alive. When neither argument needs a gradient no op is recorded at all.
 
 use std::sync::Mutex;
 
