@@ -16,8 +16,9 @@
 //! 1.10 s -> 1.59 s with per-thread arenas, 1.03 s with one).
 
 /// Makes the C allocator keep freed memory for reuse (glibc on Linux: no `mmap` for large blocks,
-/// no trimming of the heap below 2 GiB of free space at its top, one arena for all threads). Call it once, first thing in
-/// `main`; elsewhere (other C libraries) it does nothing. Returns whether it applied.
+/// no trimming of the heap below 2 GiB of free space at its top, one arena for all threads). Call
+/// it once, first thing in `main`; elsewhere (other C libraries) it does nothing. Returns whether
+/// it applied.
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -285,7 +285,7 @@ mod tests {
         let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         for dtype in [DType::F32, DType::F64] {
             for (r, c, g, p, t, n) in
-                [(40, 6, 5, 7, 9, 4), (13, 3, 2, 30, 4, 5), (9, 2, 4, 1, 1, 3)]
+                [(40, 6, 5, 7, 9, 4), (13, 3, 2, 30, 4, 5), (9, 2, 4, 1, 1, 3), (9, 2, 3, 0, 2, 3)]
             {
                 let src = randn_var(&[r, c], dtype);
                 let w = randn_var(&[g, t * c, n], dtype);

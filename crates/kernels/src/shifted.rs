@@ -445,9 +445,8 @@ pub(crate) fn conv(
     p: ConvParams,
     out: (usize, usize),
 ) -> candle_core::Result<Tensor> {
-    let (c_out, _, kh, kw) = w.dims4()?;
-    let g = Geometry::new(x.dims4()?, (c_out, kh, kw), p, out);
-    let shape = (g.b, c_out, out.0, out.1);
+    let g = Plan::new(x, w, p, out)?.0;
+    let shape = (g.b, g.c_out, out.0, out.1);
     on_slices("conv2d", (x, "input"), (w, "weight"), &g, shape, forward, forward)
 }
 
@@ -488,11 +487,8 @@ pub(crate) fn conv_f32(
     out: (usize, usize),
 ) -> candle_core::Result<Vec<f32>> {
     let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let (c_out, _, kh, kw) = w.dims4()?;
-    let g = Geometry::new(x.dims4()?, (c_out, kh, kw), p, out);
-    with_cpu_slices::<f32, _, 2>("conv2d", [(&x, "input"), (&w, "weight")], |[x, w]| {
-        forward(x, w, &g)
-    })
+    let plan = Plan::new(&x, &w, p, out)?;
+    with_cpu_slices::<f32, _, 2>("conv2d", [(&x, "input"), (&w, "weight")], |[x, w]| plan.run(x, w))
 }
 
 /// The input gradient of `conv2d(x, w, p)` (stride 1) for `x` of spatial size `input_hw`.

@@ -718,6 +718,9 @@ fn output_plane4<'a, T: Real>(
 
 /// The filter transform of `g`'s algorithm.
 fn filter_for<T: Real>(g: &Geometry, w: &[T], c_out: usize, c_in: usize, flip: bool) -> Vec<T> {
+    if c_out * c_in == 0 {
+        return Vec::new(); // no channel pairs (the transforms' row gathers need at least one)
+    }
     if g.m == M4 {
         filter_transform4(w, c_out, c_in, flip)
     } else {
@@ -776,6 +779,10 @@ fn product<T: Real>(
 /// images go in groups of at least [`MIN_COLUMNS`] tiles (transforms and products in the cache
 /// together); otherwise each phase runs in parallel over the whole batch.
 fn convolve<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
+    if g.c_in == 0 {
+        // An empty sum: the products would write nothing.
+        return vec![T::zero(); g.b * g.c_out * g.oh * g.ow];
+    }
     let threads = rayon::current_num_threads();
     let (th, tw) = g.tiles();
     let tiles = th * tw;
@@ -921,12 +928,7 @@ fn convolve_phased<T: Real>(x: &[T], u: &[T], g: &Geometry) -> Vec<T> {
 
 /// `conv2d(x, w, p)` for a 3x3 kernel, stride 1 (see [`supports`]): `[b, c_out, oh, ow]`.
 pub(crate) fn conv(x: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result<Tensor> {
-    let (b, c_in, h, wd) = x.dims4()?;
-    let c_out = w.dim(0)?;
-    let (oh, ow) = (h + 2 * p.padding - 2, wd + 2 * p.padding - 2);
-    let m = tile_side((oh, ow));
-    let g = Geometry { b, c_in, c_out, h, w: wd, pad: p.padding, oh, ow, m };
-    run(x, w, &g, false, "conv2d")
+    run(x, w, &Plan::new(x, w, p)?.0, false, "conv2d")
 }
 
 /// [`conv`] prepared from the tensors' shapes and run later on their slices: for the
@@ -969,14 +971,8 @@ impl Plan {
 /// [`conv`]'s values (f32) as they come out: for an epilogue applied in place.
 pub(crate) fn conv_f32(x: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result<Vec<f32>> {
     let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let (b, c_in, h, wd) = x.dims4()?;
-    let c_out = w.dim(0)?;
-    let (oh, ow) = (h + 2 * p.padding - 2, wd + 2 * p.padding - 2);
-    let m = tile_side((oh, ow));
-    let g = Geometry { b, c_in, c_out, h, w: wd, pad: p.padding, oh, ow, m };
-    with_cpu_slices::<f32, _, 2>("conv2d", [(&x, "input"), (&w, "weight")], |[x, w]| {
-        convolve(x, &filter_for(&g, w, c_out, c_in, false), &g)
-    })
+    let plan = Plan::new(&x, &w, p)?;
+    with_cpu_slices::<f32, _, 2>("conv2d", [(&x, "input"), (&w, "weight")], |[x, w]| plan.run(x, w))
 }
 
 /// The input gradient of `conv2d(x, w, p)` for the output gradient `grad` (3x3, stride 1,
@@ -1213,12 +1209,12 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
     let tiles = th * tw;
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let pairs = g.c_out * g.c_in;
-    // M_k = sum over the tiles of Z_k x V_k^T: [16 or 36, c_out, c_in], summed group of images by
-    // group of images (each group's transforms stay in the cache), the groups in order.
     if g.b == 0 {
         return vec![T::zero(); pairs * 9];
     }
-    // Written by the first group's products (not accumulated), then added to: not zero-filled.
+    // M_k = sum over the tiles of Z_k x V_k^T: [16 or 36, c_out, c_in], summed group of images by
+    // group of images (each group's transforms stay in the cache), the groups in order. Written
+    // by the first group's products (not accumulated), then added to: not zero-filled.
     let mut m = slots(g.k() * pairs);
     let group = g.group();
     for first in (0..g.b).step_by(group) {
@@ -1423,6 +1419,19 @@ mod tests {
                 let e = rel_l2(&got, &want);
                 assert!(e < f32_bound(g.m), "{what}, flip {flip}: f32 {e:e}");
             }
+        });
+    }
+
+    /// Empty sums give exact zeros on every path, although the buffers are not zero-filled: no
+    /// input channels (forward) and no images (weight gradient).
+    #[test]
+    fn empty_sums_are_zeros() {
+        each_case(&[(2, 0, 3, 9, 8, 1)], |what, _, g| {
+            let y = convolve::<f32>(&[], &filter_for(g, &[], g.c_out, 0, false), g);
+            assert_eq!(y, vec![0.0; g.b * g.c_out * g.oh * g.ow], "{what}");
+        });
+        each_case(&[(0, 2, 3, 9, 8, 1)], |what, _, g| {
+            assert_eq!(weight_grad_slices::<f64>(&[], &[], g), vec![0.0; 2 * 3 * 9], "{what}");
         });
     }
 
