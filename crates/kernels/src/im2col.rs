@@ -55,17 +55,34 @@ struct Im2Col {
     win: Window,
 }
 
-/// Upper bound on the elements of one column matrix; larger batches are processed in chunks of
-/// images. 2M elements (8 MiB of f32) keeps the buffer below glibc's largest mmap threshold
-/// (32 MiB), so it is reused from the heap instead of arriving as fresh zero pages each call
-/// (page-fault handling showed up at 5-10% of profiles with whole-batch buffers), and closer to the caches; the
-/// gemm still gets at least one whole image (>= 3136 columns for ResNet at 224 px) per call.
-pub(crate) const COLUMN_BUDGET: usize = 1 << 21;
+/// How a batch's column matrices are split into chunks of images, one gemm per chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Upper bound on the elements of one column matrix (but at least one image, and see
+    /// `min_columns`).
+    pub(crate) elements: usize,
+    /// Columns (output pixels) each gemm gets at least, when the batch has them: each chunk
+    /// packs the weight again, so a chunk of few columns spends its time on that.
+    pub(crate) min_columns: usize,
+}
 
-/// Images per chunk for column matrices of `per_image` elements per image, at most `budget`
-/// elements per chunk (but at least one image).
-fn batch_chunk(b: usize, per_image: usize, budget: usize) -> usize {
-    (budget / per_image.max(1)).clamp(1, b.max(1))
+/// The chunking every convolution uses. 2M elements (8 MiB of f32) keeps a buffer of large planes
+/// below glibc's largest mmap threshold (32 MiB), so it is reused from the heap instead of
+/// arriving as fresh zero pages each call (page-fault handling showed up at 5-10% of profiles with
+/// whole-batch buffers), and closer to the caches. Small planes take whole images up to 768
+/// columns even past it: the AU decoder's first transposed convolution (2048 -> 1024 channels
+/// from 7 x 7, its columns 16384 x 49 per image) took 240 ms for a batch of 4 in chunks of two
+/// images and 151 ms in one chunk, the second (14 x 14) 136 -> 99 ms in one chunk of four (one
+/// thread, Intel Xeon; docs/PERFORMANCE.md).
+pub(crate) const COLUMN_BUDGET: Budget = Budget { elements: 1 << 21, min_columns: 768 };
+
+impl Budget {
+    /// Images per chunk for column matrices of `rows` x `plane` elements per image.
+    fn chunk(self, b: usize, rows: usize, plane: usize) -> usize {
+        let by_size = self.elements / (rows * plane).max(1);
+        let for_columns = self.min_columns.div_ceil(plane.max(1));
+        by_size.max(for_columns).clamp(1, b.max(1))
+    }
 }
 
 /// The columns of `x` for the kernel size `kernel` and window `win`.
@@ -93,7 +110,7 @@ pub(crate) fn conv(
     x: &Tensor,
     w: &Tensor,
     win: Window,
-    budget: usize,
+    budget: Budget,
 ) -> candle_core::Result<Tensor> {
     if !(train_kernels_supported(x) && train_kernels_supported(w)) {
         return conv_channel_major(x, w, win, budget)?.transpose(0, 1)?.contiguous();
@@ -150,7 +167,7 @@ fn products_tensor(
     x: &Tensor,
     w: &Tensor,
     win: Window,
-    budget: usize,
+    budget: Budget,
     nchw: bool,
 ) -> candle_core::Result<Tensor> {
     let (b, c_out, (oh, ow)) = (x.dim(0)?, w.dim(0)?, win.out);
@@ -170,7 +187,7 @@ fn products<T: Real>(
     x: &Tensor,
     w: &Tensor,
     win: Window,
-    budget: usize,
+    budget: Budget,
     nchw: bool,
 ) -> candle_core::Result<Vec<T>> {
     let (b, c_in, _, _) = x.dims4()?;
@@ -188,7 +205,7 @@ fn products<T: Real>(
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let w = w.contiguous()?;
     let dst = out.spare_capacity_mut()[..len].as_mut_ptr().cast::<T>();
-    let chunk = batch_chunk(b, k * plane, budget);
+    let chunk = budget.chunk(b, k, plane);
     for start in (0..b).step_by(chunk) {
         let n = chunk.min(b - start);
         let cols = im2col(&x.narrow(0, start, n)?, (kh, kw), win)?; // [k, n * plane]
@@ -229,7 +246,7 @@ pub(crate) fn conv_channel_major(
     x: &Tensor,
     w: &Tensor,
     win: Window,
-    budget: usize,
+    budget: Budget,
 ) -> candle_core::Result<Tensor> {
     let (b, c_in, _, _) = x.dims4()?;
     let (c_out, _, kh, kw) = w.dims4()?;
@@ -239,7 +256,7 @@ pub(crate) fn conv_channel_major(
     }
     let k = c_in * kh * kw;
     let w2 = w.reshape((c_out, k))?; // [c_out, c_in*kh*kw]
-    let chunk = batch_chunk(b, k * oh * ow, budget);
+    let chunk = budget.chunk(b, k, oh * ow);
     let mut parts = Vec::with_capacity(b.div_ceil(chunk));
     for start in (0..b).step_by(chunk) {
         let n = chunk.min(b - start);
@@ -260,13 +277,13 @@ pub(crate) fn weight_grad(
     grad: &Tensor,
     kernel: (usize, usize),
     win: Window,
-    budget: usize,
+    budget: Budget,
 ) -> candle_core::Result<Tensor> {
     let (b, c_in, _, _) = x.dims4()?;
     let (_, c_out, oh, ow) = grad.dims4()?;
     let (kh, kw) = kernel;
     let k = c_in * kh * kw;
-    let chunk = batch_chunk(b, k * oh * ow, budget);
+    let chunk = budget.chunk(b, k, oh * ow);
     let transposed = weight_grad_transposed(c_out, k, chunk * oh * ow);
     if b == 0 || oh * ow == 0 {
         return Tensor::zeros((c_out, c_in, kh, kw), x.dtype(), x.device());
@@ -392,12 +409,12 @@ pub(crate) fn input_grad(
     w: &Tensor,
     win: Window,
     input_hw: (usize, usize),
-    budget: usize,
+    budget: Budget,
 ) -> candle_core::Result<Tensor> {
     let (b, c_out, oh, ow) = grad.dims4()?;
     let (_, c_in, kh, kw) = w.dims4()?;
     let k = c_in * kh * kw;
-    let chunk = batch_chunk(b, k * oh * ow, budget);
+    let chunk = budget.chunk(b, k, oh * ow);
     if train_kernels_supported(grad) && train_kernels_supported(w) {
         let (grad, w) = (grad.contiguous()?, w.contiguous()?);
         let shape = (b, c_in, input_hw.0, input_hw.1);
@@ -699,14 +716,31 @@ mod tests {
     }
 
     #[test]
+    fn chunks_have_enough_columns_within_the_budget() {
+        let b = COLUMN_BUDGET;
+        // ResNet-101's AU decoder at batch 4: 16384 x 49 and 8192 x 196 columns per image go in
+        // one chunk (past the size bound), 4096 x 784 one image at a time (it has the columns).
+        assert_eq!(b.chunk(4, 16384, 49), 4);
+        assert_eq!(b.chunk(4, 8192, 196), 4);
+        assert_eq!(b.chunk(4, 4096, 784), 1);
+        // Enough columns, small matrices: as many images as the size bound allows.
+        assert_eq!(b.chunk(64, 147, 784), 18);
+        assert_eq!(b.chunk(8, 2304, 49), 8);
+        // At least one image, at most the batch.
+        assert_eq!(b.chunk(3, 1 << 22, 1 << 10), 1);
+        assert_eq!(b.chunk(0, 9, 1), 1);
+        assert_eq!(Budget { elements: 100, min_columns: 0 }.chunk(5, 10, 5), 2);
+    }
+
+    #[test]
     fn chunked_products_equal_whole_batch_ones() -> candle_core::Result<()> {
-        // A budget of one image's columns forces one chunk per image.
+        // A budget of one image's columns (and no minimum) forces one chunk per image.
         let dev = Device::Cpu;
         let x = Tensor::randn(0f64, 1., (3, 4, 9, 7), &dev)?;
         let w = Tensor::randn(0f64, 1., (5, 4, 3, 3), &dev)?;
         let win = Window { stride: 2, dilation: 1, origin: (-1, -1), out: (5, 4) };
         let g = Tensor::randn(0f64, 1., (3, 5, 5, 4), &dev)?;
-        let one_image = 4 * 9 * 5 * 4;
+        let one_image = Budget { elements: 4 * 9 * 5 * 4, min_columns: 0 };
         let max_err = |a: &Tensor, b: &Tensor| -> candle_core::Result<f64> {
             (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
         };
