@@ -13,7 +13,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{MIN_TASK, Real, by_dtype, par_chunks_from, slice, train_kernels_supported};
+use crate::cpu::{
+    MIN_TASK, Real, by_dtype, par_chunks_from, par_chunks_zeroed, slice, train_kernels_supported,
+    with_cpu_slices,
+};
 use crate::error::{KernelError, Result};
 
 /// `src.index_select(ids, 0)` for a 2-d `src`: row `j` of the result is row `ids[j]` of `src`.
@@ -134,6 +137,81 @@ impl CustomOp1 for IndexSelectRows {
     }
 }
 
+/// Square windows of side `side` cut from the planes of `src`, zero where a window leaves its
+/// map: output image `j` is source image `windows[j].0` from row `windows[j].1`, column
+/// `windows[j].2` (either may be negative or run past the edge), every channel. One parallel
+/// pass over the output planes on CPU f32 / f64 tensors; no gradient (an error elsewhere).
+///
+/// # Shapes
+/// `src: [b, c, h, w]` -> `[windows.len(), c, side, side]`
+pub fn crop_windows(
+    src: &Tensor,
+    windows: &[(usize, isize, isize)],
+    side: usize,
+) -> Result<Tensor> {
+    let (b, c, h, w) = src.dims4()?;
+    let fail = |msg: String| KernelError::InvalidArgs {
+        op: "crop_windows",
+        msg,
+        input: src.shape().clone(),
+        weight: Shape::from(windows.len()),
+        params: format!("side {side}"),
+    };
+    if let Some(bad) = windows.iter().find(|win| win.0 >= b) {
+        return Err(fail(format!("window {bad:?} names an image past the batch")));
+    }
+    if !train_kernels_supported(src) {
+        return Err(fail("not a CPU f32 / f64 tensor".into()));
+    }
+    let src = src.contiguous()?;
+    let shape = (windows.len(), c, side, side);
+    let plane = side * side;
+    let dev = src.device().clone();
+    Ok(by_dtype(
+        src.dtype(),
+        "crop_windows",
+        || {
+            let v = with_cpu_slices::<f32, _, 1>("crop_windows", [(&src, "source")], |[x]| {
+                par_chunks_zeroed(windows.len() * c * plane, plane, |p, out| {
+                    cut_window(x, out, windows[p / c], p % c, (c, h, w))
+                })
+            })?;
+            Tensor::from_vec(v, shape, &dev)
+        },
+        || {
+            let v = with_cpu_slices::<f64, _, 1>("crop_windows", [(&src, "source")], |[x]| {
+                par_chunks_zeroed(windows.len() * c * plane, plane, |p, out| {
+                    cut_window(x, out, windows[p / c], p % c, (c, h, w))
+                })
+            })?;
+            Tensor::from_vec(v, shape, &dev)
+        },
+    )?)
+}
+
+/// Channel `ch` of `window` (image, top row, left column) of `x` (`[_, c, h, w]`) into `out`
+/// (`side x side`, zeroed), for [`crop_windows`].
+fn cut_window<T: Copy>(
+    x: &[T],
+    out: &mut [T],
+    (n, top, left): (usize, isize, isize),
+    ch: usize,
+    (c, h, w): (usize, usize, usize),
+) {
+    let side = out.len().isqrt();
+    let map = &x[(n * c + ch) * h * w..][..h * w];
+    // The columns of the window inside the map: [max(left, 0), min(left + side, w)).
+    let (x0, x1) = (left.max(0), (left + side as isize).min(w as isize));
+    for (py, row) in out.chunks_exact_mut(side.max(1)).enumerate() {
+        let y = top + py as isize;
+        if y < 0 || y >= h as isize || x0 >= x1 {
+            continue; // zeros
+        }
+        let src_row = &map[y as usize * w..][x0 as usize..x1 as usize];
+        row[(x0 - left) as usize..(x1 - left) as usize].copy_from_slice(src_row);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +244,46 @@ mod tests {
         let src = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
         let err = index_select_rows(&src, &[0, 3]).unwrap_err().to_string();
         assert!(err.contains("index_select_rows") && err.contains("index 3"), "{err}");
+    }
+
+    /// Every window, inside, across an edge, past a corner or wholly outside the map, equals its
+    /// definition; an image past the batch is an error that names the op.
+    #[test]
+    fn crop_windows_cut_with_zeros_outside() {
+        for dtype in [DType::F32, DType::F64] {
+            let (b, c, h, w, side) = (2, 3, 5, 7, 4);
+            let src = randn_var(&[b, c, h, w], dtype);
+            let windows = [(0, 0, 0), (1, -2, 5), (0, 3, -3), (1, -4, 7), (0, 1, 2)];
+            let got = crop_windows(&src, &windows, side).unwrap();
+            assert_eq!(got.dims(), &[windows.len(), c, side, side]);
+            let x =
+                src.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let got =
+                got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for (j, &(n, top, left)) in windows.iter().enumerate() {
+                for ch in 0..c {
+                    for py in 0..side {
+                        for px in 0..side {
+                            let (y, xx) = (top + py as isize, left + px as isize);
+                            let inside =
+                                (0..h as isize).contains(&y) && (0..w as isize).contains(&xx);
+                            let want = if inside {
+                                x[((n * c + ch) * h + y as usize) * w + xx as usize]
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(
+                                got[((j * c + ch) * side + py) * side + px],
+                                want,
+                                "{dtype:?} window {j}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let src = Tensor::zeros((2, 1, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let err = crop_windows(&src, &[(2, 0, 0)], 2).unwrap_err().to_string();
+        assert!(err.contains("crop_windows"), "{err}");
     }
 }

@@ -51,7 +51,7 @@ mod winograd;
 pub use batch_norm::{batch_norm_supported, batch_norm_train, channel_affine};
 pub use cpu::train_kernels_supported;
 pub use error::{KernelError, Result};
-pub use gather::index_select_rows;
+pub use gather::{crop_windows, index_select_rows};
 pub use gather_matmul::gather_batched_matmul;
 pub use grad::{Engine, WeightGradAlgo};
 pub use matmul::{batched_matmul, batched_matmul_nt};

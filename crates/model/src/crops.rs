@@ -15,6 +15,7 @@
 //! the forward pass (`Tensor::stack` of the variables keeps the gradient flowing to each of them).
 
 use aue_core::NUM_AUS;
+use aue_kernels::infer::{Act, Epilogue};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -194,56 +195,107 @@ impl CropNets {
         centres: &CropCentres,
         mode: PartMode,
     ) -> Result<Tensor> {
-        let rows = self.geom.padded_rows(m, centres)?;
-        let ids = centres.im2col_rows(self.geom.grid, self.geom.side);
-        let h2 = if mode.grad {
-            self.crops(&rows, &ids, m.dims4()?, 0..NUM_CROPS, mode)?
+        let dims = m.dims4()?;
+        let h2 = if mode.grad || !aue_kernels::train_kernels_supported(m) {
+            let rows = self.geom.padded_rows(m, centres)?;
+            let ids = centres.im2col_rows(self.geom.grid, self.geom.side);
+            let first = Crop1::Gathered { rows: &rows, ids: &ids };
+            let all = 0..NUM_CROPS;
+            if mode.grad {
+                self.crops(&first, dims, all, mode)?
+            } else {
+                self.crops_in_chunks(&first, dims, mode)?
+            }
         } else {
-            // Without a gradient the crops go a few at a time (the products of Crop_Net_2's
-            // outputs with them too). Each crop's products are the same gemm calls: the same
-            // values.
-            let chunk = EVAL_CROPS.max(rayon::current_num_threads()).min(NUM_CROPS);
-            let parts = (0..NUM_CROPS)
-                .step_by(chunk)
-                .map(|k0| {
-                    let range = k0..(k0 + chunk).min(NUM_CROPS);
-                    self.crops(&rows, &ids, m.dims4()?, range, mode)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&parts, 0)?
+            self.geom.check(m, centres)?;
+            self.crops_in_chunks(&Crop1::Direct { m, centres }, dims, mode)?
         };
         Ok(h2.permute((2, 0, 1))?.contiguous()?) // [b, 34, F]
     }
 
-    /// The crop nets `range` on their crops of the padded map `rows` (`CropGrid::padded_rows`)
-    /// at `ids` (all crops' im2col rows).
+    /// [`CropNets::crops`] without a gradient, a few crops at a time (the products of
+    /// Crop_Net_2's outputs with them too). Each crop's products are the same gemm calls as in
+    /// one pass over all crops: the same values.
+    ///
+    /// # Shapes
+    /// -> [34, F, B]
+    fn crops_in_chunks(
+        &self,
+        first: &Crop1<'_>,
+        dims: (usize, usize, usize, usize),
+        mode: PartMode,
+    ) -> Result<Tensor> {
+        let chunk = EVAL_CROPS.max(rayon::current_num_threads()).min(NUM_CROPS);
+        let parts = (0..NUM_CROPS)
+            .step_by(chunk)
+            .map(|k0| self.crops(first, dims, k0..(k0 + chunk).min(NUM_CROPS), mode))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// The crop nets `range` on their crops (`first` says how Crop_Net_1 gets them).
     ///
     /// # Shapes
     /// -> [range.len(), F, B]
     fn crops(
         &self,
-        rows: &Tensor,
-        ids: &[u32],
+        first: &Crop1<'_>,
         (b, c, _, _): (usize, usize, usize, usize),
         range: std::ops::Range<usize>,
         mode: PartMode,
     ) -> Result<Tensor> {
         let l = self.geom.side;
         let (k0, n) = (range.start, range.len());
-        let per_crop = b * l * l * 9;
-        let ids = &ids[k0 * per_crop..(k0 + n) * per_crop];
         let part = |t: &Tensor| -> Result<Tensor> {
             let t = mode.see(t);
             Ok(if n == NUM_CROPS { t } else { t.narrow(0, k0, n)? })
         };
-        // Crop_Net_1: kernels [n, c_out, c_in, 3, 3] -> [n, ky, kx, c_in, c_out] -> [n, 9 c, c],
-        // times the crops' im2col matrices [n, b * l * l, 9 c] gathered from `rows` at `ids`.
-        let w1 = part(&self.conv_w)?.permute((0, 3, 4, 2, 1))?.reshape((n, 9 * c, c))?;
-        let conv =
-            aue_kernels::gather_batched_matmul(rows, ids, &w1).map_err(candle_core::Error::from)?;
-        let h1 = bias_relu(&conv, &part(&self.conv_b)?)?; // [n, b * l * l, c]
-        // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
-        let h1 = transpose_copy(&h1.reshape((n * b, l * l, c))?)?; // [n b, c, l * l]
+        let h1 = match *first {
+            Crop1::Gathered { rows, ids } => {
+                let per_crop = b * l * l * 9;
+                let ids = &ids[k0 * per_crop..(k0 + n) * per_crop];
+                // Crop_Net_1: kernels [n, c_out, c_in, 3, 3] -> [n, ky, kx, c_in, c_out] ->
+                // [n, 9 c, c], times the crops' im2col matrices [n, b * l * l, 9 c] gathered
+                // from `rows` at `ids`.
+                let w1 = part(&self.conv_w)?.permute((0, 3, 4, 2, 1))?.reshape((n, 9 * c, c))?;
+                let conv = aue_kernels::gather_batched_matmul(rows, ids, &w1)
+                    .map_err(candle_core::Error::from)?;
+                let h1 = bias_relu(&conv, &part(&self.conv_b)?)?; // [n, b * l * l, c]
+                // Flatten each crop channel-major, as PyTorch's flatten of [c, l, l].
+                transpose_copy(&h1.reshape((n * b, l * l, c))?)? // [n b, c, l * l]
+            }
+            Crop1::Direct { m, centres } => {
+                // The crops as images [n b, c, l, l] (zero outside the map), each crop net's
+                // convolution on its b images (aue-kernels' inference convolution with the bias
+                // and ReLU: Winograd's algorithm on the CPU), already channel-major.
+                let h = (l / 2) as isize;
+                let windows: Vec<(usize, isize, isize)> = (k0..k0 + n)
+                    .flat_map(|k| {
+                        (0..b).map(move |i| {
+                            let (cx, cy) = centres.xy[i * NUM_CROPS + k];
+                            (i, cy as isize - h, cx as isize - h)
+                        })
+                    })
+                    .collect();
+                let images =
+                    aue_kernels::crop_windows(m, &windows, l).map_err(candle_core::Error::from)?;
+                let params = aue_kernels::ConvParams { stride: 1, padding: 1, dilation: 1 };
+                let outs = (0..n)
+                    .map(|j| {
+                        let (w, bias) = (self.conv_w.get(k0 + j)?, self.conv_b.get(k0 + j)?);
+                        let ep = Epilogue::bias(&bias, Act::Relu);
+                        aue_kernels::infer::conv2d_bias_act(
+                            &images.narrow(0, j * b, b)?,
+                            &w,
+                            params,
+                            ep,
+                        )
+                        .map_err(candle_core::Error::from)
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&outs, 0)? // [n b, c, l, l]
+            }
+        };
         let h1 = h1.reshape((n, b, c * l * l))?;
         // Crop_Net_2 as W [n, F, c l^2] x h1^T [n, c l^2, b]: the weight is the left factor in
         // its own layout, so its gradient is one product in that layout (no transposed copy of
@@ -253,6 +305,13 @@ impl CropNets {
         let h2 = relu(&bmm_nt(&w2, &h1)?.broadcast_add(&b2)?)?; // [n, F, b]
         dropout(&h2, self.dropout, mode)
     }
+}
+
+/// How Crop_Net_1 gets its crops: gathered from the padded map's rows as im2col matrices (with a
+/// gradient, and on other devices), or cut as images for a direct convolution (CPU, no gradient).
+enum Crop1<'a> {
+    Gathered { rows: &'a Tensor, ids: &'a [u32] },
+    Direct { m: &'a Tensor, centres: &'a CropCentres },
 }
 
 /// Crops per chunk of an eval forward pass without gradient ([`CropNets::forward`]), at least
