@@ -5,17 +5,57 @@
 //! Written by hand because gemm, built for large products, packs the big factor panel by panel and
 //! sums it in a microkernel shaped for many columns; with 8 columns every weight is used 8 times,
 //! so the product is a stream of the weights from memory and nothing else matters. Here each pair
-//! of weight rows is read once, with a software prefetch ahead of the loads, against a block of
-//! the columns that stays in the L2 cache. Measured on the Intel Xeon (Sapphire Rapids) VM, one
-//! thread, the 34 products of a resnet18 batch of 8 (1.28 GB of weights): gemm 180-190 ms, this
-//! kernel 127-134 ms, where reading the weights alone takes 105 ms (docs/PERFORMANCE.md).
+//! of weight rows is read once, with a software prefetch ahead of the loads, against the columns
+//! held in the L2 cache (whole, or a block of them: [`block_len`]). Measured on the Intel Xeon
+//! (Sapphire Rapids) VM, one thread, the 34 products of a resnet18 batch of 8 (1.28 GB of
+//! weights): gemm 180-190 ms, this kernel 127-134 ms in blocks of 4096 and 121 ms on whole rows
+//! (docs/PERFORMANCE.md).
 //!
-//! The sums run in another order than gemm's: 16 lanes per block of [`BLOCK`] values of `k`, each
-//! lane summed in order, the lanes added pairwise, the blocks added in order. The order depends on
-//! nothing but the sizes (not the thread count).
+//! The sums run in another order than gemm's: 16 lanes per block of values of `k`, each lane
+//! summed in order, the lanes added pairwise, the blocks added in order. The order depends on
+//! the sizes and on the machine's L2 cache size (the blocks), not on the thread count.
 
-/// Values of `k` per block: a block of 16 columns (256 KiB) stays in any L2 cache of 1 MiB.
+/// Values of `k` per block when the columns do not fit in the L2 cache ([`block_len`]): a block
+/// of 16 columns (256 KiB) stays in any L2 cache of 1 MiB.
 const BLOCK: usize = 4096;
+
+/// Values of `k` per block for `n` columns: the whole rows when the columns take at most 3/4 of
+/// this CPU's L2 cache, else [`BLOCK`]. Blocks cut each weight row's stream into pieces, and the
+/// next pair of rows starts elsewhere; whole rows are read as one stream, row after row. Measured
+/// on the Intel Xeon (Sapphire Rapids) VM (2 MiB of L2), one thread, the 34 `[256, 36864]`
+/// products: 8 columns (1.2 MB) 175 -> 121 ms, 4 columns 151 -> 104 ms; with 16 columns (2.4
+/// MB, past the L2) whole rows took 565 ms against 309 in blocks.
+fn block_len(n: usize, k: usize) -> usize {
+    if n * k * size_of::<f32>() <= l2_bytes() / 4 * 3 { k.max(1) } else { BLOCK }
+}
+
+/// The size of the first CPU's L2 cache (Linux sysfs), 1 MiB where it cannot be read.
+fn l2_bytes() -> usize {
+    static L2: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *L2.get_or_init(|| {
+        (0..8)
+            .find_map(|i| {
+                let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+                let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
+                if read("level")?.trim() != "2" {
+                    return None;
+                }
+                parse_cache_size(&read("size")?)
+            })
+            .unwrap_or(1 << 20)
+    })
+}
+
+/// A sysfs cache size (`2048K`, `1M`, `512`) in bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (digits, unit) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    digits.parse::<usize>().ok().map(|v| v * unit)
+}
 
 /// Floats ahead of the loads that each weight row is prefetched (1 KiB).
 const PREFETCH: usize = 256;
@@ -51,7 +91,25 @@ pub(crate) unsafe fn dot_rows_f32(
     (y, ldy): (*mut f32, usize),
     accumulate: bool,
 ) {
-    debug_assert!(takes(n));
+    // SAFETY: the caller's contract.
+    unsafe {
+        dot_rows_in_blocks((m, n, k), (a, lda), (b, ldb), (y, ldy), accumulate, block_len(n, k))
+    }
+}
+
+/// [`dot_rows_f32`] over blocks of `block` values of `k`.
+///
+/// # Safety
+/// As [`dot_rows_f32`]; `block > 0`.
+unsafe fn dot_rows_in_blocks(
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    (y, ldy): (*mut f32, usize),
+    accumulate: bool,
+    block: usize,
+) {
+    debug_assert!(takes(n) && block > 0);
     // SAFETY: the caller's contract; `takes` checked AVX-512F.
     #[cfg(target_arch = "x86_64")]
     unsafe {
@@ -70,8 +128,8 @@ pub(crate) unsafe fn dot_rows_f32(
             let out = std::slice::from_raw_parts_mut(y.add(i * ldy), n);
             out.iter_mut().zip(sums).for_each(|(o, s)| *o += s);
         };
-        for k0 in (0..k).step_by(BLOCK) {
-            let len = BLOCK.min(k - k0);
+        for k0 in (0..k).step_by(block) {
+            let len = block.min(k - k0);
             if n <= 8 {
                 let cols: [*const f32; 8] = std::array::from_fn(|j| col(j, k0));
                 for i in (0..m).step_by(2) {
@@ -97,7 +155,7 @@ pub(crate) unsafe fn dot_rows_f32(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (m, n, k, a, lda, b, ldb, y, ldy, accumulate);
+        let _ = (m, n, k, a, lda, b, ldb, y, ldy, accumulate, block);
         unreachable!("dot_rows_f32 without AVX-512F");
     }
 }
@@ -163,8 +221,22 @@ mod tests {
     use super::*;
 
     /// The products against an f64 sum of the same values, at sizes that take every path (odd
-    /// row counts, 1-16 columns, a `k` with a masked tail and one over several blocks), written
-    /// and accumulated into a `y` with spare columns, which stay as they were.
+    /// row counts, 1-16 columns, a `k` with a masked tail), in this machine's blocks and in blocks
+    /// of 1000 (several, the last one short), written and accumulated into a `y` with spare
+    /// columns, which stay as they were.
+    #[test]
+    fn cache_sizes_parse() {
+        assert_eq!(parse_cache_size("2048K\n"), Some(2 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("K"), None);
+        assert_eq!(parse_cache_size(""), None);
+        assert!(l2_bytes() > 0);
+        // Whole rows only for columns that fit.
+        assert_eq!(block_len(1, 1000), 1000);
+        assert_eq!(block_len(16, 1 << 24), BLOCK);
+    }
+
     #[test]
     fn dot_rows_match_f64_sums() {
         if !supported() {
@@ -178,7 +250,9 @@ mod tests {
             let (lda, ldb, ldy) = (k + 3, k + 1, n + 2);
             let a: Vec<f32> = (0..m * lda).map(val).collect();
             let b: Vec<f32> = (0..n * ldb).map(|i| val(i + 5)).collect();
-            for accumulate in [false, true] {
+            for (accumulate, block) in
+                [(false, block_len(n, k)), (true, block_len(n, k)), (false, 1000)]
+            {
                 let init: Vec<f32> = (0..m * ldy).map(|i| val(i + 11)).collect();
                 let mut y = init.clone();
                 if !accumulate {
@@ -189,7 +263,12 @@ mod tests {
                 // SAFETY: takes(n) holds; every row lies in its vector.
                 unsafe {
                     let (pa, pb, py) = (a.as_ptr(), b.as_ptr(), y.as_mut_ptr());
-                    dot_rows_f32((m, n, k), (pa, lda), (pb, ldb), (py, ldy), accumulate);
+                    let (a, b, y) = ((pa, lda), (pb, ldb), (py, ldy));
+                    if block == block_len(n, k) {
+                        dot_rows_f32((m, n, k), a, b, y, accumulate);
+                    } else {
+                        dot_rows_in_blocks((m, n, k), a, b, y, accumulate, block);
+                    }
                 }
                 for i in 0..m {
                     for j in 0..ldy {
@@ -205,7 +284,7 @@ mod tests {
                         // Each sum is a chain of at most `depth` roundings (a lane's FMAs, the
                         // lane reduction, the blocks, the start value): |error| <= depth * eps/2
                         // * sum |terms|, to first order.
-                        let depth = k.div_ceil(16) + 4 + k.div_ceil(BLOCK) + 2;
+                        let depth = k.div_ceil(16) + 4 + k.div_ceil(block) + 2;
                         let bound = 1.01 * depth as f64 * f32::EPSILON as f64 / 2.0 * scale;
                         let err = (got as f64 - exact).abs();
                         assert!(
