@@ -11,6 +11,11 @@
 //!   batch 8), with the values and gradients of `index_select` then a batched matmul;
 //! - `Crop_Net_2` is one batched matmul with the 34 weights stacked to [34, F, C L^2].
 //!
+//! Without a gradient on the CPU (inference, stage 3's frozen AU branch) the crops are cut as
+//! images instead (aue-kernels' `crop_windows`, zero outside the map) and each `Crop_Net_1` runs
+//! as an inference convolution with its bias and ReLU (Winograd's algorithm: fewer products than
+//! the gathered im2col, and its output already in the channel-major order `Crop_Net_2` reads).
+//!
 //! The variables stay per crop with the reference's names and shapes; the stacks are built inside
 //! the forward pass (`Tensor::stack` of the variables keeps the gradient flowing to each of them).
 
