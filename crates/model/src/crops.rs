@@ -458,6 +458,21 @@ mod tests {
         (map, nets)
     }
 
+    /// No images: empty features on both paths (cut crops without a gradient, gathered with one).
+    #[test]
+    fn an_empty_batch_gives_empty_features() {
+        let cfg = tiny_cfg();
+        let (c, g) = (cfg.crop_channels, cfg.grid());
+        let (_map, nets) = random_nets(&cfg);
+        let m = Tensor::zeros((0, c, g, g), DType::F32, &Device::Cpu).unwrap();
+        let loc = Tensor::zeros((0, NUM_AUS, 4), DType::I64, &Device::Cpu).unwrap();
+        let centres = CropCentres::new(&loc, g).unwrap();
+        for mode in [PartMode::EVAL, PartMode::TRAIN] {
+            let out = nets.forward(&m, &centres, mode).unwrap();
+            assert_eq!(out.dims(), [0, NUM_CROPS, cfg.au_feat]);
+        }
+    }
+
     #[test]
     fn batched_crop_nets_match_a_per_crop_loop() {
         let cfg = tiny_cfg();
