@@ -173,7 +173,7 @@ pub fn crop_windows(
         || {
             let v = with_cpu_slices::<f32, _, 1>("crop_windows", [(&src, "source")], |[x]| {
                 par_chunks_zeroed(windows.len() * c * plane, plane, |p, out| {
-                    cut_window(x, out, windows[p / c], p % c, (c, h, w))
+                    cut_window(x, out, windows[p / c], p % c, (c, h, w, side))
                 })
             })?;
             Tensor::from_vec(v, shape, &dev)
@@ -181,7 +181,7 @@ pub fn crop_windows(
         || {
             let v = with_cpu_slices::<f64, _, 1>("crop_windows", [(&src, "source")], |[x]| {
                 par_chunks_zeroed(windows.len() * c * plane, plane, |p, out| {
-                    cut_window(x, out, windows[p / c], p % c, (c, h, w))
+                    cut_window(x, out, windows[p / c], p % c, (c, h, w, side))
                 })
             })?;
             Tensor::from_vec(v, shape, &dev)
@@ -190,19 +190,18 @@ pub fn crop_windows(
 }
 
 /// Channel `ch` of `window` (image, top row, left column) of `x` (`[_, c, h, w]`) into `out`
-/// (`side x side`, zeroed), for [`crop_windows`].
+/// (`side x side`, zeroed; `side > 0`), for [`crop_windows`].
 fn cut_window<T: Copy>(
     x: &[T],
     out: &mut [T],
     (n, top, left): (usize, isize, isize),
     ch: usize,
-    (c, h, w): (usize, usize, usize),
+    (c, h, w, side): (usize, usize, usize, usize),
 ) {
-    let side = out.len().isqrt();
     let map = &x[(n * c + ch) * h * w..][..h * w];
     // The columns of the window inside the map: [max(left, 0), min(left + side, w)).
     let (x0, x1) = (left.max(0), (left + side as isize).min(w as isize));
-    for (py, row) in out.chunks_exact_mut(side.max(1)).enumerate() {
+    for (py, row) in out.chunks_exact_mut(side).enumerate() {
         let y = top + py as isize;
         if y < 0 || y >= h as isize || x0 >= x1 {
             continue; // zeros
