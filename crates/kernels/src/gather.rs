@@ -164,29 +164,26 @@ pub fn crop_windows(
         return Err(fail("not a CPU f32 / f64 tensor".into()));
     }
     let src = src.contiguous()?;
-    let shape = (windows.len(), c, side, side);
+    let (f32, f64) = (
+        || cut_windows::<f32>(&src, windows, (c, h, w, side)),
+        || cut_windows::<f64>(&src, windows, (c, h, w, side)),
+    );
+    Ok(by_dtype(src.dtype(), "crop_windows", f32, f64)?)
+}
+
+/// [`crop_windows`] of a contiguous CPU tensor of element type `T`.
+fn cut_windows<T: Real>(
+    src: &Tensor,
+    windows: &[(usize, isize, isize)],
+    (c, h, w, side): (usize, usize, usize, usize),
+) -> candle_core::Result<Tensor> {
     let plane = side * side;
-    let dev = src.device().clone();
-    Ok(by_dtype(
-        src.dtype(),
-        "crop_windows",
-        || {
-            let v = with_cpu_slices::<f32, _, 1>("crop_windows", [(&src, "source")], |[x]| {
-                par_chunks_zeroed(windows.len() * c * plane, plane, |p, out| {
-                    cut_window(x, out, windows[p / c], p % c, (c, h, w, side))
-                })
-            })?;
-            Tensor::from_vec(v, shape, &dev)
-        },
-        || {
-            let v = with_cpu_slices::<f64, _, 1>("crop_windows", [(&src, "source")], |[x]| {
-                par_chunks_zeroed(windows.len() * c * plane, plane, |p, out| {
-                    cut_window(x, out, windows[p / c], p % c, (c, h, w, side))
-                })
-            })?;
-            Tensor::from_vec(v, shape, &dev)
-        },
-    )?)
+    let v = with_cpu_slices::<T, _, 1>("crop_windows", [(src, "source")], |[x]| {
+        par_chunks_zeroed(windows.len() * c * plane, plane, |p, out| {
+            cut_window(x, out, windows[p / c], p % c, (c, h, w, side))
+        })
+    })?;
+    Tensor::from_vec(v, (windows.len(), c, side, side), src.device())
 }
 
 /// Channel `ch` of `window` (image, top row, left column) of `x` (`[_, c, h, w]`) into `out`

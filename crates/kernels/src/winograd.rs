@@ -1064,26 +1064,23 @@ fn run(x: &Tensor, w: &Tensor, g: &Geometry, flip: bool, op: &str) -> candle_cor
         x.dtype(),
         op,
         || {
-            let y = with_cpu_slices::<f32, _, 2>(op, ts, |[x, w]| {
-                if flip {
-                    convolve(x, &filter_for(g, w, wo, wi, flip), g)
-                } else {
-                    forward(x, w, g, FILTER_BUDGET)
-                }
-            })?;
+            let y = with_cpu_slices::<f32, _, 2>(op, ts, |[x, w]| apply(x, w, g, flip, (wo, wi)))?;
             Tensor::from_vec(y, shape, &dev)
         },
         || {
-            let y = with_cpu_slices::<f64, _, 2>(op, ts, |[x, w]| {
-                if flip {
-                    convolve(x, &filter_for(g, w, wo, wi, flip), g)
-                } else {
-                    forward(x, w, g, FILTER_BUDGET)
-                }
-            })?;
+            let y = with_cpu_slices::<f64, _, 2>(op, ts, |[x, w]| apply(x, w, g, flip, (wo, wi)))?;
             Tensor::from_vec(y, shape, &dev)
         },
     )
+}
+
+/// [`run`] on slices: the input gradient's flipped kernel transformed whole, or [`forward`].
+fn apply<T: Real>(x: &[T], w: &[T], g: &Geometry, flip: bool, (wo, wi): (usize, usize)) -> Vec<T> {
+    if flip {
+        convolve(x, &filter_for(g, w, wo, wi, true), g)
+    } else {
+        forward(x, w, g, FILTER_BUDGET)
+    }
 }
 
 /// `A gy A^T` for every 2x2 tile of one output-gradient plane (`oh x ow`, zero past its edge),
@@ -1486,8 +1483,7 @@ mod tests {
         });
     }
 
-    /// Empty sums give exact zeros on every path, although the buffers are not zero-filled: no
-    /// input channels (forward) and no images (weight gradient).
+    /// The forward convolution in blocks of output channels equals it whole, bit for bit.
     #[test]
     fn blocks_of_output_channels_give_the_same_values() {
         each_case(&[(2, 3, 5, 9, 8, 1), (3, 4, 7, 6, 6, 0)], |what, i, g| {
@@ -1502,6 +1498,7 @@ mod tests {
         });
     }
 
+    /// Groups per thread: whole groups, as many per thread, or the phased path.
     #[test]
     fn parallel_groups_are_whole_and_shared_evenly() {
         let geom = |b, side, m| Geometry {
@@ -1527,6 +1524,8 @@ mod tests {
         assert_eq!(geom(0, 24, M).parallel_group(2), None);
     }
 
+    /// Empty sums give exact zeros on every path, although the buffers are not zero-filled: no
+    /// input channels (forward) and no images (weight gradient).
     #[test]
     fn empty_sums_are_zeros() {
         each_case(&[(2, 0, 3, 9, 8, 1)], |what, _, g| {

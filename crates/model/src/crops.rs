@@ -486,37 +486,46 @@ mod tests {
         loc[1] = g as i64;
         let m = Tensor::randn(0f32, 1., (batch, c, g, g), &Device::Cpu).unwrap();
         let centres = CropCentres::new(&loc_tensor(&loc, batch), g).unwrap();
-        let got = nets.forward(&m, &centres, PartMode::EVAL).unwrap();
-        assert_eq!(got.dims(), [batch, NUM_CROPS, f]);
-        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let ms = m.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for n in 0..batch {
-            let mn = &ms[n * c * g * g..(n + 1) * c * g * g];
-            for k in 0..NUM_CROPS {
-                let (i, cc) = (k / 2, k % 2);
-                let at = (n * NUM_AUS + i) * 4 + 2 * cc;
-                let crop = naive_crop(mn, c, g, l, loc[at] as usize, loc[at + 1] as usize);
-                let h1 = naive_conv_relu(
-                    &crop,
-                    &v(&nets.conv_w.get(k).unwrap()),
-                    &v(&nets.conv_b.get(k).unwrap()),
-                    c,
-                    l,
-                );
-                let (w2, b2) = (v(&nets.fc_w.get(k).unwrap()), v(&nets.fc_b.get(k).unwrap()));
-                for o in 0..f {
-                    let acc: f64 = b2[o] as f64
-                        + h1.iter()
-                            .enumerate()
-                            .map(|(j, h)| w2[o * h1.len() + j] as f64 * *h as f64)
-                            .sum::<f64>();
-                    let expect = acc.max(0.0);
-                    let g_ = got[(n * NUM_CROPS + k) * f + o] as f64;
-                    assert!(
-                        (g_ - expect).abs() < 1e-4 * (1.0 + expect.abs()),
-                        "n {n} k {k} o {o}: {g_} vs {expect}"
+        // Both paths without a gradient: the crops cut as images (what `forward` takes on the
+        // CPU) and the gathered im2col products (other devices), a chunk of crops at a time.
+        let direct = nets.forward(&m, &centres, PartMode::EVAL).unwrap();
+        let rows = nets.geom.padded_rows(&m, &centres).unwrap();
+        let ids = centres.im2col_rows(g, l);
+        let first = Crop1::Gathered { rows: &rows, ids: &ids };
+        let gathered = nets.crops_in_chunks(&first, m.dims4().unwrap(), PartMode::EVAL).unwrap();
+        let gathered = gathered.permute((2, 0, 1)).unwrap().contiguous().unwrap();
+        for (path, got) in [("direct", direct), ("gathered", gathered)] {
+            assert_eq!(got.dims(), [batch, NUM_CROPS, f], "{path}");
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ms = m.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for n in 0..batch {
+                let mn = &ms[n * c * g * g..(n + 1) * c * g * g];
+                for k in 0..NUM_CROPS {
+                    let (i, cc) = (k / 2, k % 2);
+                    let at = (n * NUM_AUS + i) * 4 + 2 * cc;
+                    let crop = naive_crop(mn, c, g, l, loc[at] as usize, loc[at + 1] as usize);
+                    let h1 = naive_conv_relu(
+                        &crop,
+                        &v(&nets.conv_w.get(k).unwrap()),
+                        &v(&nets.conv_b.get(k).unwrap()),
+                        c,
+                        l,
                     );
+                    let (w2, b2) = (v(&nets.fc_w.get(k).unwrap()), v(&nets.fc_b.get(k).unwrap()));
+                    for o in 0..f {
+                        let acc: f64 = b2[o] as f64
+                            + h1.iter()
+                                .enumerate()
+                                .map(|(j, h)| w2[o * h1.len() + j] as f64 * *h as f64)
+                                .sum::<f64>();
+                        let expect = acc.max(0.0);
+                        let g_ = got[(n * NUM_CROPS + k) * f + o] as f64;
+                        assert!(
+                            (g_ - expect).abs() < 1e-4 * (1.0 + expect.abs()),
+                            "{path}: n {n} k {k} o {o}: {g_} vs {expect}"
+                        );
+                    }
                 }
             }
         }
