@@ -48,7 +48,9 @@ mod testing;
 mod transpose;
 mod winograd;
 
-pub use batch_norm::{batch_norm_supported, batch_norm_train, channel_affine};
+pub use batch_norm::{
+    batch_norm_supported, batch_norm_train, batch_norm_train_relu, channel_affine,
+};
 pub use cpu::train_kernels_supported;
 pub use error::{KernelError, Result};
 pub use gather::{crop_windows, index_select_rows};

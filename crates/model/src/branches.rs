@@ -9,7 +9,7 @@ use crate::crops::{CropCentres, CropNets};
 use crate::error::Result;
 use crate::nn::{
     BatchNorm, Conv2d, ConvSpec, ConvTranspose2d, Linear, Params, PartMode, batch_norm_eval,
-    batch_norm_train, dropout, lrn_quirk, max_pool_exact, relu, update_running,
+    batch_norm_train, dropout, lrn_quirk, max_pool_exact, update_running,
 };
 
 /// Conv (or transposed conv) -> BatchNorm -> ReLU, as `nn.Sequential` at `.0`, `.1`, (`.2` = ReLU).
@@ -28,7 +28,7 @@ impl ConvBnRelu<Conv2d> {
     }
 
     fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
-        relu(&self.bn.forward(&self.conv.forward(x, mode)?, mode)?)
+        self.bn.forward_relu(&self.conv.forward(x, mode)?, mode)
     }
 }
 
@@ -41,7 +41,7 @@ impl ConvBnRelu<ConvTranspose2d> {
     }
 
     fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
-        relu(&self.bn.forward(&self.conv.forward(x, mode)?, mode)?)
+        self.bn.forward_relu(&self.conv.forward(x, mode)?, mode)
     }
 }
 

@@ -306,6 +306,16 @@ impl BatchNorm {
     /// # Shapes
     /// x [B, C] or [B, C, H, W] -> same
     pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
+        self.forward_then(x, mode, false)
+    }
+
+    /// `relu(self.forward(x, mode))`, the same values and gradients; in train mode on the CPU
+    /// one op (aue-kernels' `batch_norm_train_relu`: no normalised tensor kept for the ReLU).
+    pub(crate) fn forward_relu(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
+        self.forward_then(x, mode, true)
+    }
+
+    fn forward_then(&self, x: &Tensor, mode: PartMode, then_relu: bool) -> Result<Tensor> {
         let rank = x.rank();
         let c = x.dim(1)?;
         let mut stat_shape = vec![1; rank];
@@ -314,7 +324,7 @@ impl BatchNorm {
         let (w, b) = (mode.see(&self.weight), mode.see(&self.bias));
         let (w, b) = (w.reshape(stat_shape.as_slice())?, b.reshape(stat_shape.as_slice())?);
         if mode.train_bn {
-            let (y, mean, var) = batch_norm_train(x, &w, &b, &reduce)?;
+            let (y, mean, var) = batch_norm_train_then(x, &w, &b, &reduce, then_relu)?;
             let (rm, rv, n) = (&self.running_mean, &self.running_var, &self.num_batches_tracked);
             update_running(rm, rv, n, &mean.reshape(c)?, &var.reshape(c)?)?;
             Ok(y)
@@ -322,7 +332,8 @@ impl BatchNorm {
             // Buffers, not parameters: never part of a gradient graph.
             let rm = self.running_mean.as_tensor().detach().reshape(stat_shape.as_slice())?;
             let rv = self.running_var.as_tensor().detach().reshape(stat_shape.as_slice())?;
-            batch_norm_eval(x, &w, &b, &rm, &rv)
+            let y = batch_norm_eval(x, &w, &b, &rm, &rv)?;
+            if then_relu { relu(&y) } else { Ok(y) }
         }
     }
 }
@@ -338,6 +349,17 @@ pub(crate) fn batch_norm_train(
     weight: &Tensor,
     bias: &Tensor,
     reduce: &[usize],
+) -> Result<(Tensor, Tensor, Tensor)> {
+    batch_norm_train_then(x, weight, bias, reduce, false)
+}
+
+/// [`batch_norm_train`], its output through [`relu`] when `then_relu` (one op on the CPU).
+fn batch_norm_train_then(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    reduce: &[usize],
+    then_relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let n: usize = reduce.iter().map(|&d| x.dims()[d]).product();
     if n < 2 {
@@ -362,18 +384,20 @@ pub(crate) fn batch_norm_train(
             dims[a..=b].iter().product::<usize>(),
             dims[b + 1..].iter().product::<usize>(),
         );
-        let (y, mean, var) = aue_kernels::batch_norm_train(
-            &x.reshape((outer, c, inner))?,
-            &weight.reshape(c)?,
-            &bias.reshape(c)?,
-            BN_EPS,
-        )
-        .map_err(candle_core::Error::from)?;
+        let kernel = if then_relu {
+            aue_kernels::batch_norm_train_relu
+        } else {
+            aue_kernels::batch_norm_train
+        };
+        let (y, mean, var) =
+            kernel(&x.reshape((outer, c, inner))?, &weight.reshape(c)?, &bias.reshape(c)?, BN_EPS)
+                .map_err(candle_core::Error::from)?;
         let stat_shape = weight.shape();
         let unbiased = (var * (n as f64 / (n - 1) as f64))?.reshape(stat_shape)?;
         return Ok((y.reshape(dims)?, mean.reshape(stat_shape)?, unbiased));
     }
-    batch_norm_train_ops(x, weight, bias, reduce)
+    let (y, mean, var) = batch_norm_train_ops(x, weight, bias, reduce)?;
+    Ok((if then_relu { relu(&y)? } else { y }, mean, var))
 }
 
 /// [`batch_norm_train`] written with Candle ops: what other devices run (and the definition the

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use crate::config::{BlockKind, ModelConfig};
 use crate::error::Result;
-use crate::nn::{BatchNorm, Conv2d, ConvSpec, Linear, Params, PartMode, max_pool_3x3_s2_p1, relu};
+use crate::nn::{BatchNorm, Conv2d, ConvSpec, Linear, Params, PartMode, max_pool_3x3_s2_p1};
 
 /// A conv followed by its BatchNorm (torchvision's `conv{i}`/`bn{i}` pairs and `downsample`).
 #[derive(Debug, Clone)]
@@ -24,6 +24,11 @@ impl ConvBn {
 
     fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
         self.bn.forward(&self.conv.forward(x, mode)?, mode)
+    }
+
+    /// `relu(self.forward(x, mode))` (one op after the convolution in train mode on the CPU).
+    fn forward_relu(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
+        self.bn.forward_relu(&self.conv.forward(x, mode)?, mode)
     }
 }
 
@@ -75,10 +80,7 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, cb) in self.convs.iter().enumerate() {
-            y = cb.forward(&y, mode)?;
-            if i < last {
-                y = relu(&y)?;
-            }
+            y = if i < last { cb.forward_relu(&y, mode)? } else { cb.forward(&y, mode)? };
         }
         Ok(aue_kernels::add_relu(&y, &identity).map_err(candle_core::Error::from)?)
     }
@@ -121,7 +123,7 @@ impl ResNet {
     /// x [B, 3, S, S] -> f1 [B, C1, S/4, S/4], f2 [B, C2, S/8, S/8], f3 [B, C3, S/16, S/16],
     /// f4 [B, C4, S/32, S/32]
     pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<[Tensor; 4]> {
-        let x = relu(&self.stem.forward(&mode.see(x), mode)?)?; // [B, stem, S/2, S/2]
+        let x = self.stem.forward_relu(&mode.see(x), mode)?; // [B, stem, S/2, S/2]
         let mut x = max_pool_3x3_s2_p1(&x)?; // [B, stem, S/4, S/4]
         let mut stage = |layer: &[Block]| -> Result<Tensor> {
             for block in layer {
