@@ -1263,70 +1263,114 @@ fn weight_from_products<T: Real>(m: &[T], pairs: usize, tile: usize) -> Vec<T> {
 /// input tiles transformed as in the forward pass (`V = B^T d B`) and the gradient's 2x2 tiles
 /// as `Z = A gy A^T`, `gw = G^T [sum over tiles of Z . V] G` for each channel pair; the sums over
 /// the tiles are 16 gemms `Z_k [c_out, tiles] x V_k^T [tiles, c_in]`. `[c_out, c_in, 3, 3]`.
-fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry) -> Vec<T> {
-    let (th, tw) = g.tiles();
-    let tiles = th * tw;
-    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry, budget: usize) -> Vec<T> {
     let pairs = g.c_out * g.c_in;
     if g.b == 0 {
         return vec![T::zero(); pairs * 9];
     }
     // M_k = sum over the tiles of Z_k x V_k^T: [16 or 36, c_out, c_in], summed group of images by
-    // group of images (each group's transforms stay in the cache), the groups in order. Written
-    // by the first group's products (not accumulated), then added to: not zero-filled.
-    let mut m = slots(g.k() * pairs);
+    // group of images (each group's transforms stay in the cache). With several groups whose
+    // sums fit in `budget` elements ([`PARTIAL_BUDGET`]), each group's go into a sum of its own, the groups in
+    // parallel (their transforms and products are phases in parallel too, within the group), and
+    // the sums are then added in group order; otherwise the groups run in order, each adding to
+    // one sum. Either way the same values at any thread count. (Two threads, resnet18's 56 x 56
+    // layers at batch 8 have 4 groups, which otherwise ran as 12 short parallel phases.)
     let group = g.group();
-    for first in (0..g.b).step_by(group) {
-        let n = group.min(g.b - first);
-        let cols = n * tiles;
-        let mut v = slots(g.k() * g.c_in * cols);
-        let vp = SharedMut(v.as_mut_ptr());
-        let xs = &x[first * g.c_in * plane_in..(first + n) * g.c_in * plane_in];
-        xs.par_chunks_exact(plane_in).enumerate().for_each_init(
-            || Scratch::new((th, tw), g.m),
-            |s, (p, plane)| {
-                let (i, ch) = (p / g.c_in, p % g.c_in);
-                let at = |k: usize| (k * g.c_in + ch) * cols + i * tiles;
-                // SAFETY: image i and channel ch own these runs of `v`.
-                input_for(g, plane, s, |k| unsafe { vp.run(at(k), tiles) });
-            },
-        );
-        let mut z = slots(g.k() * g.c_out * cols);
-        let zp = SharedMut(z.as_mut_ptr());
-        let gys = &gy[first * g.c_out * plane_out..(first + n) * g.c_out * plane_out];
-        gys.par_chunks_exact(plane_out).enumerate().for_each_init(
-            || Scratch::new((th, tw), g.m),
-            |s, (p, plane)| {
-                let (i, ch) = (p / g.c_out, p % g.c_out);
-                let at = |k: usize| (k * g.c_out + ch) * cols + i * tiles;
-                // SAFETY: image i and channel ch own these runs of `z`.
-                let dst = |k| unsafe { zp.run(at(k), tiles) };
-                if g.m == M4 {
-                    grad_plane4(plane, (g.oh, g.ow), (th, tw), s, dst)
-                } else {
-                    grad_plane(plane, (g.oh, g.ow), (th, tw), s, dst)
-                }
-            },
-        );
-        // SAFETY: the (image, channel) tasks above wrote every run of `v` and of `z`.
-        let (v, z) = unsafe { (assume_init(&v), assume_init(&z)) };
-        let accumulate = first > 0;
-        m.par_chunks_exact_mut(pairs).enumerate().for_each(|(k, m_k)| {
-            let z_k = &z[k * g.c_out * cols..(k + 1) * g.c_out * cols];
-            let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
-            let dst = View { ptr: m_k.as_mut_ptr().cast::<T>(), rs: g.c_in, cs: 1 };
-            let lhs = View { ptr: z_k.as_ptr(), rs: cols, cs: 1 };
-            // V_k^T: element (tile, ci) of V_k [c_in, cols].
-            let rhs = View { ptr: v_k.as_ptr(), rs: 1, cs: cols };
-            // SAFETY: m_k is [c_out, c_in] (written by the first group, which does not read it;
-            // added to by the others), z_k [c_out, cols], v_k^T [cols, c_in], all inside their
-            // slices.
-            let shape = (g.c_out, g.c_in, cols);
-            unsafe { gemm_view(shape, dst, accumulate, lhs, rhs, Parallelism::None) };
-        });
+    let firsts: Vec<usize> = (0..g.b).step_by(group).collect();
+    let size = g.k() * pairs;
+    if firsts.len() > 1 && size * firsts.len() <= budget {
+        let sums: Vec<Vec<T>> = firsts
+            .par_iter()
+            .map(|&first| {
+                let mut m: Vec<T> = Vec::with_capacity(size);
+                let slots = &mut m.spare_capacity_mut()[..size];
+                group_products(x, gy, g, (first, group.min(g.b - first)), slots, false);
+                // SAFETY: a group's products (not accumulated) write all `size` elements.
+                unsafe { m.set_len(size) };
+                m
+            })
+            .collect();
+        let mut sums = sums.into_iter();
+        let mut m = sums.next().unwrap_or_default();
+        for part in sums {
+            m.par_chunks_mut(1 << 14).zip(part.par_chunks(1 << 14)).for_each(|(m, p)| {
+                m.iter_mut().zip(p).for_each(|(m, &p)| *m += p);
+            });
+        }
+        return weight_from_products(&m, pairs, g.m);
+    }
+    // Written by the first group's products (not accumulated), then added to: not zero-filled.
+    let mut m = slots(size);
+    for &first in &firsts {
+        group_products(x, gy, g, (first, group.min(g.b - first)), &mut m, first > 0);
     }
     // SAFETY: the first group's products (`first` 0: b >= 1) wrote all of `m`.
     weight_from_products(unsafe { assume_init(&m) }, pairs, g.m)
+}
+
+/// Largest total of per-group sums (elements) that [`weight_grad_slices`] keeps to run its
+/// groups of images in parallel: 32 MiB of f32.
+const PARTIAL_BUDGET: usize = 1 << 23;
+
+/// The products `Z_k x V_k^T` of images `first..first + n` into `m` (`[16 or 36, c_out, c_in]`),
+/// added to it when `accumulate`, else written.
+fn group_products<T: Real>(
+    x: &[T],
+    gy: &[T],
+    g: &Geometry,
+    (first, n): (usize, usize),
+    m: &mut [MaybeUninit<T>],
+    accumulate: bool,
+) {
+    let (th, tw) = g.tiles();
+    let tiles = th * tw;
+    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+    let pairs = g.c_out * g.c_in;
+    let cols = n * tiles;
+    let mut v = slots(g.k() * g.c_in * cols);
+    let vp = SharedMut(v.as_mut_ptr());
+    let xs = &x[first * g.c_in * plane_in..(first + n) * g.c_in * plane_in];
+    xs.par_chunks_exact(plane_in).enumerate().for_each_init(
+        || Scratch::new((th, tw), g.m),
+        |s, (p, plane)| {
+            let (i, ch) = (p / g.c_in, p % g.c_in);
+            let at = |k: usize| (k * g.c_in + ch) * cols + i * tiles;
+            // SAFETY: image i and channel ch own these runs of `v`.
+            input_for(g, plane, s, |k| unsafe { vp.run(at(k), tiles) });
+        },
+    );
+    let mut z = slots(g.k() * g.c_out * cols);
+    let zp = SharedMut(z.as_mut_ptr());
+    let gys = &gy[first * g.c_out * plane_out..(first + n) * g.c_out * plane_out];
+    gys.par_chunks_exact(plane_out).enumerate().for_each_init(
+        || Scratch::new((th, tw), g.m),
+        |s, (p, plane)| {
+            let (i, ch) = (p / g.c_out, p % g.c_out);
+            let at = |k: usize| (k * g.c_out + ch) * cols + i * tiles;
+            // SAFETY: image i and channel ch own these runs of `z`.
+            let dst = |k| unsafe { zp.run(at(k), tiles) };
+            if g.m == M4 {
+                grad_plane4(plane, (g.oh, g.ow), (th, tw), s, dst)
+            } else {
+                grad_plane(plane, (g.oh, g.ow), (th, tw), s, dst)
+            }
+        },
+    );
+    // SAFETY: the (image, channel) tasks above wrote every run of `v` and of `z`.
+    let (v, z) = unsafe { (assume_init(&v), assume_init(&z)) };
+    m.par_chunks_exact_mut(pairs).enumerate().for_each(|(k, m_k)| {
+        let z_k = &z[k * g.c_out * cols..(k + 1) * g.c_out * cols];
+        let v_k = &v[k * g.c_in * cols..(k + 1) * g.c_in * cols];
+        let dst = View { ptr: m_k.as_mut_ptr().cast::<T>(), rs: g.c_in, cs: 1 };
+        let lhs = View { ptr: z_k.as_ptr(), rs: cols, cs: 1 };
+        // V_k^T: element (tile, ci) of V_k [c_in, cols].
+        let rhs = View { ptr: v_k.as_ptr(), rs: 1, cs: cols };
+        // SAFETY: m_k is [c_out, c_in] (written without being read unless `accumulate`, when
+        // an earlier group wrote it), z_k [c_out, cols], v_k^T [cols, c_in], all inside their
+        // slices.
+        let shape = (g.c_out, g.c_in, cols);
+        unsafe { gemm_view(shape, dst, accumulate, lhs, rhs, Parallelism::None) };
+    });
 }
 
 /// The weight gradient of `conv2d(x, w, p)` (3x3, stride 1, padding <= 2; see [`supports`])
@@ -1347,11 +1391,15 @@ pub(crate) fn weight_grad(x: &Tensor, grad: &Tensor, p: ConvParams) -> candle_co
         x.dtype(),
         op,
         || {
-            let gw = with_cpu_slices::<f32, _, 2>(op, ts, |[x, gy]| weight_grad_slices(x, gy, &g))?;
+            let gw = with_cpu_slices::<f32, _, 2>(op, ts, |[x, gy]| {
+                weight_grad_slices(x, gy, &g, PARTIAL_BUDGET)
+            })?;
             Tensor::from_vec(gw, shape, &dev)
         },
         || {
-            let gw = with_cpu_slices::<f64, _, 2>(op, ts, |[x, gy]| weight_grad_slices(x, gy, &g))?;
+            let gw = with_cpu_slices::<f64, _, 2>(op, ts, |[x, gy]| {
+                weight_grad_slices(x, gy, &g, PARTIAL_BUDGET)
+            })?;
             Tensor::from_vec(gw, shape, &dev)
         },
     )
@@ -1533,7 +1581,11 @@ mod tests {
             assert_eq!(y, vec![0.0; g.b * g.c_out * g.oh * g.ow], "{what}");
         });
         each_case(&[(0, 2, 3, 9, 8, 1)], |what, _, g| {
-            assert_eq!(weight_grad_slices::<f64>(&[], &[], g), vec![0.0; 2 * 3 * 9], "{what}");
+            assert_eq!(
+                weight_grad_slices::<f64>(&[], &[], g, PARTIAL_BUDGET),
+                vec![0.0; 2 * 3 * 9],
+                "{what}"
+            );
         });
     }
 
@@ -1584,15 +1636,31 @@ mod tests {
             let x: Vec<f64> = values(g.b * g.c_in * g.h * g.w, 200 + i as u64);
             let gy: Vec<f64> = values(g.b * g.c_out * g.oh * g.ow, 300 + i as u64);
             let want = direct_weight_grad(&x, &gy, g);
-            let e = rel_l2(&weight_grad_slices(&x, &gy, g), &want);
-            assert!(e < 1e-14, "{what}: f64 {e:e}");
-            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-            let gy32: Vec<f32> = gy.iter().map(|&v| v as f32).collect();
-            let got: Vec<f64> =
-                weight_grad_slices(&x32, &gy32, g).iter().map(|&v| f64::from(v)).collect();
-            let e = rel_l2(&got, &want);
-            assert!(e < f32_bound(g.m), "{what}: f32 {e:e}");
+            // Groups of images summed in parallel (the budget) and in order (none).
+            for budget in [PARTIAL_BUDGET, 0] {
+                let e = rel_l2(&weight_grad_slices(&x, &gy, g, budget), &want);
+                assert!(e < 1e-14, "{what}, budget {budget}: f64 {e:e}");
+                let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+                let gy32: Vec<f32> = gy.iter().map(|&v| v as f32).collect();
+                let got = weight_grad_slices(&x32, &gy32, g, budget);
+                let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+                let e = rel_l2(&got, &want);
+                assert!(e < f32_bound(g.m), "{what}, budget {budget}: f32 {e:e}");
+            }
         });
+        // The same bits at any thread count, on both paths (3 groups of 2 images at F(2x2)).
+        let g = Geometry { b: 5, c_in: 2, c_out: 3, h: 24, w: 22, pad: 1, oh: 24, ow: 22, m: M };
+        let x: Vec<f32> = values(5 * 2 * 24 * 22, 7).iter().map(|&v: &f64| v as f32).collect();
+        let gy: Vec<f32> = values(5 * 3 * 24 * 22, 8).iter().map(|&v: &f64| v as f32).collect();
+        assert_eq!(g.b.div_ceil(g.group()), 3);
+        for budget in [PARTIAL_BUDGET, 0] {
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+                let gw = pool.expect("pool").install(|| weight_grad_slices(&x, &gy, &g, budget));
+                gw.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(on(1), on(3), "budget {budget}");
+        }
     }
 
     #[test]
