@@ -1312,6 +1312,11 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry, budget: usize) -
 /// groups of images in parallel: 32 MiB of f32.
 const PARTIAL_BUDGET: usize = 1 << 23;
 
+/// One plane's Winograd transform, position `k`'s values written to the run `dst(k)`.
+type PlaneTransform<'f, T> = dyn for<'r> Fn(&[T], &mut Scratch<T>, &mut dyn FnMut(usize) -> &'r mut [MaybeUninit<T>])
+    + Sync
+    + 'f;
+
 /// The products `Z_k x V_k^T` of images `first..first + n` into `m` (`[16 or 36, c_out, c_in]`),
 /// added to it when `accumulate`, else written.
 fn group_products<T: Real>(
@@ -1327,36 +1332,32 @@ fn group_products<T: Real>(
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let pairs = g.c_out * g.c_in;
     let cols = n * tiles;
-    let mut v = slots(g.k() * g.c_in * cols);
-    let vp = SharedMut(v.as_mut_ptr());
-    let xs = &x[first * g.c_in * plane_in..(first + n) * g.c_in * plane_in];
-    xs.par_chunks_exact(plane_in).enumerate().for_each_init(
-        || Scratch::new((th, tw), g.m),
-        |s, (p, plane)| {
-            let (i, ch) = (p / g.c_in, p % g.c_in);
-            let at = |k: usize| (k * g.c_in + ch) * cols + i * tiles;
-            // SAFETY: image i and channel ch own these runs of `v`.
-            input_for(g, plane, s, |k| unsafe { vp.run(at(k), tiles) });
-        },
-    );
-    let mut z = slots(g.k() * g.c_out * cols);
-    let zp = SharedMut(z.as_mut_ptr());
-    let gys = &gy[first * g.c_out * plane_out..(first + n) * g.c_out * plane_out];
-    gys.par_chunks_exact(plane_out).enumerate().for_each_init(
-        || Scratch::new((th, tw), g.m),
-        |s, (p, plane)| {
-            let (i, ch) = (p / g.c_out, p % g.c_out);
-            let at = |k: usize| (k * g.c_out + ch) * cols + i * tiles;
-            // SAFETY: image i and channel ch own these runs of `z`.
-            let dst = |k| unsafe { zp.run(at(k), tiles) };
-            if g.m == M4 {
-                grad_plane4(plane, (g.oh, g.ow), (th, tw), s, dst)
-            } else {
-                grad_plane(plane, (g.oh, g.ow), (th, tw), s, dst)
-            }
-        },
-    );
-    // SAFETY: the (image, channel) tasks above wrote every run of `v` and of `z`.
+    // The transformed planes of images `first..first + n` of `src` (`channels` planes of `plane`
+    // values per image), `[16 or 36, channels, cols]`, each plane by `transform`.
+    let transformed = |src: &[T], channels: usize, plane: usize, transform: &PlaneTransform<T>| {
+        let mut v = slots(g.k() * channels * cols);
+        let vp = SharedMut(v.as_mut_ptr());
+        let planes = &src[first * channels * plane..(first + n) * channels * plane];
+        planes.par_chunks_exact(plane).enumerate().for_each_init(
+            || Scratch::new((th, tw), g.m),
+            |s, (p, plane)| {
+                let (i, ch) = (p / channels, p % channels);
+                let at = |k: usize| (k * channels + ch) * cols + i * tiles;
+                // SAFETY: image i and channel ch own these runs of `v`.
+                transform(plane, s, &mut |k| unsafe { vp.run(at(k), tiles) });
+            },
+        );
+        v
+    };
+    let v = transformed(x, g.c_in, plane_in, &|plane, s, dst| input_for(g, plane, s, dst));
+    let z = transformed(gy, g.c_out, plane_out, &|plane, s, dst| {
+        if g.m == M4 {
+            grad_plane4(plane, (g.oh, g.ow), (th, tw), s, dst)
+        } else {
+            grad_plane(plane, (g.oh, g.ow), (th, tw), s, dst)
+        }
+    });
+    // SAFETY: the (image, channel) tasks of `transformed` wrote every run of `v` and of `z`.
     let (v, z) = unsafe { (assume_init(&v), assume_init(&z)) };
     m.par_chunks_exact_mut(pairs).enumerate().for_each(|(k, m_k)| {
         let z_k = &z[k * g.c_out * cols..(k + 1) * g.c_out * cols];
