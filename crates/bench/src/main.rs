@@ -444,6 +444,8 @@ fn check_dtype(dtype: Precision, device: DeviceSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> ExitCode {
     aue_cli::main("warn", || {
         let cli = Cli::parse();

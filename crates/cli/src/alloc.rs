@@ -15,8 +15,9 @@
 //! as the step's buffers come and go (measured: a resnet18 stage-2 step at batch 8, two threads,
 //! 1.10 s -> 1.59 s with per-thread arenas, 1.03 s with one).
 //!
-//! And transparent huge pages for large blocks ([`HugePages`], the global allocator of every
-//! crate that links this one): on Linux, where THP is usually in `madvise` mode, the heap is
+//! And transparent huge pages for large blocks ([`HugePages`], which every aue binary declares
+//! its global allocator with [`global_allocator!`](crate::global_allocator); a library cannot
+//! choose the allocator of the programs that link it): on Linux, where THP is usually in `madvise` mode, the heap is
 //! otherwise mapped in 4 KiB pages, and the TLB misses of streaming through hundreds of MB of
 //! activations and weights depend on where the process's pages happen to lie. On the development
 //! VM (Intel Xeon, 2 vCPUs) three copies of one resnet18 inference worker (batch 8, one thread)
@@ -33,14 +34,21 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// as it is. One system call per large allocation: a resnet18 training step makes a few hundred.
 pub struct HugePages;
 
+/// Declares [`HugePages`] the global allocator of the binary whose main file invokes it (at
+/// the top level): `aue_cli::global_allocator!();`.
+#[macro_export]
+macro_rules! global_allocator {
+    () => {
+        #[global_allocator]
+        static AUE_GLOBAL_ALLOCATOR: $crate::alloc::HugePages = $crate::alloc::HugePages;
+    };
+}
+
 /// Blocks from this size on get huge pages (the whole 2 MiB pages inside them).
 const HUGE_MIN: usize = 4 << 20;
 
 /// The huge page size of x86-64 and aarch64 (4 KiB base pages).
 const HUGE_PAGE: usize = 2 << 20;
-
-#[global_allocator]
-static GLOBAL: HugePages = HugePages;
 
 impl HugePages {
     /// Advises the whole huge pages inside `[p, p + size)` when the block is large.

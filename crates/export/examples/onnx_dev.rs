@@ -193,6 +193,8 @@ fn forward(
     Ok(())
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> anyhow::Result<()> {
     aue_cli::alloc::keep_freed_memory();
     match Cli::parse().command {

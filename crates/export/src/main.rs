@@ -146,6 +146,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> ExitCode {
     aue_cli::main("warn", || run(&Args::parse()))
 }

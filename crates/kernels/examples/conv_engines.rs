@@ -16,6 +16,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> candle_core::Result<()> {
     aue_cli::alloc::keep_freed_memory();
     let b: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(8);

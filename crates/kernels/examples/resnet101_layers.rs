@@ -48,6 +48,8 @@ const LAYERS: &[Layer] = &[
     Layer("em 3x3 3840-1024", 3840, 1024, 7, 3, 1, 1, 1),
 ];
 
+aue_cli::global_allocator!();
+
 fn main() -> candle_core::Result<()> {
     aue_cli::alloc::keep_freed_memory();
     let b: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4);

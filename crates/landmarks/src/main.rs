@@ -566,6 +566,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> ExitCode {
     aue_cli::main("warn", || run(&Cli::parse()))
 }

@@ -430,6 +430,8 @@ fn save_png(img: &image::RgbImage, path: &std::path::Path, sync: bool) -> anyhow
     Ok(())
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> ExitCode {
     aue_cli::main("warn", || run(&Config::from_args(Args::parse())?))
 }

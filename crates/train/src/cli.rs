@@ -8,6 +8,10 @@ use clap::{Args, Command, FromArgMatches};
 use crate::config::{StageArgs, StageConfig};
 use crate::stage::StageDef;
 
+/// The stage binaries' global allocator declaration (`aue_cli::global_allocator!`: huge pages
+/// for large blocks), for their main files.
+pub use aue_cli::global_allocator;
+
 /// The command of a stage binary named `name`, with `about` for `--help`.
 pub fn command(def: &dyn StageDef, name: &'static str, about: &'static str) -> Command {
     // The about text is set after the flags: `augment_args` would replace it with the doc

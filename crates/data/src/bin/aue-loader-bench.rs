@@ -104,6 +104,8 @@ impl Config {
     }
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> std::process::ExitCode {
     aue_cli::main("warn", || run(&Config::from_args(Args::parse())?))
 }

@@ -171,6 +171,8 @@ const LAYERS: [Layer; 13] = [
     },
 ];
 
+aue_cli::global_allocator!();
+
 fn main() -> std::process::ExitCode {
     aue_cli::main("warn", || run(&Config::from_args(Args::parse())?))
 }

@@ -164,6 +164,8 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> ExitCode {
     aue_cli::main("warn", || run(&Config::from_args(Args::parse())?))
 }

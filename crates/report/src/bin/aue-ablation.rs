@@ -41,6 +41,8 @@ struct Args {
     dry_run: bool,
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> ExitCode {
     aue_cli::main("info", || run(Args::parse()))
 }

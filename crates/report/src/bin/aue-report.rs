@@ -195,6 +195,8 @@ fn run_ablation(dir: &Path, out: Option<PathBuf>, no_files: bool) -> anyhow::Res
     Ok(())
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> ExitCode {
     aue_cli::main("warn", || {
         let mut args = Args::parse();

@@ -53,6 +53,8 @@ struct Args {
     threads: usize,
 }
 
+aue_cli::global_allocator!();
+
 fn main() -> ExitCode {
     aue_cli::main("warn", || {
         let args = Args::parse();
