@@ -162,9 +162,9 @@ fn lane_sum2<A: Copy, B: Copy>(xs: &[A], ys: &[B], f: impl Fn(A, B) -> [f64; 2])
 
 /// One channel's forward pass over its runs `x(n)` (sample by sample) with weight and bias
 /// `(w, b)`: `[mean, biased var, invstd, scale, shift]`, the output (after a ReLU with `relu`)
-/// written to `out`. Compiled also for AVX2
-/// (the crate is built for baseline x86-64: SSE2 converts and adds two f64 at a time); the same
-/// values either way (no fused multiply-adds: Rust does not contract `a * b + c`).
+/// written to `out`. Compiled also for AVX2 (the crate is built for baseline x86-64, where SSE2
+/// converts and adds two f64 at a time); the same values either way (no fused multiply-adds:
+/// Rust does not contract `a * b + c`).
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn forward_channel<'x, T: Real>(
     x: impl Fn(usize) -> &'x [T],
