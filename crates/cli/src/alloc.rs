@@ -17,14 +17,14 @@
 //!
 //! And transparent huge pages for large blocks ([`HugePages`], which every aue binary declares
 //! its global allocator with [`global_allocator!`](crate::global_allocator); a library cannot
-//! choose the allocator of the programs that link it): on Linux, where THP is usually in `madvise` mode, the heap is
-//! otherwise mapped in 4 KiB pages, and the TLB misses of streaming through hundreds of MB of
-//! activations and weights depend on where the process's pages happen to lie. On the development
-//! VM (Intel Xeon, 2 vCPUs) three copies of one resnet18 inference worker (batch 8, one thread)
-//! started one after the other and stepped in turn took 943, 731 and 647 ms per pass (the first
-//! started the slowest, every time); with huge pages 648, 643 and 699. Benchmarks that start
-//! aue's worker first measured that penalty as aue's (inference 0.8 of PyTorch's time instead of
-//! 0.7).
+//! choose the allocator of the programs that link it). On Linux THP is usually in `madvise`
+//! mode, so the heap was otherwise mapped in 4 KiB pages, and the TLB misses of streaming through
+//! hundreds of MB of activations and weights depended on where a process's pages happened to lie.
+//! On the development VM (Intel Xeon, 2 vCPUs) three copies of one resnet18 inference worker
+//! (batch 8, one thread), started one after the other and stepped in turn, took 943, 731 and 647
+//! ms per pass, the first started the slowest every time (648, 643 and 699 with glibc's
+//! `glibc.malloc.hugetlb=1` tunable); with this allocator 747, 747 and 724. Benchmarks that
+//! start aue's worker first had measured that penalty as aue's.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 

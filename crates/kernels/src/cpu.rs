@@ -285,6 +285,21 @@ impl<T> SharedMut<T> {
     }
 }
 
+/// The element-wise sum of equally long `parts`, added in their order (`((p0 + p1) + p2) + ...`
+/// for every element, so the same values at any thread count), in parallel chunks; empty for
+/// no parts. For partial results computed in parallel (the weight gradients' per-chunk sums).
+pub(crate) fn sum_in_order<T: Real>(parts: Vec<Vec<T>>) -> Vec<T> {
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().unwrap_or_default();
+    for part in parts {
+        debug_assert_eq!(part.len(), sum.len());
+        sum.par_chunks_mut(1 << 14).zip(part.par_chunks(1 << 14)).for_each(|(s, p)| {
+            s.iter_mut().zip(p).for_each(|(s, &p)| *s += p);
+        });
+    }
+    sum
+}
+
 /// `n` slots to be written before they are read: a buffer that every reader finds written
 /// (Winograd's transformed tiles and products, gathered crop columns), so that zero-filling it
 /// first would be wasted (a `memset` of megabytes per convolution). Debug builds fill them with

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{
     Real, View, by_dtype, fill_chunks_zeroed, gemm_view, par_chunks_from, par_chunks_zeroed,
-    train_kernels_supported, transpose, with_cpu_slices,
+    sum_in_order, train_kernels_supported, transpose, with_cpu_slices,
 };
 use crate::params::ConvParams;
 
@@ -384,12 +384,7 @@ fn weight_grad_products<T: Real>(
                     Ok(part)
                 })
                 .collect::<candle_core::Result<Vec<Vec<T>>>>()?;
-            let mut parts = partials.into_iter();
-            let mut gw = parts.next().unwrap_or_default();
-            for part in parts {
-                gw.iter_mut().zip(&part).for_each(|(a, &p)| *a += p);
-            }
-            return Ok(gw);
+            return Ok(sum_in_order(partials));
         }
         let mut gw: Vec<T> = Vec::with_capacity(c_out * k);
         for &start in &starts {

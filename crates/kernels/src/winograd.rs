@@ -39,8 +39,8 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::cpu::{
-    Real, SharedMut, View, by_dtype, gemm_view, par_zeroed, slots, train_kernels_supported,
-    with_cpu_slices,
+    Real, SharedMut, View, by_dtype, gemm_view, par_zeroed, slots, sum_in_order,
+    train_kernels_supported, with_cpu_slices,
 };
 use crate::params::ConvParams;
 
@@ -1270,11 +1270,12 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry, budget: usize) -
     }
     // M_k = sum over the tiles of Z_k x V_k^T: [16 or 36, c_out, c_in], summed group of images by
     // group of images (each group's transforms stay in the cache). With several groups whose
-    // sums fit in `budget` elements ([`PARTIAL_BUDGET`]), each group's go into a sum of its own, the groups in
-    // parallel (their transforms and products are phases in parallel too, within the group), and
-    // the sums are then added in group order; otherwise the groups run in order, each adding to
-    // one sum. Either way the same values at any thread count. (Two threads, resnet18's 56 x 56
-    // layers at batch 8 have 4 groups, which otherwise ran as 12 short parallel phases.)
+    // sums fit in `budget` elements ([`PARTIAL_BUDGET`]), each group's go into a sum of its own,
+    // the groups in parallel (their transforms and products are phases in parallel too, within
+    // the group), and the sums are then added in group order; otherwise the groups run in
+    // order, each adding to one sum. Either way the same values at any thread count. (Two
+    // threads, resnet18's 56 x 56 layers at batch 8 have 4 groups, which otherwise ran as 12
+    // short parallel phases.)
     let group = g.group();
     let firsts: Vec<usize> = (0..g.b).step_by(group).collect();
     let size = g.k() * pairs;
@@ -1290,14 +1291,7 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry, budget: usize) -
                 m
             })
             .collect();
-        let mut sums = sums.into_iter();
-        let mut m = sums.next().unwrap_or_default();
-        for part in sums {
-            m.par_chunks_mut(1 << 14).zip(part.par_chunks(1 << 14)).for_each(|(m, p)| {
-                m.iter_mut().zip(p).for_each(|(m, &p)| *m += p);
-            });
-        }
-        return weight_from_products(&m, pairs, g.m);
+        return weight_from_products(&sum_in_order(sums), pairs, g.m);
     }
     // Written by the first group's products (not accumulated), then added to: not zero-filled.
     let mut m = slots(size);
@@ -1312,10 +1306,12 @@ fn weight_grad_slices<T: Real>(x: &[T], gy: &[T], g: &Geometry, budget: usize) -
 /// groups of images in parallel: 32 MiB of f32.
 const PARTIAL_BUDGET: usize = 1 << 23;
 
+/// Where a plane transform writes position `k`'s values: `dst(k)`.
+type RunOut<'r, 'c, T> = dyn FnMut(usize) -> &'r mut [MaybeUninit<T>] + 'c;
+
 /// One plane's Winograd transform, position `k`'s values written to the run `dst(k)`.
-type PlaneTransform<'f, T> = dyn for<'r> Fn(&[T], &mut Scratch<T>, &mut dyn FnMut(usize) -> &'r mut [MaybeUninit<T>])
-    + Sync
-    + 'f;
+type PlaneTransform<'f, T> =
+    dyn for<'r, 'c> Fn(&[T], &mut Scratch<T>, &'c mut RunOut<'r, 'c, T>) + Sync + 'f;
 
 /// The products `Z_k x V_k^T` of images `first..first + n` into `m` (`[16 or 36, c_out, c_in]`),
 /// added to it when `accumulate`, else written.
