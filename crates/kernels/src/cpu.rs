@@ -219,7 +219,7 @@ pub(crate) unsafe fn gemm_view<T: Real>(
     rhs: View<*const T>,
     parallelism: Parallelism,
 ) {
-    if lhs.cs == 1 && rhs.rs == 1 && dst.cs == 1 && is_f32::<T>() && skinny::takes(n) {
+    if dst.cs == 1 && takes_skinny::<T>(lhs.cs, rhs.rs, n) {
         let (a, b, y) = (lhs.ptr.cast::<f32>(), rhs.ptr.cast::<f32>(), dst.ptr.cast::<f32>());
         // SAFETY: T is f32 and `takes(n)` holds; the views are the caller's.
         unsafe {
@@ -252,6 +252,15 @@ pub(crate) unsafe fn gemm_view<T: Real>(
             parallelism,
         )
     }
+}
+
+/// Whether [`gemm_view`] runs a product with `n` columns, the left factor's column stride
+/// `lhs_cs` and the right factor's row stride `rhs_rs` (the result's column stride 1) in
+/// `skinny.rs`'s kernel, on the calling thread whatever the `Parallelism`. Each row of the
+/// result is then summed on its own, in the same order whatever rows are computed with it, so a
+/// caller may split the rows between threads.
+pub(crate) fn takes_skinny<T: 'static>(lhs_cs: usize, rhs_rs: usize, n: usize) -> bool {
+    lhs_cs == 1 && rhs_rs == 1 && is_f32::<T>() && skinny::takes(n)
 }
 
 /// Whether `T` is f32.
