@@ -16,7 +16,9 @@
 //! [`batch_norm_train_relu`] puts the ReLU that follows most BatchNorms into the same op: its
 //! output is the ReLU's, and the backward pass recomputes the normalised value from `x` for the
 //! ReLU's mask, so the normalised tensor is neither written nor kept (0.97 / 0.98 of the step's
-//! time, 57 MB less peak memory at resnet18 batch 8).
+//! time, 57 MB less peak memory at resnet18 batch 8). [`batch_norm_train_add_relu`] does the same
+//! for the end of a residual block, `relu(y + residual)`, writing the residual's gradient beside
+//! `dx` (level in time, 24 MiB less peak memory in a resnet18 stage-1 step at batch 8).
 //!
 //! The formulas are PyTorch's CPU ones (`aten/src/ATen/native/Normalization.cpp`):
 //! forward `y = x * a + s` with `a = w / sqrt(var + eps)`, `s = bias - mean * a` (biased var);
@@ -67,7 +69,7 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    train(x, weight, bias, eps, false)
+    train(x, weight, bias, eps, After::Nothing)
 }
 
 /// [`batch_norm_train`] followed by aue-kernels' ReLU ([`crate::relu`]), in one op: the same
@@ -83,7 +85,33 @@ pub fn batch_norm_train_relu(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    train(x, weight, bias, eps, true)
+    train(x, weight, bias, eps, After::Relu)
+}
+
+/// `relu(batch_norm_train(x) + residual)` in one op: the end of a residual block. The same values
+/// and gradients bit for bit as [`batch_norm_train`] then aue-kernels' `add_relu`, without the
+/// normalised tensor in memory: the backward pass recomputes the ReLU's mask from `x` and the
+/// residual, and writes the residual's gradient (the masked output gradient) beside `dx`.
+///
+/// # Shapes
+/// `x`, `residual: [outer, c, inner]`, `weight`, `bias: [c]` -> `([outer, c, inner], [c], [c])`
+pub fn batch_norm_train_add_relu(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    train(x, weight, bias, eps, After::AddRelu(residual))
+}
+
+/// What the op applies after the normalisation.
+#[derive(Clone, Copy)]
+enum After<'a> {
+    Nothing,
+    Relu,
+    /// `relu(y + residual)`.
+    AddRelu(&'a Tensor),
 }
 
 fn train(
@@ -91,10 +119,15 @@ fn train(
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
-    relu: bool,
+    after: After<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let op_name = match after {
+        After::Nothing => "batch_norm_train",
+        After::Relu => "batch_norm_train_relu",
+        After::AddRelu(_) => "batch_norm_train_add_relu",
+    };
     let invalid = |msg: String| KernelError::InvalidArgs {
-        op: if relu { "batch_norm_train_relu" } else { "batch_norm_train" },
+        op: op_name,
         msg,
         input: x.shape().clone(),
         weight: weight.shape().clone(),
@@ -108,14 +141,28 @@ fn train(
     if !batch_norm_supported(x) || weight.dtype() != x.dtype() || bias.dtype() != x.dtype() {
         return Err(invalid("needs f32 or f64 tensors of one dtype on the CPU".into()));
     }
+    if let After::AddRelu(r) = after
+        && (r.dims() != x.dims() || r.dtype() != x.dtype() || !r.device().same_device(x.device()))
+    {
+        return Err(invalid(format!("the residual must be like the input, is {:?}", r.dims())));
+    }
     if outer * inner < 2 {
         return Err(invalid("needs more than one value per channel".into()));
     }
     let saved = Arc::new(Mutex::new(Saved::default()));
+    let relu = !matches!(after, After::Nothing);
     let op = BatchNormOp { eps, relu, outer, c, inner, saved: saved.clone() };
     // Contiguous inputs, so that the kernels see plain slices.
     let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
-    let y = x.apply_op3(&weight, &bias, op)?;
+    let y = match after {
+        After::AddRelu(r) => {
+            // Candle's custom ops take at most three tensors: weight and bias as one (its
+            // gradient is split back by `cat`'s backward).
+            let wb = Tensor::cat(&[&weight, &bias], 0)?;
+            x.apply_op3(&r.contiguous()?, &wb, AddReluOp(op))?
+        }
+        _ => x.apply_op3(&weight, &bias, op)?,
+    };
     let s = saved.lock().map_err(|_| invalid("poisoned lock".into()))?;
     let stat = |v: &[f64]| -> Result<Tensor> {
         Ok(Tensor::from_vec(v.to_vec(), c, x.device())?.to_dtype(x.dtype())?)
@@ -160,14 +207,18 @@ fn lane_sum2<A: Copy, B: Copy>(xs: &[A], ys: &[B], f: impl Fn(A, B) -> [f64; 2])
     [fold(&acc[0]) + tail[0], fold(&acc[1]) + tail[1]]
 }
 
+/// A channel's runs of a tensor, sample by sample.
+type Runs<'a, 'x, T> = &'a dyn Fn(usize) -> &'x [T];
+
 /// One channel's forward pass over its runs `x(n)` (sample by sample) with weight and bias
-/// `(w, b)`: `[mean, biased var, invstd, scale, shift]`, the output (after a ReLU with `relu`)
-/// written to `out`. Compiled also for AVX2 (the crate is built for baseline x86-64, where SSE2
+/// `(w, b)`: `[mean, biased var, invstd, scale, shift]`, the output (after a ReLU with `relu`,
+/// of the sum with the `residual`'s runs when given) written to `out`. Compiled also for AVX2 (the crate is built for baseline x86-64, where SSE2
 /// converts and adds two f64 at a time); the same values either way (no fused multiply-adds:
 /// Rust does not contract `a * b + c`).
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn forward_channel<'x, T: Real>(
     x: impl Fn(usize) -> &'x [T],
+    residual: Option<Runs<'_, 'x, T>>,
     (w, b): (f64, f64),
     (eps, relu): (f64, bool),
     out: &mut ChannelRuns<'_, T>,
@@ -184,7 +235,12 @@ fn forward_channel<'x, T: Real>(
     let s = T::from_f64(b - mean * invstd * w).to_f64();
     for n in 0..outer {
         let (out, x) = (out.run(n), x(n));
-        if relu {
+        if let Some(residual) = residual {
+            // Rounded to the dtype before the sum, as the unfused ops round it.
+            for (slot, (v, &r)) in out.iter_mut().zip(x.iter().zip(residual(n))) {
+                slot.write((T::from_f64(v.to_f64() * a + s) + r).relu());
+            }
+        } else if relu {
             for (slot, v) in out.iter_mut().zip(x) {
                 slot.write(T::from_f64(v.to_f64() * a + s).relu());
             }
@@ -199,13 +255,16 @@ fn forward_channel<'x, T: Real>(
 
 /// One channel's backward pass over its runs `(x(n), g(n))` with the forward's `(mean, invstd)`,
 /// the weight `w` and, after a ReLU, the forward's `(scale, shift)`: `(sum dy, sum (x - mean)
-/// dy)`, `dx` written to `out`, where `dy` is `g`, or after a ReLU the ReLU's gradient of `g`. As
+/// dy)`, `dx` written to `out`, where `dy` is `g`, or after a ReLU the ReLU's gradient of `g`.
+/// With a residual (its runs `r(n)` and their gradient's runs `dr`), the ReLU's mask is that of
+/// the sum and `dy`, the gradient of both summands, is written to `dr` too. As
 /// [`forward_channel`], also compiled for AVX2.
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn backward_channel<'x, T: Real>(
     runs: impl Fn(usize) -> (&'x [T], &'x [T]),
     (mean, invstd, w): (f64, f64, f64),
     relu: Option<(f64, f64)>,
+    residual: Option<(Runs<'_, 'x, T>, &mut ChannelRuns<'_, T>)>,
     out: &mut ChannelRuns<'_, T>,
 ) -> (f64, f64) {
     let outer = out.outer;
@@ -229,13 +288,26 @@ fn backward_channel<'x, T: Real>(
         return (sum_dy, dot);
     };
     // After a ReLU: the gradient reaching the normalised value y is the ReLU's, `0 + g *
-    // mask(y)` with y recomputed from x as the forward pass rounded it, written into the
-    // channel's runs of dx first (a loop of its own, so that every loop vectorises), then
-    // replaced by dx in place.
-    for n in 0..outer {
-        let (x, g) = runs(n);
-        for (slot, (&x, &g)) in out.run(n).iter_mut().zip(x.iter().zip(g)) {
-            slot.write(T::from_f64(x.to_f64() * a + s).relu_grad(g));
+    // mask(y)` with y recomputed from x as the forward pass rounded it (`mask(y + r)` after a
+    // residual r), written into the channel's runs of dx first (a loop of its own, so that every
+    // loop vectorises), then replaced by dx in place; with a residual also kept as its gradient.
+    if let Some((r, dr)) = residual {
+        for n in 0..outer {
+            let (x, g) = runs(n);
+            let (out, dr) = (out.run(n), dr.run(n));
+            for ((slot, d), ((&x, &g), &r)) in out.iter_mut().zip(dr).zip(x.iter().zip(g).zip(r(n)))
+            {
+                let dy = (T::from_f64(x.to_f64() * a + s) + r).relu_grad(g);
+                slot.write(dy);
+                d.write(dy);
+            }
+        }
+    } else {
+        for n in 0..outer {
+            let (x, g) = runs(n);
+            for (slot, (&x, &g)) in out.run(n).iter_mut().zip(x.iter().zip(g)) {
+                slot.write(T::from_f64(x.to_f64() * a + s).relu_grad(g));
+            }
         }
     }
     let [sum_dy, dot] = (0..outer)
@@ -304,36 +376,59 @@ impl BatchNormOp {
         r * self.inner..(r + 1) * self.inner
     }
 
-    /// `f(ch, out)` for every channel in parallel, where `out` hands out the channel's runs of
-    /// a `[outer, c, inner]` result (sample by sample) to be written whole; returns the values
-    /// of `f` and the result. A channel's statistics and its output are computed by one task,
-    /// one after the other, so that the passes after the first find the channel's runs in the
-    /// cache (`outer * inner` values: 400 KB for resnet18's first BatchNorm at batch 8) instead
-    /// of reading the whole tensor from memory again, pass after pass.
+    /// `f(ch, out, second)` for every channel in parallel, where `out` (and `second`, when
+    /// `two`) hands out the channel's runs of a `[outer, c, inner]` result (sample by sample) to
+    /// be written whole; returns the values of `f` and the results (the second empty unless
+    /// `two`). A channel's statistics and its output are computed by one task, one after the
+    /// other, so that the passes after the first find the channel's runs in the cache (`outer *
+    /// inner` values: 400 KB for resnet18's first BatchNorm at batch 8) instead of reading the
+    /// whole tensor from memory again, pass after pass.
     fn per_channel<T: Real, R: Send>(
         &self,
-        f: impl Fn(usize, &mut ChannelRuns<'_, T>) -> R + Sync,
-    ) -> (Vec<R>, Vec<T>) {
+        two: bool,
+        f: impl Fn(usize, &mut ChannelRuns<'_, T>, Option<&mut ChannelRuns<'_, T>>) -> R + Sync,
+    ) -> (Vec<R>, Vec<T>, Vec<T>) {
         let (outer, c, inner) = (self.outer, self.c, self.inner);
         let len = outer * c * inner;
         let mut out: Vec<T> = Vec::with_capacity(len);
+        let mut second: Vec<T> = Vec::with_capacity(if two { len } else { 0 });
         let dst = SharedMut(out.spare_capacity_mut().as_mut_ptr());
+        let dst2 = SharedMut(second.spare_capacity_mut().as_mut_ptr());
         let per_task = (MIN_TASK / (inner * outer).max(1)).max(1);
         let values = (0..c)
             .into_par_iter()
             .with_min_len(per_task)
-            .map(|ch| f(ch, &mut ChannelRuns { dst: &dst, ch, c, inner, outer }))
+            .map(|ch| {
+                let runs = |dst| ChannelRuns { dst, ch, c, inner, outer };
+                f(ch, &mut runs(&dst), two.then(|| runs(&dst2)).as_mut())
+            })
             .collect();
-        // SAFETY: every caller writes each of its channel's `outer` runs whole (the runs of all
-        // channels cover the `len` slots); a panic propagates before this line.
-        unsafe { out.set_len(len) };
-        (values, out)
+        // SAFETY: every caller writes each of its channel's `outer` runs whole, of `second` too
+        // when it is asked for (the runs of all channels cover the `len` slots); a panic
+        // propagates before this line.
+        unsafe {
+            out.set_len(len);
+            if two {
+                second.set_len(len);
+            }
+        }
+        (values, out, second)
     }
 
-    fn forward<T: Real>(&self, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
-        let (stats, y) = self.per_channel(|ch, out| {
+    /// The output, from `x` (and the `residual` after which the ReLU comes, when given).
+    fn forward<'x, T: Real>(
+        &self,
+        x: &'x [T],
+        residual: Option<&'x [T]>,
+        w: &[T],
+        b: &[T],
+    ) -> Vec<T> {
+        let (stats, y, _) = self.per_channel(false, |ch, out, _| {
             let runs = |n: usize| &x[self.run(n * self.c + ch)];
-            forward_channel(runs, (w[ch].to_f64(), b[ch].to_f64()), (self.eps, self.relu), out)
+            let res_runs = residual.map(|r| move |n: usize| &r[self.run(n * self.c + ch)]);
+            let res = res_runs.as_ref().map(|f| f as Runs<'_, 'x, T>);
+            let (wb, after) = ((w[ch].to_f64(), b[ch].to_f64()), (self.eps, self.relu));
+            forward_channel(runs, res, wb, after, out)
         });
         if let Ok(mut saved) = self.saved.lock() {
             let column = |i: usize| stats.iter().map(|s| s[i]).collect();
@@ -348,13 +443,14 @@ impl BatchNormOp {
         y
     }
 
-    /// `(dx, dw, dbias)` from the statistics the forward pass saved.
-    fn backward<T: Real>(
+    /// The gradients from the statistics the forward pass saved (the residual's when given).
+    fn backward<'x, T: Real>(
         &self,
-        x: &[T],
+        x: &'x [T],
+        residual: Option<&'x [T]>,
         w: &[T],
-        dy: &[T],
-    ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        dy: &'x [T],
+    ) -> candle_core::Result<Grads<T>> {
         let c = self.c;
         let saved = self
             .saved
@@ -364,57 +460,86 @@ impl BatchNormOp {
             candle_core::bail!("batch_norm_train: backward before forward");
         }
         let (mean, invstd) = (&saved.mean, &saved.invstd);
-        let (sums, dx) = self.per_channel(|ch, out| {
+        let (sums, dx, dr) = self.per_channel(residual.is_some(), |ch, out, dr| {
             let runs = |n: usize| {
                 let r = self.run(n * c + ch);
                 (&x[r.clone()], &dy[r])
             };
+            let res_runs = residual.map(|r| move |n: usize| &r[self.run(n * c + ch)]);
+            let res = res_runs.as_ref().zip(dr).map(|(f, dr)| (f as Runs<'_, 'x, T>, dr));
             let relu = self.relu.then(|| (saved.scale[ch], saved.shift[ch]));
-            backward_channel(runs, (mean[ch], invstd[ch], w[ch].to_f64()), relu, out)
+            backward_channel(runs, (mean[ch], invstd[ch], w[ch].to_f64()), relu, res, out)
         });
         let (sum_dy, dot): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
         let dw = (0..c).map(|ch| T::from_f64(dot[ch] * invstd[ch])).collect();
         let db = sum_dy.iter().map(|&s| T::from_f64(s)).collect();
-        Ok((dx, dw, db))
+        Ok(Grads { dx, dw, db, dr })
     }
 }
 
+/// [`BatchNormOp::backward`]'s gradients: of the input, the weight, the bias and (else empty)
+/// the residual.
+struct Grads<T> {
+    dx: Vec<T>,
+    dw: Vec<T>,
+    db: Vec<T>,
+    dr: Vec<T>,
+}
+
 impl BatchNormOp {
+    /// The forward pass on CPU storages: `x`, the residual when given, weight and bias.
     fn cpu_fwd_as<T: Real>(
         &self,
         (x, x_layout): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
         (w, w_layout): (&CpuStorage, &Layout),
         (b, b_layout): (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x_data = slice::<T>(x, x_layout, "batch_norm_train", "input")?;
+        let what = "batch_norm_train";
+        let residual = residual.map(|(r, l)| slice::<T>(r, l, what, "residual")).transpose()?;
         let y = self.forward(
-            x_data,
-            slice::<T>(w, w_layout, "batch_norm_train", "weight")?,
-            slice::<T>(b, b_layout, "batch_norm_train", "bias")?,
+            slice::<T>(x, x_layout, what, "input")?,
+            residual,
+            &slice::<T>(w, w_layout, what, "weight")?[..self.c],
+            &slice::<T>(b, b_layout, what, "bias")?[..self.c],
         );
         Ok((T::to_cpu_storage_owned(y), x_layout.shape().clone()))
     }
 
+    /// `(dx, d residual (when given), dw, dbias)` as tensors; the weight is `w`'s first `c`
+    /// values.
     fn bwd_as<T: Real>(
         &self,
         x: &Tensor,
+        residual: Option<&Tensor>,
         w: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let (dev, c) = (x.device().clone(), self.c);
+    ) -> candle_core::Result<(Tensor, Option<Tensor>, Tensor, Tensor)> {
+        let (dev, c, what) = (x.device().clone(), self.c, "batch_norm_train");
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
+        let rs = residual.map(|r| r.storage_and_layout());
         let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) = (&*xs, &*ws, &*gs) else {
-            candle_core::bail!("batch_norm_train: the backward pass needs CPU tensors")
+            candle_core::bail!("{what}: the backward pass needs CPU tensors")
         };
-        let (dx, dw, db) = self.backward(
-            slice::<T>(xs, xl, "batch_norm_train", "input")?,
-            slice::<T>(ws, wl, "batch_norm_train", "weight")?,
-            slice::<T>(gs, gl, "batch_norm_train", "gradient")?,
+        let r = match &rs {
+            Some((rs, rl)) => match &**rs {
+                Storage::Cpu(rs) => Some(slice::<T>(rs, rl, what, "residual")?),
+                _ => candle_core::bail!("{what}: the backward pass needs CPU tensors"),
+            },
+            None => None,
+        };
+        let Grads { dx, dw, db, dr } = self.backward(
+            slice::<T>(xs, xl, what, "input")?,
+            r,
+            &slice::<T>(ws, wl, what, "weight")?[..c],
+            slice::<T>(gs, gl, what, "gradient")?,
         )?;
+        let dr = r.map(|_| Tensor::from_vec(dr, x.shape(), &dev)).transpose()?;
         Ok((
             Tensor::from_vec(dx, x.shape(), &dev)?,
+            dr,
             Tensor::from_vec(dw, c, &dev)?,
             Tensor::from_vec(db, c, &dev)?,
         ))
@@ -437,8 +562,8 @@ impl CustomOp3 for BatchNormOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let args = ((x, x_layout), (w, w_layout), (b, b_layout));
         match x.dtype() {
-            DType::F32 => self.cpu_fwd_as::<f32>(args.0, args.1, args.2),
-            DType::F64 => self.cpu_fwd_as::<f64>(args.0, args.1, args.2),
+            DType::F32 => self.cpu_fwd_as::<f32>(args.0, None, args.1, args.2),
+            DType::F64 => self.cpu_fwd_as::<f64>(args.0, None, args.1, args.2),
             other => candle_core::bail!("batch_norm_train: {other:?} input (f32 or f64 only)"),
         }
     }
@@ -452,12 +577,59 @@ impl CustomOp3 for BatchNormOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (dx, dw, db) = match x.dtype() {
-            DType::F32 => self.bwd_as::<f32>(x, w, &grad)?,
-            DType::F64 => self.bwd_as::<f64>(x, w, &grad)?,
+        let (dx, _, dw, db) = match x.dtype() {
+            DType::F32 => self.bwd_as::<f32>(x, None, w, &grad)?,
+            DType::F64 => self.bwd_as::<f64>(x, None, w, &grad)?,
             other => candle_core::bail!("batch_norm_train: {other:?} input (f32 or f64 only)"),
         };
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// [`batch_norm_train_add_relu`]'s op on `(x, residual, [weight; bias])`: Candle's custom ops
+/// take at most three tensors.
+#[derive(Debug, Clone)]
+struct AddReluOp(BatchNormOp);
+
+impl CustomOp3 for AddReluOp {
+    fn name(&self) -> &'static str {
+        "aue-batch-norm-train-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        r: &CpuStorage,
+        r_layout: &Layout,
+        wb: &CpuStorage,
+        wb_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        // The bias is the second half of `wb`.
+        let b_layout = wb_layout.narrow(0, self.0.c, self.0.c)?;
+        let args = ((x, x_layout), Some((r, r_layout)), (wb, wb_layout), (wb, &b_layout));
+        match x.dtype() {
+            DType::F32 => self.0.cpu_fwd_as::<f32>(args.0, args.1, args.2, args.3),
+            DType::F64 => self.0.cpu_fwd_as::<f64>(args.0, args.1, args.2, args.3),
+            other => candle_core::bail!("batch_norm_train: {other:?} input (f32 or f64 only)"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        r: &Tensor,
+        wb: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (dx, dr, dw, db) = match x.dtype() {
+            DType::F32 => self.0.bwd_as::<f32>(x, Some(r), wb, &grad)?,
+            DType::F64 => self.0.bwd_as::<f64>(x, Some(r), wb, &grad)?,
+            other => candle_core::bail!("batch_norm_train: {other:?} input (f32 or f64 only)"),
+        };
+        Ok((Some(dx), dr, Some(Tensor::cat(&[&dw, &db], 0)?)))
     }
 }
 
@@ -662,6 +834,72 @@ mod tests {
                 assert!(first(&y0).iter().all(|&v| v == 0.0), "{at}: channel 0 not zero");
                 assert_ne!(first(g.get(&b).unwrap())[0], 0.0, "{at}: db of channel 0");
             }
+        }
+    }
+
+    /// `batch_norm_train_add_relu` is `batch_norm_train` then `add_relu`, bit for bit, in the
+    /// output, the statistics and all four gradients (x, the residual, weight, bias), in f32 and
+    /// f64, with a channel whose sum is exactly 0 (weight, bias and residual 0: the mask passes
+    /// the gradient at 0) and residuals that switch the mask elsewhere; and bad residuals are
+    /// errors.
+    #[test]
+    fn add_relu_fused_equals_batch_norm_then_add_relu_bit_for_bit() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            for (outer, c, inner) in [(3, 5, 7), (8, 6, 1), (2, 3, 5000)] {
+                let r = |mean: f32, std: f32, shape: &[usize]| {
+                    Tensor::randn(mean, std, shape, &dev).unwrap().to_dtype(dtype).unwrap()
+                };
+                let x = Var::from_tensor(&r(0.5, 2.0, &[outer, c, inner])).unwrap();
+                // Channel 0 of `t` (`[c]` or `[outer, c, inner]`, the channel at `dim`) zeroed.
+                let zero_first = |t: Tensor, dim: usize| {
+                    let rest = t.narrow(dim, 1, c - 1).unwrap();
+                    let zero = t.narrow(dim, 0, 1).unwrap().zeros_like().unwrap();
+                    Tensor::cat(&[&zero, &rest], dim).unwrap()
+                };
+                let w = Var::from_tensor(&zero_first(r(1.0, 0.3, &[c]), 0)).unwrap();
+                let b = Var::from_tensor(&zero_first(r(0.0, 0.3, &[c]), 0)).unwrap();
+                let res =
+                    Var::from_tensor(&zero_first(r(0.0, 1.0, &[outer, c, inner]), 1)).unwrap();
+                let coef = r(0.0, 1.0, &[outer, c, inner]);
+                let (y, mean, var) = batch_norm_train_add_relu(&x, &res, &w, &b, 1e-5).unwrap();
+                let (y0, mean0, var0) = batch_norm_train(&x, &w, &b, 1e-5).unwrap();
+                let y0 = crate::add_relu(&y0, &res).unwrap();
+                let bits = |t: &Tensor| {
+                    let v = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+                    v.to_vec1::<f64>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                let at = format!("{dtype:?} {outer}x{c}x{inner}");
+                assert_eq!(bits(&y), bits(&y0), "{at}: output");
+                assert_eq!(bits(&mean), bits(&mean0), "{at}: mean");
+                assert_eq!(bits(&var), bits(&var0), "{at}: var");
+                let g = (y * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+                let g0 = (&y0 * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+                for (t, what) in [(&x, "dx"), (&res, "d residual"), (&w, "dw"), (&b, "db")] {
+                    let (got, want) = (g.get(t).unwrap(), g0.get(t).unwrap());
+                    assert_eq!(bits(got), bits(want), "{at}: {what}");
+                }
+                let values = |t: &Tensor| {
+                    let v = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+                    v.to_vec1::<f64>().unwrap()
+                };
+                // Channel 0 sums to exactly 0 and its gradient passed the ReLU (mask 1 at 0).
+                let first = y0.narrow(1, 0, 1).unwrap();
+                assert!(values(&first).iter().all(|&v| v == 0.0), "{at}: channel 0 not zero");
+                assert_ne!(values(g.get(&b).unwrap())[0], 0.0, "{at}: db of channel 0");
+                // Elsewhere the mask cuts some gradients and passes others.
+                let dr = values(g.get(&res).unwrap());
+                assert!(dr.contains(&0.0) && dr.iter().any(|&v| v != 0.0), "{at}");
+            }
+        }
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 10), &dev).unwrap();
+        let (w, b) = (
+            Tensor::ones(3, DType::F32, &dev).unwrap(),
+            Tensor::zeros(3, DType::F32, &dev).unwrap(),
+        );
+        for bad in [x.narrow(2, 0, 9).unwrap(), x.to_dtype(DType::F64).unwrap()] {
+            let err = batch_norm_train_add_relu(&x, &bad, &w, &b, 1e-5).unwrap_err().to_string();
+            assert!(err.contains("batch_norm_train_add_relu") && err.contains("residual"), "{err}");
         }
     }
 }

@@ -49,7 +49,8 @@ mod transpose;
 mod winograd;
 
 pub use batch_norm::{
-    batch_norm_supported, batch_norm_train, batch_norm_train_relu, channel_affine,
+    batch_norm_supported, batch_norm_train, batch_norm_train_add_relu, batch_norm_train_relu,
+    channel_affine,
 };
 pub use cpu::train_kernels_supported;
 pub use error::{KernelError, Result};

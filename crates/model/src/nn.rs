@@ -306,16 +306,28 @@ impl BatchNorm {
     /// # Shapes
     /// x [B, C] or [B, C, H, W] -> same
     pub(crate) fn forward(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
-        self.forward_then(x, mode, false)
+        self.forward_then(x, mode, Then::Nothing)
     }
 
     /// `relu(self.forward(x, mode))`, the same values and gradients; in train mode on the CPU
     /// one op (aue-kernels' `batch_norm_train_relu`: no normalised tensor kept for the ReLU).
     pub(crate) fn forward_relu(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
-        self.forward_then(x, mode, true)
+        self.forward_then(x, mode, Then::Relu)
     }
 
-    fn forward_then(&self, x: &Tensor, mode: PartMode, then_relu: bool) -> Result<Tensor> {
+    /// `relu(self.forward(x, mode) + residual)`, the end of a residual block: the same values
+    /// and gradients as the two steps; in train mode on the CPU one op (aue-kernels'
+    /// `batch_norm_train_add_relu`).
+    pub(crate) fn forward_add_relu(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        mode: PartMode,
+    ) -> Result<Tensor> {
+        self.forward_then(x, mode, Then::AddRelu(residual))
+    }
+
+    fn forward_then(&self, x: &Tensor, mode: PartMode, then: Then<'_>) -> Result<Tensor> {
         let rank = x.rank();
         let c = x.dim(1)?;
         let mut stat_shape = vec![1; rank];
@@ -324,7 +336,7 @@ impl BatchNorm {
         let (w, b) = (mode.see(&self.weight), mode.see(&self.bias));
         let (w, b) = (w.reshape(stat_shape.as_slice())?, b.reshape(stat_shape.as_slice())?);
         if mode.train_bn {
-            let (y, mean, var) = batch_norm_train_then(x, &w, &b, &reduce, then_relu)?;
+            let (y, mean, var) = batch_norm_train_then(x, &w, &b, &reduce, then)?;
             let (rm, rv, n) = (&self.running_mean, &self.running_var, &self.num_batches_tracked);
             update_running(rm, rv, n, &mean.reshape(c)?, &var.reshape(c)?)?;
             Ok(y)
@@ -332,8 +344,27 @@ impl BatchNorm {
             // Buffers, not parameters: never part of a gradient graph.
             let rm = self.running_mean.as_tensor().detach().reshape(stat_shape.as_slice())?;
             let rv = self.running_var.as_tensor().detach().reshape(stat_shape.as_slice())?;
-            let y = batch_norm_eval(x, &w, &b, &rm, &rv)?;
-            if then_relu { relu(&y) } else { Ok(y) }
+            then.apply(batch_norm_eval(x, &w, &b, &rm, &rv)?)
+        }
+    }
+}
+
+/// What follows a BatchNorm in the same op ([`BatchNorm::forward_then`]).
+#[derive(Clone, Copy)]
+enum Then<'a> {
+    Nothing,
+    Relu,
+    /// `relu(y + residual)`.
+    AddRelu(&'a Tensor),
+}
+
+impl Then<'_> {
+    /// The step on its own, after a BatchNorm's output `y`.
+    fn apply(self, y: Tensor) -> Result<Tensor> {
+        match self {
+            Then::Nothing => Ok(y),
+            Then::Relu => relu(&y),
+            Then::AddRelu(r) => Ok(aue_kernels::add_relu(&y, r).map_err(candle_core::Error::from)?),
         }
     }
 }
@@ -350,16 +381,16 @@ pub(crate) fn batch_norm_train(
     bias: &Tensor,
     reduce: &[usize],
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    batch_norm_train_then(x, weight, bias, reduce, false)
+    batch_norm_train_then(x, weight, bias, reduce, Then::Nothing)
 }
 
-/// [`batch_norm_train`], its output through [`relu`] when `then_relu` (one op on the CPU).
+/// [`batch_norm_train`], its output through `then` (one op on the CPU).
 fn batch_norm_train_then(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     reduce: &[usize],
-    then_relu: bool,
+    then: Then<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let n: usize = reduce.iter().map(|&d| x.dims()[d]).product();
     if n < 2 {
@@ -384,20 +415,22 @@ fn batch_norm_train_then(
             dims[a..=b].iter().product::<usize>(),
             dims[b + 1..].iter().product::<usize>(),
         );
-        let kernel = if then_relu {
-            aue_kernels::batch_norm_train_relu
-        } else {
-            aue_kernels::batch_norm_train
-        };
-        let (y, mean, var) =
-            kernel(&x.reshape((outer, c, inner))?, &weight.reshape(c)?, &bias.reshape(c)?, BN_EPS)
-                .map_err(candle_core::Error::from)?;
+        let (x3, w, b) = (x.reshape((outer, c, inner))?, weight.reshape(c)?, bias.reshape(c)?);
+        let (y, mean, var) = match then {
+            Then::Nothing => aue_kernels::batch_norm_train(&x3, &w, &b, BN_EPS),
+            Then::Relu => aue_kernels::batch_norm_train_relu(&x3, &w, &b, BN_EPS),
+            Then::AddRelu(r) => {
+                let r = r.reshape((outer, c, inner))?;
+                aue_kernels::batch_norm_train_add_relu(&x3, &r, &w, &b, BN_EPS)
+            }
+        }
+        .map_err(candle_core::Error::from)?;
         let stat_shape = weight.shape();
         let unbiased = (var * (n as f64 / (n - 1) as f64))?.reshape(stat_shape)?;
         return Ok((y.reshape(dims)?, mean.reshape(stat_shape)?, unbiased));
     }
     let (y, mean, var) = batch_norm_train_ops(x, weight, bias, reduce)?;
-    Ok((if then_relu { relu(&y)? } else { y }, mean, var))
+    Ok((then.apply(y)?, mean, var))
 }
 
 /// [`batch_norm_train`] written with Candle ops: what other devices run (and the definition the

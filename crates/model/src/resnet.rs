@@ -30,6 +30,12 @@ impl ConvBn {
     fn forward_relu(&self, x: &Tensor, mode: PartMode) -> Result<Tensor> {
         self.bn.forward_relu(&self.conv.forward(x, mode)?, mode)
     }
+
+    /// `relu(self.forward(x, mode) + residual)` (one op after the convolution in train mode on
+    /// the CPU).
+    fn forward_add_relu(&self, x: &Tensor, residual: &Tensor, mode: PartMode) -> Result<Tensor> {
+        self.bn.forward_add_relu(&self.conv.forward(x, mode)?, residual, mode)
+    }
 }
 
 /// One residual block: `convs` in order (ReLU between them), plus the optional `downsample`.
@@ -77,12 +83,12 @@ impl Block {
             Some(d) => d.forward(x, mode)?,
             None => x.clone(),
         };
+        let (last, inner) = self.convs.split_last().expect("a block has convolutions");
         let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, cb) in self.convs.iter().enumerate() {
-            y = if i < last { cb.forward_relu(&y, mode)? } else { cb.forward(&y, mode)? };
+        for cb in inner {
+            y = cb.forward_relu(&y, mode)?;
         }
-        Ok(aue_kernels::add_relu(&y, &identity).map_err(candle_core::Error::from)?)
+        last.forward_add_relu(&y, &identity, mode)
     }
 }
 
