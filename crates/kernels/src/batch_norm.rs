@@ -789,109 +789,80 @@ mod tests {
         assert!(batch_norm_train(&one, &w, &b, 1e-5).is_err());
     }
 
-    /// `batch_norm_train_relu` is `batch_norm_train` then `relu`, bit for bit, in the output,
-    /// the statistics and all three gradients, in f32 and f64, with channels whose normalised
-    /// values are exactly 0 (weight and bias 0: the ReLU's mask passes the gradient at 0).
-    #[test]
-    fn relu_fused_equals_batch_norm_then_relu_bit_for_bit() {
-        let dev = Device::Cpu;
-        for dtype in [DType::F32, DType::F64] {
-            for (outer, c, inner) in [(3, 5, 7), (8, 6, 1), (2, 3, 5000)] {
-                let r = |mean: f32, std: f32, shape: &[usize]| {
-                    Tensor::randn(mean, std, shape, &dev).unwrap().to_dtype(dtype).unwrap()
-                };
-                let x = Var::from_tensor(&r(0.5, 2.0, &[outer, c, inner])).unwrap();
-                let zero_first = |t: Tensor| {
-                    let rest = t.narrow(0, 1, c - 1).unwrap();
-                    Tensor::cat(&[&Tensor::zeros(1, dtype, &dev).unwrap(), &rest], 0).unwrap()
-                };
-                let w = Var::from_tensor(&zero_first(r(1.0, 0.3, &[c]))).unwrap();
-                let b = Var::from_tensor(&zero_first(r(0.0, 0.3, &[c]))).unwrap();
-                let coef = r(0.0, 1.0, &[outer, c, inner]);
-                let (y, mean, var) = batch_norm_train_relu(&x, &w, &b, 1e-5).unwrap();
-                let (y0, mean0, var0) = batch_norm_train(&x, &w, &b, 1e-5).unwrap();
-                let y0 = crate::relu(&y0).unwrap();
-                let bits = |t: &Tensor| {
-                    let v = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-                    v.to_vec1::<f64>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-                };
-                let at = format!("{dtype:?} {outer}x{c}x{inner}");
-                assert_eq!(bits(&y), bits(&y0), "{at}: output");
-                assert_eq!(bits(&mean), bits(&mean0), "{at}: mean");
-                assert_eq!(bits(&var), bits(&var0), "{at}: var");
-                let g = (y * &coef).unwrap().sum_all().unwrap().backward().unwrap();
-                let g0 = (&y0 * &coef).unwrap().sum_all().unwrap().backward().unwrap();
-                for (t, what) in [(&x, "dx"), (&w, "dw"), (&b, "db")] {
-                    let (got, want) = (g.get(t).unwrap(), g0.get(t).unwrap());
-                    assert_eq!(bits(got), bits(want), "{at}: {what}");
-                }
-                // Channel 0 is exactly 0 and its gradient passed the ReLU (mask 1 at y = 0).
-                let first = |t: &Tensor| {
-                    let v = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-                    v.to_vec1::<f64>().unwrap()
-                };
-                let y0 = y0.narrow(1, 0, 1).unwrap();
-                assert!(first(&y0).iter().all(|&v| v == 0.0), "{at}: channel 0 not zero");
-                assert_ne!(first(g.get(&b).unwrap())[0], 0.0, "{at}: db of channel 0");
-            }
-        }
+    /// A tensor's values, widened to f64 (exact), flattened.
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
     }
 
-    /// `batch_norm_train_add_relu` is `batch_norm_train` then `add_relu`, bit for bit, in the
-    /// output, the statistics and all four gradients (x, the residual, weight, bias), in f32 and
-    /// f64, with a channel whose sum is exactly 0 (weight, bias and residual 0: the mask passes
-    /// the gradient at 0) and residuals that switch the mask elsewhere; and bad residuals are
-    /// errors.
-    #[test]
-    fn add_relu_fused_equals_batch_norm_then_add_relu_bit_for_bit() {
+    /// A tensor's values as bits (f32 and f64 widen exactly).
+    fn bits(t: &Tensor) -> Vec<u64> {
+        values(t).iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The fused op (`batch_norm_train_relu`, or with `add` `batch_norm_train_add_relu`) equals
+    /// `batch_norm_train` then `relu` (or `add_relu`) bit for bit, in the output, the statistics
+    /// and every gradient, in f32 and f64, with a channel whose ReLU input is exactly 0 (weight,
+    /// bias and residual 0: the ReLU's mask passes the gradient at 0).
+    fn fused_equals_unfused(add: bool) {
         let dev = Device::Cpu;
         for dtype in [DType::F32, DType::F64] {
             for (outer, c, inner) in [(3, 5, 7), (8, 6, 1), (2, 3, 5000)] {
                 let r = |mean: f32, std: f32, shape: &[usize]| {
                     Tensor::randn(mean, std, shape, &dev).unwrap().to_dtype(dtype).unwrap()
                 };
-                let x = Var::from_tensor(&r(0.5, 2.0, &[outer, c, inner])).unwrap();
                 // Channel 0 of `t` (`[c]` or `[outer, c, inner]`, the channel at `dim`) zeroed.
                 let zero_first = |t: Tensor, dim: usize| {
                     let rest = t.narrow(dim, 1, c - 1).unwrap();
                     let zero = t.narrow(dim, 0, 1).unwrap().zeros_like().unwrap();
-                    Tensor::cat(&[&zero, &rest], dim).unwrap()
+                    Var::from_tensor(&Tensor::cat(&[&zero, &rest], dim).unwrap()).unwrap()
                 };
-                let w = Var::from_tensor(&zero_first(r(1.0, 0.3, &[c]), 0)).unwrap();
-                let b = Var::from_tensor(&zero_first(r(0.0, 0.3, &[c]), 0)).unwrap();
-                let res =
-                    Var::from_tensor(&zero_first(r(0.0, 1.0, &[outer, c, inner]), 1)).unwrap();
+                let x = Var::from_tensor(&r(0.5, 2.0, &[outer, c, inner])).unwrap();
+                let w = zero_first(r(1.0, 0.3, &[c]), 0);
+                let b = zero_first(r(0.0, 0.3, &[c]), 0);
+                let res = zero_first(r(0.0, 1.0, &[outer, c, inner]), 1);
                 let coef = r(0.0, 1.0, &[outer, c, inner]);
-                let (y, mean, var) = batch_norm_train_add_relu(&x, &res, &w, &b, 1e-5).unwrap();
-                let (y0, mean0, var0) = batch_norm_train(&x, &w, &b, 1e-5).unwrap();
-                let y0 = crate::add_relu(&y0, &res).unwrap();
-                let bits = |t: &Tensor| {
-                    let v = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-                    v.to_vec1::<f64>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                let (y, mean, var) = if add {
+                    batch_norm_train_add_relu(&x, &res, &w, &b, 1e-5).unwrap()
+                } else {
+                    batch_norm_train_relu(&x, &w, &b, 1e-5).unwrap()
                 };
+                let (y0, mean0, var0) = batch_norm_train(&x, &w, &b, 1e-5).unwrap();
+                let y0 = if add { crate::add_relu(&y0, &res) } else { crate::relu(&y0) }.unwrap();
                 let at = format!("{dtype:?} {outer}x{c}x{inner}");
                 assert_eq!(bits(&y), bits(&y0), "{at}: output");
                 assert_eq!(bits(&mean), bits(&mean0), "{at}: mean");
                 assert_eq!(bits(&var), bits(&var0), "{at}: var");
                 let g = (y * &coef).unwrap().sum_all().unwrap().backward().unwrap();
                 let g0 = (&y0 * &coef).unwrap().sum_all().unwrap().backward().unwrap();
-                for (t, what) in [(&x, "dx"), (&res, "d residual"), (&w, "dw"), (&b, "db")] {
+                let mut vars = vec![(&x, "dx"), (&w, "dw"), (&b, "db")];
+                if add {
+                    vars.push((&res, "d residual"));
+                    // The residual's mask cuts some gradients and passes others.
+                    let dr = values(g.get(&res).unwrap());
+                    assert!(dr.contains(&0.0) && dr.iter().any(|&v| v != 0.0), "{at}");
+                }
+                for (t, what) in vars {
                     let (got, want) = (g.get(t).unwrap(), g0.get(t).unwrap());
                     assert_eq!(bits(got), bits(want), "{at}: {what}");
                 }
-                let values = |t: &Tensor| {
-                    let v = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-                    v.to_vec1::<f64>().unwrap()
-                };
-                // Channel 0 sums to exactly 0 and its gradient passed the ReLU (mask 1 at 0).
+                // Channel 0 is exactly 0 and its gradient passed the ReLU (mask 1 at 0).
                 let first = y0.narrow(1, 0, 1).unwrap();
                 assert!(values(&first).iter().all(|&v| v == 0.0), "{at}: channel 0 not zero");
                 assert_ne!(values(g.get(&b).unwrap())[0], 0.0, "{at}: db of channel 0");
-                // Elsewhere the mask cuts some gradients and passes others.
-                let dr = values(g.get(&res).unwrap());
-                assert!(dr.contains(&0.0) && dr.iter().any(|&v| v != 0.0), "{at}");
             }
         }
+    }
+
+    #[test]
+    fn relu_fused_equals_batch_norm_then_relu_bit_for_bit() {
+        fused_equals_unfused(false);
+    }
+
+    /// As the ReLU's, and residuals unlike the input are errors.
+    #[test]
+    fn add_relu_fused_equals_batch_norm_then_add_relu_bit_for_bit() {
+        fused_equals_unfused(true);
+        let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (4, 3, 10), &dev).unwrap();
         let (w, b) = (
             Tensor::ones(3, DType::F32, &dev).unwrap(),
