@@ -83,7 +83,11 @@ impl Block {
             Some(d) => d.forward(x, mode)?,
             None => x.clone(),
         };
-        let (last, inner) = self.convs.split_last().expect("a block has convolutions");
+        let Some((last, inner)) = self.convs.split_last() else {
+            return Err(
+                candle_core::Error::Msg("a residual block without convolutions".into()).into()
+            );
+        };
         let mut y = x.clone();
         for cb in inner {
             y = cb.forward_relu(&y, mode)?;
