@@ -20,6 +20,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).map(|s| s.parse()).collect::<Result<_, _>>()?;
     let b = args.first().copied().unwrap_or(8);
     let groups = if args.len() > 1 { args[1..].to_vec() } else { vec![CROPS, 4, 3, 1] };
+    if let Some(g) = groups.iter().find(|g| !(1..=CROPS).contains(*g)) {
+        anyhow::bail!("products per call must be 1 to {CROPS}, got {g}");
+    }
     let dev = Device::Cpu;
     let weights = Tensor::randn(0f32, 1., (CROPS, ROWS, K), &dev)?;
     let features = Tensor::randn(0f32, 1., (CROPS, b, K), &dev)?;
@@ -29,7 +32,7 @@ fn main() -> anyhow::Result<()> {
         rayon::current_num_threads()
     );
     println!("| products per call | calls | ms |\n|---:|---:|---:|");
-    for g in groups.into_iter().filter(|&g| (1..=CROPS).contains(&g)) {
+    for g in groups {
         let mut times = Vec::new();
         for rep in 0..9 {
             let start = Instant::now();

@@ -212,9 +212,9 @@ type Runs<'a, 'x, T> = &'a dyn Fn(usize) -> &'x [T];
 
 /// One channel's forward pass over its runs `x(n)` (sample by sample) with weight and bias
 /// `(w, b)`: `[mean, biased var, invstd, scale, shift]`, the output (after a ReLU with `relu`,
-/// of the sum with the `residual`'s runs when given) written to `out`. Compiled also for AVX2 (the crate is built for baseline x86-64, where SSE2
-/// converts and adds two f64 at a time); the same values either way (no fused multiply-adds:
-/// Rust does not contract `a * b + c`).
+/// of the sum with the `residual`'s runs when given) written to `out`. Compiled also for AVX2
+/// (the crate is built for baseline x86-64, where SSE2 converts and adds two f64 at a time); the
+/// same values either way (no fused multiply-adds: Rust does not contract `a * b + c`).
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn forward_channel<'x, T: Real>(
     x: impl Fn(usize) -> &'x [T],
