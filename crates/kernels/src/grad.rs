@@ -176,6 +176,7 @@ pub(crate) fn forward_view(
 pub(crate) enum SlicePlan {
     Winograd(winograd::Plan),
     Shifted(shifted::Plan),
+    Im2col(im2col::Plan),
 }
 
 impl SlicePlan {
@@ -209,6 +210,9 @@ impl SlicePlan {
             {
                 Some(Self::Shifted(shifted::Plan::new(x, w, p, (oh, ow))?))
             }
+            Engine::Im2col | Engine::Shifted => {
+                Some(Self::Im2col(im2col::Plan::new(x, w, Window::of_conv(p, (oh, ow)))?))
+            }
             _ => None,
         })
     }
@@ -218,14 +222,16 @@ impl SlicePlan {
         match self {
             Self::Winograd(plan) => plan.dims(),
             Self::Shifted(plan) => plan.dims(),
+            Self::Im2col(plan) => plan.dims(),
         }
     }
 
     /// The convolution of contiguous `x` and `w`: `[b, c_out, oh, ow]`, contiguous.
-    pub(crate) fn run<T: Real>(&self, x: &[T], w: &[T]) -> Vec<T> {
+    pub(crate) fn run<T: Real>(&self, x: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
         match self {
-            Self::Winograd(plan) => plan.run(x, w),
-            Self::Shifted(plan) => plan.run(x, w),
+            Self::Winograd(plan) => Ok(plan.run(x, w)),
+            Self::Shifted(plan) => Ok(plan.run(x, w)),
+            Self::Im2col(plan) => plan.run(x, w),
         }
     }
 }

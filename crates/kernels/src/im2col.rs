@@ -180,9 +180,8 @@ fn products_tensor(
     )
 }
 
-/// The products of [`conv`] / [`conv_channel_major`] on CPU f32 / f64 tensors: into NCHW (one
-/// gemm per image) when `nchw`, else `[c_out, b * oh * ow]` (one gemm per chunk, written at its
-/// columns: no concatenation). Each element is written once, by gemm.
+/// The products of [`conv`] / [`conv_channel_major`] on CPU f32 / f64 tensors (see
+/// [`products_on`]).
 fn products<T: Real>(
     x: &Tensor,
     w: &Tensor,
@@ -190,8 +189,34 @@ fn products<T: Real>(
     budget: Budget,
     nchw: bool,
 ) -> candle_core::Result<Vec<T>> {
-    let (b, c_in, _, _) = x.dims4()?;
-    let (c_out, _, kh, kw) = w.dims4()?;
+    let w = w.contiguous()?;
+    let w_dims = w.dims4()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("conv2d: the input is not a CPU tensor")
+    };
+    let Ok(x) = storage.as_slice::<T>() else {
+        candle_core::bail!("conv2d: the input is {:?}, not {:?}", storage.dtype(), T::DTYPE)
+    };
+    with_cpu_slices::<T, _, 1>("conv2d", [(&w, "weight")], |[w]| {
+        products_on(x, layout, w, w_dims, win, budget, nchw)
+    })?
+}
+
+/// The products of a convolution of `x` (elements of a CPU storage, laid out as `x_layout`
+/// says) with the contiguous weights `w` (`w_dims`): into NCHW (one gemm per image) when
+/// `nchw`, else `[c_out, b * oh * ow]` (one gemm per chunk of images, written at its columns: no
+/// concatenation). Each element is written once, by gemm.
+fn products_on<T: Real>(
+    x: &[T],
+    x_layout: &Layout,
+    w: &[T],
+    (c_out, _, kh, kw): (usize, usize, usize, usize),
+    win: Window,
+    budget: Budget,
+    nchw: bool,
+) -> candle_core::Result<Vec<T>> {
+    let (b, c_in, _, _) = x_layout.shape().dims4()?;
     let plane = win.out.0 * win.out.1;
     let k = c_in * kh * kw;
     let len = c_out * b * plane;
@@ -201,41 +226,80 @@ fn products<T: Real>(
         out.resize(len, T::zero());
         return Ok(out);
     }
+    if w.len() != c_out * k {
+        candle_core::bail!("conv2d: {} weights for [{c_out}, {c_in}, {kh}, {kw}]", w.len())
+    }
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    let w = w.contiguous()?;
     let dst = out.spare_capacity_mut()[..len].as_mut_ptr().cast::<T>();
     let chunk = budget.chunk(b, k, plane);
+    let lhs = View { ptr: w.as_ptr(), rs: k, cs: 1 };
     for start in (0..b).step_by(chunk) {
         let n = chunk.min(b - start);
-        let cols = im2col(&x.narrow(0, start, n)?, (kh, kw), win)?; // [k, n * plane]
-        with_cpu_slices::<T, _, 2>("conv2d", [(&w, "weight"), (&cols, "columns")], |[w, cols]| {
-            let lhs = View { ptr: w.as_ptr(), rs: k, cs: 1 };
-            // SAFETY (both branches): `dst` has `len` elements of capacity and each product
-            // writes (without reading) its own `c_out x columns` block of them: image `start +
-            // i`'s `[c_out, plane]` in NCHW, or columns `start * plane..` of every row of `[c_out,
-            // b * plane]`; the factors lie inside `w` ([c_out, k]) and `cols` ([k, n * plane]).
-            if nchw {
-                for i in 0..n {
-                    let y = View {
-                        ptr: unsafe { dst.add((start + i) * c_out * plane) },
-                        rs: plane,
-                        cs: 1,
-                    };
-                    let rhs =
-                        View { ptr: unsafe { cols.as_ptr().add(i * plane) }, rs: n * plane, cs: 1 };
-                    unsafe { gemm_view((c_out, plane, k), y, false, lhs, rhs, parallelism) };
-                }
-            } else {
-                let y = View { ptr: unsafe { dst.add(start * plane) }, rs: b * plane, cs: 1 };
-                let rhs = View { ptr: cols.as_ptr(), rs: n * plane, cs: 1 };
-                unsafe { gemm_view((c_out, n * plane, k), y, false, lhs, rhs, parallelism) };
+        let images = x_layout.narrow(0, start, n)?;
+        let cols = Im2Col { kernel: (kh, kw), win }.run(x, &images)?; // [k, n * plane]
+        // SAFETY (both branches): `dst` has `len` elements of capacity and each product writes
+        // (without reading) its own `c_out x columns` block of them: image `start + i`'s
+        // `[c_out, plane]` in NCHW, or columns `start * plane..` of every row of `[c_out, b *
+        // plane]`; the factors lie inside `w` ([c_out, k], checked above) and `cols` ([k, n *
+        // plane]).
+        if nchw {
+            for i in 0..n {
+                let y =
+                    View { ptr: unsafe { dst.add((start + i) * c_out * plane) }, rs: plane, cs: 1 };
+                let rhs =
+                    View { ptr: unsafe { cols.as_ptr().add(i * plane) }, rs: n * plane, cs: 1 };
+                unsafe { gemm_view((c_out, plane, k), y, false, lhs, rhs, parallelism) };
             }
-        })?;
+        } else {
+            let y = View { ptr: unsafe { dst.add(start * plane) }, rs: b * plane, cs: 1 };
+            let rhs = View { ptr: cols.as_ptr(), rs: n * plane, cs: 1 };
+            unsafe { gemm_view((c_out, n * plane, k), y, false, lhs, rhs, parallelism) };
+        }
     }
     // SAFETY: the chunks' products above wrote all `len` elements.
     unsafe { out.set_len(len) };
     Ok(out)
+}
+
+/// [`conv`] with [`COLUMN_BUDGET`] as a plan run on the operands' slices (see
+/// `grad::SlicePlan`): the convolution op computes it inside its forward, into the storage it
+/// returns, instead of copying a result computed beforehand (a one-thread copy of 25 MB for
+/// ResNet's stem at batch 8).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    x: [usize; 4],
+    w: [usize; 4],
+    win: Window,
+}
+
+impl Plan {
+    /// The plan of `conv(x, w, win, COLUMN_BUDGET)`.
+    pub(crate) fn new(x: &Tensor, w: &Tensor, win: Window) -> candle_core::Result<Self> {
+        let (b, c, h, wd) = x.dims4()?;
+        let (c_out, c_in, kh, kw) = w.dims4()?;
+        Ok(Self { x: [b, c, h, wd], w: [c_out, c_in, kh, kw], win })
+    }
+
+    /// The output's, the input's and the weight's dimensions.
+    pub(crate) fn dims(&self) -> [[usize; 4]; 3] {
+        let (oh, ow) = self.win.out;
+        [[self.x[0], self.w[0], oh, ow], self.x, self.w]
+    }
+
+    /// The convolution of contiguous `x` and `w` as the plan's shapes say: `[b, c_out, oh, ow]`.
+    pub(crate) fn run<T: Real>(&self, x: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
+        let [b, c, h, wd] = self.x;
+        let [c_out, c_in, kh, kw] = self.w;
+        let layout = Layout::contiguous((b, c, h, wd));
+        if x.len() != layout.shape().elem_count() {
+            candle_core::bail!("conv2d: {} inputs for [{b}, {c}, {h}, {wd}]", x.len())
+        }
+        let plane = self.win.out.0 * self.win.out.1;
+        let nchw = plane >= NCHW_MIN_PLANE;
+        let y = products_on(x, &layout, w, (c_out, c_in, kh, kw), self.win, COLUMN_BUDGET, nchw)?;
+        Ok(if nchw { y } else { swap_outer(&y, (c_out, b, plane)) })
+    }
 }
 
 /// [`conv`]'s gemm result as it is stored: contiguous, channel-major.

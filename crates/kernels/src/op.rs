@@ -4,9 +4,10 @@
 //! Candle offers no public way to build a tensor with a hand-written backward other than the
 //! `CustomOpN` traits, and its per-backend forward entry points (`BackendStorage::conv2d`) take a
 //! `ParamsConv2D` whose fields are private. A convolution that one of this crate's slice kernels
-//! computes (Winograd's algorithm, the shifted views: [`SlicePlan`]) runs inside the op's
-//! `cpu_fwd`, on the storages Candle hands it. Any other is computed first, outside any storage
-//! lock (im2col + gemm on the CPU, Candle's `conv2d` elsewhere), and the op's `cpu_fwd` /
+//! computes (on CPU f32 / f64: Winograd's algorithm, the shifted views, im2col + gemm:
+//! [`SlicePlan`]) runs inside the op's `cpu_fwd`, on the storages Candle hands it. Any other is
+//! computed first, outside any storage lock (im2col + gemm for f16, grouped convolutions,
+//! strided operands; Candle's `conv2d` elsewhere), and the op's `cpu_fwd` /
 //! `cuda_fwd` copy that result into the storage they must return ([`Precomputed`]); the
 //! precomputed tensor is dropped as soon as it has been copied, so the graph keeps no second copy
 //! alive. When neither argument needs a gradient no op is recorded at all.
@@ -348,11 +349,11 @@ impl<B: Backward2> CustomOp2 for OnSlices<B> {
             op,
             || {
                 let (x, w) = (slice(x, x_layout, op, "input")?, slice(w, w_layout, op, "weight")?);
-                Ok(CpuStorage::F32(plan.run::<f32>(x, w)))
+                Ok(CpuStorage::F32(plan.run::<f32>(x, w)?))
             },
             || {
                 let (x, w) = (slice(x, x_layout, op, "input")?, slice(w, w_layout, op, "weight")?);
-                Ok(CpuStorage::F64(plan.run::<f64>(x, w)))
+                Ok(CpuStorage::F64(plan.run::<f64>(x, w)?))
             },
         )?;
         Ok((y, Shape::from(&dims)))
@@ -406,26 +407,37 @@ impl Backward2 for Conv2dBackward {
         // differentiated (as in Candle by default), and recording their graph would cost memory.
         let (x_d, w_d) = (x.detach(), w.detach());
         let (p, groups) = (self.params, self.groups);
-        let gx = if x.track_op() {
+        let input_grad = || -> candle_core::Result<Option<Tensor>> {
+            if !x.track_op() {
+                return Ok(None);
+            }
             // Group g: its output-gradient channels with its weights -> its input channels.
             let gx = per_group(groups, (grad, 1), (&w_d, 0), 1, |g, w| {
                 conv2d_input_grad(g, w, p, self.input_hw, Engine::Auto)
             })?;
-            Some(gx)
-        } else {
-            None
+            Ok(Some(gx))
         };
-        let gw = if w.track_op() {
+        let weight_grad = || -> candle_core::Result<Option<Tensor>> {
+            if !w.track_op() {
+                return Ok(None);
+            }
             // Group g: its input channels and output-gradient channels -> its weights.
             let algo = WeightGradAlgo::Auto;
             let gw = per_group(groups, (&x_d, 1), (grad, 1), 0, |x, g| {
                 conv2d_weight_grad(x, g, p, self.kernel_hw, algo)
             })?;
-            Some(gw)
-        } else {
-            None
+            Ok(Some(gw))
         };
-        Ok((gx, gw))
+        // The two gradients are independent: on the CPU they run side by side on the pool, so
+        // that a thread finished with its share of one takes tasks of the other instead of
+        // waiting at the end of each parallel loop. Each is computed as it would be alone (same
+        // bits on any thread count).
+        let (gx, gw) = if grad.device().is_cpu() {
+            rayon::join(input_grad, weight_grad)
+        } else {
+            (input_grad(), weight_grad())
+        };
+        Ok((gx?, gw?))
     }
 }
 
