@@ -25,6 +25,9 @@ pub(crate) trait Real: WithDType {
     /// `max(self, other)` (`f32::max`: a NaN loses).
     fn maximum(self, other: Self) -> Self;
 
+    /// `self^e` (the float type's `powf`, as Candle's `powf`).
+    fn powf(self, e: Self) -> Self;
+
     /// Candle's ReLU gradient factor: 1 where `x >= 0` (0 included), else 0.
     #[inline]
     fn relu_mask(self) -> Self {
@@ -53,12 +56,22 @@ macro_rules! real_float {
             fn maximum(self, other: Self) -> Self {
                 $t::max(self, other)
             }
+
+            #[inline]
+            fn powf(self, e: Self) -> Self {
+                $t::powf(self, e)
+            }
         }
     };
 }
 
 real_float!(f32);
 real_float!(f64);
+
+/// `f(a[i], b[i])` for every `i`, in parallel.
+pub(crate) fn par_zip<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    a.par_iter().zip(b).with_min_len(MIN_TASK).map(|(&a, &b)| f(a, b)).collect()
+}
 
 /// Whether the training kernels run on `x`: a CPU f32 or f64 tensor. (Other devices keep
 /// Candle's ops, which run in parallel there.)

@@ -15,7 +15,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{
-    MIN_TASK, Real, by_dtype, par_chunks_from, slice, train_kernels_supported, with_cpu_slices,
+    MIN_TASK, Real, by_dtype, par_chunks_from, par_zip, slice, train_kernels_supported,
+    with_cpu_slices,
 };
 use crate::error::{KernelError, Result};
 
@@ -76,11 +77,6 @@ pub fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         return Ok(x.broadcast_add(&bias.unsqueeze(1)?)?.relu()?);
     }
     Ok(x.contiguous()?.apply_op2(&bias.contiguous()?, BiasRelu)?)
-}
-
-/// `f(a[i], b[i])` for every `i`, in parallel.
-fn par_zip<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    a.par_iter().zip(b).with_min_len(MIN_TASK).map(|(&a, &b)| f(a, b)).collect()
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -599,9 +599,11 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// beta 0.75, k 1, with the window SUMMED (it multiplies the average by the size):
 /// y_c = x_c / (1 + 1e-4 (x_{c-1}^2 + x_c^2))^0.75 with x_{-1} = 0. Not PyTorch's nn.LocalResponseNorm.
 ///
-/// Without a gradient to record (a frozen part, eval) on CPU f32: aue-kernels' parallel
-/// `lrn_prev_channel`, the same operations in the same order (equal bit for bit; Candle's element
-/// ops below run on one thread, its `powf` alone 1-2% of a two-thread stage-3 step).
+/// On the CPU (f32, f64) aue-kernels' parallel ops, the same operations in the same order as the
+/// Candle ops below and their backward pass (equal bit for bit; those run on one thread, six
+/// passes forward and about fifteen backward, Candle's `powf` alone 1-2% of a two-thread stage-3
+/// step): without a gradient to record (a frozen part, eval) `lrn_prev_channel` in f32, else
+/// `lrn_prev_channel_train`.
 ///
 /// # Shapes
 /// x [B, C, H, W] -> [B, C, H, W]
@@ -613,6 +615,10 @@ pub fn lrn_quirk(x: &Tensor) -> Result<Tensor> {
         let (alpha, beta, k) = (ALPHA as f32, BETA as f32, K as f32);
         let y = aue_kernels::infer::lrn_prev_channel(x, alpha, beta, k);
         return Ok(y.map_err(candle_core::Error::from)?);
+    }
+    if x.dims().len() == 4 && aue_kernels::train_kernels_supported(x) {
+        let p = aue_kernels::LrnParams { alpha: ALPHA, beta: BETA, k: K };
+        return Ok(aue_kernels::lrn_prev_channel_train(x, p).map_err(candle_core::Error::from)?);
     }
     let c = x.dim(1)?;
     let sq = x.sqr()?;
