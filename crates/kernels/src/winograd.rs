@@ -39,7 +39,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::cpu::{
-    Real, SharedMut, View, by_dtype, gemm_view, par_zeroed, slots, sum_in_order,
+    MIN_TASK, Real, SharedMut, View, by_dtype, gemm_view, par_zeroed, slots, sum_in_order,
     train_kernels_supported, with_cpu_slices,
 };
 use crate::params::ConvParams;
@@ -1232,29 +1232,35 @@ fn weight_from_products<T: Real>(m: &[T], pairs: usize, tile: usize) -> Vec<T> {
         }
     }
     let a = tile + 2;
+    // Every step is element-wise over the pairs: split them between tasks, each transforming
+    // its run of pairs of every position into its block of `gw`.
+    let per_task = MIN_TASK.div_ceil(a * a).max(1);
     let mut gw = vec![T::zero(); pairs * 9];
-    // (G^T M): [3 rows][a columns][pairs], then (G^T M) G row by row into `res` [3][3][pairs].
-    let mut rows = vec![T::zero(); 3 * a * pairs];
-    for c in 0..a {
-        let v: Vec<&[T]> =
-            (0..a).map(|r| &m[(r * a + c) * pairs..(r * a + c + 1) * pairs]).collect();
-        let mut outs = rows.chunks_exact_mut(pairs).skip(c).step_by(a);
-        let mut next = || outs.next().expect("three rows");
-        gt(&v, [next(), next(), next()]);
-    }
-    let mut res = vec![T::zero(); 9 * pairs];
-    for r in 0..3 {
-        let v: Vec<&[T]> =
-            (0..a).map(|c| &rows[(r * a + c) * pairs..(r * a + c + 1) * pairs]).collect();
-        let mut outs = res[r * 3 * pairs..(r + 1) * 3 * pairs].chunks_exact_mut(pairs);
-        let mut next = || outs.next().expect("three columns");
-        gt(&v, [next(), next(), next()]);
-    }
-    for (t, run) in res.chunks_exact(pairs).enumerate() {
-        for (j, &v) in run.iter().enumerate() {
-            gw[j * 9 + t] = v;
+    gw.par_chunks_mut(per_task * 9).enumerate().for_each(|(task, gw)| {
+        let (j0, n) = (task * per_task, gw.len() / 9);
+        let run = |k: usize| &m[k * pairs + j0..][..n];
+        // (G^T M): [3 rows][a columns][n], then (G^T M) G row by row into `res` [3][3][n].
+        let mut rows = vec![T::zero(); 3 * a * n];
+        for c in 0..a {
+            let v: Vec<&[T]> = (0..a).map(|r| run(r * a + c)).collect();
+            let mut outs = rows.chunks_exact_mut(n).skip(c).step_by(a);
+            let mut next = || outs.next().expect("three rows");
+            gt(&v, [next(), next(), next()]);
         }
-    }
+        let mut res = vec![T::zero(); 9 * n];
+        for r in 0..3 {
+            let v: Vec<&[T]> =
+                (0..a).map(|c| &rows[(r * a + c) * n..(r * a + c + 1) * n]).collect();
+            let mut outs = res[r * 3 * n..(r + 1) * 3 * n].chunks_exact_mut(n);
+            let mut next = || outs.next().expect("three columns");
+            gt(&v, [next(), next(), next()]);
+        }
+        for (t, run) in res.chunks_exact(n).enumerate() {
+            for (j, &v) in run.iter().enumerate() {
+                gw[j * 9 + t] = v;
+            }
+        }
+    });
     gw
 }
 
@@ -1657,6 +1663,25 @@ mod tests {
                 gw.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             };
             assert_eq!(on(1), on(3), "budget {budget}");
+        }
+    }
+
+    /// The pairs' transforms split between tasks give each pair's own transform bit for bit
+    /// (1000 pairs: several tasks at both tile sides, the last one shorter), on 3 threads.
+    #[test]
+    fn weight_from_products_splits_pairs_between_tasks() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
+        let pairs = 1000;
+        for tile in [M, M4] {
+            let a = tile + 2;
+            let m: Vec<f32> =
+                values(a * a * pairs, 40 + tile as u64).iter().map(|&v: &f64| v as f32).collect();
+            let all = pool.install(|| weight_from_products(&m, pairs, tile));
+            for j in [0, 1, 113, 114, 255, 256, 999] {
+                let own: Vec<f32> = (0..a * a).map(|k| m[k * pairs + j]).collect();
+                let want = weight_from_products(&own, 1, tile);
+                assert_eq!(all[j * 9..(j + 1) * 9], want[..], "tile {tile}, pair {j}");
+            }
         }
     }
 
