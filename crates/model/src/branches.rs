@@ -207,7 +207,10 @@ impl Fusion {
         // W x rows^T with the weight in its own layout (its gradient needs no transposed copy).
         // (rows^T is small; made contiguous so that every backend's batched gemm takes it.)
         let rows_t = rows.permute((1, 2, 0))?.contiguous()?; // [17, 2F, B]
-        let x = w.matmul(&rows_t)?.broadcast_add(&bias)?; // [17, Dim, B]
+        // aue-kernels' batched product (Candle's values): the 17 products split between the
+        // threads, where Candle's matmul splits each small product, forward and backward.
+        let x = aue_kernels::batched_matmul(&w, &rows_t).map_err(candle_core::Error::from)?;
+        let x = x.broadcast_add(&bias)?; // [17, Dim, B]
         let gamma = mode.see(&self.au_bn_w).unsqueeze(2)?; // [17, Dim, 1]
         let beta = mode.see(&self.au_bn_b).unsqueeze(2)?;
         let y = if mode.train_bn {
