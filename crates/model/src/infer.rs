@@ -374,7 +374,8 @@ impl FusedFusion {
         ))?;
         let em = self.em.forward(feature, Act::Tanh)?; // [B, Dim]
         let rows_t = rows.permute((1, 2, 0))?.contiguous()?; // [17, 2F, B]
-        let au = self.au_w.matmul(&rows_t)?; // [17, Dim, B]
+        // The 17 products split between threads (Candle's matmul splits each small one).
+        let au = aue_kernels::batched_matmul(&self.au_w, &rows_t).map_err(kernel_err)?; // [17, Dim, B]
         let au = k::bias_act(&au, 1, Epilogue::bias(&self.au_b, Act::Tanh)).map_err(kernel_err)?;
         let au = au.transpose(1, 2)?; // [17, B, Dim]
         let att = au.broadcast_mul(&em.unsqueeze(0)?)?.reshape((NUM_AUS * b, ()))?;
