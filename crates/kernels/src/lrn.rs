@@ -62,9 +62,10 @@ fn planes(l: &Layout) -> candle_core::Result<(usize, usize)> {
     Ok((c, h * w))
 }
 
-/// Planes per parallel task, for planes of `plane` elements.
-fn chunk(plane: usize) -> usize {
-    plane * MIN_TASK.div_ceil(plane.max(1))
+/// Elements per parallel task (whole planes of `plane` elements) and planes per task.
+fn chunk(plane: usize) -> (usize, usize) {
+    let planes = MIN_TASK.div_ceil(plane.max(1));
+    (plane * planes, planes)
 }
 
 /// `s = x_c^2 + x_{c-1}^2` at `i` of plane `pi` (channel `ch`) of `x`.
@@ -85,9 +86,9 @@ impl Lrn {
         let x = slice::<T>(s, l, "lrn", "input")?;
         let (c, plane) = planes(l)?;
         let (alpha, beta, k) = self.constants::<T>();
-        let n = x.len();
-        let p: Vec<T> = par_chunks_zeroed(n, chunk(plane), |idx, out: &mut [T]| {
-            let first = idx * chunk(plane) / plane.max(1);
+        let (n, (per_task, planes_per_task)) = (x.len(), chunk(plane));
+        let p: Vec<T> = par_chunks_zeroed(n, per_task, |idx, out: &mut [T]| {
+            let first = idx * planes_per_task;
             for (j, row) in out.chunks_mut(plane).enumerate() {
                 let pi = first + j;
                 for (i, o) in row.iter_mut().enumerate() {
@@ -111,6 +112,7 @@ impl Lrn {
         let (alpha, beta, k) = self.constants::<T>();
         let beta_1 = T::from_f64(self.params.beta - 1.0);
         let two = T::from_f64(2.0);
+        let (per_task, planes_per_task) = chunk(plane);
         let gx =
             with_cpu_slices("lrn", [(x, "input"), (grad, "gradient")], |[x, g]: [&[T]; 2]| {
                 let n = x.len();
@@ -118,8 +120,8 @@ impl Lrn {
                     return None;
                 }
                 // gs per element: the gradient of s_c through p_c.
-                let gs: Vec<T> = par_chunks_zeroed(n, chunk(plane), |idx, out: &mut [T]| {
-                    let first = idx * chunk(plane) / plane.max(1);
+                let gs: Vec<T> = par_chunks_zeroed(n, per_task, |idx, out: &mut [T]| {
+                    let first = idx * planes_per_task;
                     for (j, row) in out.chunks_mut(plane).enumerate() {
                         let pi = first + j;
                         let at = pi * plane;
@@ -132,8 +134,8 @@ impl Lrn {
                     }
                 });
                 // gx_c = g / p + (x * (gs_c + gs_{c+1})) * 2.
-                Some(par_chunks_zeroed(n, chunk(plane), |idx, out: &mut [T]| {
-                    let first = idx * chunk(plane) / plane.max(1);
+                Some(par_chunks_zeroed(n, per_task, |idx, out: &mut [T]| {
+                    let first = idx * planes_per_task;
                     for (j, row) in out.chunks_mut(plane).enumerate() {
                         let pi = first + j;
                         let at = pi * plane;
