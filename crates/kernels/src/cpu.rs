@@ -267,6 +267,51 @@ pub(crate) unsafe fn gemm_view<T: Real>(
     }
 }
 
+/// Columns each part of [`gemm_view_cols`] gets at least: more than 64, so that every part
+/// takes the path through gemm's cache-sized blocking, as the whole product does (gemm blocks
+/// products of at most 64 x 64 along `k` differently, which would change the sums' order).
+const MIN_PART_COLUMNS: usize = 128;
+
+/// [`gemm_view`] on the pool's threads with the result's columns split between them, each part
+/// a one-thread gemm over its own columns of `rhs`; gemm's own threading where the columns are
+/// too few to split. For products whose right factor is the large one (an im2col matrix, a
+/// gradient's pixels): gemm's own threading packs each block of the whole right factor in one
+/// parallel pass and multiplies it in another, joining the threads twice per block of `k`, and
+/// its panels span all the columns; on the AMD EPYC VM (2 vCPUs) a stage-3 profile found one of
+/// its two threads waiting in these joins for about 10% of the step. A column of the result is
+/// summed in the same order however the columns are split (gemm's blocking of `k` depends on `k`
+/// and the caches only, on this path), so the result has the same bits at any thread count.
+///
+/// # Safety
+/// As [`gemm_view`].
+pub(crate) unsafe fn gemm_view_cols<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: View<*mut T>,
+    accumulate: bool,
+    lhs: View<*const T>,
+    rhs: View<*const T>,
+) {
+    let threads = rayon::current_num_threads();
+    let parts = threads.min(n / MIN_PART_COLUMNS);
+    if parts < 2 || m == 0 || k == 0 {
+        let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        // SAFETY: as the caller promises.
+        unsafe { gemm_view((m, n, k), dst, accumulate, lhs, rhs, parallelism) };
+        return;
+    }
+    let (d, l, r) =
+        (SharedMut(dst.ptr), SharedMut(lhs.ptr.cast_mut()), SharedMut(rhs.ptr.cast_mut()));
+    (0..parts).into_par_iter().for_each(|p| {
+        let (from, to) = (p * n / parts, (p + 1) * n / parts);
+        let dst = View { ptr: d.get().wrapping_add(from * dst.cs), ..dst };
+        let lhs = View { ptr: l.get().cast_const(), ..lhs };
+        let rhs = View { ptr: r.get().cast_const().wrapping_add(from * rhs.cs), ..rhs };
+        // SAFETY: columns `from..to` of the caller's product: inside its views, and no two
+        // parts write the same element of `dst` (the caller's elements are distinct).
+        unsafe { gemm_view((m, to - from, k), dst, accumulate, lhs, rhs, Parallelism::None) };
+    });
+}
+
 /// Whether [`gemm_view`] runs a product with `n` columns, the left factor's column stride
 /// `lhs_cs` and the right factor's row stride `rhs_rs` (the result's column stride 1) in
 /// `skinny.rs`'s kernel, on the calling thread whatever the `Parallelism`. Each row of the
@@ -394,5 +439,63 @@ mod tests {
                 assert_same_values(&transpose(&x).unwrap(), &want, &format!("{r}x{c}"));
             }
         }
+    }
+
+    /// Column parts on 3 threads give the one-thread product's bits, written or added, with
+    /// strided views; and parts of at most 64 columns would not (the reason for
+    /// `MIN_PART_COLUMNS`): gemm blocks k = 700 as 512 + 188 there, by its cache sizes on larger
+    /// products.
+    #[test]
+    fn column_parts_give_the_one_thread_bits() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let vals = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / 4e9 - 0.5)
+                .collect()
+        };
+        for (m, n, k, accumulate) in
+            [(20, 700, 700, false), (64, 391, 147, true), (5, 100, 9, false)]
+        {
+            // lhs [m, k] row-major; rhs [k, n] stored transposed ([n, k]): both factors strided
+            // as the weight gradient and the convolutions read them.
+            let (a, b, y0) = (vals(m * k, 1), vals(n * k, 2), vals(m * n, 3));
+            let product = |y: &mut [f32], parts: bool| {
+                let lhs = View { ptr: a.as_ptr(), rs: k, cs: 1 };
+                let rhs = View { ptr: b.as_ptr(), rs: 1, cs: k };
+                let dst = View { ptr: y.as_mut_ptr(), rs: n, cs: 1 };
+                // SAFETY: the views cover the three vectors exactly.
+                unsafe {
+                    if parts {
+                        gemm_view_cols((m, n, k), dst, accumulate, lhs, rhs);
+                    } else {
+                        gemm_view((m, n, k), dst, accumulate, lhs, rhs, Parallelism::None);
+                    }
+                }
+            };
+            let run = |parts: bool| {
+                let mut y = y0.clone();
+                pool.install(|| product(&mut y, parts));
+                y
+            };
+            assert_eq!(run(true), run(false), "{m}x{n}x{k}");
+        }
+        // The small-product blocking: a 20 x 64 part of the first product sums in another order.
+        let (m, n, k) = (20, 64, 700);
+        let (a, b) = (vals(m * k, 1), vals(700 * k, 2));
+        let mut part = vec![0f32; m * n];
+        let mut whole = vec![0f32; m * 700];
+        // SAFETY: as above; the part reads the first 64 columns of the same factors.
+        unsafe {
+            let lhs = View { ptr: a.as_ptr(), rs: k, cs: 1 };
+            let rhs = View { ptr: b.as_ptr(), rs: 1, cs: k };
+            let p = View { ptr: part.as_mut_ptr(), rs: n, cs: 1 };
+            gemm_view((m, n, k), p, false, lhs, rhs, Parallelism::None);
+            let w = View { ptr: whole.as_mut_ptr(), rs: 700, cs: 1 };
+            gemm_view((m, 700, k), w, false, lhs, rhs, Parallelism::None);
+        }
+        let differ = (0..m)
+            .flat_map(|i| (0..n).map(move |j| (i, j)))
+            .filter(|&(i, j)| part[i * n + j] != whole[i * 700 + j]);
+        assert!(differ.count() > 0, "a 64-column part summed as the whole product");
     }
 }

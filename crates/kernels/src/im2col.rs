@@ -23,8 +23,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu::{
-    Real, View, by_dtype, fill_chunks_zeroed, gemm_view, par_chunks_from, par_chunks_zeroed,
-    sum_in_order, train_kernels_supported, transpose, with_cpu_slices,
+    Real, View, by_dtype, fill_chunks_zeroed, gemm_view, gemm_view_cols, par_chunks_from,
+    par_chunks_zeroed, sum_in_order, train_kernels_supported, transpose, with_cpu_slices,
 };
 use crate::params::ConvParams;
 
@@ -229,8 +229,6 @@ fn products_on<T: Real>(
     if w.len() != c_out * k {
         candle_core::bail!("conv2d: {} weights for [{c_out}, {c_in}, {kh}, {kw}]", w.len())
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let dst = out.spare_capacity_mut()[..len].as_mut_ptr().cast::<T>();
     let chunk = budget.chunk(b, k, plane);
     let lhs = View { ptr: w.as_ptr(), rs: k, cs: 1 };
@@ -249,12 +247,12 @@ fn products_on<T: Real>(
                     View { ptr: unsafe { dst.add((start + i) * c_out * plane) }, rs: plane, cs: 1 };
                 let rhs =
                     View { ptr: unsafe { cols.as_ptr().add(i * plane) }, rs: n * plane, cs: 1 };
-                unsafe { gemm_view((c_out, plane, k), y, false, lhs, rhs, parallelism) };
+                unsafe { gemm_view_cols((c_out, plane, k), y, false, lhs, rhs) };
             }
         } else {
             let y = View { ptr: unsafe { dst.add(start * plane) }, rs: b * plane, cs: 1 };
             let rhs = View { ptr: cols.as_ptr(), rs: n * plane, cs: 1 };
-            unsafe { gemm_view((c_out, n * plane, k), y, false, lhs, rhs, parallelism) };
+            unsafe { gemm_view_cols((c_out, n * plane, k), y, false, lhs, rhs) };
         }
     }
     // SAFETY: the chunks' products above wrote all `len` elements.
@@ -547,8 +545,6 @@ fn input_grad_products<T: Real>(
         // An empty sum: gemm would write nothing.
         return Ok(vec![T::zero(); b * img]);
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let mut out: Vec<T> = Vec::with_capacity(b * img);
     let mut cols: Vec<T> = Vec::with_capacity(k * chunk.min(b) * plane);
     with_cpu_slices::<T, _, 2>(
@@ -569,7 +565,7 @@ fn input_grad_products<T: Real>(
                 };
                 // SAFETY: `cols` has capacity for `k x pixels` elements, all written (not read) by
                 // the product; `w` is [c_out, k] and `rows` [c_out, pixels].
-                unsafe { gemm_view((k, pixels, c_out), dst, false, lhs, rhs, parallelism) };
+                unsafe { gemm_view_cols((k, pixels, c_out), dst, false, lhs, rhs) };
                 // SAFETY: the product above wrote the first `k * pixels` elements.
                 unsafe { cols.set_len(k * pixels) };
                 let op = Col2Im { kernel: (kh, kw), win, image: (n, c_in, h, wd) };
