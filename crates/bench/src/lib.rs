@@ -144,6 +144,46 @@ pub fn peak_resident_bytes() -> u64 {
     if cfg!(target_os = "macos") { kib } else { kib * 1024 }
 }
 
+/// The whole machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks:
+/// all of it, and the part the hypervisor gave to other guests while this one wanted to run
+/// ("steal"). On a shared VM steal slows a two-thread step more than a one-thread one, so the
+/// benchmark reports it beside its timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// Every field of the line added up.
+    pub total: u64,
+    /// The eighth field.
+    pub steal: u64,
+}
+
+impl CpuTimes {
+    /// Now, where there is a `/proc/stat`.
+    pub fn now() -> Option<Self> {
+        Self::parse(std::fs::read_to_string("/proc/stat").ok()?.lines().next()?)
+    }
+
+    /// The aggregate `cpu  user nice system idle iowait irq softirq steal ...` line; `None`
+    /// for any other line or fewer than eight numbers.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let values: Vec<u64> = fields.map(str::parse).collect::<Result<_, _>>().ok()?;
+        // guest and guest_nice (fields 9 and 10) are already counted in user and nice.
+        let total = values.iter().take(8).sum();
+        Some(Self { total, steal: *values.get(7)? })
+    }
+
+    /// The share of the CPU time from `self` to `later` that was stolen, in percent; `None`
+    /// when no time passed.
+    pub fn steal_percent(&self, later: &Self) -> Option<f64> {
+        let total = later.total.checked_sub(self.total).filter(|&t| t > 0)?;
+        let steal = later.steal.saturating_sub(self.steal);
+        Some(100.0 * steal as f64 / total as f64)
+    }
+}
+
 fn page_size() -> u64 {
     // SAFETY: sysconf only reads a system constant.
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -165,6 +205,23 @@ mod tests {
         assert!("".parse::<Mode>().is_err());
         for m in Mode::ALL {
             assert_eq!(m.name().parse::<Mode>(), Ok(m));
+        }
+    }
+
+    #[test]
+    fn cpu_times_read_the_aggregate_line() {
+        let line = "cpu  100 5 50 800 10 1 2 32 7 0";
+        let t = CpuTimes::parse(line).unwrap();
+        assert_eq!(t, CpuTimes { total: 1000, steal: 32 });
+        let later = CpuTimes { total: 1200, steal: 82 };
+        assert_eq!(t.steal_percent(&later), Some(25.0));
+        assert_eq!(t.steal_percent(&t), None);
+        // A core's line, too few fields, or text: nothing.
+        assert_eq!(CpuTimes::parse("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(CpuTimes::parse("cpu  1 2 3 4 5 6 7"), None);
+        assert_eq!(CpuTimes::parse("cpu  1 2 x 4 5 6 7 8"), None);
+        if cfg!(target_os = "linux") {
+            assert!(CpuTimes::now().is_some());
         }
     }
 

@@ -18,9 +18,9 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, bail};
 use aue_bench::candle_worker::Numerics;
 use aue_bench::inputs::{self, Setup};
-use aue_bench::report::{authors_table, markdown_table, scaling_table};
+use aue_bench::report::{authors_table, markdown_table, scaling_table, steal_table};
 use aue_bench::worker::{Step, Worker};
-use aue_bench::{Measurement, Mode, Row, candle_worker};
+use aue_bench::{CpuTimes, Measurement, Mode, Row, candle_worker};
 use aue_cli::DeviceSpec;
 use aue_model::Preset;
 use aue_train::Precision;
@@ -212,6 +212,8 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     let mut versions = Vec::new();
+    // The hypervisor's share of the machine's time during each block's timed steps.
+    let mut steal = Vec::new();
     let gpu = match args.device {
         DeviceSpec::Cuda(n) => Some(n),
         DeviceSpec::Cpu => None,
@@ -223,8 +225,10 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .copied()
         .filter(|&m| !(m == Mode::EvalUnfused && args.modes.contains(&Mode::Eval)))
         .collect();
-    for &threads in &args.threads {
-        for &mode in &modes {
+    // Each step kind at every thread count before the next kind, so that the blocks a speed-up
+    // compares run minutes apart, not the whole run apart (a shared VM's speed drifts).
+    for &mode in &modes {
+        for &threads in &args.threads {
             bar.set_message(format!("{mode}, {threads} thread(s): starting"));
             // The flags every worker takes besides its own.
             let device = device_arg(args.device);
@@ -284,7 +288,11 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                     }
                     let n = workers.len();
                     let mut times: Vec<Vec<Step>> = vec![Vec::new(); n];
+                    let mut timed_from = None;
                     for i in 0..steps {
+                        if i == args.warmup {
+                            timed_from = CpuTimes::now();
+                        }
                         bar.set_message(format!("{mode}, {threads} thread(s)"));
                         // A B C, B C A, C A B, ...: none always runs right after another.
                         for j in 0..n {
@@ -292,6 +300,11 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                             times[w].push(workers[w].1.step()?);
                         }
                         bar.inc(1);
+                    }
+                    if let Some(p) =
+                        timed_from.zip(CpuTimes::now()).and_then(|(a, b)| a.steal_percent(&b))
+                    {
+                        steal.push((mode, threads, p));
                     }
                     let mut out = Vec::with_capacity(n);
                     for ((role, w), ts) in workers.into_iter().zip(times) {
@@ -362,6 +375,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     report.push_str(&markdown_table(&rows));
     report.push_str(&authors_table(&rows));
     report.push_str(&scaling_table(&rows));
+    report.push_str(&steal_table(&steal));
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(report.as_bytes())?;
     if let Some(out) = &args.out {

@@ -218,6 +218,26 @@ pub fn scaling_table(rows: &[Row]) -> String {
     out
 }
 
+/// The machine's steal time during each block of timed steps (the share of its CPU time the
+/// hypervisor gave to other guests, `CpuTimes`), so that a reader can tell a slow
+/// two-thread step from a busy host; empty when none was measured.
+pub fn steal_table(blocks: &[(Mode, usize, f64)]) -> String {
+    if blocks.is_empty() {
+        return String::new();
+    }
+    let mut blocks = blocks.to_vec();
+    blocks.sort_by_key(|&(mode, threads, _)| (threads, mode));
+    let mut out = String::from(
+        "\n### CPU steal during the timed steps (% of the machine's CPU time taken by the \
+         hypervisor; a few percent or more slows the multi-thread steps most)\n\n| step | threads \
+         | steal % |\n|---|---:|---:|\n",
+    );
+    for (mode, threads, p) in blocks {
+        out.push_str(&format!("| {} | {threads} | {p:.1} |\n", mode.label()));
+    }
+    out
+}
+
 /// aue against the authors' released code (`aue-bench --authors`): median ms and their ratio, per
 /// step and thread count; empty when it did not run.
 pub fn authors_table(rows: &[Row]) -> String {
@@ -301,6 +321,26 @@ fn gpu_table(rows: &[&Row]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn steal_table_lists_blocks_by_threads() {
+        assert_eq!(super::steal_table(&[]), "");
+        let t = super::steal_table(&[
+            (Mode::Eval, 2, 12.34),
+            (Mode::Stage1, 2, 0.5),
+            (Mode::Eval, 1, 3.0),
+        ]);
+        let rows: Vec<&str> =
+            t.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| step")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| inference (eval, all outputs) | 1 | 3.0 |",
+                "| stage 1 (EM) train step | 2 | 0.5 |",
+                "| inference (eval, all outputs) | 2 | 12.3 |",
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]
