@@ -7,7 +7,9 @@
 //! its own), one pair per (mode, thread count), plus aue's unfused inference beside the `eval`
 //! pair. The driver tells the workers to take a step in turn, each step in another order (A B C,
 //! B C A, ...), so that a slow minute of the machine hits all alike, and reports medians with min
-//! and max. The workers speak a line protocol on stdin / stdout:
+//! and max. A step kind runs at every thread count before the next kind starts, and the report
+//! ends with the hypervisor's steal time during each block ([`CpuTimes`]). The workers speak a
+//! line protocol on stdin / stdout:
 //!
 //! ```text
 //! worker -> "ready <resident bytes before the model> <free text>"

@@ -321,14 +321,13 @@ fn gpu_table(rows: &[&Row]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn steal_table_lists_blocks_by_threads() {
-        assert_eq!(super::steal_table(&[]), "");
-        let t = super::steal_table(&[
-            (Mode::Eval, 2, 12.34),
-            (Mode::Stage1, 2, 0.5),
-            (Mode::Eval, 1, 3.0),
-        ]);
+        assert_eq!(steal_table(&[]), "");
+        let t =
+            steal_table(&[(Mode::Eval, 2, 12.34), (Mode::Stage1, 2, 0.5), (Mode::Eval, 1, 3.0)]);
         let rows: Vec<&str> =
             t.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| step")).collect();
         assert_eq!(
@@ -340,8 +339,6 @@ mod tests {
             ]
         );
     }
-
-    use super::*;
 
     #[test]
     fn median_min_max() {

@@ -277,8 +277,8 @@ const MIN_PART_COLUMNS: usize = 128;
 /// too few to split. For products whose right factor is the large one (an im2col matrix, a
 /// gradient's pixels): gemm's own threading packs each block of the whole right factor in one
 /// parallel pass and multiplies it in another, joining the threads twice per block of `k`, and
-/// its panels span all the columns; on the AMD EPYC VM (2 vCPUs) a stage-3 profile found one of
-/// its two threads waiting in these joins for about 10% of the step. A column of the result is
+/// its panels span all the columns. On the AMD EPYC VM (2 vCPUs) the split made whole stage-1 and
+/// stage-3 steps 1-4% faster at two threads (docs/PERFORMANCE.md). A column of the result is
 /// summed in the same order however the columns are split (gemm's blocking of `k` depends on `k`
 /// and the caches only, on this path), so the result has the same bits at any thread count.
 ///
